@@ -1,0 +1,1 @@
+//! SCD storage engine (see docs/storage.md).

@@ -1,0 +1,1 @@
+//! Native PHP session module `cluster` (not built yet: see its issue).

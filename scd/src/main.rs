@@ -1,0 +1,3 @@
+fn main() {
+    println!("scd {}", env!("CARGO_PKG_VERSION"));
+}

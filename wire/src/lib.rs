@@ -1,0 +1,1 @@
+//! SCD wire protocol (see docs/wire.md).

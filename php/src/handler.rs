@@ -1,0 +1,621 @@
+//! What each session hook does, in safe Rust. `ffi` calls these functions with plain slices and
+//! turns their results into C; everything here can be read without knowing PHP's ABI.
+//!
+//! State lives in one process-global: PHP NTS runs one request at a time per process, so a worker
+//! has one connection to scd (kept across requests, reconnected when it breaks) and at most one
+//! session lock, taken by `read` and given back by `write` (WriteUnlock), `update_timestamp`
+//! (Touch), `destroy`, `close`, or at the end of the request if PHP never closed the session.
+//!
+//! Every session ID is parsed with `scd_wire`'s parser before it goes anywhere: PHP does not check
+//! a custom module's IDs, so a malformed ID from a cookie is refused here.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use scd_wire::SessionId;
+
+use crate::conn::{Conn, ConnError, Reply};
+use crate::report::{Report, warning};
+use crate::settings::{Endpoint, Key, LockFailure, SettingError, Settings, parse_save_path};
+
+/// The lock this request holds.
+#[derive(Clone, Copy, Debug)]
+struct Lock {
+    sid: SessionId,
+    token: u64,
+}
+
+struct State {
+    settings: Settings,
+    /// Where the last `open` said scd is.
+    endpoint: Option<Endpoint>,
+    conn: Option<Conn>,
+    lock: Option<Lock>,
+    /// A session read without its lock (`cluster.lock_failure = readonly`): never written.
+    readonly: Option<SessionId>,
+    /// The data of the last read, handed to PHP by pointer (see [`ReadDone`]).
+    read_buf: Vec<u8>,
+    /// The last connection problem, for phpinfo.
+    last_error: Option<String>,
+}
+
+static STATE: Mutex<State> = Mutex::new(State {
+    settings: Settings::DEFAULT,
+    endpoint: None,
+    conn: None,
+    lock: None,
+    readonly: None,
+    read_buf: Vec::new(),
+    last_error: None,
+});
+
+fn state() -> MutexGuard<'static, State> {
+    // A panic inside a hook poisons the mutex; after_panic() has already reset what matters.
+    STATE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What a successful read hands PHP: a view of the session data plus an optional notice.
+///
+/// `data_ptr`/`data_len` point into the module's read buffer, which stays untouched until the
+/// next hook call; `ffi` copies it into a PHP string at once. (A raw view rather than a borrowed
+/// slice because the copy happens after the state lock is released: PHP's allocator may leave by
+/// `longjmp`, and no lock guard may be alive then.)
+#[derive(Clone, Copy, Debug)]
+pub struct ReadDone {
+    pub data_ptr: *const u8,
+    pub data_len: usize,
+    pub notice: Option<Report>,
+}
+
+/// A session ID's text in a plain array (no destructor; see `report`).
+#[derive(Clone, Copy)]
+pub struct IdText {
+    buf: [u8; scd_wire::constants::ID_TEXT_MAX],
+    len: usize,
+}
+
+impl IdText {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// Shows an ID in a message: the text if it is short and printable, else a cut, escaped form.
+fn shown(id: &[u8]) -> String {
+    let cut = &id[..id.len().min(scd_wire::constants::ID_TEXT_MAX)];
+    let mut s = String::from_utf8_lossy(cut).escape_default().to_string();
+    if id.len() > cut.len() {
+        s.push_str("...");
+    }
+    s
+}
+
+fn parse_id(id: &[u8]) -> Result<SessionId, Report> {
+    SessionId::parse(id).map_err(|e| {
+        warning!(
+            "cluster: \"{}\" is not a cluster session ID ({e}); the session was not used",
+            shown(id)
+        )
+    })
+}
+
+/// PHP's `maxlifetime` (seconds, `zend_long`) as the wire's `u32`; at least one second.
+fn lifetime_s(maxlifetime: i64) -> u32 {
+    u32::try_from(maxlifetime.max(1)).unwrap_or(u32::MAX)
+}
+
+impl State {
+    /// A live connection to the endpoint of the last `open`: the existing one if it still works,
+    /// else a new one. Returns whether the connection is fresh (a fresh connection that fails is
+    /// not retried).
+    fn connect(&mut self) -> Result<bool, Report> {
+        let Some(endpoint) = self.endpoint.clone() else {
+            return Err(warning!(
+                "cluster: no session is open, so there is no session.save_path to reach scd at"
+            ));
+        };
+        if let Some(conn) = &mut self.conn {
+            if conn.endpoint() == &endpoint && conn.is_reusable() {
+                return Ok(false);
+            }
+        }
+        // A connection that changed endpoint, died, or came from our parent process (fork) goes;
+        // the daemon releases whatever its locks were when it sees it close.
+        self.conn = None;
+        let s = self.settings;
+        match Conn::connect(&endpoint, s.connect_timeout_ms, s.io_timeout_ms) {
+            Ok(conn) => {
+                self.conn = Some(conn);
+                self.last_error = None;
+                Ok(true)
+            }
+            Err(e) => {
+                let text = format!("cannot connect to scd at {endpoint}: {e}");
+                self.last_error = Some(text.clone());
+                Err(warning!("cluster: {text} (is scd running?)"))
+            }
+        }
+    }
+
+    /// Sends one request. A request that fails because a reused connection turned out dead (scd
+    /// restarted since the last request) is sent once more on a new connection when `retry` says
+    /// the request is safe to repeat.
+    fn call(
+        &mut self,
+        what: &str,
+        retry: bool,
+        timeout_ms: u32,
+        send: &mut dyn FnMut(&mut Conn, u32) -> Result<Reply, ConnError>,
+    ) -> Result<Reply, Report> {
+        let fresh = self.connect()?;
+        let first = self.send_on_conn(timeout_ms, send);
+        match first {
+            Err(e) if !fresh && retry && e.is_stale_connection() => {
+                self.connect()?;
+                self.send_on_conn(timeout_ms, send)
+                    .map_err(|e| self.lost(what, &e))
+            }
+            Err(e) => Err(self.lost(what, &e)),
+            Ok(reply) => Ok(reply),
+        }
+    }
+
+    fn send_on_conn(
+        &mut self,
+        timeout_ms: u32,
+        send: &mut dyn FnMut(&mut Conn, u32) -> Result<Reply, ConnError>,
+    ) -> Result<Reply, ConnError> {
+        let conn = self.conn.as_mut().ok_or(ConnError::NotConnected)?;
+        let result = send(conn, timeout_ms);
+        if let Err(e) = &result {
+            if e.breaks_connection() {
+                // The stream may hold half a frame; never reuse it.
+                self.conn = None;
+            }
+        }
+        result
+    }
+
+    /// The warning for a request that got no answer.
+    fn lost(&mut self, what: &str, e: &ConnError) -> Report {
+        let endpoint = self
+            .endpoint
+            .as_ref()
+            .map_or_else(|| "?".to_string(), ToString::to_string);
+        let text = format!("no answer from scd at {endpoint} while {what}: {e}");
+        self.last_error = Some(text.clone());
+        warning!("cluster: {text}")
+    }
+
+    fn io_timeout_ms(&self) -> u32 {
+        self.settings.io_timeout_ms
+    }
+
+    /// Gives the held lock back (best effort: if the connection is gone, so is the lock).
+    fn release_lock(&mut self) {
+        let Some(lock) = self.lock.take() else {
+            return;
+        };
+        let t = self.io_timeout_ms();
+        if let Some(conn) = self.conn.as_mut() {
+            if let Err(e) = conn.unlock(&lock.sid, lock.token, t) {
+                if e.breaks_connection() {
+                    self.conn = None;
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Settings and lifecycle.
+
+pub fn apply_setting(key: Key, value: &[u8]) -> Result<(), SettingError> {
+    state().settings.apply(key, value)
+}
+
+/// After a panic in a hook: forget the connection (the daemon then releases its locks) and the
+/// request's session state, so the next request starts clean.
+pub fn after_panic() {
+    let mut s = state();
+    s.conn = None;
+    s.lock = None;
+    s.readonly = None;
+    s.read_buf = Vec::new();
+}
+
+/// End of every request (after PHP's own session shutdown): a lock still held means PHP never
+/// called close (a fatal error in an odd place); give it back now rather than at lease end.
+pub fn request_end() {
+    let mut s = state();
+    s.release_lock();
+    s.readonly = None;
+    // Do not keep a large session's bytes around between requests.
+    if s.read_buf.capacity() > 64 * 1024 {
+        s.read_buf = Vec::new();
+    } else {
+        s.read_buf.clear();
+    }
+}
+
+pub fn module_shutdown() {
+    let mut s = state();
+    s.release_lock();
+    s.conn = None;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The hooks.
+
+/// `open`: parse `session.save_path` and make sure scd answers. A daemon that is down fails here,
+/// within the connect timeout, and `session_start()` fails with the warning.
+pub fn open(save_path: &[u8]) -> Result<(), Report> {
+    let endpoint = parse_save_path(save_path).map_err(|why| {
+        warning!(
+            "cluster: session.save_path \"{}\" cannot be used: {why}",
+            String::from_utf8_lossy(&save_path[..save_path.len().min(256)])
+        )
+    })?;
+    let mut s = state();
+    s.endpoint = Some(endpoint);
+    s.readonly = None;
+    s.connect()?;
+    Ok(())
+}
+
+/// Whether an ID PHP got from the client may be used at all. A malformed ID is dropped before
+/// PHP uses it, in strict mode and without it: PHP then asks `create_sid` for a new ID.
+pub fn accepts_incoming_id(id: &[u8]) -> bool {
+    SessionId::parse(id).is_ok()
+}
+
+/// `close`: release the lock if the request still holds it (no write happened, or the write
+/// failed).
+pub fn close() -> Result<(), Report> {
+    let mut s = state();
+    s.release_lock();
+    s.readonly = None;
+    Ok(())
+}
+
+/// `read`: take the session's lock (waiting up to the lock wait) and return its data; an unknown
+/// ID reads as empty and is locked, so this request creates it.
+pub fn read(id: &[u8], _maxlifetime: i64, max_execution_time_s: i64) -> Result<ReadDone, Report> {
+    let sid = parse_id(id)?;
+    let mut s = state();
+    s.readonly = None;
+    s.read_buf.clear();
+    let io_ms = s.io_timeout_ms();
+
+    // session_reset() reads again without closing: the lock is already ours, so read without
+    // asking for it again (asking would wait for ourselves).
+    if let Some(lock) = s.lock {
+        if lock.sid.same_session(&sid) {
+            let reply = s.call("reading the session", false, io_ms, &mut |c, t| {
+                c.read(&sid, t)
+            })?;
+            return finish_read(&mut s, &sid, reply, None);
+        }
+        s.release_lock();
+    }
+
+    let wait_ms = s.settings.effective_lock_wait_ms(max_execution_time_s);
+    let lease_ms = s.settings.effective_lock_lease_ms(max_execution_time_s);
+    // The socket waits for the lock wait plus the usual I/O time.
+    let timeout_ms = wait_ms.saturating_add(io_ms);
+    let reply = s.call("reading the session", true, timeout_ms, &mut |c, t| {
+        c.read_lock(&sid, wait_ms, lease_ms, t)
+    })?;
+    match reply {
+        Reply::Refused(scd_wire::ErrorCode::LockTimeout, _) => {
+            if s.settings.lock_failure == LockFailure::Readonly {
+                let reply = s.call("reading the session", true, io_ms, &mut |c, t| {
+                    c.read(&sid, t)
+                })?;
+                s.readonly = Some(sid);
+                let notice = Report::notice(format_args!(
+                    "cluster: session {sid} is locked by another request (waited {wait_ms} ms); \
+                     it was read without the lock (cluster.lock_failure = readonly), and changes \
+                     made in this request will not be saved"
+                ));
+                return finish_read(&mut s, &sid, reply, Some(notice));
+            }
+            Err(warning!(
+                "cluster: timed out after {wait_ms} ms waiting for the lock on session {sid}, which \
+                 another request holds; raise cluster.lock_wait_ms to wait longer, or set \
+                 cluster.lock_failure = readonly to read it without the lock"
+            ))
+        }
+        reply => finish_read(&mut s, &sid, reply, None),
+    }
+}
+
+fn finish_read(
+    s: &mut State,
+    sid: &SessionId,
+    reply: Reply,
+    notice: Option<Report>,
+) -> Result<ReadDone, Report> {
+    let token = match reply {
+        Reply::Data { token, data } => {
+            s.read_buf = data;
+            token
+        }
+        Reply::NotFound { token } => {
+            s.read_buf.clear();
+            token
+        }
+        Reply::Refused(code, message) => {
+            return Err(warning!(
+                "cluster: scd refused to read session {sid}: {code:?}{}{message}",
+                if message.is_empty() { "" } else { ": " }
+            ));
+        }
+        other => {
+            s.conn = None;
+            return Err(warning!(
+                "cluster: scd answered a read of session {sid} with {other:?}; the connection was reset"
+            ));
+        }
+    };
+    if token != 0 {
+        s.lock = Some(Lock { sid: *sid, token });
+    }
+    Ok(ReadDone {
+        data_ptr: s.read_buf.as_ptr(),
+        data_len: s.read_buf.len(),
+        notice,
+    })
+}
+
+/// The lock this request holds on `sid`, or the warning for writing without it.
+fn held_lock(s: &State, sid: &SessionId, what: &str) -> Result<Lock, Report> {
+    match s.lock {
+        Some(lock) if lock.sid.same_session(sid) => Ok(lock),
+        _ => Err(warning!(
+            "cluster: session {sid} is not locked by this request, so it was not {what}"
+        )),
+    }
+}
+
+/// `write`: store the data and release the lock in one request (WriteUnlock).
+pub fn write(id: &[u8], data: &[u8], maxlifetime: i64) -> Result<(), Report> {
+    let sid = parse_id(id)?;
+    let mut s = state();
+    if s.readonly.is_some_and(|r| r.same_session(&sid)) {
+        return Ok(()); // read without the lock: never written (the read said so)
+    }
+    let lock = held_lock(&s, &sid, "written")?;
+    let data_max = s
+        .conn
+        .as_ref()
+        .map_or(scd_wire::constants::DATA_MAX_DEFAULT, Conn::data_max);
+    if data.len() > data_max as usize {
+        return Err(too_large(&sid, data.len(), data_max));
+    }
+    let lifetime = lifetime_s(maxlifetime);
+    let io_ms = s.io_timeout_ms();
+    let reply = s.call("writing the session", false, io_ms, &mut |c, t| {
+        c.write_unlock(&lock.sid, lock.token, lifetime, data, t)
+    });
+    // Whatever happened, this request no longer holds the lock: either scd released it with the
+    // write, refused the token (not ours any more), or the connection (and with it the lock) is
+    // gone.
+    let refused_keeps_lock = matches!(
+        reply,
+        Ok(Reply::Refused(
+            scd_wire::ErrorCode::TooLarge | scd_wire::ErrorCode::Storage,
+            _
+        ))
+    );
+    if !refused_keeps_lock {
+        s.lock = None;
+    }
+    match reply? {
+        Reply::Done => Ok(()),
+        Reply::Refused(scd_wire::ErrorCode::NotLocked, _) => Err(lock_lost(&sid, "written")),
+        Reply::Refused(scd_wire::ErrorCode::TooLarge, _) => {
+            Err(too_large(&sid, data.len(), data_max))
+        }
+        Reply::Refused(code, message) => Err(warning!(
+            "cluster: scd refused to write session {sid} ({code:?}: {message}); the stored session \
+             is unchanged"
+        )),
+        other => {
+            s.conn = None;
+            Err(warning!(
+                "cluster: scd answered a write of session {sid} with {other:?}; the connection was reset"
+            ))
+        }
+    }
+}
+
+fn too_large(sid: &SessionId, len: usize, max: u32) -> Report {
+    warning!(
+        "cluster: session {sid} was not written: its data is {len} bytes, more than scd's limit of \
+         {max} bytes; the stored session keeps its previous data"
+    )
+}
+
+fn lock_lost(sid: &SessionId, what: &str) -> Report {
+    warning!(
+        "cluster: session {sid} was not {what}: this request no longer holds its lock (the lock \
+         lease ran out, or scd restarted); the changes of this request are lost"
+    )
+}
+
+/// `update_timestamp` (lazy_write, data unchanged): renew the lifetime and release the lock (Touch).
+pub fn update_timestamp(id: &[u8], _data: &[u8], maxlifetime: i64) -> Result<(), Report> {
+    let sid = parse_id(id)?;
+    let mut s = state();
+    if s.readonly.is_some_and(|r| r.same_session(&sid)) {
+        return Ok(());
+    }
+    let lock = held_lock(&s, &sid, "touched")?;
+    let lifetime = lifetime_s(maxlifetime);
+    let io_ms = s.io_timeout_ms();
+    let reply = s.call("touching the session", false, io_ms, &mut |c, t| {
+        c.touch(&lock.sid, lock.token, lifetime, t)
+    });
+    s.lock = None;
+    match reply? {
+        Reply::Done => Ok(()),
+        Reply::Refused(scd_wire::ErrorCode::NotLocked, _) => Err(lock_lost(&sid, "touched")),
+        Reply::Refused(code, message) => Err(warning!(
+            "cluster: scd refused to touch session {sid} ({code:?}: {message})"
+        )),
+        other => {
+            s.conn = None;
+            Err(warning!(
+                "cluster: scd answered a touch of session {sid} with {other:?}; the connection was reset"
+            ))
+        }
+    }
+}
+
+/// `destroy`: delete the session (with this request's lock token when it holds the lock).
+pub fn destroy(id: &[u8]) -> Result<(), Report> {
+    let Ok(sid) = SessionId::parse(id) else {
+        // Nothing can be stored under a malformed ID, so there is nothing to delete.
+        return Ok(());
+    };
+    let mut s = state();
+    let token = match s.lock {
+        Some(lock) if lock.sid.same_session(&sid) => lock.token,
+        _ => 0,
+    };
+    let io_ms = s.io_timeout_ms();
+    let reply = s.call("destroying the session", true, io_ms, &mut |c, t| {
+        c.destroy(&sid, token, t)
+    })?;
+    if token != 0 {
+        s.lock = None;
+    }
+    match reply {
+        Reply::Done | Reply::Refused(scd_wire::ErrorCode::NotFound, _) => Ok(()),
+        Reply::Refused(code, message) => Err(warning!(
+            "cluster: scd refused to destroy session {sid} ({code:?}: {message})"
+        )),
+        other => {
+            s.conn = None;
+            Err(warning!(
+                "cluster: scd answered a destroy of session {sid} with {other:?}; the connection was reset"
+            ))
+        }
+    }
+}
+
+/// `gc`: scd expires sessions itself (every write and touch carries the lifetime), so PHP's
+/// probabilistic garbage collection has nothing to do: zero sessions deleted.
+pub fn gc(_maxlifetime: i64) -> i64 {
+    0
+}
+
+/// `create_sid`: a new ID from scd (this node as master, fresh CSPRNG HASH, never reused).
+pub fn create_sid() -> Result<IdText, Report> {
+    let mut s = state();
+    let io_ms = s.io_timeout_ms();
+    let reply = s.call("creating a session ID", true, io_ms, &mut |c, t| {
+        c.create_id(t)
+    })?;
+    match reply {
+        Reply::Created(sid) => {
+            let text = sid.encode();
+            let bytes = text.as_bytes();
+            let mut out = IdText {
+                buf: [0; scd_wire::constants::ID_TEXT_MAX],
+                len: bytes.len(),
+            };
+            out.buf[..bytes.len()].copy_from_slice(bytes);
+            Ok(out)
+        }
+        Reply::Refused(code, message) => Err(warning!(
+            "cluster: scd refused to create a session ID ({code:?}: {message})"
+        )),
+        other => {
+            s.conn = None;
+            Err(warning!(
+                "cluster: scd answered a request for a session ID with {other:?}; the connection was reset"
+            ))
+        }
+    }
+}
+
+/// `validate_sid` (strict mode): does scd hold this session? A malformed ID is unknown without
+/// asking.
+pub fn validate_sid(id: &[u8]) -> Result<bool, Report> {
+    let Ok(sid) = SessionId::parse(id) else {
+        return Ok(false);
+    };
+    let mut s = state();
+    let io_ms = s.io_timeout_ms();
+    let reply = s.call("checking a session ID", true, io_ms, &mut |c, t| {
+        c.exists(&sid, t)
+    })?;
+    match reply {
+        Reply::Exists(known) => Ok(known),
+        Reply::Refused(code, message) => Err(warning!(
+            "cluster: scd refused to check session {sid} ({code:?}: {message})"
+        )),
+        other => {
+            s.conn = None;
+            Err(warning!(
+                "cluster: scd answered a check of session {sid} with {other:?}; the connection was reset"
+            ))
+        }
+    }
+}
+
+/// The rows of the module's phpinfo() section. `save_handler`/`save_path` are PHP's current
+/// `session.*` settings: when this process has no connection yet and the handler is ours, the
+/// section tries one (bounded by the connect timeout) so the page shows whether scd answers.
+pub fn info_rows(save_handler: &[u8], save_path: &[u8]) -> Vec<(&'static str, String)> {
+    let mut s = state();
+    let mut rows = vec![
+        ("Version", env!("CARGO_PKG_VERSION").to_string()),
+        (
+            "Built for PHP",
+            format!(
+                "{} ({})",
+                crate::build_info::BUILT_FOR_PHP,
+                crate::build_info::BUILD_SOURCE
+            ),
+        ),
+        (
+            "Protocol versions",
+            format!(
+                "{}..={}",
+                scd_wire::constants::PROTOCOL_VERSION_MIN,
+                scd_wire::constants::PROTOCOL_VERSION_MAX
+            ),
+        ),
+    ];
+    if s.conn.is_none() && save_handler == b"cluster" {
+        match parse_save_path(save_path) {
+            Ok(endpoint) => {
+                s.endpoint = Some(endpoint);
+                // The outcome is shown below (connection state or last error).
+                let _ = s.connect();
+            }
+            Err(why) => s.last_error = Some(format!("session.save_path cannot be used: {why}")),
+        }
+    }
+    let in_use = s.endpoint.as_ref().map_or_else(
+        || "none (no session opened in this process)".to_string(),
+        ToString::to_string,
+    );
+    rows.push(("Save path in use", in_use));
+    let state_row = match (&s.conn, &s.last_error) {
+        (Some(c), _) => format!("connected: {}", c.describe()),
+        (None, Some(e)) => format!("not connected; last error: {e}"),
+        (None, None) => "not connected".to_string(),
+    };
+    rows.push(("Connection", state_row));
+    rows.push((
+        "Lock held",
+        match &s.lock {
+            Some(l) => format!("session {}", l.sid),
+            None => "none".to_string(),
+        },
+    ));
+    rows
+}

@@ -1,0 +1,541 @@
+//! The real storage backend: slab files mapped with mmap, flushed with fdatasync driven
+//! through io_uring (or, where io_uring is refused, by a helper thread).
+//!
+//! This is the engine's only module with `unsafe`: mapping files, creating the eventfd and
+//! pushing io_uring submissions. Each block has a `// SAFETY:` note.
+//!
+//! Why writes go through the mapping rather than `IORING_OP_WRITE`: a record is copied into the
+//! shared mapping (a memcpy into the page cache), so reads of it are served from the mapping at
+//! once, with no in-flight buffer to track; an `fdatasync` of the file then persists every page
+//! the mapping dirtied. The measurements behind that choice are in docs/storage.md.
+//! The only operation the ring carries is `IORING_OP_FSYNC` (with `DATASYNC` for slab files),
+//! which references no user memory, so no buffer can be freed under the kernel's feet.
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use io_uring::{IoUring, opcode, squeue, types};
+use memmap2::{MmapMut, MmapOptions};
+
+use crate::constants::{MANIFEST_SIZE_MAX, RING_ENTRIES};
+use crate::storage::{FileId, FlushDone, Storage};
+
+/// How a `SysStorage` drives its flushes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FlushMode {
+    /// io_uring where the kernel allows it, else the helper thread.
+    #[default]
+    Auto,
+    /// io_uring only: opening fails if the ring cannot be set up.
+    Uring,
+    /// A helper thread that calls fdatasync and signals an eventfd (never blocks the shard
+    /// thread either, but costs a thread and a wake-up per flush).
+    Thread,
+}
+
+const MANIFEST: &str = "manifest";
+const MANIFEST_TMP: &str = "manifest.tmp";
+const LOCK_FILE: &str = "lock";
+
+struct Mapped {
+    name: String,
+    file: File,
+    map: MmapMut,
+}
+
+/// mmapped slab files in one shard directory, flushed through io_uring.
+pub struct SysStorage {
+    dir: PathBuf,
+    dir_file: File,
+    /// Held (with an exclusive lock) for as long as the storage is open, so that two
+    /// processes never map the same slab files.
+    _lock: File,
+    files: Vec<Option<Mapped>>,
+    flusher: Flusher,
+}
+
+impl SysStorage {
+    /// Opens (creating if needed) the shard directory `root/shard-NNNN` and takes its lock.
+    pub fn open(root: &Path, shard_index: u32, mode: FlushMode) -> io::Result<SysStorage> {
+        let dir = root.join(format!("shard-{shard_index:04}"));
+        fs::create_dir_all(&dir)?;
+        let dir_file = File::open(&dir)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!("{} is in use by another process", dir.display()),
+                ));
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e),
+        }
+        let flusher = match mode {
+            FlushMode::Thread => Flusher::Thread(ThreadFlusher::new()?),
+            FlushMode::Uring => Flusher::Uring(UringFlusher::new()?),
+            FlushMode::Auto => match UringFlusher::new() {
+                Ok(u) => Flusher::Uring(u),
+                Err(_) => Flusher::Thread(ThreadFlusher::new()?),
+            },
+        };
+        Ok(SysStorage {
+            dir,
+            dir_file,
+            _lock: lock,
+            files: Vec::new(),
+            flusher,
+        })
+    }
+
+    /// The shard directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn mapped(&self, id: FileId) -> &Mapped {
+        match self.files.get(id as usize) {
+            Some(Some(m)) => m,
+            // The shard only uses ids this storage handed out and never one it removed.
+            _ => panic!("slab file id {id} is not open"),
+        }
+    }
+
+    fn add(&mut self, name: &str, file: File) -> io::Result<FileId> {
+        let len = file.metadata()?.len();
+        if len == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "empty slab file",
+            ));
+        }
+        // SAFETY: the file is a regular file in a directory this process holds an exclusive
+        // lock on (see `open`), so no other cooperating process maps or truncates it while
+        // mapped; this process never truncates a mapped file (`remove` unmaps first). The
+        // mapping lives in `Mapped` next to the file and is only reached through
+        // `bytes`/`write`, which check bounds via slice indexing.
+        let map = unsafe { MmapOptions::new().len(len as usize).map_mut(&file)? };
+        let id = self.files.len() as FileId;
+        self.files.push(Some(Mapped {
+            name: name.to_string(),
+            file,
+            map,
+        }));
+        Ok(id)
+    }
+}
+
+impl Storage for SysStorage {
+    fn list(&mut self) -> io::Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("slab-") && name.ends_with(".dat") && entry.file_type()?.is_file() {
+                out.push((name, entry.metadata()?.len()));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn open(&mut self, name: &str) -> io::Result<FileId> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.dir.join(name))?;
+        self.add(name, file)
+    }
+
+    fn create(&mut self, name: &str, len: usize, head: &[u8]) -> io::Result<FileId> {
+        let path = self.dir.join(name);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        // Written out rather than fallocated or sparse: overwriting blocks that are already
+        // written needs no extent conversion at fdatasync time (about twice the flush rate,
+        // see docs/storage.md).
+        let filled = (|| {
+            let zeros = vec![0u8; 1 << 20];
+            let first = head.len().min(len);
+            file.write_all(&head[..first])?;
+            let mut at = first;
+            while at < len {
+                let n = (len - at).min(zeros.len());
+                file.write_all(&zeros[..n])?;
+                at += n;
+            }
+            Ok::<(), io::Error>(())
+        })();
+        let added = filled.and_then(|()| self.add(name, file));
+        if added.is_err() {
+            // A half-written file would block this name forever (create_new): take it away.
+            let _ = fs::remove_file(&path);
+        }
+        added
+    }
+
+    fn remove(&mut self, id: FileId) -> io::Result<()> {
+        let m = self.files.get_mut(id as usize).and_then(Option::take);
+        if let Some(m) = m {
+            let path = self.dir.join(&m.name);
+            drop(m);
+            fs::remove_file(path)?;
+        }
+        Ok(())
+    }
+
+    fn bytes(&self, id: FileId) -> &[u8] {
+        &self.mapped(id).map
+    }
+
+    fn write(&mut self, id: FileId, offset: usize, parts: &[&[u8]]) {
+        let m = match self.files.get_mut(id as usize) {
+            Some(Some(m)) => m,
+            _ => panic!("slab file id {id} is not open"),
+        };
+        let mut at = offset;
+        for p in parts {
+            m.map[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+        }
+    }
+
+    fn read_manifest(&mut self) -> io::Result<Option<Vec<u8>>> {
+        let mut f = match File::open(self.dir.join(MANIFEST)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut buf = Vec::new();
+        // Bounded: a manifest is a few dozen bytes; a huge one is damage, not a reason to
+        // allocate.
+        (&mut f).take(MANIFEST_SIZE_MAX + 1).read_to_end(&mut buf)?;
+        Ok(Some(buf))
+    }
+
+    fn write_manifest(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let tmp = self.dir.join(MANIFEST_TMP);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, self.dir.join(MANIFEST))?;
+        self.dir_file.sync_all()
+    }
+
+    fn submit_flush(&mut self, flush_no: u64, files: &[FileId], sync_dir: bool) -> io::Result<()> {
+        let mut fds = Vec::with_capacity(files.len() + 1);
+        for &id in files {
+            fds.push((self.mapped(id).file.as_raw_fd(), true));
+        }
+        if sync_dir {
+            fds.push((self.dir_file.as_raw_fd(), false));
+        }
+        match &mut self.flusher {
+            Flusher::Uring(u) => u.submit(flush_no, &fds),
+            Flusher::Thread(t) => t.submit(flush_no, &fds),
+        }
+    }
+
+    fn reap(&mut self, out: &mut Vec<FlushDone>) {
+        match &mut self.flusher {
+            Flusher::Uring(u) => u.reap(out),
+            Flusher::Thread(t) => t.reap(out),
+        }
+    }
+
+    fn wait(&mut self) -> io::Result<()> {
+        match &mut self.flusher {
+            Flusher::Uring(u) => u.wait(),
+            Flusher::Thread(t) => t.wait(),
+        }
+    }
+
+    fn completion_fd(&self) -> Option<RawFd> {
+        Some(match &self.flusher {
+            Flusher::Uring(u) => u.eventfd.as_raw_fd(),
+            Flusher::Thread(t) => t.eventfd.as_raw_fd(),
+        })
+    }
+
+    fn describe(&self) -> &'static str {
+        match &self.flusher {
+            Flusher::Uring(_) => "mmap + fdatasync via io_uring",
+            Flusher::Thread(_) => "mmap + fdatasync on a helper thread",
+        }
+    }
+}
+
+impl Drop for SysStorage {
+    fn drop(&mut self) {
+        // Let every flush in flight finish before the files close, so that a shutdown never
+        // races the kernel (fsync holds no user memory, so this is about order, not safety).
+        let mut sink = Vec::new();
+        loop {
+            let busy = match &self.flusher {
+                Flusher::Uring(u) => !u.inflight.is_empty(),
+                Flusher::Thread(t) => t.in_flight > 0,
+            };
+            if !busy || self.wait().is_err() {
+                break;
+            }
+            self.reap(&mut sink);
+        }
+    }
+}
+
+enum Flusher {
+    Uring(UringFlusher),
+    Thread(ThreadFlusher),
+}
+
+fn new_eventfd() -> io::Result<File> {
+    // SAFETY: eventfd takes no pointers; the flags are valid constants.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by eventfd, is valid and owned by nobody else.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// Empties an eventfd's counter; the fd is non-blocking, so an empty counter is not an error.
+fn drain_eventfd(f: &File) {
+    let mut buf = [0u8; 8];
+    let _ = (&*f).read(&mut buf);
+}
+
+struct Pending {
+    flush_no: u64,
+    ops_left: u32,
+    error: Option<io::Error>,
+}
+
+struct UringFlusher {
+    ring: IoUring,
+    eventfd: File,
+    inflight: Vec<Pending>,
+    /// Entries that did not fit in the submission queue yet.
+    backlog: VecDeque<squeue::Entry>,
+}
+
+impl UringFlusher {
+    fn new() -> io::Result<UringFlusher> {
+        let ring = IoUring::new(RING_ENTRIES)?;
+        let eventfd = new_eventfd()?;
+        ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
+        Ok(UringFlusher {
+            ring,
+            eventfd,
+            inflight: Vec::new(),
+            backlog: VecDeque::new(),
+        })
+    }
+
+    fn push_backlog(&mut self) -> io::Result<()> {
+        while let Some(e) = self.backlog.front() {
+            let pushed = {
+                let mut sq = self.ring.submission();
+                // SAFETY: the entry is an IORING_OP_FSYNC on a file descriptor that stays open
+                // until its completion has been reaped (files are only closed by `remove`,
+                // which the shard calls only for files with no flush in flight, and by drop,
+                // which waits for every flush first). FSYNC references no user memory.
+                unsafe { sq.push(e).is_ok() }
+            };
+            if pushed {
+                self.backlog.pop_front();
+            } else {
+                // Queue full: hand what is queued to the kernel, which frees the slots.
+                self.ring.submit()?;
+            }
+        }
+        self.ring.submit()?;
+        Ok(())
+    }
+
+    fn submit(&mut self, flush_no: u64, fds: &[(RawFd, bool)]) -> io::Result<()> {
+        if fds.is_empty() {
+            self.inflight.push(Pending {
+                flush_no,
+                ops_left: 1,
+                error: None,
+            });
+            let nop = opcode::Nop::new().build().user_data(flush_no);
+            self.backlog.push_back(nop);
+            return self.push_backlog();
+        }
+        self.inflight.push(Pending {
+            flush_no,
+            ops_left: fds.len() as u32,
+            error: None,
+        });
+        for &(fd, data_only) in fds {
+            let flags = if data_only {
+                types::FsyncFlags::DATASYNC
+            } else {
+                types::FsyncFlags::empty()
+            };
+            let e = opcode::Fsync::new(types::Fd(fd))
+                .flags(flags)
+                .build()
+                .user_data(flush_no);
+            self.backlog.push_back(e);
+        }
+        self.push_backlog()
+    }
+
+    fn reap(&mut self, out: &mut Vec<FlushDone>) {
+        // Reset the eventfd before draining, so a completion that lands after the drain
+        // signals it again.
+        drain_eventfd(&self.eventfd);
+        if !self.backlog.is_empty() {
+            let _ = self.push_backlog();
+        }
+        for cqe in self.ring.completion() {
+            let flush_no = cqe.user_data();
+            let Some(i) = self.inflight.iter().position(|p| p.flush_no == flush_no) else {
+                continue;
+            };
+            let p = &mut self.inflight[i];
+            if cqe.result() < 0 && p.error.is_none() {
+                p.error = Some(io::Error::from_raw_os_error(-cqe.result()));
+            }
+            p.ops_left -= 1;
+            if p.ops_left == 0 {
+                let p = self.inflight.remove(i);
+                out.push((p.flush_no, p.error.map_or(Ok(()), Err)));
+            }
+        }
+    }
+
+    fn wait(&mut self) -> io::Result<()> {
+        if self.inflight.is_empty() {
+            return Ok(());
+        }
+        if !self.backlog.is_empty() {
+            self.push_backlog()?;
+        }
+        self.ring.submit_and_wait(1)?;
+        Ok(())
+    }
+}
+
+struct Job {
+    flush_no: u64,
+    files: Vec<(File, bool)>,
+}
+
+struct ThreadFlusher {
+    jobs: Option<mpsc::Sender<Job>>,
+    done: mpsc::Receiver<FlushDone>,
+    eventfd: File,
+    thread: Option<JoinHandle<()>>,
+    in_flight: usize,
+    ready: VecDeque<FlushDone>,
+}
+
+impl ThreadFlusher {
+    fn new() -> io::Result<ThreadFlusher> {
+        let eventfd = new_eventfd()?;
+        let signal = eventfd.try_clone()?;
+        let (jobs, job_rx) = mpsc::channel::<Job>();
+        let (done_tx, done) = mpsc::channel::<FlushDone>();
+        let thread = std::thread::Builder::new()
+            .name("scd-flush".into())
+            .spawn(move || {
+                for job in job_rx {
+                    let mut result = Ok(());
+                    for (f, data_only) in &job.files {
+                        let r = if *data_only {
+                            f.sync_data()
+                        } else {
+                            f.sync_all()
+                        };
+                        if let Err(e) = r {
+                            result = Err(e);
+                            break;
+                        }
+                    }
+                    if done_tx.send((job.flush_no, result)).is_err() {
+                        return;
+                    }
+                    let _ = (&signal).write(&1u64.to_ne_bytes());
+                }
+            })?;
+        Ok(ThreadFlusher {
+            jobs: Some(jobs),
+            done,
+            eventfd,
+            thread: Some(thread),
+            in_flight: 0,
+            ready: VecDeque::new(),
+        })
+    }
+
+    fn submit(&mut self, flush_no: u64, fds: &[(RawFd, bool)]) -> io::Result<()> {
+        let mut files = Vec::with_capacity(fds.len());
+        for &(fd, data_only) in fds {
+            // A duplicate descriptor, so the helper thread never uses one the shard closed.
+            // SAFETY: `fd` is open for the duration of this call (borrowed from a `File` the
+            // storage owns); `BorrowedFd` does not outlive it and `try_clone_to_owned` dups it.
+            let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            files.push((File::from(borrowed.try_clone_to_owned()?), data_only));
+        }
+        let Some(jobs) = &self.jobs else {
+            return Err(io::Error::other("flush thread is gone"));
+        };
+        jobs.send(Job { flush_no, files })
+            .map_err(|_| io::Error::other("flush thread is gone"))?;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    fn reap(&mut self, out: &mut Vec<FlushDone>) {
+        drain_eventfd(&self.eventfd);
+        while let Some(d) = self.ready.pop_front() {
+            self.in_flight -= 1;
+            out.push(d);
+        }
+        while let Ok(d) = self.done.try_recv() {
+            self.in_flight -= 1;
+            out.push(d);
+        }
+    }
+
+    fn wait(&mut self) -> io::Result<()> {
+        if self.in_flight == 0 || !self.ready.is_empty() {
+            return Ok(());
+        }
+        match self.done.recv() {
+            Ok(d) => {
+                self.ready.push_back(d);
+                Ok(())
+            }
+            Err(_) => Err(io::Error::other("flush thread is gone")),
+        }
+    }
+}
+
+impl Drop for ThreadFlusher {
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

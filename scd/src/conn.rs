@@ -1,0 +1,487 @@
+//! Client connections on the local endpoint (Unix socket or loopback TCP).
+//!
+//! Each connection has one **reader** task and one **writer** task. The reader owns the socket's
+//! read half and a buffer; it never drops an in-flight read (the only way a read ends early is the
+//! core's shutdown cancel, which hands the buffer back with whatever arrived). It decodes every
+//! complete frame in the buffer (pipelining), routes each request to the shard that owns its
+//! session (directly when the shard is on this core, over the owner core's bounded channel
+//! otherwise), and stops reading while `requests_in_flight_max` requests await their replies.
+//!
+//! Every request gets exactly one reply through its `ReplyTo` (see `exec`), from whichever core
+//! answers it; the writer gathers the replies that are ready and writes them in one go. When the
+//! reader ends (EOF, error, bad frame, shutdown), the connection's locks are released on every
+//! core at once; the writer ends after the last reply, and the socket closes.
+//!
+//! Memory per connection is bounded: the read buffer holds at most one frame (the decoder refuses
+//! a body over the limit as soon as the header arrives), and at most `requests_in_flight_max`
+//! replies wait for the writer.
+
+use std::cell::Cell;
+use std::io;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use log::{debug, warn};
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Splitable};
+use monoio::net::{TcpListener, TcpStream, UnixListener};
+use scd_engine::{OwnerId, SessionKey, shard_for};
+use scd_wire::constants::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
+use scd_wire::frame::{DecodeError, Frame, Header, Limits};
+use scd_wire::local::{HelloOk, Reply, Request, decode_request, negotiate};
+
+use crate::answer::{Answer, ErrCode};
+use crate::constants;
+use crate::core::{Core, CoreMsg, ShardRequest};
+use crate::exec::{Op, ReplyTo};
+use crate::notify::Notify;
+use crate::proto;
+
+/// Accepts Unix-socket clients until shutdown.
+pub async fn accept_unix(core: Rc<Core>, listener: UnixListener) {
+    while !core.stopping.get() {
+        let accepted = listener.cancelable_accept(core.stop_handle()).await;
+        if core.stopping.get() {
+            break;
+        }
+        match accepted {
+            Ok((stream, _)) => {
+                let peer = match stream.peer_cred() {
+                    Ok(c) => format!("unix pid {} uid {}", c.pid().unwrap_or(-1), c.uid()),
+                    Err(_) => "unix peer".to_string(),
+                };
+                if admit(&core, &peer) {
+                    monoio::spawn(serve(core.clone(), stream, peer));
+                }
+            }
+            Err(e) => accept_failed(&core, e).await,
+        }
+    }
+}
+
+/// Accepts loopback TCP clients until shutdown.
+pub async fn accept_tcp(core: Rc<Core>, listener: TcpListener) {
+    while !core.stopping.get() {
+        let accepted = listener.cancelable_accept(core.stop_handle()).await;
+        if core.stopping.get() {
+            break;
+        }
+        match accepted {
+            Ok((stream, addr)) => {
+                // Replies are small and latency matters more than segment count.
+                let _ = stream.set_nodelay(true);
+                let peer = format!("tcp {addr}");
+                if admit(&core, &peer) {
+                    monoio::spawn(serve::<TcpStream>(core.clone(), stream, peer));
+                }
+            }
+            Err(e) => accept_failed(&core, e).await,
+        }
+    }
+}
+
+/// Counts the connection in, or refuses it (the stream is dropped, so closed) over the limit.
+fn admit(core: &Core, peer: &str) -> bool {
+    let max = core.node.settings.local.connections_max;
+    let open = core.node.connections_open.fetch_add(1, Ordering::Relaxed);
+    if open >= max {
+        core.node.connections_open.fetch_sub(1, Ordering::Relaxed);
+        core.counters
+            .connections_refused
+            .set(core.counters.connections_refused.get() + 1);
+        warn!("refused {peer}: {open} connections open, local.connections_max is {max}");
+        return false;
+    }
+    core.counters
+        .connections_accepted
+        .set(core.counters.connections_accepted.get() + 1);
+    core.conns_open.set(core.conns_open.get() + 1);
+    true
+}
+
+async fn accept_failed(core: &Core, e: io::Error) {
+    warn!("core {}: accept failed: {e}", core.index);
+    // Out of descriptors or memory: back off briefly instead of spinning on the same error.
+    monoio::time::sleep(Duration::from_millis(10)).await;
+}
+
+/// Per-connection state shared by its reader and writer (same core, same thread).
+struct Conn {
+    owner: OwnerId,
+    peer: String,
+    in_flight: Cell<u32>,
+    slot_free: Notify,
+}
+
+async fn serve<S>(core: Rc<Core>, stream: S, peer: String)
+where
+    S: Splitable + 'static,
+    S::OwnedRead: CancelableAsyncReadRent + 'static,
+    S::OwnedWrite: AsyncWriteRent + 'static,
+{
+    let conn = Rc::new(Conn {
+        owner: core.next_owner(),
+        peer,
+        in_flight: Cell::new(0),
+        slot_free: Notify::default(),
+    });
+    debug!("connection from {} (owner {:x})", conn.peer, conn.owner.0);
+    let (rd, wr) = stream.into_split();
+    let (tx, rx) = flume::unbounded::<Vec<u8>>();
+    let writer = monoio::spawn(write_loop(conn.clone(), rx, wr));
+    read_loop(&core, &conn, rd, tx).await;
+    // The connection is gone (or going): its locks go now, not after a lease. Queued lock waits of
+    // this owner are answered with an error, so the writer sees its last reply.
+    core.release_owner_everywhere(conn.owner).await;
+    writer.await;
+    core.conns_open.set(core.conns_open.get() - 1);
+    core.node.connections_open.fetch_sub(1, Ordering::Relaxed);
+    core.conns_changed.notify();
+    debug!("connection from {} closed", conn.peer);
+}
+
+/// Whether the reader goes on after a frame.
+enum Next {
+    Continue,
+    Close,
+}
+
+async fn read_loop<R: CancelableAsyncReadRent>(
+    core: &Rc<Core>,
+    conn: &Rc<Conn>,
+    mut rd: R,
+    tx: flume::Sender<Vec<u8>>,
+) {
+    let limits = proto::limits(core.node.settings.storage.session_size_max);
+    let in_flight_max = core.node.settings.local.requests_in_flight_max;
+    let mut hello_done = false;
+    let mut buf: Vec<u8> = Vec::with_capacity(constants::CONN_READ_BUFFER_INITIAL_BYTES);
+    'conn: loop {
+        let needed;
+        // Decode every complete frame already buffered.
+        let mut pos = 0;
+        loop {
+            if conn.in_flight.get() >= in_flight_max {
+                conn.slot_free.notified().await;
+                continue;
+            }
+            match decode_request(&buf[pos..], &limits) {
+                Ok((frame, used)) => {
+                    pos += used;
+                    conn.in_flight.set(conn.in_flight.get() + 1);
+                    let reply = ReplyTo::new(tx.clone(), frame.request_id);
+                    let next = dispatch(core, conn, frame, reply, &mut hello_done).await;
+                    if let Next::Close = next {
+                        break 'conn;
+                    }
+                }
+                Err(DecodeError::Incomplete { needed: n }) => {
+                    needed = n;
+                    break;
+                }
+                Err(DecodeError::Invalid(reason)) => {
+                    core.counters
+                        .protocol_errors
+                        .set(core.counters.protocol_errors.get() + 1);
+                    warn!(
+                        "client protocol error from {}: {reason}; closing the connection",
+                        conn.peer
+                    );
+                    // Answer under the frame's request ID when its header could be read.
+                    let request_id = Header::decode(&buf[pos..], &limits)
+                        .map(|h| h.request_id)
+                        .unwrap_or(0);
+                    conn.in_flight.set(conn.in_flight.get() + 1);
+                    ReplyTo::new(tx.clone(), request_id).send(Answer::error(
+                        ErrCode::BadRequest,
+                        format!("invalid frame: {reason}"),
+                    ));
+                    break 'conn;
+                }
+            }
+        }
+        if pos > 0 {
+            buf.drain(..pos);
+        }
+        if buf.is_empty() && buf.capacity() > constants::CONN_READ_BUFFER_SHRINK_BYTES {
+            // A large session passed through; do not keep its buffer for an idle connection.
+            buf = Vec::with_capacity(constants::CONN_READ_BUFFER_INITIAL_BYTES);
+        }
+        if core.stopping.get() {
+            break;
+        }
+        // Room for at least the rest of the current frame (bounded by the decoder's limits).
+        let want = needed.max(constants::CONN_READ_BUFFER_INITIAL_BYTES / 2);
+        if buf.capacity() - buf.len() < want {
+            buf.reserve(want);
+        }
+        let len = buf.len();
+        let cap = buf.capacity();
+        let (res, slice) = rd
+            .cancelable_read(buf.slice_mut(len..cap), core.stop_handle())
+            .await;
+        buf = slice.into_inner();
+        match res {
+            Ok(0) => break,
+            Ok(_) => {
+                core.refresh_now();
+            }
+            Err(e) => {
+                if !core.stopping.get() {
+                    debug!("read from {} failed: {e}", conn.peer);
+                }
+                break;
+            }
+        }
+    }
+    drop(tx);
+}
+
+/// Handles one request. Every path answers `reply` exactly once (or hands it on to a shard).
+async fn dispatch(
+    core: &Rc<Core>,
+    conn: &Rc<Conn>,
+    frame: Frame<Request<'_>>,
+    reply: ReplyTo,
+    hello_done: &mut bool,
+) -> Next {
+    core.counters.requests.set(core.counters.requests.get() + 1);
+    let request = frame.message;
+    if let Request::Hello {
+        version_min,
+        version_max,
+        client_name,
+    } = request
+    {
+        if *hello_done {
+            reply.send(Answer::error(
+                ErrCode::BadRequest,
+                "Hello was already sent on this connection",
+            ));
+            return Next::Continue;
+        }
+        match negotiate(
+            version_min,
+            version_max,
+            PROTOCOL_VERSION_MIN,
+            PROTOCOL_VERSION_MAX,
+        ) {
+            Some(version) => {
+                *hello_done = true;
+                debug!(
+                    "{} is {client_name:?}, protocol version {version}",
+                    conn.peer
+                );
+                let limits: Limits = proto::limits(core.node.settings.storage.session_size_max);
+                reply.send_frame(proto::encode_reply(
+                    frame.request_id,
+                    Reply::HelloOk(HelloOk {
+                        version,
+                        node: core.node.relay_addr,
+                        node_id: core.node.node_id,
+                        data_max: limits.data_max,
+                        body_max: limits.body_max,
+                    }),
+                ));
+                return Next::Continue;
+            }
+            None => {
+                core.counters
+                    .protocol_errors
+                    .set(core.counters.protocol_errors.get() + 1);
+                warn!(
+                    "client {} ({client_name:?}) speaks protocol {version_min}..={version_max}, \
+                     this daemon {PROTOCOL_VERSION_MIN}..={PROTOCOL_VERSION_MAX}; closing",
+                    conn.peer
+                );
+                reply.send(Answer::error(
+                    ErrCode::UnsupportedVersion,
+                    "no protocol version in common",
+                ));
+                return Next::Close;
+            }
+        }
+    }
+    if !*hello_done {
+        core.counters
+            .protocol_errors
+            .set(core.counters.protocol_errors.get() + 1);
+        warn!(
+            "client protocol error from {}: first frame is not Hello; closing",
+            conn.peer
+        );
+        reply.send(Answer::error(
+            ErrCode::BadRequest,
+            "the first frame on a connection must be Hello",
+        ));
+        return Next::Close;
+    }
+    let locks = &core.node.settings.locks;
+    match request {
+        Request::Hello { .. } => {}
+        Request::CreateId => create_id(core, conn, reply).await,
+        Request::Stats => {
+            let c = core.clone();
+            monoio::spawn(async move {
+                let entries = crate::stats::gather(&c).await.entries();
+                let pairs: Vec<(&str, u64)> =
+                    entries.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+                match scd_wire::local::StatEntries::new(&pairs) {
+                    Ok(list) => {
+                        let frame = proto::encode_reply(reply.request_id(), Reply::Stats(list));
+                        reply.send_frame(frame)
+                    }
+                    Err(reason) => reply.send(Answer::error(
+                        ErrCode::Internal,
+                        format!("statistics: {reason}"),
+                    )),
+                }
+            });
+        }
+        Request::ReadLock {
+            id,
+            wait_ms,
+            lease_ms,
+        } => {
+            let op = Op::ReadLock {
+                wait_ms: wait_ms.min(locks.wait_max_ms),
+                // A lease of 0 would make the lock useless; the operator's maximum applies.
+                lease_ms: if lease_ms == 0 {
+                    locks.lease_max_ms
+                } else {
+                    lease_ms.min(locks.lease_max_ms)
+                },
+            };
+            route(core, conn, id.hash, op, reply).await;
+        }
+        Request::Read { id } => route(core, conn, id.hash, Op::Read, reply).await,
+        Request::WriteUnlock {
+            id,
+            token,
+            lifetime_s,
+            data,
+        } => {
+            route(
+                core,
+                conn,
+                id.hash,
+                Op::WriteUnlock {
+                    token,
+                    lifetime_s,
+                    data,
+                },
+                reply,
+            )
+            .await
+        }
+        Request::Touch {
+            id,
+            token,
+            lifetime_s,
+        } => route(core, conn, id.hash, Op::Touch { token, lifetime_s }, reply).await,
+        Request::Unlock { id, token } => {
+            route(core, conn, id.hash, Op::Unlock { token }, reply).await
+        }
+        Request::Destroy { id, token } => {
+            route(core, conn, id.hash, Op::Destroy { token }, reply).await
+        }
+        Request::Exists { id } => route(core, conn, id.hash, Op::Exists, reply).await,
+    }
+    Next::Continue
+}
+
+/// Runs `op` on the shard that owns `hash`: here if this core owns it, else on its core.
+async fn route(core: &Rc<Core>, conn: &Conn, hash: [u8; 16], op: Op<&[u8]>, reply: ReplyTo) {
+    let key = SessionKey(hash);
+    let shard = shard_for(&key, core.shard_count() as usize) as u32;
+    let owner_core = core.owner_core(shard);
+    if owner_core == core.index {
+        core.execute_local(shard, key, conn.owner, op, reply);
+        return;
+    }
+    core.counters
+        .cross_core
+        .set(core.counters.cross_core.get() + 1);
+    let msg = CoreMsg::Request(ShardRequest {
+        shard,
+        key,
+        owner: conn.owner,
+        op: op.to_owned(),
+        reply,
+    });
+    // Bounded channel: a busy core pushes back on this reader, which stops reading meanwhile.
+    if let Err(flume::SendError(CoreMsg::Request(r))) = core.peers[owner_core].send_async(msg).await
+    {
+        r.reply.send(Answer::error(
+            ErrCode::Unavailable,
+            "the daemon is stopping",
+        ));
+    }
+}
+
+/// A fresh session ID with this node as master. The HASH is drawn from the OS's CSPRNG until it
+/// falls on a shard of this core (no cross-core hop in the common case); the shard then checks
+/// that no session or lock has that HASH before the ID is handed out.
+async fn create_id(core: &Rc<Core>, conn: &Conn, reply: ReplyTo) {
+    let shards = core.shard_count() as usize;
+    let mut hash = [0u8; 16];
+    for _ in 0..constants::CREATE_ID_TRIES_MAX {
+        if let Err(e) = getrandom::fill(&mut hash) {
+            reply.send(Answer::error(
+                ErrCode::Internal,
+                format!("no randomness from the OS: {e}"),
+            ));
+            return;
+        }
+        let shard = shard_for(&SessionKey(hash), shards) as u32;
+        if core.owner_core(shard) == core.index {
+            break;
+        }
+    }
+    // Either a local shard was found, or (a core without shards) the last draw goes to its owner.
+    route(core, conn, hash, Op::Create, reply).await;
+}
+
+async fn write_loop<W: AsyncWriteRent>(conn: Rc<Conn>, rx: flume::Receiver<Vec<u8>>, mut wr: W) {
+    let mut batch: Vec<u8> = Vec::new();
+    let mut broken = false;
+    while let Ok(first) = rx.recv_async().await {
+        let mut count = 1u32;
+        let out = match rx.try_recv() {
+            // The common case, one reply: write its buffer as it is.
+            Err(_) => first,
+            Ok(second) => {
+                batch.clear();
+                batch.extend_from_slice(&first);
+                batch.extend_from_slice(&second);
+                count += 1;
+                while batch.len() < constants::CONN_WRITE_BATCH_BYTES {
+                    match rx.try_recv() {
+                        Ok(more) => {
+                            batch.extend_from_slice(&more);
+                            count += 1;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                std::mem::take(&mut batch)
+            }
+        };
+        conn.in_flight
+            .set(conn.in_flight.get().saturating_sub(count));
+        conn.slot_free.notify();
+        if broken {
+            continue;
+        }
+        let (res, buf) = wr.write_all(out).await;
+        if let Err(e) = res {
+            // Keep draining so the reader's in-flight count stays true; the reader sees the close.
+            debug!("write to {} failed: {e}", conn.peer);
+            broken = true;
+        }
+        if buf.capacity() <= constants::CONN_WRITE_BATCH_BYTES * 2 && batch.capacity() == 0 {
+            batch = buf;
+        }
+    }
+}

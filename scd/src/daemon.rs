@@ -1,0 +1,380 @@
+//! The daemon's main thread: binds the endpoints, starts one event-loop thread per core, waits for
+//! them to open their shards, then waits for SIGTERM/SIGINT and shuts down in order: stop accepting
+//! → finish in-flight requests → flush every shard → exit 0 (and remove the Unix socket file).
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use log::{error, info, warn};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::constants;
+use crate::core::{self, CoreEvent, CoreMsg, CoreStart};
+use crate::settings::{Resolved, Settings};
+
+/// Why the daemon could not start (it then exits non-zero with this message).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create data folder {path}: {source}")]
+    DataDir { path: PathBuf, source: io::Error },
+    #[error("cannot read or create node ID file {path}: {source}")]
+    NodeId { path: PathBuf, source: io::Error },
+    #[error("another scd is already serving the Unix socket {0}")]
+    SocketInUse(PathBuf),
+    #[error("cannot listen on Unix socket {path}: {source}")]
+    UnixListen { path: PathBuf, source: io::Error },
+    #[error("cannot listen on TCP {addr}: {source}")]
+    TcpListen { addr: SocketAddr, source: io::Error },
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    MetricsListen { addr: SocketAddr, source: io::Error },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(io::Error),
+    #[error("cannot start core thread {core}: {source}")]
+    Thread { core: usize, source: io::Error },
+    #[error("core {core} failed to start: {reason}")]
+    Core { core: usize, reason: String },
+}
+
+/// What every core knows about the node. Read-only after start, except the connection count.
+pub struct Node {
+    pub settings: Settings,
+    pub resolved: Resolved,
+    /// This node's ID (kept in the data folder, so it survives restarts).
+    pub node_id: u64,
+    /// This node's relay endpoint: the MASTER and PORT of every session ID it creates.
+    pub relay_addr: SocketAddr,
+    /// Client connections open right now, on all cores (checked against `connections_max`).
+    pub connections_open: AtomicU32,
+}
+
+/// Runs the daemon until SIGTERM/SIGINT. Returns once everything is flushed.
+pub fn run(settings: Settings, resolved: Resolved) -> Result<(), StartError> {
+    info!(
+        "scd {} starting (pid {}), {} cores, {} shards",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id(),
+        resolved.cores,
+        resolved.shards
+    );
+    info!("settings: {}", one_line(&settings));
+    info!(
+        "cluster settings are checked but not used yet (relay port {}, heartbeat port {}, HA {}): \
+         clustering arrives with the cluster work; this node serves its own sessions only",
+        settings.cluster.relay_port,
+        settings.cluster.heartbeat_port,
+        if settings.cluster.ha { "on" } else { "off" }
+    );
+
+    let data_dir = settings.node.data_dir.clone();
+    fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
+        path: data_dir.clone(),
+        source,
+    })?;
+    let node_id = node_id(&data_dir)?;
+
+    // Signals are registered before any thread starts, so every thread inherits the mask state
+    // and a signal that arrives during start-up is not lost.
+    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(StartError::Signals)?;
+
+    let unix = match &resolved.unix_socket {
+        Some(path) => Some(bind_unix(path, resolved.unix_socket_mode)?),
+        None => None,
+    };
+    let tcp = match resolved.tcp_listen {
+        Some(addr) => {
+            Some(bind_tcp(addr).map_err(|source| StartError::TcpListen { addr, source })?)
+        }
+        None => None,
+    };
+    let metrics = match resolved.metrics_listen {
+        Some(addr) => {
+            Some(bind_tcp(addr).map_err(|source| StartError::MetricsListen { addr, source })?)
+        }
+        None => None,
+    };
+    let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
+    let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
+
+    let node = Arc::new(Node {
+        relay_addr: SocketAddr::new(resolved.advertise, settings.cluster.relay_port),
+        settings,
+        resolved,
+        node_id,
+        connections_open: AtomicU32::new(0),
+    });
+
+    let cores = node.resolved.cores;
+    let mut senders = Vec::with_capacity(cores);
+    let mut receivers = Vec::with_capacity(cores);
+    for _ in 0..cores {
+        let (tx, rx) = flume::bounded::<CoreMsg>(constants::CORE_CHANNEL_DEPTH);
+        senders.push(tx);
+        receivers.push(rx);
+    }
+    let (events_tx, events_rx) = mpsc::channel::<CoreEvent>();
+    let mut threads: Vec<JoinHandle<()>> = Vec::with_capacity(cores);
+    for (index, inbox) in receivers.into_iter().enumerate() {
+        let start = CoreStart {
+            index,
+            node: node.clone(),
+            peers: senders.clone(),
+            inbox,
+            events: events_tx.clone(),
+            unix: clone_listener(unix.as_ref(), UnixListener::try_clone),
+            tcp: clone_listener(tcp.as_ref(), TcpListener::try_clone),
+            // One core serves the metrics endpoint; scrapes are rare and cheap.
+            metrics: if index == 0 {
+                metrics.as_ref().and_then(|l| l.try_clone().ok())
+            } else {
+                None
+            },
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("core-{index}"))
+            .spawn(move || core::run(start))
+            .map_err(|source| StartError::Thread {
+                core: index,
+                source,
+            })?;
+        threads.push(handle);
+    }
+    drop(events_tx);
+    // The main thread keeps no listener: the cores own their clones, so closing them stops accepts.
+    drop(unix);
+    drop(tcp);
+    drop(metrics);
+
+    // Wait until every core has opened its shards (recovery) and is serving.
+    let mut ready = 0;
+    let mut failure: Option<StartError> = None;
+    while ready < cores {
+        match events_rx.recv() {
+            Ok(CoreEvent::Ready { core, summary }) => {
+                info!("core {core} ready: {summary}");
+                ready += 1;
+            }
+            Ok(CoreEvent::Failed { core, reason }) => {
+                error!("core {core} failed to start: {reason}");
+                failure = Some(StartError::Core { core, reason });
+                break;
+            }
+            Ok(CoreEvent::Drained { .. }) => {}
+            Err(_) => {
+                failure = Some(StartError::Core {
+                    core: 0,
+                    reason: "a core thread ended".into(),
+                });
+                break;
+            }
+        }
+    }
+    if let Some(e) = failure {
+        stop_cores(&senders, &events_rx, cores);
+        for t in threads {
+            let _ = t.join();
+        }
+        remove_socket(&node);
+        return Err(e);
+    }
+
+    info!(
+        "ready: unix socket {}, tcp {}, metrics {}, node {} (id {:016x})",
+        node.resolved
+            .unix_socket
+            .as_ref()
+            .map_or("off".to_string(), |p| p.display().to_string()),
+        tcp_addr.map_or("off".to_string(), |a| a.to_string()),
+        metrics_addr.map_or("off".to_string(), |a| a.to_string()),
+        node.relay_addr,
+        node.node_id
+    );
+
+    if let Some(sig) = signals.forever().next() {
+        let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
+        info!("{name} received: stopping (no new connections; finishing requests in flight)");
+    }
+
+    stop_cores(&senders, &events_rx, cores);
+    for (i, t) in threads.into_iter().enumerate() {
+        if t.join().is_err() {
+            error!("core {i} ended abnormally");
+        }
+    }
+    remove_socket(&node);
+    info!("stopped: every shard flushed");
+    Ok(())
+}
+
+/// Two phases so that no core stops serving its shards while another still has connections that
+/// may send it requests: all cores stop accepting and drain their connections, then all finish.
+fn stop_cores(
+    senders: &[flume::Sender<CoreMsg>],
+    events: &mpsc::Receiver<CoreEvent>,
+    cores: usize,
+) {
+    for tx in senders {
+        let _ = tx.send(CoreMsg::StopAccepting);
+    }
+    let mut drained = 0;
+    while drained < cores {
+        match events.recv_timeout(Duration::from_millis(constants::SHUTDOWN_DRAIN_MS_MAX * 2)) {
+            Ok(CoreEvent::Drained { core, forced }) => {
+                if forced > 0 {
+                    warn!("core {core}: closed {forced} connections that did not finish in time");
+                }
+                drained += 1;
+            }
+            Ok(_) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                warn!("a core did not report drained in time; finishing anyway");
+                break;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    for tx in senders {
+        let _ = tx.send(CoreMsg::Finish);
+    }
+}
+
+fn clone_listener<L>(l: Option<&L>, f: impl Fn(&L) -> io::Result<L>) -> Option<L> {
+    l.and_then(|l| match f(l) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            error!("cannot share a listener with a core: {e}");
+            None
+        }
+    })
+}
+
+fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+    let l = TcpListener::bind(addr)?;
+    // The epoll fallback needs non-blocking sockets; io_uring does not mind either way.
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, StartError> {
+    let unix_err = |source| StartError::UnixListen {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(unix_err)?;
+    }
+    if path.exists() {
+        // A live daemon answers a connect; a stale file left by a crash (kill -9) does not.
+        if UnixStream::connect(path).is_ok() {
+            return Err(StartError::SocketInUse(path.to_path_buf()));
+        }
+        let meta = fs::symlink_metadata(path).map_err(unix_err)?;
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(unix_err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "the path exists and is not a socket; refusing to remove it",
+            )));
+        }
+        fs::remove_file(path).map_err(unix_err)?;
+        info!(
+            "removed stale socket file {} (left by a daemon that did not stop cleanly)",
+            path.display()
+        );
+    }
+    let l = UnixListener::bind(path).map_err(unix_err)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(unix_err)?;
+    l.set_nonblocking(true).map_err(unix_err)?;
+    Ok(l)
+}
+
+fn remove_socket(node: &Node) {
+    if let Some(path) = &node.resolved.unix_socket {
+        if let Err(e) = fs::remove_file(path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                warn!("cannot remove socket file {}: {e}", path.display());
+            }
+        }
+    }
+}
+
+/// The node ID lives in `data_dir/node-id` (16 hex digits), drawn from the CSPRNG on first start.
+fn node_id(dir: &Path) -> Result<u64, StartError> {
+    let path = dir.join("node-id");
+    let err = |source| StartError::NodeId {
+        path: path.clone(),
+        source,
+    };
+    match fs::File::open(&path) {
+        Ok(mut f) => {
+            let mut text = String::new();
+            Read::by_ref(&mut f)
+                .take(64)
+                .read_to_string(&mut text)
+                .map_err(err)?;
+            let t = text.trim();
+            if t.len() == 16 {
+                if let Ok(id) = u64::from_str_radix(t, 16) {
+                    if id != 0 {
+                        return Ok(id);
+                    }
+                }
+            }
+            Err(err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "expected 16 hex digits",
+            )))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let mut id = 0;
+            while id == 0 {
+                id = getrandom::u64().map_err(|e| err(io::Error::other(e.to_string())))?;
+            }
+            let tmp = dir.join("node-id.tmp");
+            let mut f = fs::File::create(&tmp).map_err(err)?;
+            writeln!(f, "{id:016x}").map_err(err)?;
+            f.sync_all().map_err(err)?;
+            fs::rename(&tmp, &path).map_err(err)?;
+            Ok(id)
+        }
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// The settings on one log line: `section.key=value ...`.
+fn one_line(s: &Settings) -> String {
+    let text = s.to_toml();
+    let mut out = String::new();
+    let mut section = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_string();
+            continue;
+        }
+        if let Some((k, v)) = line.split_once(" = ") {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            out.push_str(&format!("{section}.{k}={v}"));
+        }
+    }
+    out
+}
+
+/// Connections open now (all cores), for the statistics.
+pub fn connections_open(node: &Node) -> u32 {
+    node.connections_open.load(Ordering::Relaxed)
+}

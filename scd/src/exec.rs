@@ -1,0 +1,530 @@
+//! One request against one engine shard, on the thread that owns the shard.
+//!
+//! A request either gets its answer at once, or waits inside the shard: a ReadLock queued behind
+//! another holder (until `Event::LockGranted` / `Event::LockTimedOut`), or a write-through write
+//! waiting for its group flush (until `Event::Durable`). The waiting ones are kept here with their
+//! `ReplyTo`, keyed by the engine's `WaitId` / `Ticket`, and answered when the event comes.
+//!
+//! Invariant: every `ReplyTo` is answered exactly once. Dropping one unanswered sends an Internal
+//! error (so a bug costs one request an error, never a client hung for ever).
+
+use std::collections::HashMap;
+
+use log::{error, warn};
+use scd_engine::{
+    EngineError, Event, FlushPolicy, LockOutcome, LockToken, OwnerId, RecoveryReport, SessionKey,
+    Shard, ShardConfig, Ticket, WaitId, WriteAck,
+};
+
+use crate::answer::{Answer, ErrCode};
+use crate::daemon::Node;
+use crate::proto;
+use crate::settings::StorageModel;
+use crate::stats::{CoreCounters, ShardFigures};
+
+/// A request's operation on its session. `D` is the write's data: borrowed from the connection's
+/// buffer when the shard is on the same core, owned when the request crosses to another core.
+#[derive(Clone, Debug)]
+pub enum Op<D> {
+    ReadLock {
+        wait_ms: u32,
+        lease_ms: u32,
+    },
+    Read,
+    WriteUnlock {
+        token: u64,
+        lifetime_s: u32,
+        data: D,
+    },
+    Touch {
+        token: u64,
+        lifetime_s: u32,
+    },
+    Unlock {
+        token: u64,
+    },
+    Destroy {
+        token: u64,
+    },
+    Exists,
+    /// Hand out this (freshly drawn) HASH as a new session ID, if no session or lock has it.
+    Create,
+}
+
+impl Op<&[u8]> {
+    pub fn to_owned(&self) -> Op<Vec<u8>> {
+        match *self {
+            Op::ReadLock { wait_ms, lease_ms } => Op::ReadLock { wait_ms, lease_ms },
+            Op::Read => Op::Read,
+            Op::WriteUnlock {
+                token,
+                lifetime_s,
+                data,
+            } => Op::WriteUnlock {
+                token,
+                lifetime_s,
+                data: data.to_vec(),
+            },
+            Op::Touch { token, lifetime_s } => Op::Touch { token, lifetime_s },
+            Op::Unlock { token } => Op::Unlock { token },
+            Op::Destroy { token } => Op::Destroy { token },
+            Op::Exists => Op::Exists,
+            Op::Create => Op::Create,
+        }
+    }
+}
+
+impl Op<Vec<u8>> {
+    pub fn as_ref(&self) -> Op<&[u8]> {
+        match self {
+            Op::ReadLock { wait_ms, lease_ms } => Op::ReadLock {
+                wait_ms: *wait_ms,
+                lease_ms: *lease_ms,
+            },
+            Op::Read => Op::Read,
+            Op::WriteUnlock {
+                token,
+                lifetime_s,
+                data,
+            } => Op::WriteUnlock {
+                token: *token,
+                lifetime_s: *lifetime_s,
+                data: data.as_slice(),
+            },
+            Op::Touch { token, lifetime_s } => Op::Touch {
+                token: *token,
+                lifetime_s: *lifetime_s,
+            },
+            Op::Unlock { token } => Op::Unlock { token: *token },
+            Op::Destroy { token } => Op::Destroy { token: *token },
+            Op::Exists => Op::Exists,
+            Op::Create => Op::Create,
+        }
+    }
+}
+
+/// Where a request's reply goes: its connection's writer (on whichever core), under its request
+/// ID. `Send`, so a shard on another core can answer directly.
+pub struct ReplyTo {
+    tx: flume::Sender<Vec<u8>>,
+    request_id: u64,
+    answered: bool,
+}
+
+impl ReplyTo {
+    pub fn new(tx: flume::Sender<Vec<u8>>, request_id: u64) -> ReplyTo {
+        ReplyTo {
+            tx,
+            request_id,
+            answered: false,
+        }
+    }
+
+    pub fn request_id(&self) -> u64 {
+        self.request_id
+    }
+
+    pub fn send(mut self, answer: Answer<'_>) {
+        let mut out = Vec::new();
+        proto::encode_answer(self.request_id, &answer, &mut out);
+        self.answered = true;
+        // The connection may be gone; then nobody needs the reply.
+        let _ = self.tx.send(out);
+    }
+
+    /// An already encoded reply frame.
+    pub fn send_frame(mut self, frame: Vec<u8>) {
+        self.answered = true;
+        let _ = self.tx.send(frame);
+    }
+
+    pub fn internal(self, what: &str) {
+        self.send(Answer::error(ErrCode::Internal, what));
+    }
+}
+
+impl Drop for ReplyTo {
+    fn drop(&mut self) {
+        if !self.answered {
+            let mut out = Vec::new();
+            let answer = Answer::error(ErrCode::Internal, "request dropped without an answer");
+            proto::encode_answer(self.request_id, &answer, &mut out);
+            let _ = self.tx.send(out);
+        }
+    }
+}
+
+struct PendingLock {
+    key: SessionKey,
+    owner: OwnerId,
+    reply: ReplyTo,
+}
+
+struct PendingWrite {
+    /// The answer once durable: the written version (Done) or Done with the current version.
+    version: u64,
+    reply: ReplyTo,
+}
+
+/// One engine shard and the requests waiting inside it.
+pub struct ShardSlot {
+    index: u32,
+    /// This node's relay endpoint: the master of the IDs this shard hands out.
+    relay_addr: std::net::SocketAddr,
+    shard: Shard,
+    locks: HashMap<WaitId, PendingLock>,
+    writes: HashMap<Ticket, PendingWrite>,
+    events: Vec<Event>,
+    /// Requests answered with an error by this shard (the engine counts the rest).
+    errors: u64,
+    /// Set after a flush failure was logged, so it is logged once, not once per pass.
+    flush_failure_logged: bool,
+    /// Engine reads made only to learn a version (see `version_of`).
+    version_lookups: u64,
+    version_lookup_misses: u64,
+}
+
+/// The owner used to probe whether a lock is free (no connection ever gets ID 0: owner IDs
+/// start at 1 on every core).
+const PROBE_OWNER: OwnerId = OwnerId(0);
+
+fn recovery_summary(r: &RecoveryReport) -> String {
+    format!(
+        "{} sessions recovered from {} files ({} bytes scanned in {} ms, {:.0} MB/s), {} damaged \
+         records and {} damaged files skipped, {} expired dropped; flush by {}",
+        r.sessions,
+        r.files,
+        r.bytes_scanned,
+        r.elapsed.as_millis(),
+        r.mb_per_s(),
+        r.damaged,
+        r.damaged_files,
+        r.expired,
+        r.flush_mechanism
+    )
+}
+
+impl ShardSlot {
+    /// Opens (and recovers) shard `index` on the calling thread.
+    pub fn open(node: &Node, index: u32) -> Result<(ShardSlot, String), String> {
+        let s = &node.settings.storage;
+        let cfg = ShardConfig {
+            flush: match s.model {
+                StorageModel::WriteThrough => FlushPolicy::WriteThrough,
+                StorageModel::DelayedWrite => FlushPolicy::DelayedWrite {
+                    interval_ms: s.flush_interval_ms,
+                },
+            },
+            session_size_max: s.session_size_max as usize,
+            shards: node.resolved.shards,
+            ..ShardConfig::default()
+        };
+        let (shard, report) =
+            Shard::open(&cfg, &node.settings.node.data_dir, index).map_err(|e| e.to_string())?;
+        for d in &report.damage {
+            warn!(
+                "shard {index}: recovery skipped damage in {} slot {}: {}",
+                d.file,
+                d.slot.map_or("-".to_string(), |s| s.to_string()),
+                d.reason
+            );
+        }
+        let summary = recovery_summary(&report);
+        Ok((
+            ShardSlot {
+                index,
+                relay_addr: node.relay_addr,
+                shard,
+                locks: HashMap::new(),
+                writes: HashMap::new(),
+                events: Vec::new(),
+                errors: 0,
+                flush_failure_logged: false,
+                version_lookups: 0,
+                version_lookup_misses: 0,
+            },
+            summary,
+        ))
+    }
+
+    pub fn completion_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.shard.completion_fd()
+    }
+
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        self.shard.next_deadline_ms()
+    }
+
+    pub fn pending_durable(&self) -> usize {
+        self.writes.len()
+    }
+
+    fn fail(&mut self, reply: ReplyTo, e: &EngineError) {
+        self.errors += 1;
+        reply.send(Answer::error(error_code(e), e.to_string()));
+    }
+
+    /// Runs one request. `now_ms` is the pass's clock reading.
+    pub fn execute(
+        &mut self,
+        now_ms: u64,
+        key: SessionKey,
+        owner: OwnerId,
+        op: Op<&[u8]>,
+        reply: ReplyTo,
+        _counters: &CoreCounters,
+    ) {
+        match op {
+            Op::ReadLock { wait_ms, lease_ms } => {
+                let deadline_ms = now_ms.saturating_add(u64::from(wait_ms));
+                match self
+                    .shard
+                    .lock(key, owner, now_ms, deadline_ms, u64::from(lease_ms))
+                {
+                    Ok(LockOutcome::Granted(token)) => {
+                        self.answer_read(key, token.get(), now_ms, reply)
+                    }
+                    Ok(LockOutcome::Queued(wait)) => {
+                        self.locks.insert(wait, PendingLock { key, owner, reply });
+                    }
+                    Ok(LockOutcome::TimedOut) => {
+                        self.errors += 1;
+                        reply.send(Answer::error(ErrCode::LockTimeout, "the session is locked"));
+                    }
+                    Err(e) => self.fail(reply, &e),
+                }
+            }
+            Op::Read => self.answer_read(key, 0, now_ms, reply),
+            Op::WriteUnlock {
+                token,
+                lifetime_s,
+                data,
+            } => {
+                let Some(token) = LockToken::from_u64(token) else {
+                    return self.fail(reply, &EngineError::NotLocked);
+                };
+                let ack = self.shard.put_unlock(key, token, data, lifetime_s, now_ms);
+                self.acknowledge(key, now_ms, ack, reply);
+            }
+            Op::Touch { token, lifetime_s } => {
+                let Some(token) = LockToken::from_u64(token) else {
+                    return self.fail(reply, &EngineError::NotLocked);
+                };
+                // The protocol's Touch also releases the lock (PHP's update_timestamp ends the
+                // request); the engine's touch keeps it, so unlock after a successful touch.
+                let ack = self
+                    .shard
+                    .touch(key, token, lifetime_s, now_ms)
+                    .and_then(|ack| {
+                        self.shard.unlock(key, token, now_ms)?;
+                        Ok(ack)
+                    });
+                self.acknowledge(key, now_ms, ack, reply);
+            }
+            Op::Unlock { token } => {
+                let Some(token) = LockToken::from_u64(token) else {
+                    return self.fail(reply, &EngineError::NotLocked);
+                };
+                match self.shard.unlock(key, token, now_ms) {
+                    Ok(()) => {
+                        let version = self.version_of(&key, now_ms);
+                        reply.send(Answer::Done { version });
+                    }
+                    Err(e) => self.fail(reply, &e),
+                }
+            }
+            Op::Destroy { token } => {
+                // The lock (if any) stays with its holder: PHP ends the request with Unlock.
+                let ack = self.shard.destroy(key, LockToken::from_u64(token), now_ms);
+                self.acknowledge(key, now_ms, ack, reply);
+            }
+            Op::Exists => {
+                let exists = self.shard.exists(&key, now_ms);
+                reply.send(Answer::Existence(exists));
+            }
+            Op::Create => {
+                if self.shard.exists(&key, now_ms) || self.lock_in_use(key, now_ms) {
+                    // 2^-128 odds; refused rather than hand out an ID that is in use.
+                    warn!(
+                        "shard {}: a freshly drawn session hash is already in use",
+                        self.index
+                    );
+                    self.errors += 1;
+                    reply.send(Answer::error(
+                        ErrCode::Internal,
+                        "drawn session hash in use; ask again",
+                    ));
+                } else {
+                    reply.send(Answer::IdCreated {
+                        master: self.relay_addr,
+                        hash: key.0,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Answers a write-like request: at once (delayed-write), or once its flush is durable.
+    fn acknowledge(
+        &mut self,
+        key: SessionKey,
+        now_ms: u64,
+        ack: Result<WriteAck, EngineError>,
+        reply: ReplyTo,
+    ) {
+        match ack {
+            Ok(WriteAck::Done) => {
+                let version = self.version_of(&key, now_ms);
+                reply.send(Answer::Done { version });
+            }
+            Ok(WriteAck::Pending(ticket)) => {
+                let version = self.version_of(&key, now_ms);
+                self.writes.insert(ticket, PendingWrite { version, reply });
+            }
+            Err(e) => self.fail(reply, &e),
+        }
+    }
+
+    /// The session's data version now (0 if there is none). The engine has no accessor that
+    /// leaves its read counters alone, so these lookups are counted and taken off again in `stats`.
+    fn version_of(&mut self, key: &SessionKey, now_ms: u64) -> u64 {
+        self.version_lookups += 1;
+        match self.shard.get(key, now_ms) {
+            Some(s) => s.version(),
+            None => {
+                self.version_lookup_misses += 1;
+                0
+            }
+        }
+    }
+
+    /// Whether anyone holds the lock on `key`, probed by asking for it without waiting (the
+    /// engine has no read-only lock query): granted means it was free, and it is given back at
+    /// once.
+    fn lock_in_use(&mut self, key: SessionKey, now_ms: u64) -> bool {
+        match self.shard.lock(key, PROBE_OWNER, now_ms, now_ms, 1) {
+            Ok(LockOutcome::Granted(token)) => {
+                let _ = self.shard.unlock(key, token, now_ms);
+                false
+            }
+            _ => true,
+        }
+    }
+
+    fn answer_read(&mut self, key: SessionKey, token: u64, now_ms: u64, reply: ReplyTo) {
+        match self.shard.get(&key, now_ms) {
+            Some(s) => reply.send(Answer::Data {
+                token,
+                version: s.version(),
+                data: s.data(),
+            }),
+            None => reply.send(Answer::NotFound { token }),
+        }
+    }
+
+    /// A client connection closed: its locks and queued waits go; each queued wait is answered.
+    pub fn release_owner(&mut self, owner: OwnerId, now_ms: u64) {
+        self.shard.release_owner(owner, now_ms);
+        let gone: Vec<WaitId> = self
+            .locks
+            .iter()
+            .filter(|(_, p)| p.owner == owner)
+            .map(|(w, _)| *w)
+            .collect();
+        for w in gone {
+            if let Some(p) = self.locks.remove(&w) {
+                p.reply
+                    .send(Answer::error(ErrCode::Unavailable, "connection closed"));
+            }
+        }
+    }
+
+    /// End of a driver pass: collect events (grants, timeouts, durable writes), expire a bounded
+    /// number of sessions, flush (group commit), and collect what the flush completed at once.
+    pub fn pass(&mut self, now_ms: u64) {
+        self.collect(now_ms);
+        self.shard
+            .expire_step(now_ms, crate::constants::EXPIRE_BUDGET_PER_PASS);
+        self.shard.flush(now_ms);
+        self.collect(now_ms);
+        if !self.flush_failure_logged {
+            if let Some(reason) = self.shard.failure() {
+                error!(
+                    "shard {}: flush failed, the shard refuses writes from now on: {reason}",
+                    self.index
+                );
+                self.flush_failure_logged = true;
+            }
+        }
+    }
+
+    fn collect(&mut self, now_ms: u64) {
+        let mut events = std::mem::take(&mut self.events);
+        self.shard.poll_events(now_ms, &mut events);
+        for ev in events.drain(..) {
+            match ev {
+                Event::LockGranted { wait, token } => {
+                    if let Some(p) = self.locks.remove(&wait) {
+                        self.answer_read(p.key, token.get(), now_ms, p.reply);
+                    }
+                }
+                Event::LockTimedOut { wait } => {
+                    if let Some(p) = self.locks.remove(&wait) {
+                        self.errors += 1;
+                        p.reply
+                            .send(Answer::error(ErrCode::LockTimeout, "the lock wait ran out"));
+                    }
+                }
+                Event::Durable { ticket } => {
+                    if let Some(p) = self.writes.remove(&ticket) {
+                        p.reply.send(Answer::Done { version: p.version });
+                    }
+                }
+                Event::WriteFailed { ticket, error } => {
+                    if let Some(p) = self.writes.remove(&ticket) {
+                        self.fail(p.reply, &error);
+                    }
+                }
+            }
+        }
+        self.events = events;
+    }
+
+    /// Shutdown: a last flush, then the shard closes (dropped by the caller).
+    pub fn close(&mut self, now_ms: u64) {
+        if let Err(e) = self.shard.sync() {
+            error!("shard {}: final flush failed: {e}", self.index);
+        }
+        self.collect(now_ms);
+    }
+
+    pub fn stats(&self) -> ShardFigures {
+        let s = self.shard.stats();
+        ShardFigures {
+            shard: self.index,
+            sessions: s.sessions,
+            bytes: s.data_bytes,
+            size_smallest: s.size_smallest,
+            size_largest: s.size_largest,
+            reads: s.reads.saturating_sub(self.version_lookups),
+            writes: s.writes,
+            lock_waits: s.lock_waits,
+            lock_timeouts: s.lock_timeouts,
+            flushes: s.flushes,
+            errors: self.errors,
+        }
+    }
+}
+
+/// The protocol's error code for an engine error.
+pub fn error_code(e: &EngineError) -> ErrCode {
+    match e {
+        EngineError::TooLarge { .. } => ErrCode::TooLarge,
+        EngineError::WrongToken | EngineError::NotLocked => ErrCode::NotLocked,
+        EngineError::NotFound => ErrCode::NotFound,
+        EngineError::StorageFailed { .. }
+        | EngineError::Corrupt { .. }
+        | EngineError::Io { .. } => ErrCode::Storage,
+        _ => ErrCode::Internal,
+    }
+}

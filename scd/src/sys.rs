@@ -1,0 +1,20 @@
+//! The crate's only `unsafe`: turning a file descriptor owned by the engine into something the
+//! runtime can wait on.
+
+use std::io;
+use std::os::fd::{BorrowedFd, RawFd};
+use std::os::unix::net::UnixDatagram;
+
+/// A duplicate of `fd` wrapped so that monoio can wait for it to become readable (an io_uring
+/// PollAdd, or epoll on the fallback driver) through `UnixDatagram::readable(false)`. The wrapper
+/// is only ever polled for readiness, never read from or written to, so its socket type is a
+/// vehicle for the runtime's readiness API and nothing more. It owns its own duplicate: dropping
+/// it never closes the engine's descriptor.
+pub fn pollable_dup(fd: RawFd) -> io::Result<UnixDatagram> {
+    // SAFETY: `fd` comes from the engine's `completion_fd()`, which stays open for as long as the
+    // shard lives; the shard outlives this call, and the borrow ends before it returns (we keep
+    // only the duplicate).
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let owned = borrowed.try_clone_to_owned()?;
+    Ok(UnixDatagram::from(owned))
+}

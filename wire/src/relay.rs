@@ -1,0 +1,763 @@
+//! Relays between daemons (docs/wire.md, "Relays between daemons").
+//!
+//! A connection starts with a three-frame handshake ([`ServerHandshake`], [`ClientHandshake`])
+//! in which both sides prove the cluster key over fresh nonces; it yields per-direction keys.
+//! After it, every frame is sealed by a [`Sealer`] and checked by an [`Opener`]: a BLAKE3 keyed
+//! MAC over an implicit sequence number, the header and the body, so a replayed, reordered,
+//! dropped or altered frame is refused. These are pure state objects; the daemon owns the socket.
+
+use crate::constants::{
+    AUTH_TAG_LEN, HEADER_LEN, NONCE_LEN, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN, RELAY_TAG_LEN,
+    SESSION_HASH_LEN,
+};
+use crate::frame::{
+    Body, DecodeError, Frame, Limits, Reader, Reason, kind, len_u32, private, put_u8, put_u32,
+    put_u64, split_frame,
+};
+use crate::local::{ErrorCode, Reply, Request, error_body_len, negotiate, read_error, write_error};
+use crate::mac::{ClusterKey, ct_eq_16, ct_eq_32, keyed};
+
+/// What a sync stream carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum SyncRole {
+    /// Copies the receiver should hold as the sender's backup (a rejoining node asks for these).
+    Replicas = 1,
+    /// Sessions the receiver is to take over as master (a draining node sends these).
+    Masters = 2,
+}
+
+impl SyncRole {
+    fn decode(value: u8) -> Result<SyncRole, Reason> {
+        match value {
+            1 => Ok(SyncRole::Replicas),
+            2 => Ok(SyncRole::Masters),
+            other => Err(Reason::BadSyncRole(other)),
+        }
+    }
+}
+
+/// A copy of one session, as Replicate and SyncItem carry it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Replica<'a> {
+    /// The session's identity (its ID's HASH).
+    pub hash: [u8; SESSION_HASH_LEN],
+    /// Data version.
+    pub version: u64,
+    /// Placement epoch (the ID's VERSION); a receiver that knows a higher one refuses the copy.
+    pub epoch: u32,
+    /// Seconds left to live.
+    pub lifetime_s: u32,
+    /// The session data.
+    pub data: &'a [u8],
+}
+
+impl<'a> Replica<'a> {
+    const HEAD_LEN: usize = SESSION_HASH_LEN + 8 + 4 + 4 + 4;
+
+    fn write_head(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.hash);
+        put_u64(out, self.version);
+        put_u32(out, self.epoch);
+        put_u32(out, self.lifetime_s);
+        put_u32(out, len_u32(self.data.len()));
+    }
+
+    fn read(r: &mut Reader<'a>, limits: &Limits) -> Result<Self, Reason> {
+        Ok(Replica {
+            hash: r.array("hash")?,
+            version: r.u64("version")?,
+            epoch: r.u32("epoch")?,
+            lifetime_s: r.u32("lifetime_s")?,
+            data: r.blob(limits)?,
+        })
+    }
+}
+
+/// A sealed relay message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayMessage<'a> {
+    /// A client request forwarded to the session's master (or backup, on failover).
+    Forward {
+        /// Node ID of the node the PHP client is connected to.
+        origin: u64,
+        /// The request, any local request but Hello.
+        request: Request<'a>,
+    },
+    /// The answer to a Forward: any local reply but HelloOk.
+    ForwardReply {
+        /// The reply.
+        reply: Reply<'a>,
+    },
+    /// Master → backup: hold this copy.
+    Replicate(Replica<'a>),
+    /// Backup → master: this version is held.
+    ReplicateAck {
+        /// The session.
+        hash: [u8; SESSION_HASH_LEN],
+        /// The version now held.
+        version: u64,
+    },
+    /// Master → backup: forget this copy.
+    DropReplica {
+        /// The session.
+        hash: [u8; SESSION_HASH_LEN],
+    },
+    /// Become the session's master under a new placement epoch.
+    Promote {
+        /// The session.
+        hash: [u8; SESSION_HASH_LEN],
+        /// The new placement epoch.
+        epoch: u32,
+    },
+    /// Done (answer to DropReplica, Promote, SyncEnd).
+    Ack,
+    /// Ask the peer to stream sessions.
+    SyncRequest {
+        /// Which sessions.
+        role: SyncRole,
+    },
+    /// A sync stream starts.
+    SyncBegin {
+        /// Which sessions.
+        role: SyncRole,
+        /// How many items will probably follow (a hint only).
+        count_hint: u64,
+    },
+    /// One session of a sync stream.
+    SyncItem(Replica<'a>),
+    /// A sync stream ends.
+    SyncEnd {
+        /// SyncItem frames sent in the stream.
+        count: u64,
+    },
+    /// The request failed.
+    Error {
+        /// What went wrong.
+        code: ErrorCode,
+        /// For logs, at most 256 bytes (the encoder truncates longer text).
+        message: &'a str,
+    },
+}
+
+impl private::Sealed for RelayMessage<'_> {}
+
+impl Body for RelayMessage<'_> {
+    fn kind(&self) -> u8 {
+        match self {
+            RelayMessage::Forward { .. } => kind::FORWARD,
+            RelayMessage::ForwardReply { .. } => kind::FORWARD_REPLY,
+            RelayMessage::Replicate(_) => kind::REPLICATE,
+            RelayMessage::ReplicateAck { .. } => kind::REPLICATE_ACK,
+            RelayMessage::DropReplica { .. } => kind::DROP_REPLICA,
+            RelayMessage::Promote { .. } => kind::PROMOTE,
+            RelayMessage::Ack => kind::ACK,
+            RelayMessage::SyncRequest { .. } => kind::SYNC_REQUEST,
+            RelayMessage::SyncBegin { .. } => kind::SYNC_BEGIN,
+            RelayMessage::SyncItem(_) => kind::SYNC_ITEM,
+            RelayMessage::SyncEnd { .. } => kind::SYNC_END,
+            RelayMessage::Error { .. } => kind::RELAY_ERROR,
+        }
+    }
+
+    fn body_len(&self) -> usize {
+        match self {
+            RelayMessage::Forward { request, .. } => 9 + request.body_len(),
+            RelayMessage::ForwardReply { reply } => 1 + reply.body_len(),
+            RelayMessage::Replicate(r) | RelayMessage::SyncItem(r) => {
+                Replica::HEAD_LEN + r.data.len()
+            }
+            RelayMessage::ReplicateAck { .. } => SESSION_HASH_LEN + 8,
+            RelayMessage::DropReplica { .. } => SESSION_HASH_LEN,
+            RelayMessage::Promote { .. } => SESSION_HASH_LEN + 4,
+            RelayMessage::Ack => 0,
+            RelayMessage::SyncRequest { .. } => 1,
+            RelayMessage::SyncBegin { .. } => 9,
+            RelayMessage::SyncEnd { .. } => 8,
+            RelayMessage::Error { message, .. } => error_body_len(message),
+        }
+    }
+
+    fn write_body_head(&self, out: &mut Vec<u8>) {
+        match self {
+            RelayMessage::Forward { origin, request } => {
+                put_u64(out, *origin);
+                put_u8(out, request.kind());
+                request.write_body_head(out);
+            }
+            RelayMessage::ForwardReply { reply } => {
+                put_u8(out, reply.kind());
+                reply.write_body_head(out);
+            }
+            RelayMessage::Replicate(r) | RelayMessage::SyncItem(r) => r.write_head(out),
+            RelayMessage::ReplicateAck { hash, version } => {
+                out.extend_from_slice(hash);
+                put_u64(out, *version);
+            }
+            RelayMessage::DropReplica { hash } => out.extend_from_slice(hash),
+            RelayMessage::Promote { hash, epoch } => {
+                out.extend_from_slice(hash);
+                put_u32(out, *epoch);
+            }
+            RelayMessage::Ack => {}
+            RelayMessage::SyncRequest { role } => put_u8(out, *role as u8),
+            RelayMessage::SyncBegin { role, count_hint } => {
+                put_u8(out, *role as u8);
+                put_u64(out, *count_hint);
+            }
+            RelayMessage::SyncEnd { count } => put_u64(out, *count),
+            RelayMessage::Error { code, message } => write_error(out, *code, message),
+        }
+    }
+
+    fn data(&self) -> &[u8] {
+        match self {
+            RelayMessage::Forward { request, .. } => request.data(),
+            RelayMessage::ForwardReply { reply } => reply.data(),
+            RelayMessage::Replicate(r) | RelayMessage::SyncItem(r) => r.data,
+            _ => &[],
+        }
+    }
+}
+
+impl<'a> RelayMessage<'a> {
+    /// Decodes the body of a relay message of kind `k` (after its MAC was checked).
+    pub(crate) fn decode_body(k: u8, body: &'a [u8], limits: &Limits) -> Result<Self, Reason> {
+        let mut r = Reader::new(body);
+        let message = match k {
+            kind::FORWARD => {
+                let origin = r.u64("origin")?;
+                let inner = r.u8("inner_kind")?;
+                if inner == kind::HELLO || kind::channel(inner) != Some(kind::Channel::LocalRequest)
+                {
+                    return Err(Reason::NotForwardable(inner));
+                }
+                let request = Request::decode_body(inner, r.rest(), limits)?;
+                return Ok(RelayMessage::Forward { origin, request });
+            }
+            kind::FORWARD_REPLY => {
+                let inner = r.u8("inner_kind")?;
+                if inner == kind::HELLO_OK
+                    || kind::channel(inner) != Some(kind::Channel::LocalReply)
+                {
+                    return Err(Reason::NotForwardable(inner));
+                }
+                let reply = Reply::decode_body(inner, r.rest(), limits)?;
+                return Ok(RelayMessage::ForwardReply { reply });
+            }
+            kind::REPLICATE => RelayMessage::Replicate(Replica::read(&mut r, limits)?),
+            kind::REPLICATE_ACK => RelayMessage::ReplicateAck {
+                hash: r.array("hash")?,
+                version: r.u64("version")?,
+            },
+            kind::DROP_REPLICA => RelayMessage::DropReplica {
+                hash: r.array("hash")?,
+            },
+            kind::PROMOTE => RelayMessage::Promote {
+                hash: r.array("hash")?,
+                epoch: r.u32("epoch")?,
+            },
+            kind::ACK => RelayMessage::Ack,
+            kind::SYNC_REQUEST => RelayMessage::SyncRequest {
+                role: SyncRole::decode(r.u8("role")?)?,
+            },
+            kind::SYNC_BEGIN => RelayMessage::SyncBegin {
+                role: SyncRole::decode(r.u8("role")?)?,
+                count_hint: r.u64("count_hint")?,
+            },
+            kind::SYNC_ITEM => RelayMessage::SyncItem(Replica::read(&mut r, limits)?),
+            kind::SYNC_END => RelayMessage::SyncEnd {
+                count: r.u64("count")?,
+            },
+            kind::RELAY_ERROR => {
+                let (code, message) = read_error(&mut r)?;
+                RelayMessage::Error { code, message }
+            }
+            other => {
+                return Err(match kind::channel(other) {
+                    Some(_) => Reason::WrongChannel(other),
+                    None => Reason::UnknownKind(other),
+                });
+            }
+        };
+        r.finish()?;
+        Ok(message)
+    }
+}
+
+/// Decodes a relay frame without a MAC. Only for the fuzz checks: on a connection every relay
+/// frame is sealed and goes through [`Opener::open`].
+pub(crate) fn decode_unsealed<'a>(
+    buf: &'a [u8],
+    limits: &Limits,
+) -> Result<(Frame<RelayMessage<'a>>, usize), DecodeError> {
+    let (header, body) = split_frame(buf, limits, &[kind::Channel::Relay], 0)?;
+    let message = RelayMessage::decode_body(header.kind, body, limits)?;
+    Ok((Frame::new(header.request_id, message), header.frame_len()))
+}
+
+/// Tag over `seq ‖ header ‖ body-head ‖ data`, truncated to 128 bits.
+fn frame_tag(key: &[u8; 32], seq: u64, head: &[u8], data: &[u8]) -> [u8; RELAY_TAG_LEN] {
+    let full = keyed(key, &[&seq.to_le_bytes(), head, data]);
+    let mut tag = [0u8; RELAY_TAG_LEN];
+    tag.copy_from_slice(&full[..RELAY_TAG_LEN]);
+    tag
+}
+
+/// Seals outgoing relay frames of one direction of one connection.
+pub struct Sealer {
+    key: [u8; 32],
+    /// Sequence number of the next frame; `None` once 2^64 frames were sealed.
+    next_seq: Option<u64>,
+}
+
+impl Sealer {
+    /// Bytes [`Sealer::seal`] appends for `frame`.
+    pub fn sealed_len(frame: &Frame<RelayMessage<'_>>) -> usize {
+        frame.encoded_len() + RELAY_TAG_LEN
+    }
+
+    /// Appends `header ‖ body ‖ tag` to `out`.
+    pub fn seal(
+        &mut self,
+        frame: &Frame<RelayMessage<'_>>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Reason> {
+        let tag = self.seal_head(frame, out)?;
+        out.extend_from_slice(frame.data());
+        out.extend_from_slice(&tag);
+        Ok(())
+    }
+
+    /// For a vectored write without copying the session data: appends the frame's head (see
+    /// [`Frame::encode_head`]) to `head` and returns the tag. What goes on the wire is
+    /// `head ‖ frame.data() ‖ tag`.
+    pub fn seal_head(
+        &mut self,
+        frame: &Frame<RelayMessage<'_>>,
+        head: &mut Vec<u8>,
+    ) -> Result<[u8; RELAY_TAG_LEN], Reason> {
+        let seq = self.next_seq.ok_or(Reason::SequenceExhausted)?;
+        let start = head.len();
+        frame.encode_head(head);
+        let tag = frame_tag(&self.key, seq, &head[start..], frame.data());
+        self.next_seq = seq.checked_add(1);
+        Ok(tag)
+    }
+}
+
+/// Checks and decodes incoming relay frames of one direction of one connection.
+pub struct Opener {
+    key: [u8; 32],
+    /// Sequence number the next frame must have been sealed with.
+    next_seq: Option<u64>,
+    /// Set by any invalid frame: the stream cannot be trusted afterwards.
+    poisoned: bool,
+}
+
+impl Opener {
+    /// Decodes one sealed frame from the start of `buf`. The header (magic, version, kind, flags,
+    /// body length against `limits`) is checked as soon as it is there; the body is only
+    /// interpreted after the tag matched. Any `Invalid` poisons the opener: every later call is
+    /// refused with [`Reason::Poisoned`], and the daemon must close the connection.
+    pub fn open<'a>(
+        &mut self,
+        buf: &'a [u8],
+        limits: &Limits,
+    ) -> Result<(Frame<RelayMessage<'a>>, usize), DecodeError> {
+        if self.poisoned {
+            return Err(Reason::Poisoned.into());
+        }
+        let result = self.open_inner(buf, limits);
+        if matches!(result, Err(DecodeError::Invalid(_))) {
+            self.poisoned = true;
+        }
+        result
+    }
+
+    fn open_inner<'a>(
+        &mut self,
+        buf: &'a [u8],
+        limits: &Limits,
+    ) -> Result<(Frame<RelayMessage<'a>>, usize), DecodeError> {
+        let (header, body) = split_frame(buf, limits, &[kind::Channel::Relay], RELAY_TAG_LEN)?;
+        let seq = self.next_seq.ok_or(Reason::SequenceExhausted)?;
+        let frame_len = header.frame_len();
+        let mut tag = [0u8; RELAY_TAG_LEN];
+        tag.copy_from_slice(&buf[frame_len..frame_len + RELAY_TAG_LEN]);
+        let expected = frame_tag(&self.key, seq, &buf[..HEADER_LEN], body);
+        if !ct_eq_16(&tag, &expected) {
+            return Err(Reason::BadMac.into());
+        }
+        let message = RelayMessage::decode_body(header.kind, body, limits)?;
+        self.next_seq = seq.checked_add(1);
+        Ok((
+            Frame::new(header.request_id, message),
+            frame_len + RELAY_TAG_LEN,
+        ))
+    }
+}
+
+/// The three handshake frames (unsealed, request ID 0, header version 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandshakeMessage {
+    /// Server → client, on accept.
+    Challenge {
+        /// Lowest version the server speaks.
+        version_min: u8,
+        /// Highest version the server speaks.
+        version_max: u8,
+        /// The server's node ID.
+        node_id: u64,
+        /// Fresh random bytes.
+        nonce: [u8; NONCE_LEN],
+    },
+    /// Client → server.
+    Proof {
+        /// The chosen version.
+        version: u8,
+        /// The client's node ID.
+        node_id: u64,
+        /// Fresh random bytes.
+        nonce: [u8; NONCE_LEN],
+        /// `BLAKE3.keyed(relay_key, "client" ‖ T)`.
+        tag: [u8; AUTH_TAG_LEN],
+    },
+    /// Server → client.
+    Accept {
+        /// `BLAKE3.keyed(relay_key, "server" ‖ T)`.
+        tag: [u8; AUTH_TAG_LEN],
+    },
+}
+
+const CHALLENGE_LEN: usize = 2 + 8 + NONCE_LEN;
+const PROOF_UNTAGGED_LEN: usize = 1 + 8 + NONCE_LEN;
+const TRANSCRIPT_LEN: usize = CHALLENGE_LEN + PROOF_UNTAGGED_LEN;
+
+impl private::Sealed for HandshakeMessage {}
+
+impl Body for HandshakeMessage {
+    fn kind(&self) -> u8 {
+        match self {
+            HandshakeMessage::Challenge { .. } => kind::AUTH_CHALLENGE,
+            HandshakeMessage::Proof { .. } => kind::AUTH_PROOF,
+            HandshakeMessage::Accept { .. } => kind::AUTH_ACCEPT,
+        }
+    }
+
+    fn body_len(&self) -> usize {
+        match self {
+            HandshakeMessage::Challenge { .. } => CHALLENGE_LEN,
+            HandshakeMessage::Proof { .. } => PROOF_UNTAGGED_LEN + AUTH_TAG_LEN,
+            HandshakeMessage::Accept { .. } => AUTH_TAG_LEN,
+        }
+    }
+
+    fn write_body_head(&self, out: &mut Vec<u8>) {
+        match self {
+            HandshakeMessage::Challenge {
+                version_min,
+                version_max,
+                node_id,
+                nonce,
+            } => {
+                put_u8(out, *version_min);
+                put_u8(out, *version_max);
+                put_u64(out, *node_id);
+                out.extend_from_slice(nonce);
+            }
+            HandshakeMessage::Proof {
+                version,
+                node_id,
+                nonce,
+                tag,
+            } => {
+                put_u8(out, *version);
+                put_u64(out, *node_id);
+                out.extend_from_slice(nonce);
+                out.extend_from_slice(tag);
+            }
+            HandshakeMessage::Accept { tag } => out.extend_from_slice(tag),
+        }
+    }
+
+    fn data(&self) -> &[u8] {
+        &[]
+    }
+}
+
+/// Decodes one handshake frame from the start of `buf`.
+pub fn decode_handshake(buf: &[u8]) -> Result<(HandshakeMessage, usize), DecodeError> {
+    // Handshake bodies are tiny and fixed; no caller limit is needed.
+    let limits = Limits {
+        body_max: (PROOF_UNTAGGED_LEN + AUTH_TAG_LEN) as u32,
+        data_max: 0,
+    };
+    let (header, body) = split_frame(buf, &limits, &[kind::Channel::Handshake], 0)?;
+    if header.request_id != 0 {
+        return Err(Reason::RequestIdNotZero.into());
+    }
+    let mut r = Reader::new(body);
+    let message = match header.kind {
+        kind::AUTH_CHALLENGE => {
+            let version_min = r.u8("version_min")?;
+            let version_max = r.u8("version_max")?;
+            if version_min == 0 || version_min > version_max {
+                return Err(Reason::BadVersionRange {
+                    min: version_min,
+                    max: version_max,
+                }
+                .into());
+            }
+            HandshakeMessage::Challenge {
+                version_min,
+                version_max,
+                node_id: r.u64("node_id")?,
+                nonce: r.array("nonce")?,
+            }
+        }
+        kind::AUTH_PROOF => HandshakeMessage::Proof {
+            version: r.u8("version")?,
+            node_id: r.u64("node_id")?,
+            nonce: r.array("nonce")?,
+            tag: r.array("tag")?,
+        },
+        _ => HandshakeMessage::Accept {
+            tag: r.array("tag")?,
+        },
+    };
+    r.finish()?;
+    Ok((message, header.frame_len()))
+}
+
+fn expect(buf: &[u8], expected: u8) -> Result<(HandshakeMessage, usize), DecodeError> {
+    let (message, used) = decode_handshake(buf)?;
+    let got = message.kind();
+    if got != expected {
+        return Err(Reason::UnexpectedKind { expected, got }.into());
+    }
+    Ok((message, used))
+}
+
+/// The result of a successful handshake.
+pub struct Established {
+    /// The peer's node ID (authenticated: it is in the transcript both tags cover).
+    pub peer_node_id: u64,
+    /// The protocol version for the rest of the connection.
+    pub version: u8,
+    /// Seals the frames this side sends.
+    pub sealer: Sealer,
+    /// Opens the frames this side receives.
+    pub opener: Opener,
+}
+
+/// Everything both sides derive from the transcript.
+struct Derived {
+    client_tag: [u8; AUTH_TAG_LEN],
+    server_tag: [u8; AUTH_TAG_LEN],
+    c2s: [u8; 32],
+    s2c: [u8; 32],
+}
+
+fn derive(relay_key: &[u8; 32], transcript: &[u8; TRANSCRIPT_LEN]) -> Derived {
+    Derived {
+        client_tag: keyed(relay_key, &[b"client", transcript]),
+        server_tag: keyed(relay_key, &[b"server", transcript]),
+        c2s: keyed(relay_key, &[b"c2s", transcript]),
+        s2c: keyed(relay_key, &[b"s2c", transcript]),
+    }
+}
+
+fn established(peer_node_id: u64, version: u8, send: [u8; 32], recv: [u8; 32]) -> Established {
+    Established {
+        peer_node_id,
+        version,
+        sealer: Sealer {
+            key: send,
+            next_seq: Some(0),
+        },
+        opener: Opener {
+            key: recv,
+            next_seq: Some(0),
+            poisoned: false,
+        },
+    }
+}
+
+fn challenge_bytes(message: &HandshakeMessage) -> Vec<u8> {
+    let mut body = Vec::with_capacity(TRANSCRIPT_LEN + AUTH_TAG_LEN);
+    message.write_body_head(&mut body);
+    body
+}
+
+fn transcript(challenge: &HandshakeMessage, proof: &HandshakeMessage) -> [u8; TRANSCRIPT_LEN] {
+    let mut bytes = challenge_bytes(challenge);
+    proof.write_body_head(&mut bytes);
+    let mut t = [0u8; TRANSCRIPT_LEN];
+    // The proof's tag (the last AUTH_TAG_LEN bytes) is not part of the transcript.
+    t.copy_from_slice(&bytes[..TRANSCRIPT_LEN]);
+    t
+}
+
+/// The accepting side of a relay handshake.
+pub struct ServerHandshake {
+    relay_key: [u8; 32],
+    challenge: HandshakeMessage,
+}
+
+impl ServerHandshake {
+    /// `nonce` must be 32 fresh bytes from the OS's CSPRNG (the daemon draws them).
+    pub fn new(key: &ClusterKey, node_id: u64, nonce: [u8; NONCE_LEN]) -> Self {
+        ServerHandshake {
+            relay_key: key.relay,
+            challenge: HandshakeMessage::Challenge {
+                version_min: PROTOCOL_VERSION_MIN,
+                version_max: PROTOCOL_VERSION_MAX,
+                node_id,
+                nonce,
+            },
+        }
+    }
+
+    /// Appends the AuthChallenge frame, the first thing to send on an accepted connection.
+    pub fn challenge(&self, out: &mut Vec<u8>) {
+        Frame::new(0, self.challenge).encode(out);
+    }
+
+    /// Checks the client's AuthProof at the start of `buf`. On success appends AuthAccept to
+    /// `out` and returns the established session and the bytes used. On `Invalid` the daemon
+    /// closes the connection without sending anything.
+    pub fn on_proof(
+        &self,
+        buf: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(Established, usize), DecodeError> {
+        let (proof, used) = expect(buf, kind::AUTH_PROOF)?;
+        let HandshakeMessage::Proof {
+            version,
+            node_id,
+            tag,
+            ..
+        } = proof
+        else {
+            return Err(Reason::UnexpectedKind {
+                expected: kind::AUTH_PROOF,
+                got: proof.kind(),
+            }
+            .into());
+        };
+        let derived = derive(&self.relay_key, &transcript(&self.challenge, &proof));
+        // The tag is checked before the version so that a keyless peer learns nothing at all.
+        if !ct_eq_32(&tag, &derived.client_tag) {
+            return Err(Reason::BadMac.into());
+        }
+        if !(PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION_MAX).contains(&version) {
+            return Err(Reason::BadChosenVersion(version).into());
+        }
+        Frame::new(
+            0,
+            HandshakeMessage::Accept {
+                tag: derived.server_tag,
+            },
+        )
+        .encode(out);
+        Ok((
+            established(node_id, version, derived.s2c, derived.c2s),
+            used,
+        ))
+    }
+}
+
+/// The connecting side of a relay handshake.
+pub struct ClientHandshake {
+    relay_key: [u8; 32],
+    node_id: u64,
+    nonce: [u8; NONCE_LEN],
+    /// Set once the challenge was answered: (server node ID, version, derived keys).
+    answered: Option<(u64, u8, Derived)>,
+}
+
+impl ClientHandshake {
+    /// `nonce` must be 32 fresh bytes from the OS's CSPRNG (the daemon draws them).
+    pub fn new(key: &ClusterKey, node_id: u64, nonce: [u8; NONCE_LEN]) -> Self {
+        ClientHandshake {
+            relay_key: key.relay,
+            node_id,
+            nonce,
+            answered: None,
+        }
+    }
+
+    /// Reads the server's AuthChallenge at the start of `buf`, appends AuthProof to `out` and
+    /// returns the bytes used.
+    pub fn on_challenge(&mut self, buf: &[u8], out: &mut Vec<u8>) -> Result<usize, DecodeError> {
+        let (challenge, used) = expect(buf, kind::AUTH_CHALLENGE)?;
+        let HandshakeMessage::Challenge {
+            version_min,
+            version_max,
+            node_id: server_node_id,
+            ..
+        } = challenge
+        else {
+            return Err(Reason::UnexpectedKind {
+                expected: kind::AUTH_CHALLENGE,
+                got: challenge.kind(),
+            }
+            .into());
+        };
+        let version = negotiate(
+            PROTOCOL_VERSION_MIN,
+            PROTOCOL_VERSION_MAX,
+            version_min,
+            version_max,
+        )
+        .ok_or(Reason::NoCommonVersion {
+            min: version_min,
+            max: version_max,
+        })?;
+        let untagged = HandshakeMessage::Proof {
+            version,
+            node_id: self.node_id,
+            nonce: self.nonce,
+            tag: [0; AUTH_TAG_LEN],
+        };
+        let derived = derive(&self.relay_key, &transcript(&challenge, &untagged));
+        let proof = HandshakeMessage::Proof {
+            version,
+            node_id: self.node_id,
+            nonce: self.nonce,
+            tag: derived.client_tag,
+        };
+        Frame::new(0, proof).encode(out);
+        self.answered = Some((server_node_id, version, derived));
+        Ok(used)
+    }
+
+    /// Checks the server's AuthAccept at the start of `buf`: the server proved the key.
+    pub fn on_accept(&self, buf: &[u8]) -> Result<(Established, usize), DecodeError> {
+        let Some((server_node_id, version, derived)) = &self.answered else {
+            // Nothing can be accepted before the challenge was answered.
+            let got = buf.get(3).copied().unwrap_or(0);
+            return Err(Reason::UnexpectedKind {
+                expected: kind::AUTH_CHALLENGE,
+                got,
+            }
+            .into());
+        };
+        let (accept, used) = expect(buf, kind::AUTH_ACCEPT)?;
+        let HandshakeMessage::Accept { tag } = accept else {
+            return Err(Reason::UnexpectedKind {
+                expected: kind::AUTH_ACCEPT,
+                got: accept.kind(),
+            }
+            .into());
+        };
+        if !ct_eq_32(&tag, &derived.server_tag) {
+            return Err(Reason::BadMac.into());
+        }
+        Ok((
+            established(*server_node_id, *version, derived.c2s, derived.s2c),
+            used,
+        ))
+    }
+}

@@ -299,6 +299,32 @@ impl Drop for SysStorage {
     }
 }
 
+/// Waits until `fd` is readable or `timeout_ms` passes (-1: no limit); true if readable.
+/// For tools and tests that have no event loop of their own to wait on `completion_fd`.
+pub fn wait_readable(fd: RawFd, timeout_ms: i32) -> io::Result<bool> {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: `p` is a valid pollfd for the duration of the call and nfds is 1; an
+        // invalid fd is reported through `revents` (POLLNVAL), not undefined behaviour.
+        let n = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if p.revents & libc::POLLNVAL != 0 {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        return Ok(n > 0 && p.revents & libc::POLLIN != 0);
+    }
+}
+
 enum Flusher {
     Uring(UringFlusher),
     Thread(ThreadFlusher),

@@ -28,7 +28,7 @@ use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Spl
 use monoio::net::{TcpListener, TcpStream, UnixListener};
 use scd_engine::{OwnerId, SessionKey, shard_for};
 use scd_wire::constants::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
-use scd_wire::frame::{DecodeError, Frame, Header, Limits};
+use scd_wire::frame::{DecodeError, Frame, Header, Limits, Reason};
 use scd_wire::local::{HelloOk, Reply, Request, decode_request, negotiate};
 
 use crate::answer::{Answer, ErrCode};
@@ -157,11 +157,18 @@ async fn read_loop<R: CancelableAsyncReadRent>(
     let in_flight_max = core.node.settings.local.requests_in_flight_max;
     let mut hello_done = false;
     let mut buf: Vec<u8> = Vec::with_capacity(constants::CONN_READ_BUFFER_INITIAL_BYTES);
+    // Bytes still to discard of a frame refused as too large (its body is never buffered).
+    let mut skip: usize = 0;
     'conn: loop {
-        let needed;
+        let mut needed = 0;
+        if skip > 0 {
+            let dropped = skip.min(buf.len());
+            buf.drain(..dropped);
+            skip -= dropped;
+        }
         // Decode every complete frame already buffered.
         let mut pos = 0;
-        loop {
+        while skip == 0 {
             if conn.in_flight.get() >= in_flight_max {
                 conn.slot_free.notified().await;
                 continue;
@@ -181,6 +188,24 @@ async fn read_loop<R: CancelableAsyncReadRent>(
                     break;
                 }
                 Err(DecodeError::Invalid(reason)) => {
+                    if let Some(big) = too_large(&buf[pos..], reason) {
+                        // A session over the limit: refuse it and skip its bytes; the
+                        // connection stays usable and its buffer never holds the body.
+                        warn!(
+                            "refused a request carrying {} bytes from {}: over \
+                             storage.session_size_max ({})",
+                            big.size, conn.peer, limits.data_max
+                        );
+                        conn.in_flight.set(conn.in_flight.get() + 1);
+                        ReplyTo::new(tx.clone(), big.request_id).send(Answer::error(
+                            ErrCode::TooLarge,
+                            format!("{} bytes is over the limit of {}", big.size, limits.data_max),
+                        ));
+                        let here = big.frame_len.min(buf.len() - pos);
+                        pos += here;
+                        skip = big.frame_len - here;
+                        continue;
+                    }
                     core.counters
                         .protocol_errors
                         .set(core.counters.protocol_errors.get() + 1);
@@ -236,6 +261,26 @@ async fn read_loop<R: CancelableAsyncReadRent>(
         }
     }
     drop(tx);
+}
+
+/// A request refused for its size rather than its form.
+struct TooLarge {
+    request_id: u64,
+    frame_len: usize,
+    size: u64,
+}
+
+/// Whether `reason` says only that the frame is too big (its header is otherwise sound): the
+/// body length over the frame limit, or the session data over the data limit.
+fn too_large(buf: &[u8], reason: Reason) -> Option<TooLarge> {
+    let size = match reason {
+        Reason::BodyTooLarge { len, .. } | Reason::DataTooLarge { len, .. } => u64::from(len),
+        _ => return None,
+    };
+    // The header passed every check but the length; read it again without the length limit.
+    let unlimited = Limits { body_max: u32::MAX, data_max: u32::MAX };
+    let header = Header::decode(buf, &unlimited).ok()?;
+    Some(TooLarge { request_id: header.request_id, frame_len: header.frame_len(), size })
 }
 
 /// Handles one request. Every path answers `reply` exactly once (or hands it on to a shard).

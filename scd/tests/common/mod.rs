@@ -1,0 +1,247 @@
+//! Shared helpers for the integration tests: start the real `scd` binary on a temporary folder
+//! (Unix socket inside it, loopback TCP and metrics on free ports chosen by the kernel), wait
+//! until it says it is ready, connect clients, `kill -9` it, restart it, stop it with SIGTERM.
+//!
+//! Waits are for readiness only and are generous (a slow machine must not fail a test); no test
+//! asserts on how long something took.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use scd_client::{Client, Endpoint, SessionId};
+
+/// Generous bound for the daemon to become ready or to stop (recovery, a loaded machine).
+pub const READY_WAIT: Duration = Duration::from_secs(60);
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub tcp: Option<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
+    args: Vec<String>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    /// A daemon on a fresh folder with the given extra flags.
+    pub fn start(extra: &[&str]) -> Daemon {
+        let dir = tempfile::Builder::new().prefix("scd-test").tempdir().expect("temp dir");
+        let socket = dir.path().join("scd.sock");
+        let mut args: Vec<String> = vec![
+            "--data-dir".into(),
+            dir.path().join("data").display().to_string(),
+            "--unix-socket".into(),
+            socket.display().to_string(),
+            "--tcp-listen".into(),
+            "127.0.0.1:0".into(),
+            "--metrics-listen".into(),
+            "127.0.0.1:0".into(),
+            "--log-level".into(),
+            "debug".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut d = Daemon {
+            child: None,
+            dir,
+            socket,
+            tcp: None,
+            metrics: None,
+            args,
+            log: Arc::new(Mutex::new(Vec::new())),
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_scd"))
+            .args(&self.args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn scd");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel::<String>();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("SCD_TEST_LOG").is_some() {
+                    eprintln!("{line}");
+                }
+                log.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + READY_WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains("] ready: ") => {
+                    self.tcp = field(&line, "tcp ").and_then(|s| s.parse().ok());
+                    self.metrics = field(&line, "metrics ").and_then(|s| s.parse().ok());
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("scd did not become ready; log:\n{}", self.log_text());
+                }
+            }
+        }
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(&Endpoint::Unix(self.socket.clone())).expect("connect over the Unix socket")
+    }
+
+    pub fn tcp_client(&self) -> Client {
+        Client::connect(&Endpoint::Tcp(self.tcp.expect("tcp endpoint"))).expect("connect over TCP")
+    }
+
+    /// A raw connection (for bad input).
+    pub fn raw_tcp(&self) -> TcpStream {
+        TcpStream::connect(self.tcp.expect("tcp endpoint")).expect("raw connect")
+    }
+
+    /// SIGKILL: no flush, no cleanup (the socket file stays behind).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("kill -9");
+            c.wait().expect("wait");
+        }
+    }
+
+    /// Starts again on the same folder with the same flags.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the daemon before restarting it");
+        self.spawn();
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        signal(c.id(), "TERM");
+        wait_bounded(&mut c)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn log_lines_containing(&self, needle: &str) -> usize {
+        self.log.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Statistics as a map.
+    pub fn stats(&self) -> std::collections::BTreeMap<String, u64> {
+        self.client().stats().expect("stats").into_iter().collect()
+    }
+
+    /// Resident memory of the daemon, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// `GET path` on the metrics endpoint: (status line, body).
+    pub fn http_get(&self, path: &str) -> (String, String) {
+        let mut s = TcpStream::connect(self.metrics.expect("metrics endpoint")).expect("connect");
+        s.set_read_timeout(Some(READY_WAIT)).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("read response");
+        let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+        (head.lines().next().unwrap_or("").to_string(), body.to_string())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The value after `key` up to the next comma or space in a log line.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let rest = &line[line.find(key)? + key.len()..];
+    let end = rest.find([',', ' ']).unwrap_or(rest.len());
+    Some(&rest[..end])
+}
+
+pub fn signal(pid: u32, name: &str) {
+    let ok = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().expect("kill");
+    assert!(ok.success(), "kill -{name} {pid} failed");
+}
+
+pub fn wait_bounded(c: &mut Child) -> ExitStatus {
+    let deadline = Instant::now() + READY_WAIT;
+    loop {
+        if let Some(status) = c.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = c.kill();
+            panic!("scd did not exit after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `f` until it returns true, for at most `READY_WAIT`.
+pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + READY_WAIT;
+    while !f() {
+        assert!(Instant::now() < deadline, "gave up waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A session ID chosen by the test (any HASH): lets a test reach every shard from every core.
+pub fn test_id(n: u64, salt: u64) -> SessionId {
+    let mut hash = [0u8; 16];
+    // A cheap mix so that consecutive n spread over the shards.
+    let x = (n ^ salt.rotate_left(17)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    hash[..8].copy_from_slice(&x.to_le_bytes());
+    hash[8..].copy_from_slice(&(n.wrapping_add(salt)).to_le_bytes());
+    SessionId::new(SocketAddr::from(([127, 0, 0, 1], 34567)), None, 1, hash)
+}
+
+/// Deterministic session data of `len` bytes for session `n`.
+pub fn blob(n: u64, len: usize) -> Vec<u8> {
+    let mut x = n.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+pub fn socket_exists(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok()
+}

@@ -142,6 +142,21 @@ impl SimStorage {
         disk
     }
 
+    /// What is durable right now, exactly (no tearing): after a completed `sync`, this must
+    /// hold everything.
+    pub fn durable_image(&self) -> SimDisk {
+        let mut disk = SimDisk {
+            files: BTreeMap::new(),
+            manifest: self.manifest.clone(),
+        };
+        for name in &self.durable_names {
+            if let Some(d) = self.durable_data.get(name) {
+                disk.files.insert(name.clone(), d.clone());
+            }
+        }
+        disk
+    }
+
     /// Stops the world: returns what a power loss at this instant leaves on the disk, chosen
     /// by `rng`. Afterwards this storage is dead: flushes fail, nothing more reaches the disk.
     pub fn crash(&mut self, rng: &mut SimRng) -> SimDisk {

@@ -199,7 +199,10 @@ async fn read_loop<R: CancelableAsyncReadRent>(
                         conn.in_flight.set(conn.in_flight.get() + 1);
                         ReplyTo::new(tx.clone(), big.request_id).send(Answer::error(
                             ErrCode::TooLarge,
-                            format!("{} bytes is over the limit of {}", big.size, limits.data_max),
+                            format!(
+                                "{} bytes is over the limit of {}",
+                                big.size, limits.data_max
+                            ),
                         ));
                         let here = big.frame_len.min(buf.len() - pos);
                         pos += here;
@@ -278,9 +281,16 @@ fn too_large(buf: &[u8], reason: Reason) -> Option<TooLarge> {
         _ => return None,
     };
     // The header passed every check but the length; read it again without the length limit.
-    let unlimited = Limits { body_max: u32::MAX, data_max: u32::MAX };
+    let unlimited = Limits {
+        body_max: u32::MAX,
+        data_max: u32::MAX,
+    };
     let header = Header::decode(buf, &unlimited).ok()?;
-    Some(TooLarge { request_id: header.request_id, frame_len: header.frame_len(), size })
+    Some(TooLarge {
+        request_id: header.request_id,
+        frame_len: header.frame_len(),
+        size,
+    })
 }
 
 /// Handles one request. Every path answers `reply` exactly once (or hands it on to a shard).

@@ -6,15 +6,11 @@ pub const CORES_MAX: usize = 256;
 
 /// Most shards one store may be split into. The engine records the count on disk; re-sharding is
 /// out of scope, so this only bounds the tables the daemon keeps per shard.
-pub const SHARDS_MAX: u32 = 4096;
+pub const SHARDS_MAX: u32 = scd_engine::constants::SHARDS_MAX;
 
-/// Largest session blob an operator may allow. The engine's own default is 1 MiB; this is the ceiling
-/// for `storage.session_size_max` so that one connection's buffer (one frame) stays bounded.
-pub const SESSION_SIZE_MAX_LIMIT: u32 = 64 * 1024 * 1024;
-
-/// Extra room in a frame body beyond the session data: session ID, token, lifetime, and the other
-/// fixed fields of the largest request (a write). Generous: it only sizes the input bound.
-pub const FRAME_BODY_OVERHEAD_MAX: u32 = 4096;
+/// Largest session blob an operator may allow (the engine's ceiling; its default is 1 MiB). It
+/// also bounds one connection's read buffer (one frame).
+pub const SESSION_SIZE_MAX_LIMIT: u32 = scd_engine::constants::SESSION_SIZE_LIMIT as u32;
 
 /// Bounds on the per-connection pipelining depth an operator may set.
 pub const REQUESTS_IN_FLIGHT_MAX_LIMIT: u32 = 4096;
@@ -44,7 +40,7 @@ pub const DRIVER_IDLE_WAKE_MS: u64 = 100;
 
 /// Bounds on `flush_interval_ms` (delayed-write).
 pub const FLUSH_INTERVAL_MS_MIN: u64 = 1;
-pub const FLUSH_INTERVAL_MS_MAX: u64 = 3_600_000;
+pub const FLUSH_INTERVAL_MS_MAX: u64 = scd_engine::constants::FLUSH_INTERVAL_MS_MAX;
 
 /// Bounds on `cluster.heartbeat_interval_ms`.
 pub const HEARTBEAT_INTERVAL_MS_MIN: u64 = 50;
@@ -83,3 +79,8 @@ pub const INBOX_BATCH_MAX: usize = 256;
 /// The writer gathers replies into one write up to about this many bytes (then writes, and goes
 /// on): batching without letting one connection's output buffer grow without bound.
 pub const CONN_WRITE_BATCH_BYTES: usize = 256 * 1024;
+
+/// A TCP port still held by a daemon that was just killed is retried this many times, this far
+/// apart (about 10 s in all), before start-up fails.
+pub const BIND_RETRIES: u32 = 100;
+pub const BIND_RETRY_MS: u64 = 100;

@@ -6,7 +6,7 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -86,9 +86,12 @@ pub fn run(settings: Settings, resolved: Resolved) -> Result<(), StartError> {
     // and a signal that arrives during start-up is not lost.
     let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(StartError::Signals)?;
 
-    let unix = match &resolved.unix_socket {
-        Some(path) => Some(bind_unix(path, resolved.unix_socket_mode)?),
-        None => None,
+    let (unix, unix_lock) = match &resolved.unix_socket {
+        Some(path) => {
+            let (l, lock) = bind_unix(path, resolved.unix_socket_mode)?;
+            (Some(l), Some(lock))
+        }
+        None => (None, None),
     };
     let tcp = match resolved.tcp_listen {
         Some(addr) => {
@@ -211,6 +214,8 @@ pub fn run(settings: Settings, resolved: Resolved) -> Result<(), StartError> {
         }
     }
     remove_socket(&node);
+    // Held until the socket file is gone, so a new daemon never removes a live socket.
+    drop(unix_lock);
     info!("stopped: every shard flushed");
     Ok(())
 }
@@ -257,14 +262,35 @@ fn clone_listener<L>(l: Option<&L>, f: impl Fn(&L) -> io::Result<L>) -> Option<L
     })
 }
 
+/// Binds a TCP listener. A port still held for a moment by a daemon that was just killed (its
+/// io_uring tears down asynchronously) is retried for a few seconds before giving up.
 fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
-    let l = TcpListener::bind(addr)?;
+    let mut tries = 0;
+    let l = loop {
+        match TcpListener::bind(addr) {
+            Ok(l) => break l,
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && tries < constants::BIND_RETRIES => {
+                if tries == 0 {
+                    warn!(
+                        "{addr} is in use; retrying (a daemon that just stopped may still hold it)"
+                    );
+                }
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(constants::BIND_RETRY_MS));
+            }
+            Err(e) => return Err(e),
+        }
+    };
     // The epoll fallback needs non-blocking sockets; io_uring does not mind either way.
     l.set_nonblocking(true)?;
     Ok(l)
 }
 
-fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, StartError> {
+/// Binds the Unix socket. A lock file beside it (`<socket>.lock`, held for the daemon's life)
+/// says whether another daemon serves this path; if none does, a socket file left at the path
+/// is stale (a crash) and is replaced. Probing by connecting is not enough: right after a
+/// `kill -9`, the dead daemon's io_uring may still hold the listening socket for a moment.
+fn bind_unix(path: &Path, mode: u32) -> Result<(UnixListener, fs::File), StartError> {
     let unix_err = |source| StartError::UnixListen {
         path: path.to_path_buf(),
         source,
@@ -272,12 +298,18 @@ fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, StartError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(unix_err)?;
     }
-    if path.exists() {
-        // A live daemon answers a connect; a stale file left by a crash (kill -9) does not.
-        if UnixStream::connect(path).is_ok() {
-            return Err(StartError::SocketInUse(path.to_path_buf()));
-        }
-        let meta = fs::symlink_metadata(path).map_err(unix_err)?;
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(unix_err)?;
+    if !crate::sys::try_lock_exclusive(&lock).map_err(unix_err)? {
+        return Err(StartError::SocketInUse(path.to_path_buf()));
+    }
+    if let Ok(meta) = fs::symlink_metadata(path) {
         use std::os::unix::fs::FileTypeExt;
         if !meta.file_type().is_socket() {
             return Err(unix_err(io::Error::new(
@@ -294,7 +326,7 @@ fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, StartError> {
     let l = UnixListener::bind(path).map_err(unix_err)?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(unix_err)?;
     l.set_nonblocking(true).map_err(unix_err)?;
-    Ok(l)
+    Ok((l, lock))
 }
 
 fn remove_socket(node: &Node) {

@@ -18,3 +18,21 @@ pub fn pollable_dup(fd: RawFd) -> io::Result<UnixDatagram> {
     let owned = borrowed.try_clone_to_owned()?;
     Ok(UnixDatagram::from(owned))
 }
+
+/// Takes an exclusive advisory lock on `file` without blocking: `Ok(false)` if another process
+/// holds it. The lock lives as long as the descriptor (the process), so a crashed daemon never
+/// leaves it behind.
+pub fn try_lock_exclusive(file: &std::fs::File) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock only reads the descriptor number, which `file` keeps open for the call.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}

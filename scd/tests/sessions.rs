@@ -32,13 +32,19 @@ fn lifecycle(c: &mut Client) {
 
     // The token was spent by write_unlock: writing with it again is refused.
     let stale = c.write_unlock(&id, r.token, 600, b"stale").unwrap_err();
-    assert!(matches!(stale.code(), Some(ErrorCode::NotLocked)), "{stale}");
+    assert!(
+        matches!(stale.code(), Some(ErrorCode::NotLocked)),
+        "{stale}"
+    );
 
     let r2 = c.read_lock(&id, 1000, 30_000).unwrap();
     assert_eq!(r2.data.as_deref(), Some(&b"first"[..]));
     assert_ne!(r2.token, r.token);
     let wrong = c.unlock(&id, r2.token + 1).unwrap_err();
-    assert!(matches!(wrong.code(), Some(ErrorCode::NotLocked)), "{wrong}");
+    assert!(
+        matches!(wrong.code(), Some(ErrorCode::NotLocked)),
+        "{wrong}"
+    );
     // update_timestamp: keeps the data, releases the lock.
     c.touch(&id, r2.token, 600).unwrap();
     let after_touch = c.read(&id).unwrap();
@@ -59,7 +65,10 @@ fn lifecycle(c: &mut Client) {
 
     // Touch or unlock of a session nobody locked is refused.
     let e = c.touch(&id, 12345, 600).unwrap_err();
-    assert!(matches!(e.code(), Some(ErrorCode::NotLocked | ErrorCode::NotFound)), "{e}");
+    assert!(
+        matches!(e.code(), Some(ErrorCode::NotLocked | ErrorCode::NotFound)),
+        "{e}"
+    );
 
     // IDs are never handed out twice.
     let mut seen = std::collections::HashSet::new();
@@ -108,7 +117,10 @@ fn sessions_expire_after_their_lifetime() {
     }
     assert!(c.exists(&long).unwrap());
     eventually("the 1 s session to expire", || !c.exists(&short).unwrap());
-    assert!(c.read(&short).unwrap().data.is_none(), "an expired session is never returned");
+    assert!(
+        c.read(&short).unwrap().data.is_none(),
+        "an expired session is never returned"
+    );
     assert!(c.exists(&long).unwrap());
 }
 
@@ -120,10 +132,14 @@ fn oversized_session_is_refused_and_the_connection_goes_on() {
     let id = test_id(3, 3);
     let r = c.read_lock(&id, 1000, 30_000).unwrap();
     // Within the frame limit but over the data limit.
-    let e = c.write_unlock(&id, r.token, 600, &blob(1, 4097)).unwrap_err();
+    let e = c
+        .write_unlock(&id, r.token, 600, &blob(1, 4097))
+        .unwrap_err();
     assert!(matches!(e.code(), Some(ErrorCode::TooLarge)), "{e}");
     // Far over the frame limit: refused from the header, the body is skipped as it streams.
-    let e = c.write_unlock(&id, r.token, 600, &blob(2, 200_000)).unwrap_err();
+    let e = c
+        .write_unlock(&id, r.token, 600, &blob(2, 200_000))
+        .unwrap_err();
     assert!(matches!(e.code(), Some(ErrorCode::TooLarge)), "{e}");
     // The connection still works, and the lock is still held.
     c.write_unlock(&id, r.token, 600, &blob(3, 4096)).unwrap();
@@ -139,7 +155,8 @@ fn pipelined_requests_are_all_answered() {
     let ids: Vec<_> = (0..50).map(|n| test_id(n, 99)).collect();
     for (n, id) in ids.iter().enumerate() {
         let r = c.read_lock(id, 1000, 30_000).unwrap();
-        c.write_unlock(id, r.token, 600, &blob(n as u64, 100 + n)).unwrap();
+        c.write_unlock(id, r.token, 600, &blob(n as u64, 100 + n))
+            .unwrap();
     }
     let mut expected = std::collections::HashMap::new();
     for i in 0..500 {
@@ -149,7 +166,9 @@ fn pipelined_requests_are_all_answered() {
     }
     for _ in 0..500 {
         let (rid, reply) = c.recv().unwrap();
-        let n = expected.remove(&rid).expect("a reply for a request that was sent, once");
+        let n = expected
+            .remove(&rid)
+            .expect("a reply for a request that was sent, once");
         match reply {
             scd_client::OwnedReply::Data { data, .. } => assert_eq!(data, blob(n as u64, 100 + n)),
             other => panic!("unexpected {other:?}"),
@@ -165,7 +184,8 @@ fn statistics_over_the_wire_the_command_line_and_prometheus() {
     for n in 0..10 {
         let id = test_id(n, 5);
         let r = c.read_lock(&id, 1000, 30_000).unwrap();
-        c.write_unlock(&id, r.token, 600, &blob(n, 100 * (n as usize + 1))).unwrap();
+        c.write_unlock(&id, r.token, 600, &blob(n, 100 * (n as usize + 1)))
+            .unwrap();
         c.read(&id).unwrap();
     }
     let s = d.stats();
@@ -189,14 +209,26 @@ fn statistics_over_the_wire_the_command_line_and_prometheus() {
             cmd.arg("--json");
         }
         let out = cmd.output().expect("scd stats");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
     let table = run(false);
-    assert!(table.lines().any(|l| l.starts_with("total") && l.contains(" 10 ")), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("total") && l.contains(" 10 ")),
+        "{table}"
+    );
     let json: serde_json::Value = serde_json::from_str(&run(true)).expect("JSON");
     assert_eq!(json["total"]["sessions"], 10);
-    assert_eq!(json["shards"].as_array().map(|a| a.len()), Some(cores as usize));
+    assert_eq!(
+        json["shards"].as_array().map(|a| a.len()),
+        Some(cores as usize)
+    );
 
     let (status, body) = d.http_get("/metrics");
     assert!(status.contains("200"), "{status}");

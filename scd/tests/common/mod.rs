@@ -33,7 +33,10 @@ pub struct Daemon {
 impl Daemon {
     /// A daemon on a fresh folder with the given extra flags.
     pub fn start(extra: &[&str]) -> Daemon {
-        let dir = tempfile::Builder::new().prefix("scd-test").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("scd-test")
+            .tempdir()
+            .expect("temp dir");
         let socket = dir.path().join("scd.sock");
         let mut args: Vec<String> = vec![
             "--data-dir".into(),
@@ -129,7 +132,10 @@ impl Daemon {
 
     /// Starts again on the same folder with the same flags.
     pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "stop or kill the daemon before restarting it");
+        assert!(
+            self.child.is_none(),
+            "stop or kill the daemon before restarting it"
+        );
         self.spawn();
     }
 
@@ -145,7 +151,12 @@ impl Daemon {
     }
 
     pub fn log_lines_containing(&self, needle: &str) -> usize {
-        self.log.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
     }
 
     /// Statistics as a map.
@@ -155,7 +166,8 @@ impl Daemon {
 
     /// Resident memory of the daemon, from /proc.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("status");
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("status");
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -171,7 +183,10 @@ impl Daemon {
         let mut text = String::new();
         s.read_to_string(&mut text).expect("read response");
         let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
-        (head.lines().next().unwrap_or("").to_string(), body.to_string())
+        (
+            head.lines().next().unwrap_or("").to_string(),
+            body.to_string(),
+        )
     }
 }
 
@@ -192,7 +207,11 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 }
 
 pub fn signal(pid: u32, name: &str) {
-    let ok = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().expect("kill");
+    let ok = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
     assert!(ok.success(), "kill -{name} {pid} failed");
 }
 

@@ -83,7 +83,7 @@ fn session_lifecycle_over_unix_socket_and_tcp() {
     let d = Daemon::start(&[]);
     lifecycle(&mut d.client());
     lifecycle(&mut d.tcp_client());
-    let hello = d.client().server().clone();
+    let hello = *d.client().server();
     assert_eq!(hello.node, "127.0.0.1:34567".parse().unwrap());
     assert_eq!(hello.data_max, 1024 * 1024);
 }

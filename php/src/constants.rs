@@ -11,7 +11,7 @@ pub const LOCK_WAIT_MS_MAX: u32 = 3_600_000;
 /// Lock lease when `cluster.lock_lease_ms = 0` and PHP has no `max_execution_time` (CLI). The
 /// lease only matters for a holder that hangs with its connection open (a dead worker's
 /// connection closes and its locks go at once), so it can be generous.
-pub const LOCK_LEASE_FALLBACK_MS: u32 = 600_000;
+pub const LOCK_LEASE_FALLBACK_MS: u32 = 300_000;
 /// Added to `max_execution_time` when the lease is derived from it: PHP writes the session after
 /// the script's time is up (shutdown functions, output flush), and the lease must outlive that.
 pub const LOCK_LEASE_GRACE_MS: u32 = 10_000;

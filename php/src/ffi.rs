@@ -610,9 +610,6 @@ unsafe extern "C" fn ps_read(
     let id = unsafe { zstr_bytes(key) };
     match guarded(|| handler::read(id, maxlifetime, met)) {
         Ok(done) => {
-            if let Some(n) = &done.notice {
-                emit(n);
-            }
             // SAFETY: `done.data` points into the handler's read buffer, which nothing touches
             // until the next hook call; `val` is PHP's out-pointer.
             unsafe { *val = zstr_new(done.data_ptr, done.data_len) };
@@ -634,7 +631,11 @@ unsafe extern "C" fn ps_write(
     // SAFETY: PHP passes live strings for the call.
     let (id, data) = unsafe { (zstr_bytes(key), zstr_bytes(val)) };
     match guarded(|| handler::write(id, data, maxlifetime)) {
-        Ok(()) => SUCCESS,
+        Ok(None) => SUCCESS,
+        Ok(Some(notice)) => {
+            emit(&notice);
+            SUCCESS
+        }
         Err(r) => {
             emit(&r);
             FAILURE

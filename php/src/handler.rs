@@ -53,7 +53,7 @@ fn state() -> MutexGuard<'static, State> {
     STATE.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// What a successful read hands PHP: a view of the session data plus an optional notice.
+/// What a successful read hands PHP: a view of the session data.
 ///
 /// `data_ptr`/`data_len` point into the module's read buffer, which stays untouched until the
 /// next hook call; `ffi` copies it into a PHP string at once. (A raw view rather than a borrowed
@@ -63,7 +63,6 @@ fn state() -> MutexGuard<'static, State> {
 pub struct ReadDone {
     pub data_ptr: *const u8,
     pub data_len: usize,
-    pub notice: Option<Report>,
 }
 
 /// A session ID's text in a plain array (no destructor; see `report`).
@@ -293,7 +292,7 @@ pub fn read(id: &[u8], _maxlifetime: i64, max_execution_time_s: i64) -> Result<R
             let reply = s.call("reading the session", false, io_ms, &mut |c, t| {
                 c.read(&sid, t)
             })?;
-            return finish_read(&mut s, &sid, reply, None);
+            return finish_read(&mut s, &sid, reply);
         }
         s.release_lock();
     }
@@ -311,13 +310,10 @@ pub fn read(id: &[u8], _maxlifetime: i64, max_execution_time_s: i64) -> Result<R
                 let reply = s.call("reading the session", true, io_ms, &mut |c, t| {
                     c.read(&sid, t)
                 })?;
+                // Nothing is shown now: output during session_start() (display_errors) would
+                // stop PHP from sending its headers and abort the session. `write` says it.
                 s.readonly = Some(sid);
-                let notice = Report::notice(format_args!(
-                    "cluster: session {sid} is locked by another request (waited {wait_ms} ms); \
-                     it was read without the lock (cluster.lock_failure = readonly), and changes \
-                     made in this request will not be saved"
-                ));
-                return finish_read(&mut s, &sid, reply, Some(notice));
+                return finish_read(&mut s, &sid, reply);
             }
             Err(warning!(
                 "cluster: timed out after {wait_ms} ms waiting for the lock on session {sid}, which \
@@ -325,16 +321,11 @@ pub fn read(id: &[u8], _maxlifetime: i64, max_execution_time_s: i64) -> Result<R
                  cluster.lock_failure = readonly to read it without the lock"
             ))
         }
-        reply => finish_read(&mut s, &sid, reply, None),
+        reply => finish_read(&mut s, &sid, reply),
     }
 }
 
-fn finish_read(
-    s: &mut State,
-    sid: &SessionId,
-    reply: Reply,
-    notice: Option<Report>,
-) -> Result<ReadDone, Report> {
+fn finish_read(s: &mut State, sid: &SessionId, reply: Reply) -> Result<ReadDone, Report> {
     let token = match reply {
         Reply::Data { token, data } => {
             s.read_buf = data;
@@ -363,7 +354,6 @@ fn finish_read(
     Ok(ReadDone {
         data_ptr: s.read_buf.as_ptr(),
         data_len: s.read_buf.len(),
-        notice,
     })
 }
 
@@ -378,11 +368,17 @@ fn held_lock(s: &State, sid: &SessionId, what: &str) -> Result<Lock, Report> {
 }
 
 /// `write`: store the data and release the lock in one request (WriteUnlock).
-pub fn write(id: &[u8], data: &[u8], maxlifetime: i64) -> Result<(), Report> {
+/// Success may come with a notice to show.
+pub fn write(id: &[u8], data: &[u8], maxlifetime: i64) -> Result<Option<Report>, Report> {
     let sid = parse_id(id)?;
     let mut s = state();
     if s.readonly.is_some_and(|r| r.same_session(&sid)) {
-        return Ok(()); // read without the lock: never written (the read said so)
+        // Read without the lock (cluster.lock_failure = readonly): never written. Configured
+        // behaviour, so not a failure, but the lost change is worth a notice.
+        return Ok(Some(Report::notice(format_args!(
+            "cluster: session {sid} was read without its lock (another request held it and \
+             cluster.lock_failure = readonly), so the changes of this request were not saved"
+        ))));
     }
     let lock = held_lock(&s, &sid, "written")?;
     let data_max = s
@@ -411,7 +407,7 @@ pub fn write(id: &[u8], data: &[u8], maxlifetime: i64) -> Result<(), Report> {
         s.lock = None;
     }
     match reply? {
-        Reply::Done => Ok(()),
+        Reply::Done => Ok(None),
         Reply::Refused(scd_wire::ErrorCode::NotLocked, _) => Err(lock_lost(&sid, "written")),
         Reply::Refused(scd_wire::ErrorCode::TooLarge, _) => {
             Err(too_large(&sid, data.len(), data_max))

@@ -518,6 +518,7 @@ impl<S: Storage> Shard<S> {
                 let bytes = self.storage.bytes(id);
                 report.files += 1;
                 report.bytes_scanned += bytes.len() as u64;
+                let mut file_damaged = false;
                 match SlabHeader::decode(bytes) {
                     Ok(h)
                         if h.class as usize == class
@@ -525,19 +526,20 @@ impl<S: Storage> Shard<S> {
                             && h.shard_index == self.shard_index
                             && h.file_number == number => {}
                     Ok(_) => {
-                        report.damaged_files += 1;
+                        file_damaged = true;
                         report.note(&name, None, "header does not match the file name");
                     }
                     Err(reason) => {
-                        report.damaged_files += 1;
+                        file_damaged = true;
                         report.note(&name, None, reason);
                     }
                 }
                 let body = bytes.len().saturating_sub(SLAB_HEADER_REGION);
                 if bytes.len() < SLAB_HEADER_REGION || body % size != 0 {
-                    report.damaged_files += 1;
+                    file_damaged = true;
                     report.note(&name, None, "truncated: partial slot at the end ignored");
                 }
+                report.damaged_files += u32::from(file_damaged);
                 let slot_count = body / size;
                 let pos = self.slabs.classes[class].files.len();
                 let mut file = SlabFile::new(id, slot_count);

@@ -54,25 +54,25 @@ impl RecordKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordDamage {
     /// The first bytes are neither zero nor the record magic.
-    BadMagic,
+    Magic,
     /// A record format this build does not know.
-    BadFormat,
+    Format,
     /// A record kind this build does not know, or non-zero reserved bytes.
-    BadKind,
+    Kind,
     /// The data length does not fit in the slot (or a tombstone carries data).
-    BadLength,
+    Length,
     /// The CRC does not match: a torn write or a bit flip.
-    BadChecksum,
+    Checksum,
 }
 
 impl RecordDamage {
     pub fn describe(self) -> &'static str {
         match self {
-            RecordDamage::BadMagic => "wrong magic",
-            RecordDamage::BadFormat => "unknown record format",
-            RecordDamage::BadKind => "unknown record kind",
-            RecordDamage::BadLength => "data length does not fit the slot",
-            RecordDamage::BadChecksum => "CRC mismatch (torn or corrupt)",
+            RecordDamage::Magic => "wrong magic",
+            RecordDamage::Format => "unknown record format",
+            RecordDamage::Kind => "unknown record kind",
+            RecordDamage::Length => "data length does not fit the slot",
+            RecordDamage::Checksum => "CRC mismatch (torn or corrupt)",
         }
     }
 }
@@ -149,33 +149,33 @@ pub fn decode_unverified(slot: &[u8]) -> SlotContent<'_> {
 
 fn decode_inner(slot: &[u8], verify_crc: bool) -> SlotContent<'_> {
     if slot.len() < RECORD_OVERHEAD {
-        return SlotContent::Damaged(RecordDamage::BadLength);
+        return SlotContent::Damaged(RecordDamage::Length);
     }
     let head = &slot[..RECORD_HEADER_SIZE];
     if head[0..4] != RECORD_MAGIC {
         if head.iter().all(|&b| b == 0) {
             return SlotContent::Empty;
         }
-        return SlotContent::Damaged(RecordDamage::BadMagic);
+        return SlotContent::Damaged(RecordDamage::Magic);
     }
     if head[4] != RECORD_FORMAT {
-        return SlotContent::Damaged(RecordDamage::BadFormat);
+        return SlotContent::Damaged(RecordDamage::Format);
     }
     let kind = match head[5] {
         1 => RecordKind::Session,
         2 => RecordKind::Tombstone,
-        _ => return SlotContent::Damaged(RecordDamage::BadKind),
+        _ => return SlotContent::Damaged(RecordDamage::Kind),
     };
     if head[6] != 0 || head[7] != 0 {
-        return SlotContent::Damaged(RecordDamage::BadKind);
+        return SlotContent::Damaged(RecordDamage::Kind);
     }
     let data_len = u32_at(head, 40) as usize;
     // Checked against the slot before anything is sliced with it.
     if data_len > slot.len() - RECORD_OVERHEAD {
-        return SlotContent::Damaged(RecordDamage::BadLength);
+        return SlotContent::Damaged(RecordDamage::Length);
     }
     if kind == RecordKind::Tombstone && data_len != 0 {
-        return SlotContent::Damaged(RecordDamage::BadLength);
+        return SlotContent::Damaged(RecordDamage::Length);
     }
     let data = &slot[RECORD_HEADER_SIZE..RECORD_HEADER_SIZE + data_len];
     if verify_crc {
@@ -184,7 +184,7 @@ fn decode_inner(slot: &[u8], verify_crc: bool) -> SlotContent<'_> {
         let mut h = crc32fast::Hasher::new();
         h.update(&slot[..crc_at]);
         if h.finalize() != stored {
-            return SlotContent::Damaged(RecordDamage::BadChecksum);
+            return SlotContent::Damaged(RecordDamage::Checksum);
         }
     }
     let mut key = [0u8; 16];
@@ -322,11 +322,11 @@ mod tests {
         s[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(
             decode(&s),
-            SlotContent::Damaged(RecordDamage::BadLength)
+            SlotContent::Damaged(RecordDamage::Length)
         ));
         assert!(matches!(
             decode(&slot[..20]),
-            SlotContent::Damaged(RecordDamage::BadLength)
+            SlotContent::Damaged(RecordDamage::Length)
         ));
         let mut t = vec![0u8; 128];
         write_record(&mut t, RecordKind::Tombstone, key, b"");

@@ -104,12 +104,12 @@ impl ShardConfig {
                 self.session_size_max
             ));
         }
-        if let FlushPolicy::DelayedWrite { interval_ms } = self.flush
-            && (interval_ms == 0 || interval_ms > FLUSH_INTERVAL_MS_MAX)
-        {
-            return bad(format!(
-                "flush interval must be 1..={FLUSH_INTERVAL_MS_MAX} ms, not {interval_ms}"
-            ));
+        if let FlushPolicy::DelayedWrite { interval_ms } = self.flush {
+            if interval_ms == 0 || interval_ms > FLUSH_INTERVAL_MS_MAX {
+                return bad(format!(
+                    "flush interval must be 1..={FLUSH_INTERVAL_MS_MAX} ms, not {interval_ms}"
+                ));
+            }
         }
         Ok(())
     }
@@ -1200,7 +1200,7 @@ impl<S: Storage> Shard<S> {
     pub fn wait_durable(&mut self, ticket: Ticket) -> Result<(), EngineError> {
         loop {
             self.reap();
-            if !self.tickets.front().is_some_and(|&(_, t)| t <= ticket) {
+            if self.tickets.front().is_none_or(|&(_, t)| t > ticket) {
                 return self.check_writable();
             }
             self.check_writable()?;

@@ -70,21 +70,22 @@ impl SysStorage {
             .truncate(false)
             .write(true)
             .open(dir.join(LOCK_FILE))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
+        // SAFETY: flock takes no pointers; the fd is open (owned by `lock`) for the call.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::WouldBlock {
                 return Err(io::Error::new(
                     io::ErrorKind::WouldBlock,
                     format!("{} is in use by another process", dir.display()),
                 ));
             }
-            Err(fs::TryLockError::Error(e)) => return Err(e),
+            return Err(e);
         }
         let flusher = match mode {
             FlushMode::Thread => Flusher::Thread(ThreadFlusher::new()?),
-            FlushMode::Uring => Flusher::Uring(UringFlusher::new()?),
+            FlushMode::Uring => Flusher::Uring(Box::new(UringFlusher::new()?)),
             FlushMode::Auto => match UringFlusher::new() {
-                Ok(u) => Flusher::Uring(u),
+                Ok(u) => Flusher::Uring(Box::new(u)),
                 Err(_) => Flusher::Thread(ThreadFlusher::new()?),
             },
         };
@@ -326,7 +327,7 @@ pub fn wait_readable(fd: RawFd, timeout_ms: i32) -> io::Result<bool> {
 }
 
 enum Flusher {
-    Uring(UringFlusher),
+    Uring(Box<UringFlusher>),
     Thread(ThreadFlusher),
 }
 

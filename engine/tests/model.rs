@@ -299,16 +299,13 @@ impl<S: Storage> Run<S> {
                     self.s().put(k, t, &data, life, now)
                 };
                 self.model.advance(now);
-                let want = self.model.check(&k, t).and_then(|()| {
-                    if len > SIZE_MAX {
-                        Err(EngineError::TooLarge {
-                            size: len,
-                            max: SIZE_MAX,
-                        })
-                    } else {
-                        Ok(())
-                    }
-                });
+                let want = match self.model.check(&k, t) {
+                    Ok(()) if len > SIZE_MAX => Err(EngineError::TooLarge {
+                        size: len,
+                        max: SIZE_MAX,
+                    }),
+                    other => other,
+                };
                 match (got, want) {
                     (Ok(a), Ok(())) => {
                         self.ack(a);

@@ -32,6 +32,9 @@ struct State {
     lock: Option<Lock>,
     /// A session read without its lock (`cluster.lock_failure = readonly`): never written.
     readonly: Option<SessionId>,
+    /// The session whose lock went with a broken connection (scd releases a connection's locks
+    /// when it closes), so that a later write can say why it is refused.
+    lost: Option<SessionId>,
     /// The data of the last read, handed to PHP by pointer (see [`ReadDone`]).
     read_buf: Vec<u8>,
     /// The last connection problem, for phpinfo.
@@ -44,6 +47,7 @@ static STATE: Mutex<State> = Mutex::new(State {
     conn: None,
     lock: None,
     readonly: None,
+    lost: None,
     read_buf: Vec::new(),
     last_error: None,
 });
@@ -103,6 +107,15 @@ fn lifetime_s(maxlifetime: i64) -> u32 {
 }
 
 impl State {
+    /// Forgets the connection. Its lock, if any, is gone with it: scd releases every lock of a
+    /// connection when the connection closes.
+    fn drop_conn(&mut self) {
+        self.conn = None;
+        if let Some(lock) = self.lock.take() {
+            self.lost = Some(lock.sid);
+        }
+    }
+
     /// A live connection to the endpoint of the last `open`: the existing one if it still works,
     /// else a new one. Returns whether the connection is fresh (a fresh connection that fails is
     /// not retried).
@@ -119,7 +132,7 @@ impl State {
         }
         // A connection that changed endpoint, died, or came from our parent process (fork) goes;
         // the daemon releases whatever its locks were when it sees it close.
-        self.conn = None;
+        self.drop_conn();
         let s = self.settings;
         match Conn::connect(&endpoint, s.connect_timeout_ms, s.io_timeout_ms) {
             Ok(conn) => {
@@ -168,7 +181,7 @@ impl State {
         if let Err(e) = &result {
             if e.breaks_connection() {
                 // The stream may hold half a frame; never reuse it.
-                self.conn = None;
+                self.drop_conn();
             }
         }
         result
@@ -198,7 +211,7 @@ impl State {
         if let Some(conn) = self.conn.as_mut() {
             if let Err(e) = conn.unlock(&lock.sid, lock.token, t) {
                 if e.breaks_connection() {
-                    self.conn = None;
+                    self.drop_conn();
                 }
             }
         }
@@ -216,9 +229,10 @@ pub fn apply_setting(key: Key, value: &[u8]) -> Result<(), SettingError> {
 /// request's session state, so the next request starts clean.
 pub fn after_panic() {
     let mut s = state();
-    s.conn = None;
+    s.drop_conn();
     s.lock = None;
     s.readonly = None;
+    s.lost = None;
     s.read_buf = Vec::new();
 }
 
@@ -228,6 +242,7 @@ pub fn request_end() {
     let mut s = state();
     s.release_lock();
     s.readonly = None;
+    s.lost = None;
     // Do not keep a large session's bytes around between requests.
     if s.read_buf.capacity() > 64 * 1024 {
         s.read_buf = Vec::new();
@@ -239,7 +254,7 @@ pub fn request_end() {
 pub fn module_shutdown() {
     let mut s = state();
     s.release_lock();
-    s.conn = None;
+    s.drop_conn();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -273,6 +288,7 @@ pub fn close() -> Result<(), Report> {
     let mut s = state();
     s.release_lock();
     s.readonly = None;
+    s.lost = None;
     Ok(())
 }
 
@@ -282,6 +298,7 @@ pub fn read(id: &[u8], _maxlifetime: i64, max_execution_time_s: i64) -> Result<R
     let sid = parse_id(id)?;
     let mut s = state();
     s.readonly = None;
+    s.lost = None;
     s.read_buf.clear();
     let io_ms = s.io_timeout_ms();
 
@@ -342,7 +359,7 @@ fn finish_read(s: &mut State, sid: &SessionId, reply: Reply) -> Result<ReadDone,
             ));
         }
         other => {
-            s.conn = None;
+            s.drop_conn();
             return Err(warning!(
                 "cluster: scd answered a read of session {sid} with {other:?}; the connection was reset"
             ));
@@ -361,6 +378,7 @@ fn finish_read(s: &mut State, sid: &SessionId, reply: Reply) -> Result<ReadDone,
 fn held_lock(s: &State, sid: &SessionId, what: &str) -> Result<Lock, Report> {
     match s.lock {
         Some(lock) if lock.sid.same_session(sid) => Ok(lock),
+        _ if s.lost.is_some_and(|l| l.same_session(sid)) => Err(lock_lost(sid, what)),
         _ => Err(warning!(
             "cluster: session {sid} is not locked by this request, so it was not {what}"
         )),
@@ -390,9 +408,12 @@ pub fn write(id: &[u8], data: &[u8], maxlifetime: i64) -> Result<Option<Report>,
     }
     let lifetime = lifetime_s(maxlifetime);
     let io_ms = s.io_timeout_ms();
-    let reply = s.call("writing the session", false, io_ms, &mut |c, t| {
-        c.write_unlock(&lock.sid, lock.token, lifetime, data, t)
-    });
+    let reply = s.call(
+        "writing the session (its changes are lost)",
+        false,
+        io_ms,
+        &mut |c, t| c.write_unlock(&lock.sid, lock.token, lifetime, data, t),
+    );
     // Whatever happened, this request no longer holds the lock: either scd released it with the
     // write, refused the token (not ours any more), or the connection (and with it the lock) is
     // gone.
@@ -417,7 +438,7 @@ pub fn write(id: &[u8], data: &[u8], maxlifetime: i64) -> Result<Option<Report>,
              is unchanged"
         )),
         other => {
-            s.conn = None;
+            s.drop_conn();
             Err(warning!(
                 "cluster: scd answered a write of session {sid} with {other:?}; the connection was reset"
             ))
@@ -435,7 +456,7 @@ fn too_large(sid: &SessionId, len: usize, max: u32) -> Report {
 fn lock_lost(sid: &SessionId, what: &str) -> Report {
     warning!(
         "cluster: session {sid} was not {what}: this request no longer holds its lock (the lock \
-         lease ran out, or scd restarted); the changes of this request are lost"
+         lease ran out, or the connection to scd broke); the changes of this request are lost"
     )
 }
 
@@ -449,9 +470,12 @@ pub fn update_timestamp(id: &[u8], _data: &[u8], maxlifetime: i64) -> Result<(),
     let lock = held_lock(&s, &sid, "touched")?;
     let lifetime = lifetime_s(maxlifetime);
     let io_ms = s.io_timeout_ms();
-    let reply = s.call("touching the session", false, io_ms, &mut |c, t| {
-        c.touch(&lock.sid, lock.token, lifetime, t)
-    });
+    let reply = s.call(
+        "touching the session (its lifetime was not renewed)",
+        false,
+        io_ms,
+        &mut |c, t| c.touch(&lock.sid, lock.token, lifetime, t),
+    );
     s.lock = None;
     match reply? {
         Reply::Done => Ok(()),
@@ -460,7 +484,7 @@ pub fn update_timestamp(id: &[u8], _data: &[u8], maxlifetime: i64) -> Result<(),
             "cluster: scd refused to touch session {sid} ({code:?}: {message})"
         )),
         other => {
-            s.conn = None;
+            s.drop_conn();
             Err(warning!(
                 "cluster: scd answered a touch of session {sid} with {other:?}; the connection was reset"
             ))
@@ -492,7 +516,7 @@ pub fn destroy(id: &[u8]) -> Result<(), Report> {
             "cluster: scd refused to destroy session {sid} ({code:?}: {message})"
         )),
         other => {
-            s.conn = None;
+            s.drop_conn();
             Err(warning!(
                 "cluster: scd answered a destroy of session {sid} with {other:?}; the connection was reset"
             ))
@@ -528,7 +552,7 @@ pub fn create_sid() -> Result<IdText, Report> {
             "cluster: scd refused to create a session ID ({code:?}: {message})"
         )),
         other => {
-            s.conn = None;
+            s.drop_conn();
             Err(warning!(
                 "cluster: scd answered a request for a session ID with {other:?}; the connection was reset"
             ))
@@ -553,7 +577,7 @@ pub fn validate_sid(id: &[u8]) -> Result<bool, Report> {
             "cluster: scd refused to check session {sid} ({code:?}: {message})"
         )),
         other => {
-            s.conn = None;
+            s.drop_conn();
             Err(warning!(
                 "cluster: scd answered a check of session {sid} with {other:?}; the connection was reset"
             ))

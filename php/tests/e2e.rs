@@ -244,6 +244,17 @@ fn without_strict_mode_malformed_ids_are_still_replaced() {
     assert!(SessionId::parse(id.as_bytes()).is_ok());
     assert!(scd_has(&scd, &id));
     assert_eq!(n_of(&php.get("/count.php", &mut jar)), 2);
+
+    // A well-formed ID scd does not know is adopted, as PHP does for every handler without strict
+    // mode (documented; strict mode is the recommended setting).
+    let mut unknown = SessionId::parse(id.as_bytes()).unwrap();
+    unknown.hash = [0x17; 16];
+    let unknown = unknown.encode().as_str().to_string();
+    let mut jar = Jar::with_session(&unknown);
+    let r = php.get("/count.php", &mut jar);
+    assert_eq!(n_of(&r), 1, "{}", r.body);
+    assert_eq!(r.field("id"), Some(unknown.as_str()));
+    assert!(scd_has(&scd, &unknown));
 }
 
 #[test]
@@ -532,4 +543,43 @@ echo "reset=", $reset ? "yes" : "no", " n=", $_SESSION['n'], "\n";
     );
     assert!(!r.body.contains("Warning"), "{}", r.body);
     assert_eq!(n_of(&php.get("/peek.php", &mut jar)), 2);
+}
+
+#[test]
+fn scd_restarting_mid_request_fails_that_write_with_a_warning_only() {
+    let _g = serial();
+    let dir = TestDir::new("midreq");
+    let mut scd = Scd::start(&dir, &[]);
+    let php = PhpServer::start(&dir, 2, &php_ini(&scd.save_path(), &[]));
+    let mut jar = Jar::default();
+    assert_eq!(n_of(&php.get("/count.php", &mut jar)), 1);
+    let pidfile = dir.join("w.pid");
+    let flag = dir.join("go");
+    let port = php.port;
+    let mut wjar = jar.clone();
+    let path = format!(
+        "/wait.php?pidfile={}&flag={}",
+        pidfile.display(),
+        flag.display()
+    );
+    let waiter = thread::spawn(move || common::http_get(port, &path, &mut wjar));
+    common::wait_for_pid_file(&pidfile);
+    // The page holds the lock; scd dies and comes back, and with it the lock is gone.
+    scd.restart();
+    std::fs::write(&flag, b"go").unwrap();
+    let r = waiter.join().unwrap();
+    assert!(
+        r.body.contains("this request no longer holds its lock"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body.contains("the changes of this request are lost"),
+        "{}",
+        r.body
+    );
+    // The stored session is the one from before the restart, and the next request works.
+    let r = php.get("/count.php", &mut jar);
+    assert_eq!(n_of(&r), 2, "{}", r.body);
+    assert!(!r.body.contains("Warning"), "{}", r.body);
 }

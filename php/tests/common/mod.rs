@@ -465,6 +465,19 @@ echo "n=", $_SESSION['n'], "\n";
 undefined_function_for_a_fatal_error();
 "#,
     ),
+    // Changes the session, then waits for the test's go (?flag=path) before writing it.
+    (
+        "wait.php",
+        r#"<?php
+if (!session_start()) { echo "START-FAILED\n"; exit; }
+$_SESSION['n'] = ($_SESSION['n'] ?? 0) + 1;
+file_put_contents($_GET['pidfile'] . '.tmp', getmypid());
+rename($_GET['pidfile'] . '.tmp', $_GET['pidfile']);
+while (!file_exists($_GET['flag'])) { usleep(10000); }
+session_write_close();
+echo "n=", $_SESSION['n'], "\n";
+"#,
+    ),
     (
         "info.php",
         r#"<?php
@@ -808,6 +821,18 @@ pub fn fastcgi_get(
     query: &str,
     jar: &Jar,
 ) -> Response {
+    try_fastcgi_get(port, script_path, script, query, jar)
+        .unwrap_or_else(|e| panic!("FastCGI GET {script}?{query}: {e}"))
+}
+
+/// A FastCGI GET whose worker may die mid-request: errors are returned.
+pub fn try_fastcgi_get(
+    port: u16,
+    script_path: &Path,
+    script: &str,
+    query: &str,
+    jar: &Jar,
+) -> Result<Response, String> {
     let mut params = Vec::new();
     let uri = format!("/{script}");
     let mut pairs = vec![
@@ -835,14 +860,16 @@ pub fn fastcgi_get(
     fcgi_record(&mut req, FCGI_PARAMS, &params);
     fcgi_record(&mut req, FCGI_PARAMS, &[]);
     fcgi_record(&mut req, FCGI_STDIN, &[]);
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to php-fpm");
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     stream.set_read_timeout(Some(RESPONSE_WITHIN)).unwrap();
-    stream.write_all(&req).unwrap();
+    stream.write_all(&req).map_err(|e| e.to_string())?;
     let mut stdout = Vec::new();
     let mut stderr = Vec::new();
     loop {
         let mut head = [0u8; 8];
-        stream.read_exact(&mut head).expect("FastCGI record header");
+        stream
+            .read_exact(&mut head)
+            .map_err(|e| format!("FastCGI record header: {e}"))?;
         let len = u16::from_be_bytes([head[4], head[5]]) as usize;
         let pad = head[6] as usize;
         let mut content = vec![0u8; len + pad];
@@ -854,7 +881,7 @@ pub fn fastcgi_get(
             FCGI_STDOUT => stdout.extend_from_slice(&content),
             FCGI_STDERR => stderr.extend_from_slice(&content),
             FCGI_END_REQUEST => break,
-            other => panic!("unexpected FastCGI record type {other}"),
+            other => return Err(format!("unexpected FastCGI record type {other}")),
         }
     }
     let text = String::from_utf8_lossy(&stdout).into_owned();
@@ -876,9 +903,9 @@ pub fn fastcgi_get(
     // What PHP wrote to stderr first, so the page's own last line stays last.
     let mut full = String::from_utf8_lossy(&stderr).into_owned();
     full.push_str(body);
-    Response {
+    Ok(Response {
         status,
         headers,
         body: full,
-    }
+    })
 }

@@ -234,6 +234,12 @@ impl Conn {
         Ok(())
     }
 
+    /// False in a child forked after the connection was made (`pcntl_fork()`): the socket is
+    /// shared with the parent, and only the parent may speak on it.
+    pub fn owned_by_this_process(&self) -> bool {
+        self.pid == std::process::id()
+    }
+
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
     }
@@ -259,7 +265,7 @@ impl Conn {
     /// not closed it (nor sent anything unasked, which would leave a stale reply in the stream).
     /// One non-blocking peek, no round trip.
     pub fn is_reusable(&self) -> bool {
-        if self.pid != std::process::id() || self.filled != 0 {
+        if !self.owned_by_this_process() || self.filled != 0 {
             return false;
         }
         let mut probe = [MaybeUninit::<u8>::uninit(); 1];

@@ -82,6 +82,21 @@ impl IdText {
     }
 }
 
+/// A session ID in a message or on the phpinfo page, cut after the first 4 hex digits of its
+/// HASH: enough to tell sessions apart in a log, useless for taking one over (messages and
+/// phpinfo pages are read by more people than the session's owner).
+struct Shown<'a>(&'a SessionId);
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = self.0.encode();
+        let text = text.as_str();
+        // HASH is always the last 32 hex digits.
+        let keep = text.len().saturating_sub(28);
+        write!(f, "{}...", &text[..keep])
+    }
+}
+
 /// Shows an ID in a message: the text if it is short and printable, else a cut, escaped form.
 fn shown(id: &[u8]) -> String {
     let cut = &id[..id.len().min(scd_wire::constants::ID_TEXT_MAX)];
@@ -208,6 +223,15 @@ impl State {
             return;
         };
         let t = self.io_timeout_ms();
+        if self
+            .conn
+            .as_ref()
+            .is_some_and(|c| !c.owned_by_this_process())
+        {
+            // A forked child: the lock is the parent's, and so is the socket.
+            self.conn = None;
+            return;
+        }
         if let Some(conn) = self.conn.as_mut() {
             if let Err(e) = conn.unlock(&lock.sid, lock.token, t) {
                 if e.breaks_connection() {
@@ -333,9 +357,10 @@ pub fn read(id: &[u8], _maxlifetime: i64, max_execution_time_s: i64) -> Result<R
                 return finish_read(&mut s, &sid, reply);
             }
             Err(warning!(
-                "cluster: timed out after {wait_ms} ms waiting for the lock on session {sid}, which \
+                "cluster: timed out after {wait_ms} ms waiting for the lock on session {sid_shown}, which \
                  another request holds; raise cluster.lock_wait_ms to wait longer, or set \
-                 cluster.lock_failure = readonly to read it without the lock"
+                 cluster.lock_failure = readonly to read it without the lock",
+                sid_shown = Shown(&sid)
             ))
         }
         reply => finish_read(&mut s, &sid, reply),
@@ -354,14 +379,16 @@ fn finish_read(s: &mut State, sid: &SessionId, reply: Reply) -> Result<ReadDone,
         }
         Reply::Refused(code, message) => {
             return Err(warning!(
-                "cluster: scd refused to read session {sid}: {code:?}{}{message}",
-                if message.is_empty() { "" } else { ": " }
+                "cluster: scd refused to read session {sid_shown}: {code:?}{}{message}",
+                if message.is_empty() { "" } else { ": " },
+                sid_shown = Shown(sid)
             ));
         }
         other => {
             s.drop_conn();
             return Err(warning!(
-                "cluster: scd answered a read of session {sid} with {other:?}; the connection was reset"
+                "cluster: scd answered a read of session {sid_shown} with {other:?}; the connection was reset",
+                sid_shown = Shown(sid)
             ));
         }
     };
@@ -380,7 +407,8 @@ fn held_lock(s: &State, sid: &SessionId, what: &str) -> Result<Lock, Report> {
         Some(lock) if lock.sid.same_session(sid) => Ok(lock),
         _ if s.lost.is_some_and(|l| l.same_session(sid)) => Err(lock_lost(sid, what)),
         _ => Err(warning!(
-            "cluster: session {sid} is not locked by this request, so it was not {what}"
+            "cluster: session {sid_shown} is not locked by this request, so it was not {what}",
+            sid_shown = Shown(sid)
         )),
     }
 }
@@ -394,8 +422,9 @@ pub fn write(id: &[u8], data: &[u8], maxlifetime: i64) -> Result<Option<Report>,
         // Read without the lock (cluster.lock_failure = readonly): never written. Configured
         // behaviour, so not a failure, but the lost change is worth a notice.
         return Ok(Some(Report::notice(format_args!(
-            "cluster: session {sid} was read without its lock (another request held it and \
-             cluster.lock_failure = readonly), so the changes of this request were not saved"
+            "cluster: session {sid_shown} was read without its lock (another request held it and \
+             cluster.lock_failure = readonly), so the changes of this request were not saved",
+            sid_shown = Shown(&sid)
         ))));
     }
     let lock = held_lock(&s, &sid, "written")?;
@@ -434,13 +463,15 @@ pub fn write(id: &[u8], data: &[u8], maxlifetime: i64) -> Result<Option<Report>,
             Err(too_large(&sid, data.len(), data_max))
         }
         Reply::Refused(code, message) => Err(warning!(
-            "cluster: scd refused to write session {sid} ({code:?}: {message}); the stored session \
-             is unchanged"
+            "cluster: scd refused to write session {sid_shown} ({code:?}: {message}); the stored session \
+             is unchanged",
+            sid_shown = Shown(&sid)
         )),
         other => {
             s.drop_conn();
             Err(warning!(
-                "cluster: scd answered a write of session {sid} with {other:?}; the connection was reset"
+                "cluster: scd answered a write of session {sid_shown} with {other:?}; the connection was reset",
+                sid_shown = Shown(&sid)
             ))
         }
     }
@@ -448,15 +479,17 @@ pub fn write(id: &[u8], data: &[u8], maxlifetime: i64) -> Result<Option<Report>,
 
 fn too_large(sid: &SessionId, len: usize, max: u32) -> Report {
     warning!(
-        "cluster: session {sid} was not written: its data is {len} bytes, more than scd's limit of \
-         {max} bytes; the stored session keeps its previous data"
+        "cluster: session {sid_shown} was not written: its data is {len} bytes, more than scd's limit of \
+         {max} bytes; the stored session keeps its previous data",
+        sid_shown = Shown(sid)
     )
 }
 
 fn lock_lost(sid: &SessionId, what: &str) -> Report {
     warning!(
-        "cluster: session {sid} was not {what}: this request no longer holds its lock (the lock \
-         lease ran out, or the connection to scd broke); the changes of this request are lost"
+        "cluster: session {sid_shown} was not {what}: this request no longer holds its lock (the lock \
+         lease ran out, or the connection to scd broke); the changes of this request are lost",
+        sid_shown = Shown(sid)
     )
 }
 
@@ -481,12 +514,14 @@ pub fn update_timestamp(id: &[u8], _data: &[u8], maxlifetime: i64) -> Result<(),
         Reply::Done => Ok(()),
         Reply::Refused(scd_wire::ErrorCode::NotLocked, _) => Err(lock_lost(&sid, "touched")),
         Reply::Refused(code, message) => Err(warning!(
-            "cluster: scd refused to touch session {sid} ({code:?}: {message})"
+            "cluster: scd refused to touch session {sid_shown} ({code:?}: {message})",
+            sid_shown = Shown(&sid)
         )),
         other => {
             s.drop_conn();
             Err(warning!(
-                "cluster: scd answered a touch of session {sid} with {other:?}; the connection was reset"
+                "cluster: scd answered a touch of session {sid_shown} with {other:?}; the connection was reset",
+                sid_shown = Shown(&sid)
             ))
         }
     }
@@ -513,12 +548,14 @@ pub fn destroy(id: &[u8]) -> Result<(), Report> {
     match reply {
         Reply::Done | Reply::Refused(scd_wire::ErrorCode::NotFound, _) => Ok(()),
         Reply::Refused(code, message) => Err(warning!(
-            "cluster: scd refused to destroy session {sid} ({code:?}: {message})"
+            "cluster: scd refused to destroy session {sid_shown} ({code:?}: {message})",
+            sid_shown = Shown(&sid)
         )),
         other => {
             s.drop_conn();
             Err(warning!(
-                "cluster: scd answered a destroy of session {sid} with {other:?}; the connection was reset"
+                "cluster: scd answered a destroy of session {sid_shown} with {other:?}; the connection was reset",
+                sid_shown = Shown(&sid)
             ))
         }
     }
@@ -574,12 +611,14 @@ pub fn validate_sid(id: &[u8]) -> Result<bool, Report> {
     match reply {
         Reply::Exists(known) => Ok(known),
         Reply::Refused(code, message) => Err(warning!(
-            "cluster: scd refused to check session {sid} ({code:?}: {message})"
+            "cluster: scd refused to check session {sid_shown} ({code:?}: {message})",
+            sid_shown = Shown(&sid)
         )),
         other => {
             s.drop_conn();
             Err(warning!(
-                "cluster: scd answered a check of session {sid} with {other:?}; the connection was reset"
+                "cluster: scd answered a check of session {sid_shown} with {other:?}; the connection was reset",
+                sid_shown = Shown(&sid)
             ))
         }
     }
@@ -633,9 +672,47 @@ pub fn info_rows(save_handler: &[u8], save_path: &[u8]) -> Vec<(&'static str, St
     rows.push((
         "Lock held",
         match &s.lock {
-            Some(l) => format!("session {}", l.sid),
+            Some(l) => format!("session {}", Shown(&l.sid)),
             None => "none".to_string(),
         },
     ));
     rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_show_ids_without_their_secret() {
+        let id = b"0a000001-8707-0-0-1-00112233445566778899aabbccddeeff";
+        let sid = SessionId::parse(id).unwrap();
+        let shown = Shown(&sid).to_string();
+        assert_eq!(shown, "0a000001-8707-0-0-1-0011...");
+        assert!(!shown.contains("445566778899aabbccddeeff"));
+    }
+
+    #[test]
+    fn incoming_ids_must_be_cluster_ids() {
+        assert!(accepts_incoming_id(
+            b"0a000001-8707-0-0-1-00112233445566778899aabbccddeeff"
+        ));
+        for bad in [
+            &b""[..],
+            b"abc",
+            b"0A000001-8707-0-0-1-00112233445566778899aabbccddeeff",
+            b"0a000001-8707-0-0-1-00112233445566778899aabbccddeeff-x",
+            b"../../etc/passwd",
+        ] {
+            assert!(!accepts_incoming_id(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn lifetimes_fit_the_wire() {
+        assert_eq!(lifetime_s(1440), 1440);
+        assert_eq!(lifetime_s(0), 1);
+        assert_eq!(lifetime_s(-5), 1);
+        assert_eq!(lifetime_s(i64::MAX), u32::MAX);
+    }
 }

@@ -214,76 +214,76 @@ pub struct SettingsArgs {
     /// Config file (TOML). Without it, the built-in defaults apply.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// node.data_dir
+    /// node.data_dir: folder of the session store [default: scd-data]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// node.advertise_address
+    /// node.advertise_address: this node's address in session IDs [default: 127.0.0.1]
     #[arg(long, value_name = "IP")]
     pub advertise_address: Option<String>,
-    /// node.cores (0 = one per core)
+    /// node.cores: event loops; 0 = one per core [default: 0]
     #[arg(long, value_name = "N")]
     pub cores: Option<usize>,
-    /// node.shards (0 = one per core)
+    /// node.shards: store shards, fixed once created; 0 = one per core [default: 0]
     #[arg(long, value_name = "N")]
     pub shards: Option<u32>,
-    /// node.io_driver
+    /// node.io_driver: event loop [default: auto]
     #[arg(long, value_name = "DRIVER")]
     pub io_driver: Option<IoDriver>,
-    /// local.unix_socket ("" = none)
+    /// local.unix_socket: path for the PHP module; "" = none [default: scd-data/scd.sock]
     #[arg(long, value_name = "PATH")]
     pub unix_socket: Option<String>,
-    /// local.unix_socket_mode (octal)
+    /// local.unix_socket_mode: socket file permissions, octal [default: 0660]
     #[arg(long, value_name = "MODE")]
     pub unix_socket_mode: Option<String>,
-    /// local.tcp_listen ("" = none)
+    /// local.tcp_listen: loopback IP:PORT for the PHP module; "" = none [default: ""]
     #[arg(long, value_name = "ADDR")]
     pub tcp_listen: Option<String>,
-    /// local.connections_max
+    /// local.connections_max: client connections at once [default: 4096]
     #[arg(long, value_name = "N")]
     pub connections_max: Option<u32>,
-    /// local.requests_in_flight_max
+    /// local.requests_in_flight_max: pipelined requests per connection [default: 64]
     #[arg(long, value_name = "N")]
     pub requests_in_flight_max: Option<u32>,
-    /// storage.model
+    /// storage.model: when a write is acknowledged [default: write-through]
     #[arg(long, value_name = "MODEL")]
     pub storage_model: Option<StorageModel>,
-    /// storage.flush_interval_ms
+    /// storage.flush_interval_ms: delayed-write's longest time in memory [default: 1000]
     #[arg(long, value_name = "MS")]
     pub flush_interval_ms: Option<u64>,
-    /// storage.session_size_max (bytes)
+    /// storage.session_size_max: largest session, bytes [default: 1048576]
     #[arg(long, value_name = "BYTES")]
     pub session_size_max: Option<u32>,
-    /// locks.wait_max_ms
+    /// locks.wait_max_ms: longest lock wait a client may ask for [default: 30000]
     #[arg(long, value_name = "MS")]
     pub lock_wait_max_ms: Option<u32>,
-    /// locks.lease_max_ms
+    /// locks.lease_max_ms: longest lock lease a client may ask for [default: 300000]
     #[arg(long, value_name = "MS")]
     pub lock_lease_max_ms: Option<u32>,
-    /// cluster.relay_port
+    /// cluster.relay_port: TCP relay port, also in session IDs (cluster: not used yet) [default: 34567]
     #[arg(long, value_name = "PORT")]
     pub relay_port: Option<u16>,
-    /// cluster.heartbeat_port
+    /// cluster.heartbeat_port: UDP heartbeat port (not used yet) [default: 45678]
     #[arg(long, value_name = "PORT")]
     pub heartbeat_port: Option<u16>,
-    /// cluster.allowed_hosts (comma-separated IPs or CIDR masks)
+    /// cluster.allowed_hosts: comma-separated IPs or CIDR masks (not used yet) [default: 127.0.0.0/8,::1]
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub allowed_hosts: Option<Vec<String>>,
-    /// cluster.ha
+    /// cluster.ha: keep a copy on a backup node (not used yet) [default: false]
     #[arg(long, value_name = "BOOL")]
     pub ha: Option<bool>,
-    /// cluster.heartbeat_interval_ms
+    /// cluster.heartbeat_interval_ms (not used yet) [default: 1000]
     #[arg(long, value_name = "MS")]
     pub heartbeat_interval_ms: Option<u64>,
-    /// cluster.cluster_key_file
+    /// cluster.cluster_key_file: shared secret, same on every node (not used yet) [default: ""]
     #[arg(long, value_name = "FILE")]
     pub cluster_key_file: Option<String>,
-    /// stats.metrics_listen ("" = off)
+    /// stats.metrics_listen: IP:PORT for Prometheus GET /metrics; "" = off [default: ""]
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
-    /// log.level
+    /// log.level: error, warn, info, debug or trace [default: info]
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
-    /// log.file ("" = standard error)
+    /// log.file: append the log here; "" = standard error [default: ""]
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<String>,
 }

@@ -136,3 +136,19 @@ fn a_second_daemon_on_the_same_socket_is_refused() {
     // The running daemon is untouched.
     assert!(d.client().stats().is_ok());
 }
+
+#[test]
+fn a_second_daemon_on_the_same_data_folder_is_refused() {
+    let d = Daemon::start(&[]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scd"))
+        .arg("--data-dir")
+        .arg(d.dir.path().join("data"))
+        .arg("--unix-socket")
+        .arg(d.dir.path().join("second.sock"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("core") && err.contains("shard"), "{err}");
+    assert!(d.client().stats().is_ok());
+}

@@ -25,6 +25,9 @@ use scd_wire::local::decode_reply;
 pub use scd_wire::local::{ErrorCode, HelloOk, Reply, Request};
 pub use scd_wire::session_id::SessionId;
 
+/// Size of the receive buffer; a larger reply grows it.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+
 /// Where the daemon listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Endpoint {
@@ -186,8 +189,11 @@ impl Stream {
 /// One connection to the daemon.
 pub struct Client {
     stream: Stream,
-    /// Bytes received and not yet decoded (a reply may arrive in pieces, or several at once).
+    /// Received bytes: `inbuf[in_start..in_end]` is not yet decoded (a reply may arrive in
+    /// pieces, or several at once). The buffer stays allocated and zeroed between reads.
     inbuf: Vec<u8>,
+    in_start: usize,
+    in_end: usize,
     outbuf: Vec<u8>,
     next_request_id: u64,
     limits: Limits,
@@ -224,7 +230,9 @@ impl Client {
     fn handshake(stream: Stream, name: &str) -> Result<Client, ClientError> {
         let mut c = Client {
             stream,
-            inbuf: Vec::with_capacity(16 * 1024),
+            inbuf: vec![0; READ_BUFFER_BYTES],
+            in_start: 0,
+            in_end: 0,
             outbuf: Vec::with_capacity(1024),
             next_request_id: 1,
             // Until the daemon says otherwise, accept replies up to the protocol's defaults.
@@ -294,33 +302,39 @@ impl Client {
 
     /// Waits for the next reply: its request ID and the reply.
     pub fn recv(&mut self) -> Result<(u64, OwnedReply), ClientError> {
-        let mut needed = HEADER_LEN;
         loop {
-            if !self.inbuf.is_empty() {
-                match decode_reply(&self.inbuf, &self.limits) {
+            let mut needed = HEADER_LEN;
+            if self.in_end > self.in_start {
+                match decode_reply(&self.inbuf[self.in_start..self.in_end], &self.limits) {
                     Ok((frame, used)) => {
                         let out = (frame.request_id, OwnedReply::from_wire(&frame.message));
-                        self.inbuf.drain(..used);
+                        self.in_start += used;
+                        if self.in_start == self.in_end {
+                            self.in_start = 0;
+                            self.in_end = 0;
+                        }
                         return Ok(out);
                     }
                     Err(DecodeError::Incomplete { needed: n }) => needed = n,
                     Err(e @ DecodeError::Invalid(_)) => return Err(ClientError::Decode(e)),
                 }
             }
-            let start = self.inbuf.len();
-            self.inbuf.resize(start + needed.max(16 * 1024), 0);
-            let got = self.stream.read(&mut self.inbuf[start..]);
-            match got {
-                Ok(0) => {
-                    self.inbuf.truncate(start);
-                    return Err(ClientError::Closed);
-                }
-                Ok(n) => self.inbuf.truncate(start + n),
-                Err(e) => {
-                    self.inbuf.truncate(start);
-                    return Err(ClientError::Io(e));
-                }
+            // Room for at least the rest of the frame: move the partial frame to the front, and
+            // grow the (already zeroed) buffer only when a frame is larger than it.
+            if self.in_start > 0 {
+                self.inbuf.copy_within(self.in_start..self.in_end, 0);
+                self.in_end -= self.in_start;
+                self.in_start = 0;
             }
+            let want = self.in_end + needed;
+            if want > self.inbuf.len() {
+                self.inbuf.resize(want.max(READ_BUFFER_BYTES), 0);
+            }
+            let n = self.stream.read(&mut self.inbuf[self.in_end..])?;
+            if n == 0 {
+                return Err(ClientError::Closed);
+            }
+            self.in_end += n;
         }
     }
 

@@ -145,8 +145,9 @@ impl Core {
         self.stop_handle.clone()
     }
 
-    /// Runs `op` on local shard `shard` (owned by this core) and kicks the driver so the pass ends
-    /// with a flush.
+    /// Runs `op` on local shard `shard` (owned by this core). Operations that change a session or
+    /// a lock kick the driver, so the pass ends with a flush (group commit) and the events they
+    /// cause (a lock handed to the next waiter, a new wait deadline) are collected.
     pub fn execute_local(
         &self,
         shard: u32,
@@ -157,6 +158,7 @@ impl Core {
     ) {
         let slot_index = shard as usize / self.cores();
         let now = self.now_ms();
+        let kick = !matches!(op, Op::Read | Op::Exists | Op::Create);
         {
             let mut shards = self.shards.borrow_mut();
             match shards.get_mut(slot_index) {
@@ -168,7 +170,9 @@ impl Core {
                 }
             }
         }
-        self.kick.notify();
+        if kick {
+            self.kick.notify();
+        }
     }
 
     /// Tells every core (this one directly) that `owner`'s connection closed.

@@ -18,6 +18,8 @@ pub enum StatsCmdError {
         endpoint: Endpoint,
         source: ClientError,
     },
+    #[error("the settings name no local endpoint (local.unix_socket or local.tcp_listen)")]
+    NoEndpoint,
     #[error("the daemon at {endpoint} did not answer: {source}")]
     Request {
         endpoint: Endpoint,
@@ -31,8 +33,8 @@ pub fn run(args: &StatsArgs) -> Result<String, StatsCmdError> {
     let endpoint = match (&resolved.unix_socket, resolved.tcp_listen) {
         (Some(path), _) => Endpoint::Unix(path.clone()),
         (None, Some(addr)) => Endpoint::Tcp(addr),
-        // Validation guarantees one of the two.
-        (None, None) => unreachable!("settings validation requires a local endpoint"),
+        // Validation requires one of the two; say so rather than panic if that ever changes.
+        (None, None) => return Err(StatsCmdError::NoEndpoint),
     };
     let mut client =
         Client::connect_named(&endpoint, "scd stats").map_err(|source| StatsCmdError::Connect {

@@ -172,7 +172,9 @@ fn sigterm_answers_requests_in_flight_then_exits_zero() {
 
     let status = d.stop();
     assert!(status.success(), "{status:?}\n{}", d.log_text());
-    // The queued wait was answered (not left hanging until its 10-minute deadline).
+    // The queued wait was answered, not left hanging until its 10-minute deadline: either with
+    // Unavailable (its connection was stopped first) or with the lock (the holder's connection
+    // was stopped first, which released the lock to it).
     let (rid, reply) = waiter
         .recv()
         .expect("an answer before the connection closed");
@@ -183,7 +185,7 @@ fn sigterm_answers_requests_in_flight_then_exits_zero() {
             OwnedReply::Error {
                 code: ErrorCode::Unavailable,
                 ..
-            }
+            } | OwnedReply::Data { .. }
         ),
         "{reply:?}"
     );
@@ -193,4 +195,61 @@ fn sigterm_answers_requests_in_flight_then_exits_zero() {
         d.client().read(&id).unwrap().data.as_deref(),
         Some(&b"kept"[..])
     );
+}
+
+#[test]
+fn the_log_can_go_to_a_file_and_the_socket_gets_its_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("logs/scd.log");
+    let socket = dir.path().join("scd.sock");
+    let mut child = scd()
+        .current_dir(dir.path())
+        .arg("--log-file")
+        .arg(&log)
+        .arg("--unix-socket")
+        .arg(&socket)
+        .args(["--unix-socket-mode", "0600"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::eventually("the log file to say ready", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("] ready: "))
+    });
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    signal(child.id(), "TERM");
+    assert!(wait_bounded(&mut child).success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("SIGTERM received") && text.contains("stopped: every shard flushed"),
+        "{text}"
+    );
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.is_empty(),
+        "nothing on stderr when logging to a file: {stderr}"
+    );
+}
+
+#[test]
+fn io_uring_unavailable_falls_back_to_epoll_and_says_so() {
+    // monoio's own switch makes its io_uring probe fail, as a seccomp filter or
+    // kernel.io_uring_disabled would; scd must notice, log it, and serve on epoll.
+    let d = Daemon::start_with_env(&[], &[("MONOIO_FORCE_LEGACY_DRIVER", "1")]);
+    assert_eq!(
+        d.log_lines_containing("running on the epoll fallback"),
+        2,
+        "{}",
+        d.log_text()
+    );
+    let s = d.stats();
+    assert_eq!(s["core.0.io_uring"] + s["core.1.io_uring"], 0);
+    let mut c = d.client();
+    let id = c.create_id().unwrap();
+    let r = c.read_lock(&id, 1000, 1000).unwrap();
+    c.write_unlock(&id, r.token, 60, b"on epoll").unwrap();
+    assert_eq!(c.read(&id).unwrap().data.as_deref(), Some(&b"on epoll"[..]));
 }

@@ -27,12 +27,18 @@ pub struct Daemon {
     pub tcp: Option<SocketAddr>,
     pub metrics: Option<SocketAddr>,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Daemon {
     /// A daemon on a fresh folder with the given extra flags.
     pub fn start(extra: &[&str]) -> Daemon {
+        Daemon::start_with_env(extra, &[])
+    }
+
+    /// `start`, with extra environment variables for the daemon.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("scd-test")
             .tempdir()
@@ -58,6 +64,10 @@ impl Daemon {
             tcp: None,
             metrics: None,
             args,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             log: Arc::new(Mutex::new(Vec::new())),
         };
         d.spawn();
@@ -67,6 +77,7 @@ impl Daemon {
     fn spawn(&mut self) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_scd"))
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

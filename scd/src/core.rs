@@ -530,6 +530,9 @@ async fn drive(core: Rc<Core>) {
                 _ = core.kick.notified() => {}
                 _ = monoio::time::sleep(Duration::from_millis(wait_ms)) => {}
             }
+        } else {
+            // A deadline already due: run the next pass, but let the connections go first.
+            crate::notify::yield_now().await;
         }
     }
 }

@@ -32,3 +32,18 @@ impl Notify {
         .await
     }
 }
+
+/// Lets every other ready task on this core run once before continuing.
+pub async fn yield_now() {
+    let mut yielded = false;
+    poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await
+}

@@ -1,0 +1,103 @@
+//! Small facts about this machine and its processes, read from /proc.
+
+use std::net::{SocketAddr, TcpListener};
+
+/// Linux reports process times in USER_HZ ticks, which is 100 on every architecture it runs
+/// on (it is a fixed part of the user ABI, apart from the kernel's internal HZ).
+const USER_HZ: f64 = 100.0;
+
+/// CPU seconds (user + system, all threads) used so far by these processes; a process that is
+/// gone counts 0.
+pub fn cpu_seconds(pids: &[u32]) -> f64 {
+    pids.iter()
+        .map(|&pid| process_ticks(pid).unwrap_or(0) as f64 / USER_HZ)
+        .sum()
+}
+
+fn process_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after its ')' are plain.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// The 1-minute load average.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The kernel release.
+pub fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The CPU model name.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Online CPUs.
+pub fn cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Whether this process runs as root (memcached then needs `-u root`).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// A loopback TCP port that was free a moment ago (the kernel picks it).
+pub fn free_port() -> std::io::Result<SocketAddr> {
+    TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_has_used_some_cpu_and_a_missing_one_none() {
+        let mut x = 0u64;
+        for i in 0..3_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        assert!(x != 1);
+        assert!(process_ticks(std::process::id()).is_some());
+        assert_eq!(cpu_seconds(&[u32::MAX]), 0.0);
+    }
+
+    #[test]
+    fn machine_facts_are_readable() {
+        assert!(cpus() >= 1);
+        assert!(load_average().is_some());
+        assert!(free_port().unwrap().port() > 0);
+    }
+}

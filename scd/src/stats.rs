@@ -282,7 +282,7 @@ pub fn render_table(entries: &[(String, u64)]) -> String {
     let mut out = String::new();
     let mut header = format!("{:<8}", "shard");
     for (name, _, _) in SHARD_FIELDS {
-        let _ = write!(header, " {:>width$}", name, width = name.len().max(8));
+        let _ = write!(header, " {:>width$}", name, width = name.len().max(11));
     }
     out.push_str(header.trim_end());
     out.push('\n');
@@ -290,7 +290,7 @@ pub fn render_table(entries: &[(String, u64)]) -> String {
         let mut line = format!("{label:<8}");
         for (name, _, _) in SHARD_FIELDS {
             let v = m.get(name).copied().unwrap_or(0);
-            let _ = write!(line, " {:>width$}", v, width = name.len().max(8));
+            let _ = write!(line, " {:>width$}", v, width = name.len().max(11));
         }
         out.push_str(&line);
         out.push('\n');

@@ -99,6 +99,8 @@ pub struct Core {
     now_ms: Cell<u64>,
     pub counters: CoreCounters,
     pub driver_name: &'static str,
+    /// The main thread's channel for start-up and shutdown reports.
+    events: mpsc::Sender<CoreEvent>,
 }
 
 /// Milliseconds since the UNIX epoch: the engine's notion of time.
@@ -162,7 +164,7 @@ impl Core {
         {
             let mut shards = self.shards.borrow_mut();
             match shards.get_mut(slot_index) {
-                Some(slot) => slot.execute(now, key, owner, op, reply, &self.counters),
+                Some(slot) => slot.execute(now, key, owner, op, reply),
                 None => {
                     // Routing guarantees the shard is ours; a miss is a bug, answered, not a panic.
                     error!("shard {shard} is not on core {}", self.index);
@@ -259,29 +261,18 @@ impl Core {
                 }
             }
             let forced = core.conns_open.get();
-            let _ = core.events_tx().send(CoreEvent::Drained {
+            let _ = core.events.send(CoreEvent::Drained {
                 core: core.index,
                 forced,
             });
         });
     }
-
-    fn events_tx(&self) -> mpsc::Sender<CoreEvent> {
-        EVENTS.with(|e| e.borrow().clone().expect("events sender set at core start"))
-    }
-}
-
-thread_local! {
-    // The main thread's event channel for this core (set once at start; std's Sender is Send but
-    // kept here so `Core` itself stays free of it).
-    static EVENTS: RefCell<Option<mpsc::Sender<CoreEvent>>> = const { RefCell::new(None) };
 }
 
 /// The core thread's body: build the runtime, open the shards, serve until `Finish`.
 pub fn run(start: CoreStart) {
     let index = start.index;
     let events = start.events.clone();
-    EVENTS.with(|e| *e.borrow_mut() = Some(events.clone()));
     let driver = start.node.settings.node.io_driver;
     match build_runtime(index, driver) {
         Ok((mut rt, name)) => match &mut rt {
@@ -403,6 +394,7 @@ async fn core_main(start: CoreStart, driver_name: &'static str) {
         now_ms: Cell::new(clock_ms()),
         counters: CoreCounters::default(),
         driver_name,
+        events: events.clone(),
     });
 
     // One watcher per shard whose engine signals completions through a file descriptor.

@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::AtomicU32;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -404,9 +404,4 @@ fn one_line(s: &Settings) -> String {
         }
     }
     out
-}
-
-/// Connections open now (all cores), for the statistics.
-pub fn connections_open(node: &Node) -> u32 {
-    node.connections_open.load(Ordering::Relaxed)
 }

@@ -20,7 +20,7 @@ use crate::answer::{Answer, ErrCode};
 use crate::daemon::Node;
 use crate::proto;
 use crate::settings::StorageModel;
-use crate::stats::{CoreCounters, ShardFigures};
+use crate::stats::ShardFigures;
 
 /// A request's operation on its session. `D` is the write's data: borrowed from the connection's
 /// buffer when the shard is on the same core, owned when the request crosses to another core.
@@ -272,7 +272,6 @@ impl ShardSlot {
         owner: OwnerId,
         op: Op<&[u8]>,
         reply: ReplyTo,
-        _counters: &CoreCounters,
     ) {
         match op {
             Op::ReadLock { wait_ms, lease_ms } => {

@@ -379,7 +379,7 @@ async fn dispatch(
         Request::Stats => {
             let c = core.clone();
             monoio::spawn(async move {
-                let entries = crate::stats::gather(&c).await.entries();
+                let entries = crate::stats::gather(&c).await.wire_entries();
                 let pairs: Vec<(&str, u64)> =
                     entries.iter().map(|(n, v)| (n.as_str(), *v)).collect();
                 match scd_wire::local::StatEntries::new(&pairs) {

@@ -68,10 +68,6 @@ pub const SHUTDOWN_DRAIN_MS_MAX: u64 = 10_000;
 /// core (with 128-bit hashes a collision is never expected; this bounds the loop regardless).
 pub const CREATE_ID_TRIES_MAX: usize = 64;
 
-/// Most statistics entries one reply carries (the wire caps the count; per-shard entries grow
-/// with the shard count).
-pub const STATS_ENTRIES_MAX: usize = 16 * 1024;
-
 /// Cross-core messages handled per inbox wake-up before the driver gets its pass (the flush of a
 /// batch is shared; the bound keeps one busy peer from starving this core's own connections).
 pub const INBOX_BATCH_MAX: usize = 256;

@@ -189,8 +189,7 @@ impl NodeStats {
         t
     }
 
-    /// Flattened `(name, value)` pairs, node and totals first (the wire caps the count; per-shard
-    /// entries are the ones left out on a store with very many shards).
+    /// Flattened `(name, value)` pairs, node and totals first, then cores, then shards.
     pub fn entries(&self) -> Vec<(String, u64)> {
         let mut out = Vec::new();
         let sum = |f: fn(&CoreStats) -> u64| self.cores.iter().map(f).sum::<u64>();
@@ -226,9 +225,14 @@ impl NodeStats {
                 out.push((format!("shard.{}.{name}", s.shard), v));
             }
         }
-        out.truncate(
-            crate::constants::STATS_ENTRIES_MAX.min(scd_wire::constants::STATS_ENTRIES_MAX),
-        );
+        out
+    }
+
+    /// `entries`, cut to what one StatsReply may carry: with very many shards the last shards'
+    /// entries are left out (node, totals and cores always fit).
+    pub fn wire_entries(&self) -> Vec<(String, u64)> {
+        let mut out = self.entries();
+        out.truncate(scd_wire::constants::STATS_ENTRIES_MAX);
         out
     }
 }
@@ -440,6 +444,36 @@ mod tests {
         assert_eq!(e["shard.1.bytes"], 50);
         assert_eq!(e["shard.2.size_average"], 0);
         assert_eq!(e["core.0.io_uring"], 1);
+    }
+
+    #[test]
+    fn wire_entries_fit_one_reply() {
+        let shards = (0..1024)
+            .map(|shard| ShardFigures {
+                shard,
+                sessions: 1,
+                ..Default::default()
+            })
+            .collect();
+        let c = CoreStats {
+            core: 0,
+            driver: "epoll",
+            connections_open: 0,
+            counters: CounterSnapshot::default(),
+            shards,
+        };
+        let n = NodeStats { cores: vec![c] };
+        assert!(n.entries().len() > scd_wire::constants::STATS_ENTRIES_MAX);
+        let w = n.wire_entries();
+        assert_eq!(w.len(), scd_wire::constants::STATS_ENTRIES_MAX);
+        let names: Vec<&str> = w.iter().map(|(k, _)| k.as_str()).collect();
+        let pairs: Vec<(&str, u64)> = w.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert!(scd_wire::local::StatEntries::new(&pairs).is_ok());
+        assert!(names.contains(&"total.sessions") && names.contains(&"shard.0.sessions"));
+        assert_eq!(
+            w.iter().find(|(k, _)| k == "total.sessions").map(|e| e.1),
+            Some(1024)
+        );
     }
 
     #[test]

@@ -441,14 +441,26 @@ fn unchanged_data_is_touched_and_the_lock_released() {
     );
     let mut jar = Jar::default();
     assert_eq!(n_of(&php.get("/count.php", &mut jar)), 1);
+    let writes = scd.stat("total.writes");
     for _ in 0..3 {
         let r = php.get("/touch.php", &mut jar);
         assert_eq!(r.field("written"), Some("yes"), "{}", r.body);
         assert!(!r.body.contains("Warning"), "{}", r.body);
     }
+    // lazy_write: unchanged data went out as Touch, not as a write of the data.
+    assert_eq!(
+        scd.stat("total.writes"),
+        writes,
+        "no data write for unchanged sessions"
+    );
     // Each touch released the lock (a kept lock would time this out after 2 s).
     let r = php.get("/count.php", &mut jar);
     assert_eq!(n_of(&r), 2, "{}", r.body);
+    assert_eq!(
+        scd.stat("total.writes"),
+        writes + 1,
+        "changed data is written"
+    );
 }
 
 #[test]

@@ -269,6 +269,17 @@ impl Scd {
         Conn::connect(&self.endpoint(), 1000, 5000).expect("connect to scd")
     }
 
+    /// One counter of `scd stats` (`total.writes`, ...), read over the wire.
+    pub fn stat(&self, name: &str) -> u64 {
+        let mut c = scd_client::Client::connect_unix(&self.socket).expect("connect for Stats");
+        let stats = c.stats().expect("Stats");
+        stats
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("scd has no statistic {name}: {stats:?}"))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("scd running").id()
     }

@@ -52,8 +52,9 @@ pub fn draw(report: &Report, path: &Path) -> anyhow::Result<()> {
     let (upper, lower) = root.split_vertically(panel_px);
     // Names listed top to bottom in run order: segment 0 is at the bottom of the axis.
     let name_of = |v: &SegmentValue<usize>| match v {
-        SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => rows
-            .get(n - 1 - i)
+        SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => (n - 1)
+            .checked_sub(*i)
+            .and_then(|k| rows.get(k))
             .map(|t| t.name.clone())
             .unwrap_or_default(),
         SegmentValue::Last => String::new(),
@@ -106,6 +107,7 @@ pub fn draw(report: &Report, path: &Path) -> anyhow::Result<()> {
         .disable_y_mesh()
         .y_labels(n)
         .y_label_formatter(&name_of)
+        .x_label_formatter(&|v| format!("{v:.0}"))
         .draw()
         .map_err(plot_err)?;
     let seg_px = (chart.plotting_area().dim_in_pixel().1 / n as u32).max(3);

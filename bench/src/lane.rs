@@ -275,6 +275,12 @@ impl Lane {
         self.send(env, scratch, out);
     }
 
+    /// This cycle renews the lifetime instead of writing: its data did not change (and the
+    /// session was there to be touched).
+    fn touching(&self) -> bool {
+        self.touch && !self.missed
+    }
+
     fn step(&self) -> Step {
         self.steps[self.pos]
     }
@@ -300,7 +306,7 @@ impl Lane {
                         wait_ms: SCD_LOCK_WAIT_MS,
                         lease_ms: SCD_LOCK_LEASE_MS,
                     },
-                    (Step::Write, Some(id)) if self.touch && !self.missed => Request::Touch {
+                    (Step::Write, Some(id)) if self.touching() => Request::Touch {
                         id,
                         token: self.token,
                         lifetime_s: LIFETIME_S,
@@ -333,7 +339,7 @@ impl Lane {
                     );
                 }
                 Step::Read => resp::command(out, &[b"GET", &self.key]),
-                Step::Write if self.touch && !self.missed => {
+                Step::Write if self.touching() => {
                     let ttl = LIFETIME_S.to_string();
                     resp::command(out, &[b"EXPIRE", &self.key, ttl.as_bytes()]);
                 }
@@ -364,7 +370,7 @@ impl Lane {
                     opaque,
                 ),
                 Step::Read => memcache::get(out, &self.key, opaque),
-                Step::Write if self.touch && !self.missed => {
+                Step::Write if self.touching() => {
                     memcache::touch(out, &self.key, LIFETIME_S, opaque)
                 }
                 Step::Write => {
@@ -394,7 +400,7 @@ impl Lane {
         };
         match outcome {
             Check::Advance => {
-                if step == Step::Write && !(self.touch && !self.missed) {
+                if step == Step::Write && !self.touching() {
                     self.wrote = true;
                 }
                 self.pos += 1;

@@ -238,8 +238,8 @@ impl Plan {
             notes.push(format!(
                 "{sessions} sessions of {} B would hold {} MiB per target; lowered to {fit} sessions ({} MiB)",
                 args.size,
-                sessions * args.size >> 20,
-                fit * args.size >> 20
+                (sessions * args.size) >> 20,
+                (fit * args.size) >> 20
             ));
             sessions = fit;
         }

@@ -809,8 +809,17 @@ impl<S: Storage> Shard<S> {
         }
         let header = encode_header(kind, key, version, expires_at_ms, data.len() as u32);
         let crc = record_crc(&header, data).to_le_bytes();
-        self.storage
-            .write(id, Slabs::offset(loc), &[&header, data, &crc]);
+        if let Err(e) = self
+            .storage
+            .write(id, Slabs::offset(loc), &[&header, data, &crc])
+        {
+            // The slot may hold half a record; it is never referenced, and the shard stops
+            // taking writes, as after a failed flush.
+            self.slabs.unalloc(loc);
+            let reason = format!("write to slab file failed: {e}");
+            self.fail(reason.clone());
+            return Err(EngineError::StorageFailed { reason });
+        }
         // Pair check: what the mapping now holds must decode to exactly what we meant.
         let ok = matches!(
             decode(self.slabs.slot_bytes(&self.storage, loc)),

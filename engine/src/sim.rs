@@ -332,16 +332,24 @@ impl Storage for SimStorage {
         &self.file(id).data
     }
 
-    fn write(&mut self, id: FileId, offset: usize, parts: &[&[u8]]) {
+    fn write(&mut self, id: FileId, offset: usize, parts: &[&[u8]]) -> io::Result<()> {
         let f = match self.files.get_mut(id as usize) {
             Some(Some(f)) => f,
             _ => panic!("sim file id {id} is not open"),
         };
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if offset + total > f.data.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "write past end of file",
+            ));
+        }
         let mut at = offset;
         for p in parts {
             f.data[at..at + p.len()].copy_from_slice(p);
             at += p.len();
         }
+        Ok(())
     }
 
     fn read_manifest(&mut self) -> io::Result<Option<Vec<u8>>> {
@@ -422,7 +430,7 @@ mod tests {
         let mut done = Vec::new();
         s.reap(&mut done);
         assert!(matches!(done.as_slice(), [(1, Ok(()))]));
-        s.write(id, 1024, &[&[7u8; 1024]]);
+        s.write(id, 1024, &[&[7u8; 1024]]).unwrap();
         let mut lost_some = false;
         for seed in 0..32 {
             let mut rng = SimRng::new(seed);

@@ -35,9 +35,9 @@ pub trait Storage {
     fn remove(&mut self, id: FileId) -> io::Result<()>;
     /// The file's bytes, as they are now (volatile image).
     fn bytes(&self, id: FileId) -> &[u8];
-    /// Copies `parts`, one after the other, into the file at `offset`. The range lies within
-    /// the file (the caller checks).
-    fn write(&mut self, id: FileId, offset: usize, parts: &[&[u8]]);
+    /// Writes `parts`, one after the other, into the file at `offset` (within the file). On
+    /// return `bytes` shows them. An error means the write may be partly done.
+    fn write(&mut self, id: FileId, offset: usize, parts: &[&[u8]]) -> io::Result<()>;
     /// The manifest's bytes, or `None` when there is none.
     fn read_manifest(&mut self) -> io::Result<Option<Vec<u8>>>;
     /// Replaces the manifest atomically and durably.

@@ -4,10 +4,14 @@
 //! This is the engine's only module with `unsafe`: mapping files, creating the eventfd and
 //! pushing io_uring submissions. Each block has a `// SAFETY:` note.
 //!
-//! Why writes go through the mapping rather than `IORING_OP_WRITE`: a record is copied into the
-//! shared mapping (a memcpy into the page cache), so reads of it are served from the mapping at
-//! once, with no in-flight buffer to track; an `fdatasync` of the file then persists every page
-//! the mapping dirtied. The measurements behind that choice are in docs/storage.md.
+//! Files are mapped *read-only*: reads are served from the mapping with no copy and no
+//! syscall. Records are written with `pwrite` into the page cache (which the mapping sees at
+//! once) and made durable by `fdatasync` submitted through io_uring. Writing through a writable
+//! shared mapping instead cost 2-3x more per 4 KiB record here: every write to a page that
+//! writeback had cleaned takes a write-protect fault, and writeback must write-protect the
+//! mapped pages again (with a TLB shootdown) each time. An `IORING_OP_WRITE` per record would
+//! need its buffer kept until completion and reads served from it meanwhile, and ext4 hands
+//! buffered ring writes to kernel worker threads anyway. Measurements: docs/storage.md.
 //! The only operation the ring carries is `IORING_OP_FSYNC` (with `DATASYNC` for slab files),
 //! which references no user memory, so no buffer can be freed under the kernel's feet.
 
@@ -15,12 +19,13 @@ use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use io_uring::{IoUring, opcode, squeue, types};
-use memmap2::{MmapMut, MmapOptions};
+use memmap2::{Mmap, MmapOptions};
 
 use crate::constants::{MANIFEST_SIZE_MAX, RING_ENTRIES};
 use crate::storage::{FileId, FlushDone, Storage};
@@ -45,7 +50,7 @@ const LOCK_FILE: &str = "lock";
 struct Mapped {
     name: String,
     file: File,
-    map: MmapMut,
+    map: Mmap,
 }
 
 /// mmapped slab files in one shard directory, flushed through io_uring.
@@ -57,6 +62,8 @@ pub struct SysStorage {
     _lock: File,
     files: Vec<Option<Mapped>>,
     flusher: Flusher,
+    /// One record assembled for a single pwrite.
+    scratch: Vec<u8>,
 }
 
 impl SysStorage {
@@ -95,6 +102,7 @@ impl SysStorage {
             _lock: lock,
             files: Vec::new(),
             flusher,
+            scratch: Vec::new(),
         })
     }
 
@@ -121,10 +129,10 @@ impl SysStorage {
         }
         // SAFETY: the file is a regular file in a directory this process holds an exclusive
         // lock on (see `open`), so no other cooperating process maps or truncates it while
-        // mapped; this process never truncates a mapped file (`remove` unmaps first). The
-        // mapping lives in `Mapped` next to the file and is only reached through
-        // `bytes`/`write`, which check bounds via slice indexing.
-        let map = unsafe { MmapOptions::new().len(len as usize).map_mut(&file)? };
+        // mapped; this process never truncates a mapped file (`remove` unmaps first) and only
+        // changes its bytes with pwrite inside its length. The read-only mapping lives in
+        // `Mapped` next to the file and is only reached through `bytes`, as a slice.
+        let map = unsafe { MmapOptions::new().len(len as usize).map(&file)? };
         let id = self.files.len() as FileId;
         self.files.push(Some(Mapped {
             name: name.to_string(),
@@ -201,16 +209,23 @@ impl Storage for SysStorage {
         &self.mapped(id).map
     }
 
-    fn write(&mut self, id: FileId, offset: usize, parts: &[&[u8]]) {
-        let m = match self.files.get_mut(id as usize) {
-            Some(Some(m)) => m,
-            _ => panic!("slab file id {id} is not open"),
-        };
-        let mut at = offset;
+    fn write(&mut self, id: FileId, offset: usize, parts: &[&[u8]]) -> io::Result<()> {
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
         for p in parts {
-            m.map[at..at + p.len()].copy_from_slice(p);
-            at += p.len();
+            buf.extend_from_slice(p);
         }
+        let m = self.mapped(id);
+        if offset + buf.len() > m.map.len() {
+            self.scratch = buf;
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "write past end of slab file",
+            ));
+        }
+        let r = m.file.write_all_at(&buf, offset as u64);
+        self.scratch = buf;
+        r
     }
 
     fn read_manifest(&mut self) -> io::Result<Option<Vec<u8>>> {
@@ -564,5 +579,209 @@ impl Drop for ThreadFlusher {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Measurements behind the choice of flush mechanism (docs/storage.md). Used by the
+/// `flush_probe` example; kept here because mapping a file needs `unsafe`.
+#[doc(hidden)]
+pub mod probe {
+    use std::fs::{File, OpenOptions};
+    use std::io::{self, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    use std::path::Path;
+    use std::time::Instant;
+
+    use io_uring::{IoUring, opcode, squeue, types};
+    use memmap2::MmapOptions;
+
+    /// How records reach the disk.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Mechanism {
+        /// memcpy into a shared mapping, then fdatasync of the file (blocking call).
+        MmapFdatasync,
+        /// memcpy into a shared mapping, then IORING_OP_FSYNC(DATASYNC) (the engine's choice).
+        MmapUringFsync,
+        /// memcpy into a shared mapping, then msync(MS_SYNC) of each written range.
+        MmapMsync,
+        /// pwrite of each record, then fdatasync.
+        PwriteFdatasync,
+        /// IORING_OP_WRITE of each record, then IORING_OP_FSYNC(DATASYNC), one submission.
+        UringWriteFsync,
+    }
+
+    /// How the file was prepared.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Prep {
+        /// Every block written (zeros) and synced before the run.
+        Prewritten,
+        /// fallocate'd: blocks reserved but unwritten.
+        Fallocated,
+    }
+
+    /// One measured configuration.
+    #[derive(Clone, Debug)]
+    pub struct Row {
+        pub mechanism: Mechanism,
+        pub prep: Prep,
+        pub batch: usize,
+        pub writes_per_s: f64,
+        pub commit_p50_us: f64,
+        pub commit_p99_us: f64,
+        /// CPU-side cost of putting one record in place (before the flush), microseconds.
+        pub write_us: f64,
+    }
+
+    const FILE_LEN: usize = 64 << 20;
+    const SLOT: usize = 5120;
+
+    fn prepare(path: &Path, prep: Prep) -> io::Result<File> {
+        let _ = std::fs::remove_file(path);
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        match prep {
+            Prep::Prewritten => {
+                let zeros = vec![0u8; 1 << 20];
+                for _ in 0..FILE_LEN / zeros.len() {
+                    f.write_all(&zeros)?;
+                }
+            }
+            Prep::Fallocated => {
+                // SAFETY: fallocate takes no pointers; the fd is open for the call.
+                let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, FILE_LEN as libc::off_t) };
+                if r != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+        }
+        f.sync_all()?;
+        Ok(f)
+    }
+
+    /// Runs `rounds` commits of `batch` records of `record_len` bytes at random slots of a
+    /// 64 MiB file in `dir`, with one flush per commit.
+    pub fn run(
+        dir: &Path,
+        mechanism: Mechanism,
+        prep: Prep,
+        record_len: usize,
+        batch: usize,
+        rounds: usize,
+    ) -> io::Result<Row> {
+        let path = dir.join("flush-probe.dat");
+        let file = prepare(&path, prep)?;
+        // SAFETY: the file was just created by this function under a name nobody else uses,
+        // is not truncated while mapped, and the map is dropped before the file is removed.
+        let mut map = unsafe { MmapOptions::new().len(FILE_LEN).map_mut(&file)? };
+        let mut ring = IoUring::new(256)?;
+        let record: Vec<u8> = (0..record_len).map(|i| (i * 7 + 3) as u8).collect();
+        let slots = FILE_LEN / SLOT;
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut commit_us = Vec::with_capacity(rounds);
+        let mut write_ns_total = 0u128;
+        let started = Instant::now();
+        let mut offsets = Vec::with_capacity(batch);
+        for round in 0..rounds {
+            offsets.clear();
+            for _ in 0..batch {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                offsets.push((x % slots as u64) as usize * SLOT);
+            }
+            let t = Instant::now();
+            match mechanism {
+                Mechanism::MmapFdatasync | Mechanism::MmapUringFsync | Mechanism::MmapMsync => {
+                    for &o in &offsets {
+                        map[o..o + record_len].copy_from_slice(&record);
+                        map[o] = round as u8;
+                    }
+                }
+                Mechanism::PwriteFdatasync => {
+                    for &o in &offsets {
+                        file.write_all_at(&record, o as u64)?;
+                    }
+                }
+                Mechanism::UringWriteFsync => {}
+            }
+            write_ns_total += t.elapsed().as_nanos();
+            match mechanism {
+                Mechanism::MmapFdatasync | Mechanism::PwriteFdatasync => file.sync_data()?,
+                Mechanism::MmapMsync => {
+                    for &o in &offsets {
+                        map.flush_range(o, record_len)?;
+                    }
+                }
+                Mechanism::MmapUringFsync => {
+                    let e = opcode::Fsync::new(types::Fd(file.as_raw_fd()))
+                        .flags(types::FsyncFlags::DATASYNC)
+                        .build();
+                    // SAFETY: FSYNC references no memory; the fd outlives the wait below.
+                    unsafe { ring.submission().push(&e).map_err(io::Error::other)? };
+                    ring.submit_and_wait(1)?;
+                    for c in ring.completion() {
+                        if c.result() < 0 {
+                            return Err(io::Error::from_raw_os_error(-c.result()));
+                        }
+                    }
+                }
+                Mechanism::UringWriteFsync => {
+                    let mut sq = ring.submission();
+                    for &o in &offsets {
+                        let e = opcode::Write::new(
+                            types::Fd(file.as_raw_fd()),
+                            record.as_ptr(),
+                            record_len as u32,
+                        )
+                        .offset(o as u64)
+                        .build()
+                        .flags(squeue::Flags::IO_LINK);
+                        // SAFETY: `record` outlives the submit_and_wait below, which waits for
+                        // every completion of this round (batch writes + the fsync) before the
+                        // buffer can be touched again; the fd stays open.
+                        unsafe { sq.push(&e).map_err(io::Error::other)? };
+                    }
+                    let e = opcode::Fsync::new(types::Fd(file.as_raw_fd()))
+                        .flags(types::FsyncFlags::DATASYNC)
+                        .build();
+                    // SAFETY: as above; FSYNC references no memory.
+                    unsafe { sq.push(&e).map_err(io::Error::other)? };
+                    drop(sq);
+                    ring.submit_and_wait(batch + 1)?;
+                    let mut seen = 0;
+                    while seen < batch + 1 {
+                        for c in ring.completion() {
+                            seen += 1;
+                            if c.result() < 0 {
+                                return Err(io::Error::from_raw_os_error(-c.result()));
+                            }
+                        }
+                        if seen < batch + 1 {
+                            ring.submit_and_wait(1)?;
+                        }
+                    }
+                }
+            }
+            commit_us.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        drop(map);
+        drop(file);
+        let _ = std::fs::remove_file(&path);
+        commit_us.sort_by(f64::total_cmp);
+        let pct = |p: f64| commit_us[((commit_us.len() as f64 - 1.0) * p) as usize];
+        Ok(Row {
+            mechanism,
+            prep,
+            batch,
+            writes_per_s: (rounds * batch) as f64 / elapsed,
+            commit_p50_us: pct(0.5),
+            commit_p99_us: pct(0.99),
+            write_us: write_ns_total as f64 / 1e3 / (rounds * batch) as f64,
+        })
     }
 }

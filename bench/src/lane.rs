@@ -3,7 +3,7 @@
 //!
 //! | handler | session cycle | read only | create heavy |
 //! | --- | --- | --- | --- |
-//! | scd (and the null server) | ReadLock, WriteUnlock (or Touch) | Read | CreateId, ReadLock, WriteUnlock |
+//! | scd (and the null server) | ReadLock, WriteUnlock (or Touch) | ReadLock, Unlock | CreateId, ReadLock, WriteUnlock |
 //! | Redis, plain | GET, SETEX (or EXPIRE) | GET | GET, SETEX |
 //! | Redis, as phpredis locks | SET lock NX PX, GET, SETEX (or EXPIRE), EVALSHA unlock | SET NX, GET, EVALSHA | SET NX, GET, SETEX, EVALSHA |
 //! | memcached, plain | GET, SET (or TOUCH) | GET | GET, SET |
@@ -76,7 +76,7 @@ fn script(handler: Handler, mode: Mode) -> &'static [Step] {
     use Step::*;
     match (handler, mode) {
         (Handler::Scd, Mode::Cycle) => &[Read, Write],
-        (Handler::Scd, Mode::Read) => &[Read],
+        (Handler::Scd, Mode::Read) => &[Read, Unlock],
         (Handler::Scd, Mode::Create | Mode::Prefill) => &[CreateId, Read, Write],
         (_, Mode::Prefill) => &[Write],
         (Handler::RedisPlain | Handler::MemcachePlain, Mode::Cycle | Mode::Create) => {
@@ -300,7 +300,6 @@ impl Lane {
                 let id = self.id;
                 let request = match (step, id) {
                     (Step::CreateId, _) => Request::CreateId,
-                    (Step::Read, Some(id)) if env.mode == Mode::Read => Request::Read { id },
                     (Step::Read, Some(id)) => Request::ReadLock {
                         id,
                         wait_ms: SCD_LOCK_WAIT_MS,
@@ -317,9 +316,14 @@ impl Lane {
                         lifetime_s: LIFETIME_S,
                         data: window(scratch, env.size_bytes),
                     },
+                    // PHP's read_and_close: the module unlocks what its read locked.
+                    (Step::Unlock, Some(id)) => Request::Unlock {
+                        id,
+                        token: self.token,
+                    },
                     // A step that needs an ID always comes after the step that sets it.
                     (step, None) => unreachable!("scd step {step:?} without a session ID"),
-                    (Step::Lock | Step::Unlock, _) => unreachable!("scd scripts have no {step:?}"),
+                    (Step::Lock, _) => unreachable!("scd scripts have no Lock step"),
                 };
                 Frame::new(rid, request).encode(out);
             }
@@ -448,14 +452,11 @@ impl Lane {
                     self.id = Some(*new);
                 }
                 self.token = *token;
-                if env.mode == Mode::Read {
-                    return self.check_size(env, data.len());
-                }
                 if *token == 0 {
                     return Check::Protocol("ReadLock answered without a lock token".into());
                 }
                 // Create: a fresh ID may only be unknown, but the null server answers Data.
-                if env.mode == Mode::Cycle {
+                if env.mode == Mode::Cycle || env.mode == Mode::Read {
                     return self.check_size(env, data.len());
                 }
                 Check::Advance
@@ -465,14 +466,10 @@ impl Lane {
                     self.id = Some(*new);
                 }
                 self.token = *token;
-                if env.mode == Mode::Read {
-                    self.miss = true;
-                    return Check::End(CycleEnd::Ok);
-                }
                 if *token == 0 {
                     return Check::Protocol("ReadLock answered without a lock token".into());
                 }
-                if env.mode == Mode::Cycle {
+                if env.mode == Mode::Cycle || env.mode == Mode::Read {
                     self.missed = true;
                     self.miss = true;
                 }
@@ -485,7 +482,7 @@ impl Lane {
                     ..
                 },
             ) => Check::End(CycleEnd::LockFailure),
-            (Step::Write, Reply::Done { .. }) => Check::Advance,
+            (Step::Write | Step::Unlock, Reply::Done { .. }) => Check::Advance,
             (_, Reply::Error { code, message }) => {
                 Check::End(CycleEnd::Error(format!("scd {step:?}: {code}: {message}")))
             }

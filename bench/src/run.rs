@@ -63,7 +63,7 @@ impl Target {
         use WorkloadKind::*;
         match (self.handler(), workload) {
             (Handler::Scd, Cycle) => "ReadLock, WriteUnlock (Touch when unchanged)",
-            (Handler::Scd, Read) => "Read",
+            (Handler::Scd, Read) => "ReadLock, Unlock (the module's read_and_close)",
             (Handler::Scd, Create) => "CreateId, ReadLock, WriteUnlock",
             (Handler::RedisPlain, Cycle) => "GET, SETEX (EXPIRE when unchanged)",
             (Handler::RedisPlain, Read) => "GET",

@@ -34,6 +34,10 @@ pub const CORE_CHANNEL_DEPTH: usize = 4096;
 /// the number of sessions.
 pub const EXPIRE_BUDGET_PER_PASS: usize = 64;
 
+/// Records a shard may move to shrink its slab files, per idle driver pass (a pass woken by the
+/// timer, not by requests): compaction stays off the busy path and bounded.
+pub const COMPACT_BUDGET_PER_IDLE_PASS: usize = 64;
+
 /// The shard driver wakes at least this often even when idle, to run bounded expiry and the
 /// delayed-write flush check.
 pub const DRIVER_IDLE_WAKE_MS: u64 = 100;

@@ -491,6 +491,9 @@ async fn core_main(start: CoreStart, driver_name: &'static str) {
 
 /// The driver: one pass per wake-up. Returns after `Finish`, once every write is durable.
 async fn drive(core: Rc<Core>) {
+    // Whether this pass was woken by the timer (nothing else to do): then the store is also
+    // compacted a little, off the busy path.
+    let mut idle = false;
     loop {
         let now = core.refresh_now();
         let mut next_ms = now + constants::DRIVER_IDLE_WAKE_MS;
@@ -498,7 +501,7 @@ async fn drive(core: Rc<Core>) {
         {
             let mut shards = core.shards.borrow_mut();
             for slot in shards.iter_mut() {
-                slot.pass(now);
+                slot.pass(now, idle);
                 if let Some(d) = slot.next_deadline_ms() {
                     next_ms = next_ms.min(d);
                 }
@@ -517,10 +520,11 @@ async fn drive(core: Rc<Core>) {
             return;
         }
         let wait_ms = next_ms.saturating_sub(clock_ms());
+        idle = false;
         if wait_ms > 0 {
             monoio::select! {
                 _ = core.kick.notified() => {}
-                _ = monoio::time::sleep(Duration::from_millis(wait_ms)) => {}
+                _ = monoio::time::sleep(Duration::from_millis(wait_ms)) => { idle = true; }
             }
         } else {
             // A deadline already due: run the next pass, but let the connections go first.

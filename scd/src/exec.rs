@@ -439,11 +439,16 @@ impl ShardSlot {
     }
 
     /// End of a driver pass: collect events (grants, timeouts, durable writes), expire a bounded
-    /// number of sessions, flush (group commit), and collect what the flush completed at once.
-    pub fn pass(&mut self, now_ms: u64) {
+    /// number of sessions, compact a little when idle, flush (group commit), and collect what the
+    /// flush completed at once.
+    pub fn pass(&mut self, now_ms: u64, idle: bool) {
         self.collect(now_ms);
         self.shard
             .expire_step(now_ms, crate::constants::EXPIRE_BUDGET_PER_PASS);
+        if idle {
+            self.shard
+                .compact_step(now_ms, crate::constants::COMPACT_BUDGET_PER_IDLE_PASS);
+        }
         self.shard.flush(now_ms);
         self.collect(now_ms);
         if !self.flush_failure_logged {
@@ -511,6 +516,7 @@ impl ShardSlot {
             lock_timeouts: s.lock_timeouts,
             flushes: s.flushes,
             errors: self.errors,
+            disk_bytes: s.slab_bytes,
         }
     }
 }

@@ -55,6 +55,8 @@ pub struct ShardFigures {
     pub lock_timeouts: u64,
     pub flushes: u64,
     pub errors: u64,
+    /// Size of the shard's slab files on disk.
+    pub disk_bytes: u64,
 }
 
 /// What one core reports.
@@ -92,7 +94,7 @@ pub async fn gather(core: &Core) -> NodeStats {
 }
 
 /// Per-shard fields in the order they are shown: (name, Prometheus type, help).
-pub const SHARD_FIELDS: [(&str, &str, &str); 11] = [
+pub const SHARD_FIELDS: [(&str, &str, &str); 12] = [
     ("sessions", "gauge", "Sessions held."),
     ("bytes", "gauge", "Bytes of session data held."),
     (
@@ -112,6 +114,11 @@ pub const SHARD_FIELDS: [(&str, &str, &str); 11] = [
     ("lock_timeouts", "counter", "Lock requests that timed out."),
     ("flushes", "counter", "Flushes to disk."),
     ("errors", "counter", "Requests answered with an error."),
+    (
+        "disk_bytes",
+        "gauge",
+        "Size of the slab files on disk in bytes.",
+    ),
 ];
 
 pub const NODE_FIELDS: [(&str, &str, &str); 7] = [
@@ -140,7 +147,7 @@ pub const NODE_FIELDS: [(&str, &str, &str); 7] = [
     ("cores", "gauge", "Event loops running."),
 ];
 
-fn shard_values(s: &ShardFigures) -> [u64; 11] {
+fn shard_values(s: &ShardFigures) -> [u64; 12] {
     [
         s.sessions,
         s.bytes,
@@ -153,6 +160,7 @@ fn shard_values(s: &ShardFigures) -> [u64; 11] {
         s.lock_timeouts,
         s.flushes,
         s.errors,
+        s.disk_bytes,
     ]
 }
 
@@ -180,6 +188,7 @@ impl NodeStats {
             t.lock_timeouts += s.lock_timeouts;
             t.flushes += s.flushes;
             t.errors += s.errors;
+            t.disk_bytes += s.disk_bytes;
             if s.sessions > 0 {
                 smallest = Some(smallest.map_or(s.size_smallest, |m| m.min(s.size_smallest)));
                 t.size_largest = t.size_largest.max(s.size_largest);

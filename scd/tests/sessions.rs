@@ -251,3 +251,27 @@ fn scd_stats_reports_a_daemon_that_is_not_running() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot reach the daemon"), "{err}");
 }
+
+#[test]
+fn expired_sessions_give_their_disk_space_back() {
+    let d = Daemon::start(&[
+        "--storage-model",
+        "delayed-write",
+        "--flush-interval-ms",
+        "50",
+    ]);
+    let mut c = d.client();
+    for n in 0..3000 {
+        let id = test_id(n, 21);
+        let r = c.read_lock(&id, 1000, 30_000).unwrap();
+        c.write_unlock(&id, r.token, 2, &blob(n, 4000)).unwrap();
+    }
+    let full = d.stats()["total.disk_bytes"];
+    assert!(full >= 4 << 20, "{full}");
+    // Every session expires after 2 s; expiry reclaims the slots and idle passes compact the
+    // slab files.
+    eventually("the store to shrink", || {
+        let s = d.stats();
+        s["total.sessions"] == 0 && s["total.disk_bytes"] < full / 2
+    });
+}

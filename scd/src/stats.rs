@@ -405,6 +405,7 @@ mod tests {
             lock_timeouts: 0,
             flushes: 3,
             errors: 0,
+            disk_bytes: 8192,
         };
         let s1 = ShardFigures {
             shard: 1,

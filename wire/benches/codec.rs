@@ -152,6 +152,17 @@ fn relay(c: &mut Criterion) {
     });
     g.finish();
 
+    // Reference: the MAC primitive alone over the same bytes, to tell framing cost from MAC cost.
+    let mut g = c.benchmark_group("blake3_reference_4KiB");
+    let mut sealed = Vec::new();
+    frame.encode(&mut sealed);
+    g.throughput(Throughput::Bytes(sealed.len() as u64));
+    let key32 = [7u8; 32];
+    g.bench_function("keyed_hash", |b| {
+        b.iter(|| blake3::keyed_hash(&key32, black_box(&sealed)))
+    });
+    g.finish();
+
     let key = test_key();
     let heartbeat = Heartbeat {
         flags: 0,

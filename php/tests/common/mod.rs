@@ -82,8 +82,12 @@ pub fn cluster_so() -> PathBuf {
         .expect("libcluster.so is missing: cargo builds it with the scd-php package")
 }
 
-/// The real `scd` binary of this workspace, built by cargo on first use (same target folder and
-/// profile as the tests, so `cargo test --workspace` has already built it and this is a no-op).
+/// The real `scd` binary of this workspace, as `cargo test --workspace` builds it.
+///
+/// The build is asked for with the same command shape as the test suite (`ci/test`), so under
+/// `cargo test --workspace` it is a no-op, and `cargo test -p scd-php` alone builds the workspace's
+/// test targets once. (`cargo build -p scd` would resolve features differently and make the two
+/// commands rebuild scd in turn.)
 pub fn scd_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -93,22 +97,21 @@ pub fn scd_bin() -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
         let mut cmd = Command::new(cargo);
         cmd.args([
-            "build",
+            "test",
+            "--workspace",
+            "--no-run",
             "--quiet",
-            "-p",
-            "scd",
-            "--bin",
-            "scd",
             "--manifest-path",
         ])
         .arg(&manifest)
         .arg("--target-dir")
-        .arg(target);
+        .arg(target)
+        .stdout(Stdio::null());
         if profile.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
         let status = cmd.status().expect("run cargo to build scd");
-        assert!(status.success(), "building scd failed");
+        assert!(status.success(), "building the workspace (for scd) failed");
         let bin = profile.join("scd");
         assert!(bin.exists(), "{} missing after the build", bin.display());
         bin

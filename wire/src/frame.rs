@@ -629,6 +629,14 @@ impl<M: Body> Frame<M> {
     }
 }
 
+/// Why a kind is refused where it arrived: unknown everywhere, or valid on another channel.
+pub(crate) const fn misplaced_kind(k: u8) -> Reason {
+    match kind::channel(k) {
+        Some(_) => Reason::WrongChannel(k),
+        None => Reason::UnknownKind(k),
+    }
+}
+
 /// Whether a kind negotiates the version (and so always travels as version 1).
 pub(crate) const fn is_negotiation(k: u8) -> bool {
     matches!(
@@ -656,8 +664,7 @@ pub(crate) fn split_frame<'a>(
 ) -> Result<(Header, &'a [u8]), DecodeError> {
     let check_channel = |k: u8| match kind::channel(k) {
         Some(channel) if channels.contains(&channel) => Ok(()),
-        Some(_) => Err(DecodeError::Invalid(Reason::WrongChannel(k))),
-        None => Err(DecodeError::Invalid(Reason::UnknownKind(k))),
+        _ => Err(DecodeError::Invalid(misplaced_kind(k))),
     };
     let header = match Header::decode(buf, limits) {
         Ok(header) => header,

@@ -13,8 +13,8 @@ use crate::constants::{
     STAT_NAME_MAX, STATS_ENTRIES_MAX,
 };
 use crate::frame::{
-    Body, DecodeError, Frame, Limits, Reader, Reason, kind, len_u32, private, put_u8, put_u16,
-    put_u32, put_u64, split_frame,
+    Body, DecodeError, Frame, Limits, Reader, Reason, kind, len_u32, misplaced_kind, private,
+    put_u8, put_u16, put_u32, put_u64, split_frame,
 };
 use crate::session_id::{SessionId, read_addr, read_sid, write_addr, write_sid};
 
@@ -561,10 +561,7 @@ impl<'a> Request<'a> {
             },
             kind::STATS => Request::Stats,
             other => {
-                return Err(match kind::channel(other) {
-                    Some(_) => Reason::WrongChannel(other),
-                    None => Reason::UnknownKind(other),
-                });
+                return Err(misplaced_kind(other));
             }
         };
         r.finish()?;
@@ -705,10 +702,7 @@ impl<'a> Reply<'a> {
                 Reply::Error { code, message }
             }
             other => {
-                return Err(match kind::channel(other) {
-                    Some(_) => Reason::WrongChannel(other),
-                    None => Reason::UnknownKind(other),
-                });
+                return Err(misplaced_kind(other));
             }
         };
         r.finish()?;

@@ -11,8 +11,8 @@ use crate::constants::{
     SESSION_HASH_LEN,
 };
 use crate::frame::{
-    Body, DecodeError, Frame, Limits, Reader, Reason, kind, len_u32, private, put_u8, put_u32,
-    put_u64, split_frame,
+    Body, DecodeError, Frame, Limits, Reader, Reason, kind, len_u32, misplaced_kind, private,
+    put_u8, put_u32, put_u64, split_frame,
 };
 use crate::local::{ErrorCode, Reply, Request, error_body_len, negotiate, read_error, write_error};
 use crate::mac::{ClusterKey, ct_eq_16, ct_eq_32, keyed};
@@ -274,10 +274,7 @@ impl<'a> RelayMessage<'a> {
                 RelayMessage::Error { code, message }
             }
             other => {
-                return Err(match kind::channel(other) {
-                    Some(_) => Reason::WrongChannel(other),
-                    None => Reason::UnknownKind(other),
-                });
+                return Err(misplaced_kind(other));
             }
         };
         r.finish()?;

@@ -34,12 +34,14 @@ pub const CORE_CHANNEL_DEPTH: usize = 4096;
 /// the number of sessions.
 pub const EXPIRE_BUDGET_PER_PASS: usize = 64;
 
-/// Records a shard may move to shrink its slab files, per idle driver pass (a pass woken by the
-/// timer, not by requests): compaction stays off the busy path and bounded.
-pub const COMPACT_BUDGET_PER_IDLE_PASS: usize = 64;
+/// Housekeeping passes (at most one per `DRIVER_IDLE_WAKE_MS`, busy or idle) take a larger slice
+/// of expiry, and compact the slab files: records moved per pass. Bounded, so a busy core pays
+/// a bounded pause a few times a second.
+pub const EXPIRE_BUDGET_HOUSEKEEPING: usize = 1024;
+pub const COMPACT_BUDGET_HOUSEKEEPING: usize = 64;
 
-/// The shard driver wakes at least this often even when idle, to run bounded expiry and the
-/// delayed-write flush check.
+/// The shard driver wakes at least this often even when idle, and runs housekeeping (a larger
+/// slice of expiry, compaction) at most this often.
 pub const DRIVER_IDLE_WAKE_MS: u64 = 100;
 
 /// Bounds on `flush_interval_ms` (delayed-write).

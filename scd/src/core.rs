@@ -215,6 +215,8 @@ impl Core {
                 for slot in shards.iter_mut() {
                     slot.release_owner(owner, now);
                 }
+                // Released locks pass to their next waiters through events.
+                self.kick.notify();
             }
             CoreMsg::Stats(tx) => {
                 let _ = tx.send(self.stats());
@@ -437,14 +439,14 @@ async fn core_main(start: CoreStart, driver_name: &'static str) {
         monoio::spawn(async move {
             while let Ok(msg) = inbox.recv_async().await {
                 c.handle(msg);
-                // Take what is already queued in the same pass, so the pass ends with one flush.
+                // Take what is already queued in the same pass, so the pass ends with one flush
+                // (each message kicks the driver if it needs a pass).
                 for _ in 0..constants::INBOX_BATCH_MAX {
                     match inbox.try_recv() {
                         Ok(m) => c.handle(m),
                         Err(_) => break,
                     }
                 }
-                c.kick.notify();
             }
         });
     }
@@ -491,17 +493,21 @@ async fn core_main(start: CoreStart, driver_name: &'static str) {
 
 /// The driver: one pass per wake-up. Returns after `Finish`, once every write is durable.
 async fn drive(core: Rc<Core>) {
-    // Whether this pass was woken by the timer (nothing else to do): then the store is also
-    // compacted a little, off the busy path.
-    let mut idle = false;
+    // Larger housekeeping (expiry, compaction) runs at most once per DRIVER_IDLE_WAKE_MS,
+    // whether the core is busy or idle: bounded work at a bounded rate.
+    let mut housekeeping_at_ms = 0;
     loop {
         let now = core.refresh_now();
+        let housekeeping = now >= housekeeping_at_ms;
+        if housekeeping {
+            housekeeping_at_ms = now + constants::DRIVER_IDLE_WAKE_MS;
+        }
         let mut next_ms = now + constants::DRIVER_IDLE_WAKE_MS;
         let mut pending_durable = 0;
         {
             let mut shards = core.shards.borrow_mut();
             for slot in shards.iter_mut() {
-                slot.pass(now, idle);
+                slot.pass(now, housekeeping);
                 if let Some(d) = slot.next_deadline_ms() {
                     next_ms = next_ms.min(d);
                 }
@@ -520,11 +526,10 @@ async fn drive(core: Rc<Core>) {
             return;
         }
         let wait_ms = next_ms.saturating_sub(clock_ms());
-        idle = false;
         if wait_ms > 0 {
             monoio::select! {
                 _ = core.kick.notified() => {}
-                _ = monoio::time::sleep(Duration::from_millis(wait_ms)) => { idle = true; }
+                _ = monoio::time::sleep(Duration::from_millis(wait_ms)) => {}
             }
         } else {
             // A deadline already due: run the next pass, but let the connections go first.

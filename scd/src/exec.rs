@@ -439,15 +439,19 @@ impl ShardSlot {
     }
 
     /// End of a driver pass: collect events (grants, timeouts, durable writes), expire a bounded
-    /// number of sessions, compact a little when idle, flush (group commit), and collect what the
-    /// flush completed at once.
-    pub fn pass(&mut self, now_ms: u64, idle: bool) {
+    /// number of sessions (more, and compaction, on housekeeping passes), flush (group commit),
+    /// and collect what the flush completed at once.
+    pub fn pass(&mut self, now_ms: u64, housekeeping: bool) {
         self.collect(now_ms);
-        self.shard
-            .expire_step(now_ms, crate::constants::EXPIRE_BUDGET_PER_PASS);
-        if idle {
+        if housekeeping {
+            // A larger slice of the bounded housekeeping, a few times a second.
             self.shard
-                .compact_step(now_ms, crate::constants::COMPACT_BUDGET_PER_IDLE_PASS);
+                .expire_step(now_ms, crate::constants::EXPIRE_BUDGET_HOUSEKEEPING);
+            self.shard
+                .compact_step(now_ms, crate::constants::COMPACT_BUDGET_HOUSEKEEPING);
+        } else {
+            self.shard
+                .expire_step(now_ms, crate::constants::EXPIRE_BUDGET_PER_PASS);
         }
         self.shard.flush(now_ms);
         self.collect(now_ms);

@@ -268,8 +268,8 @@ fn expired_sessions_give_their_disk_space_back() {
     }
     let full = d.stats()["total.disk_bytes"];
     assert!(full >= 4 << 20, "{full}");
-    // Every session expires after 2 s; expiry reclaims the slots and idle passes compact the
-    // slab files.
+    // Every session expires after 2 s; expiry reclaims the slots and housekeeping compacts the
+    // slab files, even while requests (these statistics) keep coming.
     eventually("the store to shrink", || {
         let s = d.stats();
         s["total.sessions"] == 0 && s["total.disk_bytes"] < full / 2

@@ -24,7 +24,7 @@ fn main() -> std::io::Result<()> {
     ];
     for batch in [1usize, 64] {
         for (m, p) in cases {
-            let rounds = if batch == 1 { 2000 } else { 200 };
+            let rounds = if batch == 1 { 500 } else { 60 };
             let r = run(dir, m, p, record_len, batch, rounds)?;
             println!(
                 "| {:?} | {:?} | {} | {:.0} | {:.0} | {:.0} | {:.2} |",

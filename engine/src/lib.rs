@@ -33,8 +33,8 @@ mod types;
 pub use error::EngineError;
 pub use locks::LockOutcome;
 pub use shard::{
-    Damage, Event, FlushPolicy, RecoveryReport, ReplicaOutcome, SessionRef, Shard, ShardConfig,
-    ShardStats, WriteAck,
+    Damage, Event, FlushPolicy, RecoveryReport, ReplicaOutcome, ScanCursor, SessionRef, Shard,
+    ShardConfig, ShardStats, WriteAck,
 };
 pub use storage::{FileId, FlushDone, Storage};
 pub use sys::{FlushMode, SysStorage};

@@ -174,6 +174,19 @@ impl<'a> SessionRef<'a> {
     }
 }
 
+/// Where a `Shard::scan` resumes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScanCursor(Loc);
+
+impl ScanCursor {
+    /// The beginning of the shard.
+    pub const START: ScanCursor = ScanCursor(Loc {
+        class: 0,
+        file: 0,
+        slot: 0,
+    });
+}
+
 /// One damaged thing found by recovery.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Damage {
@@ -696,6 +709,65 @@ impl<S: Storage> Shard<S> {
             .iter()
             .filter(move |(_, e)| e.live_at(now_ms))
             .filter_map(|(k, e)| self.read_entry(e).map(|r| (*k, r)))
+    }
+
+    /// Visits up to `limit` live sessions from `cursor` on (start with `ScanCursor::START`),
+    /// in slot order, and returns where to resume, or `None` when the whole shard has been
+    /// visited. Unlike `iter`, a scan can be spread over many event-loop passes with writes in
+    /// between (replication catch-up, sync): a session written or moved meanwhile may be
+    /// visited twice or, if it moved behind the cursor, not at all in this pass, so a sync that
+    /// needs every session must compare versions afterwards or scan again.
+    pub fn scan(
+        &self,
+        cursor: ScanCursor,
+        now_ms: u64,
+        limit: usize,
+        mut visit: impl FnMut(SessionKey, SessionRef<'_>),
+    ) -> Option<ScanCursor> {
+        let mut at = cursor.0;
+        let mut visited = 0;
+        loop {
+            let Some(c) = self.slabs.classes.get(at.class as usize) else {
+                return None;
+            };
+            let Some(f) = c.files.get(at.file as usize) else {
+                at = Loc {
+                    class: at.class + 1,
+                    file: 0,
+                    slot: 0,
+                };
+                continue;
+            };
+            let Some(meta) = f.slots.get(at.slot as usize) else {
+                at = Loc {
+                    class: at.class,
+                    file: at.file + 1,
+                    slot: 0,
+                };
+                continue;
+            };
+            if visited >= limit {
+                return Some(ScanCursor(at));
+            }
+            let loc = at;
+            at.slot += 1;
+            if meta.state != SlotState::Live {
+                continue;
+            }
+            let key = match decode_unverified(self.slabs.slot_bytes(&self.storage, loc)) {
+                SlotContent::Record(r) => r.key,
+                _ => continue,
+            };
+            match self.index.get(&key) {
+                Some(e) if e.loc == loc && e.live_at(now_ms) => {
+                    if let Some(r) = self.read_entry(e) {
+                        visit(key, r);
+                        visited += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
     }
 
     // ----- locks -------------------------------------------------------------------------

@@ -727,9 +727,7 @@ impl<S: Storage> Shard<S> {
         let mut at = cursor.0;
         let mut visited = 0;
         loop {
-            let Some(c) = self.slabs.classes.get(at.class as usize) else {
-                return None;
-            };
+            let c = self.slabs.classes.get(at.class as usize)?;
             let Some(f) = c.files.get(at.file as usize) else {
                 at = Loc {
                     class: at.class + 1,

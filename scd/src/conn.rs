@@ -18,6 +18,7 @@
 
 use std::cell::Cell;
 use std::io;
+use std::os::fd::{IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -25,7 +26,7 @@ use std::time::Duration;
 use log::{debug, warn};
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Splitable};
-use monoio::net::{TcpListener, TcpStream, UnixListener};
+use monoio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use scd_engine::{OwnerId, SessionKey, shard_for};
 use scd_wire::constants::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
 use scd_wire::frame::{DecodeError, Frame, Header, Limits, Reason};
@@ -37,6 +38,12 @@ use crate::core::{Core, CoreMsg, ShardRequest};
 use crate::exec::{Op, ReplyTo};
 use crate::notify::Notify;
 use crate::proto;
+
+/// An accepted connection on its way to the core that will serve it.
+pub enum Handoff {
+    Unix { fd: OwnedFd, peer: String },
+    Tcp { fd: OwnedFd, peer: String },
+}
 
 /// Accepts Unix-socket clients until shutdown.
 pub async fn accept_unix(core: Rc<Core>, listener: UnixListener) {
@@ -51,8 +58,17 @@ pub async fn accept_unix(core: Rc<Core>, listener: UnixListener) {
                     Ok(c) => format!("unix pid {} uid {}", c.pid().unwrap_or(-1), c.uid()),
                     Err(_) => "unix peer".to_string(),
                 };
-                if admit(&core, &peer) {
-                    monoio::spawn(serve(core.clone(), stream, peer));
+                if !admit(&core, &peer) {
+                    continue;
+                }
+                match pick_core(&core) {
+                    None => {
+                        monoio::spawn(serve(core.clone(), stream, peer));
+                    }
+                    Some(target) => {
+                        let fd = crate::sys::owned_fd(stream.into_raw_fd());
+                        hand_off(&core, target, Handoff::Unix { fd, peer }).await;
+                    }
                 }
             }
             Err(e) => accept_failed(&core, e).await,
@@ -69,15 +85,70 @@ pub async fn accept_tcp(core: Rc<Core>, listener: TcpListener) {
         }
         match accepted {
             Ok((stream, addr)) => {
-                // Replies are small and latency matters more than segment count.
-                let _ = stream.set_nodelay(true);
                 let peer = format!("tcp {addr}");
-                if admit(&core, &peer) {
-                    monoio::spawn(serve::<TcpStream>(core.clone(), stream, peer));
+                if !admit(&core, &peer) {
+                    continue;
+                }
+                match pick_core(&core) {
+                    None => {
+                        // Replies are small and latency matters more than segment count.
+                        let _ = stream.set_nodelay(true);
+                        monoio::spawn(serve::<TcpStream>(core.clone(), stream, peer));
+                    }
+                    Some(target) => {
+                        let fd = crate::sys::owned_fd(stream.into_raw_fd());
+                        hand_off(&core, target, Handoff::Tcp { fd, peer }).await;
+                    }
                 }
             }
             Err(e) => accept_failed(&core, e).await,
         }
+    }
+}
+
+/// The core that serves the next connection: round robin over all cores, whichever core
+/// accepted it (the kernel does not spread accepts evenly over event loops waiting on one
+/// socket). `None` means this core.
+fn pick_core(core: &Core) -> Option<usize> {
+    let target = core.node.next_core.fetch_add(1, Ordering::Relaxed) % core.cores();
+    (target != core.index).then_some(target)
+}
+
+async fn hand_off(core: &Core, target: usize, handoff: Handoff) {
+    if core.peers[target]
+        .send_async(CoreMsg::Adopt(handoff))
+        .await
+        .is_err()
+    {
+        // The target core is gone (shutdown): the descriptor was dropped with the message.
+        core.node.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Starts serving a connection another core accepted for this one.
+pub fn adopt(core: &Rc<Core>, handoff: Handoff) {
+    let served = match handoff {
+        Handoff::Unix { fd, peer } => {
+            let std = std::os::unix::net::UnixStream::from(fd);
+            std.set_nonblocking(true)
+                .and_then(|()| UnixStream::from_std(std))
+                .map(|s| {
+                    monoio::spawn(serve(core.clone(), s, peer));
+                })
+        }
+        Handoff::Tcp { fd, peer } => {
+            let std = std::net::TcpStream::from(fd);
+            let _ = std.set_nodelay(true);
+            std.set_nonblocking(true)
+                .and_then(|()| TcpStream::from_std(std))
+                .map(|s| {
+                    monoio::spawn(serve::<TcpStream>(core.clone(), s, peer));
+                })
+        }
+    };
+    if let Err(e) = served {
+        warn!("core {}: cannot take over a connection: {e}", core.index);
+        core.node.connections_open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -96,7 +167,6 @@ fn admit(core: &Core, peer: &str) -> bool {
     core.counters
         .connections_accepted
         .set(core.counters.connections_accepted.get() + 1);
-    core.conns_open.set(core.conns_open.get() + 1);
     true
 }
 
@@ -120,6 +190,7 @@ where
     S::OwnedRead: CancelableAsyncReadRent + 'static,
     S::OwnedWrite: AsyncWriteRent + 'static,
 {
+    core.conns_open.set(core.conns_open.get() + 1);
     let conn = Rc::new(Conn {
         owner: core.next_owner(),
         peer,

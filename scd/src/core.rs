@@ -39,6 +39,8 @@ pub enum CoreMsg {
     Request(ShardRequest),
     /// A client connection closed: drop every lock and queued wait it had on this core's shards.
     ReleaseOwner(OwnerId),
+    /// A connection another core accepted, for this core to serve (spreads connections evenly).
+    Adopt(crate::conn::Handoff),
     /// Send this core's statistics back.
     Stats(flume::Sender<CoreStats>),
     /// Shutdown, phase 1: stop accepting, finish the connections, then report `Drained`.
@@ -221,6 +223,7 @@ impl Core {
             CoreMsg::Stats(tx) => {
                 let _ = tx.send(self.stats());
             }
+            CoreMsg::Adopt(handoff) => crate::conn::adopt(self, handoff),
             CoreMsg::StopAccepting => self.begin_stop(),
             CoreMsg::Finish => {
                 self.finishing.set(true);

@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, AtomicUsize};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -55,6 +55,8 @@ pub struct Node {
     pub relay_addr: SocketAddr,
     /// Client connections open right now, on all cores (checked against `connections_max`).
     pub connections_open: AtomicU32,
+    /// Round-robin counter: the core that serves the next accepted connection.
+    pub next_core: AtomicUsize,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. Returns once everything is flushed.
@@ -114,6 +116,7 @@ pub fn run(settings: Settings, resolved: Resolved) -> Result<(), StartError> {
         resolved,
         node_id,
         connections_open: AtomicU32::new(0),
+        next_core: AtomicUsize::new(0),
     });
 
     let cores = node.resolved.cores;

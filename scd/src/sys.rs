@@ -36,3 +36,13 @@ pub fn try_lock_exclusive(file: &std::fs::File) -> io::Result<bool> {
         Err(e)
     }
 }
+
+/// Takes ownership of a descriptor the runtime has just given up (`IntoRawFd::into_raw_fd` on
+/// an accepted stream), so it can travel to another core's event loop and be closed if it never
+/// arrives.
+pub fn owned_fd(raw: RawFd) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `raw` comes straight from `into_raw_fd`, which hands over sole ownership of an
+    // open descriptor; nothing else closes or uses it afterwards.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) }
+}

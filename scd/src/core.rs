@@ -1,13 +1,14 @@
 //! One core: a thread with its own monoio event loop (io_uring, or epoll where io_uring is blocked)
-//! that owns some engine shards and serves the connections it accepts.
+//! that owns some engine shards and serves the connections handed to it (connections are spread
+//! over the cores round robin, whichever core accepted them).
 //!
 //! Tasks on a core:
 //! - the **driver** (the core's root future): once per pass it reads the clock, collects the
-//!   shards' events (lock grants and timeouts, durable writes), runs bounded expiry, and flushes
-//!   (group commit: every write of the pass shares one flush); then it sleeps until kicked or until
-//!   the shards' next deadline;
-//! - the **inbox**: requests from other cores for this core's shards, owner releases, statistics
-//!   queries and shutdown steps, over a bounded channel;
+//!   shards' events (lock grants and timeouts, durable writes), runs bounded expiry (and, a few
+//!   times a second, compaction), and flushes (group commit: every write of the pass shares one
+//!   flush); then it sleeps until kicked or until the shards' next deadline;
+//! - the **inbox**: requests from other cores for this core's shards, owner releases, connections
+//!   handed over, statistics queries and shutdown steps, over a bounded channel;
 //! - one **watcher** per shard with a completion fd, which kicks the driver when the engine's
 //!   io_uring has completions;
 //! - **accept loops** and one reader and one writer task per connection (`conn`).

@@ -333,8 +333,17 @@ impl ShardSlot {
                 }
             }
             Op::Destroy { token } => {
-                // The lock (if any) stays with its holder: PHP ends the request with Unlock.
-                let ack = self.shard.destroy(key, LockToken::from_u64(token), now_ms);
+                // With a token, Destroy ends the request like WriteUnlock does: the session goes
+                // and the lock is released (PHP's session_destroy() is followed by no write, and
+                // the PHP module forgets the lock). With token 0 the caller holds no lock, and
+                // the destroy is refused while anyone else holds one (the engine's rule).
+                let token = LockToken::from_u64(token);
+                let ack = self.shard.destroy(key, token, now_ms).and_then(|ack| {
+                    if let Some(t) = token {
+                        self.shard.unlock(key, t, now_ms)?;
+                    }
+                    Ok(ack)
+                });
                 self.acknowledge(key, now_ms, ack, reply);
             }
             Op::Exists => {

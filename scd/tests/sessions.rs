@@ -56,12 +56,19 @@ fn lifecycle(c: &mut Client) {
     assert!(v2 > v1, "versions grow: {v1} then {v2}");
     assert_eq!(c.read(&id).unwrap().data.as_deref(), Some(&b"second"[..]));
 
-    // Destroy under the lock, then end the request with Unlock.
+    // Destroy under the lock ends the request: the session is gone and the lock released (the
+    // PHP module sends nothing after it), so the next request locks at once.
     let r4 = c.read_lock(&id, 1000, 30_000).unwrap();
     c.destroy(&id, r4.token).unwrap();
     assert!(!c.exists(&id).unwrap());
     assert!(c.read(&id).unwrap().data.is_none());
-    c.unlock(&id, r4.token).unwrap();
+    let e = c.unlock(&id, r4.token).unwrap_err();
+    assert!(matches!(e.code(), Some(ErrorCode::NotLocked)), "{e}");
+    let r5 = c
+        .read_lock(&id, 0, 30_000)
+        .expect("free at once after destroy");
+    assert!(r5.data.is_none());
+    c.unlock(&id, r5.token).unwrap();
 
     // Touch or unlock of a session nobody locked is refused.
     let e = c.touch(&id, 12345, 600).unwrap_err();

@@ -83,5 +83,10 @@ pub const LOCK_LEASE_MS_MAX: u64 = 24 * 3600 * 1000;
 /// for the directory; larger flushes are submitted in several batches.
 pub const RING_ENTRIES: u32 = 256;
 
+/// Largest record version accepted (from disk or from a replica). Far above what a shard's
+/// clock reaches (a million writes a second for 146,000 years), so that the clock can never
+/// wrap; a record claiming more is damage, a replica claiming more is refused.
+pub const VERSION_MAX: u64 = 1 << 62;
+
 /// Largest manifest file accepted when reading it back (it is a few dozen bytes).
 pub const MANIFEST_SIZE_MAX: u64 = 4096;

@@ -6,7 +6,7 @@
 
 use crate::constants::{
     CLASS_COUNT, RECORD_HEADER_SIZE, RECORD_OVERHEAD, RECORD_TRAILER_SIZE, SLAB_HEADER_SIZE,
-    SLOT_SIZE_MIN,
+    SLOT_SIZE_MIN, VERSION_MAX,
 };
 use crate::types::SessionKey;
 
@@ -63,6 +63,8 @@ pub enum RecordDamage {
     Length,
     /// The CRC does not match: a torn write or a bit flip.
     Checksum,
+    /// The version is zero or above `VERSION_MAX`.
+    Version,
 }
 
 impl RecordDamage {
@@ -73,6 +75,7 @@ impl RecordDamage {
             RecordDamage::Kind => "unknown record kind",
             RecordDamage::Length => "data length does not fit the slot",
             RecordDamage::Checksum => "CRC mismatch (torn or corrupt)",
+            RecordDamage::Version => "version out of range",
         }
     }
 }
@@ -187,12 +190,16 @@ fn decode_inner(slot: &[u8], verify_crc: bool) -> SlotContent<'_> {
             return SlotContent::Damaged(RecordDamage::Checksum);
         }
     }
+    let version = u64_at(head, 24);
+    if version == 0 || version > VERSION_MAX {
+        return SlotContent::Damaged(RecordDamage::Version);
+    }
     let mut key = [0u8; 16];
     key.copy_from_slice(&head[8..24]);
     SlotContent::Record(RecordView {
         kind,
         key: SessionKey(key),
-        version: u64_at(head, 24),
+        version,
         expires_at_ms: u64_at(head, 32),
         data,
     })

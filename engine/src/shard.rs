@@ -23,6 +23,7 @@ use hashbrown::HashMap;
 use crate::constants::{
     FLUSH_INTERVAL_MS_DEFAULT, FLUSH_INTERVAL_MS_MAX, PENDING_FREE_MAX, RECOVERY_DAMAGE_LOG_MAX,
     SESSION_SIZE_LIMIT, SESSION_SIZE_MAX_DEFAULT, SHARDS_MAX, SLAB_HEADER_REGION, TOKEN_EPOCH_MAX,
+    VERSION_MAX,
 };
 use crate::error::EngineError;
 use crate::locks::{LockOutcome, Locks};
@@ -1141,8 +1142,13 @@ impl<S: Storage> Shard<S> {
         if self.index.get(&key).is_some_and(|e| e.version >= version) {
             return Ok(ReplicaOutcome::Stale);
         }
-        if version == 0 || expires_at_ms <= now_ms {
-            // Version 0 is never issued; an expired copy would be dropped at once anyway.
+        if version == 0 || version > VERSION_MAX {
+            return Err(EngineError::Corrupt {
+                reason: format!("replica version {version} out of range"),
+            });
+        }
+        if expires_at_ms <= now_ms {
+            // An expired copy would be dropped at once anyway.
             return Ok(ReplicaOutcome::Stale);
         }
         self.store(key, version, expires_at_ms, data, now_ms)

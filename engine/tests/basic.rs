@@ -408,6 +408,12 @@ fn replica_applies_only_newer_versions() {
         ReplicaOutcome::Stale
     );
     assert_eq!(s.get(&k, T0).unwrap().data(), b"v10");
+    // A version the clock could not go beyond is refused, not applied.
+    assert!(matches!(
+        s.apply_replica(key_n(4), u64::MAX, T0 + 60_000, b"x", T0),
+        Err(EngineError::Corrupt { .. })
+    ));
+    assert!(!s.exists(&key_n(4), T0));
     // A local write after a replica gets a higher version (Lamport clock).
     let t = lock_now(&mut s, k, 1, T0);
     s.put_unlock(k, t, b"local", 60, T0).unwrap();

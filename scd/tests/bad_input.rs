@@ -301,3 +301,16 @@ fn bad_input_from_many_connections_leaves_the_daemon_and_other_clients_unharmed(
         "RSS grew from {rss_before} KiB to {rss_after} KiB"
     );
 }
+
+#[test]
+fn connections_over_the_limit_are_closed_and_counted() {
+    let d = Daemon::start(&["--connections-max", "2"]);
+    let mut a = d.client();
+    let _b = d.client();
+    let refused = scd_client::Client::connect(&scd_client::Endpoint::Unix(d.socket.clone()));
+    assert!(refused.is_err(), "a third connection must be refused");
+    let s: std::collections::BTreeMap<String, u64> = a.stats().unwrap().into_iter().collect();
+    assert!(s["node.connections_refused"] >= 1, "{s:?}");
+    assert_eq!(s["node.connections_open"], 2);
+    assert!(d.log_lines_containing("local.connections_max is 2") >= 1);
+}

@@ -47,10 +47,11 @@ pub const SCD_LOCK_WAIT_MS: u32 = 30_000;
 pub const SCD_LOCK_LEASE_MS: u32 = 30_000;
 /// phpredis: the lock key expires after `max_execution_time` (30 s) unless released.
 pub const REDIS_LOCK_EXPIRE_MS: u32 = 30_000;
-/// phpredis `redis.session.lock_retries` default.
-pub const REDIS_LOCK_RETRIES: u32 = 100;
-/// phpredis `redis.session.lock_wait_time` default (20,000 µs).
-pub const REDIS_LOCK_WAIT_MS: u64 = 20;
+/// phpredis `redis.session.lock_retries` default (Debian 12's php-redis 5.3.7).
+pub const REDIS_LOCK_RETRIES: u32 = 10;
+/// phpredis `redis.session.lock_wait_time` default (php-redis 5.3.7): 2,000 µs between tries,
+/// so a lock held longer than about 20 ms fails the request.
+pub const REDIS_LOCK_WAIT_US: u64 = 2_000;
 /// php-memcached `memcached.sess_lock_retries` default.
 pub const MEMC_LOCK_RETRIES: u32 = 5;
 /// php-memcached `memcached.sess_lock_wait_min` (= `wait_max`) default: 150 ms fixed sleeps.

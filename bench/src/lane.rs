@@ -9,7 +9,7 @@
 //! | memcached, plain | GET, SET (or TOUCH) | GET | GET, SET |
 //! | memcached, as php-memcached locks | ADD lock, GET, SET (or TOUCH), DELETE lock | ADD, GET, DELETE | ADD, GET, SET, DELETE |
 //!
-//! A lock that is taken makes phpredis sleep 20 ms and retry (100 times) and php-memcached sleep
+//! A lock that is taken makes phpredis sleep 2 ms and retry (10 times) and php-memcached sleep
 //! 150 ms and retry (5 times): the lane does the same, then gives up and counts a lock failure.
 //! scd waits for the lock inside the daemon, in order.
 
@@ -23,7 +23,7 @@ use scd_wire::{Frame, SessionId};
 
 use crate::constants::{
     LIFETIME_S, MEMC_LOCK_EXPIRE_S, MEMC_LOCK_RETRIES, MEMC_LOCK_WAIT_MS, MEMC_PREFIX,
-    REDIS_LOCK_EXPIRE_MS, REDIS_LOCK_RETRIES, REDIS_LOCK_WAIT_MS, REDIS_PREFIX, SCD_LOCK_LEASE_MS,
+    REDIS_LOCK_EXPIRE_MS, REDIS_LOCK_RETRIES, REDIS_LOCK_WAIT_US, REDIS_PREFIX, SCD_LOCK_LEASE_MS,
     SCD_LOCK_WAIT_MS,
 };
 use crate::proto::memcache::{self, Opcode};
@@ -498,7 +498,7 @@ impl Lane {
             (Step::Lock, Value::Simple(b"OK")) => Check::Advance,
             (Step::Lock, Value::Nil) => Check::Busy(
                 REDIS_LOCK_RETRIES,
-                Duration::from_millis(REDIS_LOCK_WAIT_MS),
+                Duration::from_micros(REDIS_LOCK_WAIT_US),
             ),
             (Step::Read, Value::Bulk(data)) => match env.mode {
                 Mode::Create => Check::Advance,

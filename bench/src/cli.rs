@@ -84,6 +84,9 @@ pub struct RunArgs {
     /// The scd binary [default: `scd` beside this program].
     #[arg(long)]
     pub scd_bin: Option<PathBuf>,
+    /// Extra flags for every scd started (space-separated), e.g. "--flush-interval-ms 200".
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    pub scd_args: String,
     /// The Redis server binary [default: redis-server on PATH].
     #[arg(long)]
     pub redis_bin: Option<String>,
@@ -105,4 +108,8 @@ pub struct RunArgs {
     /// No progress line.
     #[arg(long)]
     pub no_progress: bool,
+    /// Profile the scd and null servers with `perf record -g` during each of their runs and write
+    /// `perf-TARGET.txt` (the hottest symbols) into the output folder.
+    #[arg(long)]
+    pub perf: bool,
 }

@@ -13,7 +13,7 @@
 //! - [`servers`]: starting and stopping scd, Redis, memcached and the null server.
 //! - [`null_server`]: the null server (scd's protocol, no store): the ceiling.
 //! - [`disk`]: the durability limit (4 KiB writes with one fdatasync each and with group commit).
-//! - [`report`], [`chart`]: the table, JSON, CSV and SVG.
+//! - [`report`], [`chart`]: the table, JSON, CSV and SVG. [`perf`]: `--perf` profiles.
 //! - [`sys`]: /proc facts (CPU time, load), free ports. [`constants`]: every default and limit.
 
 pub mod chart;
@@ -23,6 +23,7 @@ pub mod disk;
 pub mod lane;
 pub mod load;
 pub mod null_server;
+pub mod perf;
 pub mod proto;
 pub mod report;
 pub mod run;

@@ -15,7 +15,7 @@ use crate::load::{LoadResult, LoadSpec, run_load};
 use crate::report::{Machine, Report, TargetResult};
 use crate::servers::{self, RedisPersistence, ScdPolicy, Server};
 use crate::workload::{KeyPicker, Workload, WorkloadKind, synthetic_id};
-use crate::{chart, disk, sys};
+use crate::{chart, disk, perf, sys};
 
 /// What kind of server a target runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -188,11 +188,13 @@ pub struct Plan {
     pub out: PathBuf,
     pub work: PathBuf,
     pub scd_bin: Option<PathBuf>,
+    pub scd_args: Vec<String>,
     pub redis_bin: Option<PathBuf>,
     pub memcached_bin: Option<PathBuf>,
     pub self_bin: PathBuf,
     pub require_all: bool,
     pub progress: bool,
+    pub perf: bool,
     pub notes: Vec<String>,
 }
 
@@ -304,11 +306,17 @@ impl Plan {
             out: args.out.clone(),
             work,
             scd_bin,
+            scd_args: args
+                .scd_args
+                .split_whitespace()
+                .map(str::to_string)
+                .collect(),
             redis_bin: servers::which(args.redis_bin.as_deref().unwrap_or("redis-server")),
             memcached_bin: servers::which(args.memcached_bin.as_deref().unwrap_or("memcached")),
             self_bin,
             require_all: args.require_all,
             progress: !args.no_progress,
+            perf: args.perf,
             notes,
         })
     }
@@ -501,7 +509,18 @@ fn run_target(
     };
     let keys = Arc::new(keys);
     let load = spec(mode, keys, target.name.clone(), &server);
-    let result = run_load(load, &mut || server.stop())?;
+    let profile = match (plan.perf, target.kind, server.pid()) {
+        (true, Kind::Null | Kind::Scd(_), Some(pid)) => Some(perf::Recording::start(pid, &dir)?),
+        _ => None,
+    };
+    let result = run_load(load, &mut || server.stop());
+    if let Some(recording) = profile {
+        let text = recording.finish()?;
+        let path = plan.out.join(format!("perf-{}.txt", target.name));
+        std::fs::create_dir_all(&plan.out)?;
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let result = result?;
     // The server stops here, before the next target starts: each target has the machine alone.
     let log_tail = server.log_tail();
     server.stop();
@@ -555,7 +574,10 @@ fn start(plan: &Plan, target: &Target, dir: &Path) -> anyhow::Result<(Server, St
                 "no scd binary beside this program: build it with `cargo build --release -p scd` or pass --scd-bin"
             })?;
             let version = servers::version(bin, "version");
-            Ok((servers::start_scd(bin, dir, policy)?, version))
+            Ok((
+                servers::start_scd(bin, dir, policy, &plan.scd_args)?,
+                version,
+            ))
         }
         Kind::Redis { persistence, .. } => {
             let bin = plan

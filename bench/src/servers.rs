@@ -360,11 +360,16 @@ pub fn start_memcached(
 }
 
 /// Starts scd on one node with its data in `dir`.
-pub fn start_scd(program: &Path, dir: &Path, policy: ScdPolicy) -> anyhow::Result<Server> {
+pub fn start_scd(
+    program: &Path,
+    dir: &Path,
+    policy: ScdPolicy,
+    extra: &[String],
+) -> anyhow::Result<Server> {
     let tcp = sys::free_port()?;
     let unix = dir.join("scd.sock");
     let data = dir.join("data");
-    let args: Vec<String> = vec![
+    let mut args: Vec<String> = vec![
         "run".into(),
         "--data-dir".into(),
         data.display().to_string(),
@@ -381,6 +386,7 @@ pub fn start_scd(program: &Path, dir: &Path, policy: ScdPolicy) -> anyhow::Resul
         "--log-level".into(),
         "warn".into(),
     ];
+    args.extend(extra.iter().cloned());
     let mut server = Server::spawn("scd", dir, program, &args, Some(unix), Some(tcp))?;
     server.wait_ready(Probe::ScdHello)?;
     Ok(server)

@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the benchmark (what `scd-bench` alone does).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Serve scd's protocol with no store: the ceiling (started by the harness itself).
     NullServer(NullArgs),
     /// List the target names.

@@ -17,7 +17,7 @@ fn main() -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        Some(Command::Run(args)) => args,
+        Some(Command::Run(args)) => *args,
         None => cli.run,
     };
     // Ctrl-C or SIGTERM: finish the current target, stop its server (in Drop), write nothing more.

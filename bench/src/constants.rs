@@ -82,7 +82,7 @@ pub const HISTOGRAM_NS_MAX: u64 = 60_000_000_000;
 pub const MEMCACHED_MB_MIN: usize = 1024;
 /// Disk probe: the pre-written file the probe overwrites (like a slab file).
 pub const DISK_FILE_BYTES: u64 = 64 << 20;
-/// Disk probe: one write.
+/// Disk probe: the smallest write (a page); a larger session size is rounded up to pages.
 pub const DISK_WRITE_BYTES: usize = 4096;
 /// Disk probe: writes per fdatasync in group-commit mode (ANCHORS.md measures 64).
 pub const DISK_GROUP: usize = 64;

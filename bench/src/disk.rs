@@ -1,4 +1,4 @@
-//! The durability limit: how many 4 KiB writes per second this disk allows when each must be on
+//! The durability limit: how many 4 KiB (or session-sized) writes per second this disk allows when each must be on
 //! disk before it is acknowledged, with one `fdatasync` per write and with group commit (one
 //! `fdatasync` for a batch, as scd's write-through does per event-loop pass).
 //!
@@ -35,20 +35,25 @@ pub struct DiskMode {
 #[derive(Clone, Debug, Serialize)]
 pub struct DiskLimit {
     pub path: String,
+    /// Bytes per write: the session size rounded up to whole 4 KiB pages.
+    pub write_bytes: usize,
     pub single: DiskMode,
     pub group: DiskMode,
 }
 
-/// Runs both modes for `seconds` each in a file under `dir` (removed afterwards).
-pub fn probe(dir: &Path, seconds: f64) -> anyhow::Result<DiskLimit> {
+/// Runs both modes for `seconds` each in a file under `dir` (removed afterwards), with writes of
+/// `size_bytes` rounded up to whole pages, so a 64 KiB run is compared with 64 KiB writes.
+pub fn probe(dir: &Path, seconds: f64, size_bytes: usize) -> anyhow::Result<DiskLimit> {
+    let write_bytes = size_bytes.div_ceil(DISK_WRITE_BYTES).max(1) * DISK_WRITE_BYTES;
     fs::create_dir_all(dir)?;
     let path = dir.join("disk-probe.bin");
     let result = (|| {
         let file = prepare(&path)?;
-        let single = run_mode(&file, 1, seconds)?;
-        let group = run_mode(&file, DISK_GROUP, seconds)?;
+        let single = run_mode(&file, 1, seconds, write_bytes)?;
+        let group = run_mode(&file, DISK_GROUP, seconds, write_bytes)?;
         Ok(DiskLimit {
             path: path.display().to_string(),
+            write_bytes,
             single,
             group,
         })
@@ -73,10 +78,15 @@ fn prepare(path: &Path) -> anyhow::Result<File> {
     Ok(file)
 }
 
-fn run_mode(file: &File, group: usize, seconds: f64) -> anyhow::Result<DiskMode> {
+fn run_mode(
+    file: &File,
+    group: usize,
+    seconds: f64,
+    write_bytes: usize,
+) -> anyhow::Result<DiskMode> {
     let mut rng = SmallRng::seed_from_u64(group as u64);
-    let mut block = vec![0u8; DISK_WRITE_BYTES];
-    let slots = DISK_FILE_BYTES / DISK_WRITE_BYTES as u64;
+    let mut block = vec![0u8; write_bytes];
+    let slots = DISK_FILE_BYTES / write_bytes as u64;
     let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, HISTOGRAM_NS_MAX, 3)?;
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();
@@ -86,7 +96,7 @@ fn run_mode(file: &File, group: usize, seconds: f64) -> anyhow::Result<DiskMode>
         for _ in 0..group {
             rng.fill_bytes(&mut block);
             let slot = rng.random_range(0..slots);
-            file.write_all_at(&block, slot * DISK_WRITE_BYTES as u64)?;
+            file.write_all_at(&block, slot * write_bytes as u64)?;
         }
         file.sync_data()?;
         writes += group as u64;
@@ -113,7 +123,8 @@ mod tests {
     #[test]
     fn a_short_probe_measures_both_modes_and_cleans_up() {
         let dir = std::env::temp_dir().join(format!("scd-bench-disk-{}", std::process::id()));
-        let limit = probe(&dir, 0.05).unwrap();
+        let limit = probe(&dir, 0.05, 5000).unwrap();
+        assert_eq!(limit.write_bytes, 8192);
         assert!(limit.single.writes_per_s > 0.0);
         assert!(limit.group.writes_per_s > 0.0);
         assert_eq!(limit.group.group, DISK_GROUP);

@@ -13,6 +13,7 @@
 //! 150 ms and retry (5 times): the lane does the same, then gives up and counts a lock failure.
 //! scd waits for the lock inside the daemon, in order.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -121,7 +122,26 @@ pub struct Scratch {
     pub rng: SmallRng,
     /// Incompressible bytes; each write sends a window of it at a random offset.
     pub data: Vec<u8>,
+    /// Sessions a lane of this connection is in the middle of. Lanes sharing a connection are
+    /// PHP workers sharing nothing in real life, but to scd one connection is one lock owner:
+    /// two of its lanes on one session would steal each other's lock. So a lane picks another
+    /// session instead (for every target alike, so the workload stays the same).
+    pub in_use: HashSet<usize>,
 }
+
+impl Scratch {
+    pub fn new(rng: SmallRng, data: Vec<u8>) -> Scratch {
+        Scratch {
+            rng,
+            data,
+            in_use: HashSet::new(),
+        }
+    }
+}
+
+/// Picks left before a lane takes a session another lane of its connection is using (only
+/// when the key space is barely larger than the lanes).
+const PICKS_MAX: usize = 64;
 
 /// How a cycle ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -178,6 +198,8 @@ pub struct Lane {
     pub retries: u32,
     /// The session was missing when the cycle read it.
     pub miss: bool,
+    /// This lane's session is in `Scratch::in_use`.
+    holds_key: bool,
 }
 
 impl Lane {
@@ -206,6 +228,7 @@ impl Lane {
             wrote: false,
             retries: 0,
             miss: false,
+            holds_key: false,
         }
     }
 
@@ -222,7 +245,17 @@ impl Lane {
                 None => return false,
             },
             Mode::Create => 0,
-            Mode::Cycle | Mode::Read => env.picker.pick(&mut scratch.rng),
+            Mode::Cycle | Mode::Read => {
+                let mut key = env.picker.pick(&mut scratch.rng);
+                for _ in 0..PICKS_MAX {
+                    if !scratch.in_use.contains(&key) {
+                        break;
+                    }
+                    key = env.picker.pick(&mut scratch.rng);
+                }
+                self.holds_key = scratch.in_use.insert(key);
+                key
+            }
         };
         self.pos = 0;
         self.started = Instant::now();
@@ -389,6 +422,21 @@ impl Lane {
 
     /// Handles the reply to the lane's outstanding request.
     pub fn on_reply(
+        &mut self,
+        env: &Env,
+        scratch: &mut Scratch,
+        answer: &Answer<'_>,
+        out: &mut Vec<u8>,
+    ) -> Next {
+        let next = self.handle(env, scratch, answer, out);
+        if matches!(next, Next::End(_)) && self.holds_key {
+            scratch.in_use.remove(&self.key_index);
+            self.holds_key = false;
+        }
+        next
+    }
+
+    fn handle(
         &mut self,
         env: &Env,
         scratch: &mut Scratch,

@@ -528,7 +528,7 @@ async fn drive<S: AsyncReadRent + AsyncWriteRent>(
     let mut rng = SmallRng::seed_from_u64(spec.seed ^ (conn as u64).wrapping_mul(0x9E37_79B9));
     let mut data = vec![0u8; spec.size_bytes * 2 + 1];
     rng.fill_bytes(&mut data);
-    let mut scratch = Scratch { rng, data };
+    let mut scratch = Scratch::new(rng, data);
     let mut lanes: Vec<Lane> = (0..spec.in_flight)
         .map(|i| Lane::new(&env, i as u16, conn * spec.in_flight + i))
         .collect();

@@ -132,7 +132,7 @@ impl Report {
                 if t.family == "scd" {
                     r.share_of_null = null.as_ref().map(|n| t.requests_per_s / n.requests_per_s);
                 }
-                if t.name.starts_with("scd-wt") {
+                if t.name.starts_with("scd-wt") && t.writes_per_s > 0.0 {
                     r.share_of_disk_group_commit = self
                         .disk
                         .as_ref()
@@ -226,8 +226,9 @@ impl Report {
             let _ = writeln!(s);
             let _ = writeln!(
                 s,
-                "disk ({}): {:.0} writes/s with 1 fdatasync each (commit p99 {:.0} µs), {:.0} writes/s with {} per fdatasync (p99 {:.0} µs)",
+                "disk ({}, {} B writes): {:.0} writes/s with 1 fdatasync each (commit p99 {:.0} µs), {:.0} writes/s with {} per fdatasync (p99 {:.0} µs)",
                 d.path,
+                d.write_bytes,
                 d.single.writes_per_s,
                 d.single.commit_p99_us,
                 d.group.writes_per_s,

@@ -405,7 +405,7 @@ pub fn run(plan: Plan, command: String, interrupted: Arc<AtomicBool>) -> anyhow:
         }
         eprintln!("disk probe ({seconds} s per mode) ...");
         // The same file system as scd's data directory.
-        report.disk = Some(disk::probe(&plan.work, seconds)?);
+        report.disk = Some(disk::probe(&plan.work, seconds, plan.workload.size_bytes)?);
     }
     report.machine.load_after = sys::load_average();
     report.compute_ratios();

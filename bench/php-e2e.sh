@@ -7,6 +7,7 @@
 # missing from the final count).
 #
 # Usage:  bench/php-e2e.sh [--quick] [--out DIR]
+#   --out defaults to target/bench-results/php-e2e.
 #   env:  DURATION_S (10), CONNECTIONS (16), WORKERS (4 php-fpm workers), SESSIONS (1000),
 #         HANDLERS ("files redis memcached cluster cluster-dw"), SIZE (session padding, 4000 B)
 # Needs root (or sudo) once to install nginx, php-fpm, php-redis, php-memcached, wrk, redis-server
@@ -17,7 +18,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 QUICK=0
-OUT=bench-results/php-e2e
+OUT=target/bench-results/php-e2e
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;

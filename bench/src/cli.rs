@@ -75,7 +75,7 @@ pub struct RunArgs {
     #[arg(long, value_delimiter = ',', default_value = "all")]
     pub targets: Vec<String>,
     /// Where report.json, report.csv, report.txt and chart.svg go.
-    #[arg(long, default_value = "bench-results")]
+    #[arg(long, default_value = "target/bench-results")]
     pub out: PathBuf,
     /// Where servers keep their data and sockets (and the disk probe its file) [default: OUT/work].
     /// Put it on the disk scd would use: the durability figures depend on it.

@@ -18,8 +18,8 @@ fn scd_binary() -> Option<PathBuf> {
     scd.is_file().then_some(scd)
 }
 
-#[test]
-fn a_quick_run_reaches_every_installed_target_and_writes_a_well_formed_report() {
+/// The target families this machine can run.
+fn installed_targets() -> Vec<&'static str> {
     let mut targets = vec!["null"];
     match scd_binary() {
         Some(_) => targets.push("scd"),
@@ -37,6 +37,77 @@ fn a_quick_run_reaches_every_installed_target_and_writes_a_well_formed_report() 
     } else {
         eprintln!("memcached not installed: memcached targets not run");
     }
+    targets
+}
+
+#[test]
+fn the_read_only_and_create_heavy_workloads_run_on_every_installed_target() {
+    let targets = installed_targets();
+    for workload in ["read", "create"] {
+        let out = std::env::temp_dir().join(format!("scd-bench-{workload}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        let status = Command::new(env!("CARGO_BIN_EXE_scd-bench"))
+            .args([
+                "--quick",
+                "--no-progress",
+                "--require-all",
+                "--no-disk",
+                "--workload",
+                workload,
+            ])
+            .args([
+                "--connections",
+                "8",
+                "--sessions",
+                "200",
+                "--duration-s",
+                "0.3",
+                "--warmup-s",
+                "0",
+            ])
+            .arg("--targets")
+            .arg(targets.join(","))
+            .arg("--out")
+            .arg(&out)
+            .status()
+            .expect("running scd-bench");
+        assert!(
+            status.success(),
+            "scd-bench --workload {workload} failed: {status}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap())
+                .unwrap();
+        let rows = json["targets"].as_array().expect("targets array");
+        assert!(rows.len() >= 2);
+        for row in rows {
+            let name = row["name"].as_str().unwrap();
+            assert!(
+                row["requests"].as_u64().unwrap() > 0,
+                "{workload}: {name} completed no request"
+            );
+            assert_eq!(
+                row["errors"].as_u64(),
+                Some(0),
+                "{workload}: {name}: {}",
+                row["first_errors"]
+            );
+            // Every session of the key space was written before a read-only run: no misses.
+            if workload == "read" {
+                assert_eq!(
+                    row["misses"].as_u64(),
+                    Some(0),
+                    "{name} read a missing session"
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(&out);
+    }
+}
+
+#[test]
+fn a_quick_run_reaches_every_installed_target_and_writes_a_well_formed_report() {
+    let targets = installed_targets();
 
     let out = std::env::temp_dir().join(format!("scd-bench-quick-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);

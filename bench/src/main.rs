@@ -22,7 +22,9 @@ fn main() -> anyhow::Result<()> {
     };
     // Ctrl-C or SIGTERM: finish the current target, stop its server (in Drop), write nothing more.
     let interrupted = Arc::new(AtomicBool::new(false));
+    // A second one exits at once (servers started from a terminal got the same Ctrl-C).
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, interrupted.clone())?;
         signal_hook::flag::register(signal, interrupted.clone())?;
     }
     let command = std::env::args().collect::<Vec<_>>().join(" ");

@@ -29,6 +29,9 @@ pub struct Daemon {
     args: Vec<String>,
     env: Vec<(String, String)>,
     log: Arc<Mutex<Vec<String>>>,
+    /// The thread copying the daemon's stderr into `log`; joined after the daemon exits so
+    /// that every line it wrote is in `log`.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -69,6 +72,7 @@ impl Daemon {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             log: Arc::new(Mutex::new(Vec::new())),
+            reader: None,
         };
         d.spawn();
         d
@@ -87,7 +91,7 @@ impl Daemon {
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = mpsc::channel::<String>();
         let log = self.log.clone();
-        std::thread::spawn(move || {
+        self.reader = Some(std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if std::env::var_os("SCD_TEST_LOG").is_some() {
@@ -96,7 +100,7 @@ impl Daemon {
                 log.lock().unwrap().push(line.clone());
                 let _ = tx.send(line);
             }
-        });
+        }));
         let deadline = Instant::now() + READY_WAIT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -138,6 +142,7 @@ impl Daemon {
         if let Some(mut c) = self.child.take() {
             c.kill().expect("kill -9");
             c.wait().expect("wait");
+            self.drain_log();
         }
     }
 
@@ -154,7 +159,16 @@ impl Daemon {
     pub fn stop(&mut self) -> ExitStatus {
         let mut c = self.child.take().expect("running");
         signal(c.id(), "TERM");
-        wait_bounded(&mut c)
+        let status = wait_bounded(&mut c);
+        self.drain_log();
+        status
+    }
+
+    /// After the daemon exited: waits for the log copier to reach end of file.
+    fn drain_log(&mut self) {
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
     }
 
     pub fn log_text(&self) -> String {

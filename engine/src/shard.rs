@@ -344,6 +344,11 @@ pub struct Shard<S: Storage = SysStorage> {
     tickets: VecDeque<(u64, Ticket)>,
     next_ticket: u64,
     pending_free: VecDeque<(u64, Loc)>,
+    /// Write-through `put_unlock`s whose lock is handed on only once their write is durable:
+    /// (flush number needed, session, holder's token).
+    deferred_unlocks: VecDeque<(u64, SessionKey, LockToken)>,
+    /// The latest `now_ms` seen (for locks handed on from a flush completion).
+    clock_ms: u64,
     failed: Option<String>,
     events: Vec<Event>,
     done_scratch: Vec<FlushDone>,
@@ -472,6 +477,8 @@ impl<S: Storage> Shard<S> {
             tickets: VecDeque::new(),
             next_ticket: 1,
             pending_free: VecDeque::new(),
+            deferred_unlocks: VecDeque::new(),
+            clock_ms: 0,
             failed: None,
             events: Vec::new(),
             done_scratch: Vec::new(),
@@ -772,6 +779,7 @@ impl<S: Storage> Shard<S> {
     // ----- locks -------------------------------------------------------------------------
 
     fn advance(&mut self, now_ms: u64) {
+        self.clock_ms = self.clock_ms.max(now_ms);
         self.locks.advance(now_ms, &mut self.events);
     }
 
@@ -1018,7 +1026,10 @@ impl<S: Storage> Shard<S> {
     }
 
     /// `put`, then releases the lock (handing it to the next waiter). The lock is released
-    /// only if the write succeeded.
+    /// only if the write succeeded. Under write-through the lock is handed on only once the
+    /// write is durable (with its `Event::Durable`), so the next holder never reads data a
+    /// crash could still take back; until then the session stays locked by the writer (whose
+    /// token keeps working, e.g. for a late `unlock`).
     pub fn put_unlock(
         &mut self,
         key: SessionKey,
@@ -1028,7 +1039,13 @@ impl<S: Storage> Shard<S> {
         now_ms: u64,
     ) -> Result<WriteAck, EngineError> {
         let ack = self.put(key, token, data, lifetime_s, now_ms)?;
-        self.locks.unlock(key, token, now_ms, &mut self.events)?;
+        match ack {
+            WriteAck::Pending(_) => {
+                let needed = self.flush_submitted + 1;
+                self.deferred_unlocks.push_back((needed, key, token));
+            }
+            WriteAck::Done => self.locks.unlock(key, token, now_ms, &mut self.events)?,
+        }
         Ok(ack)
     }
 
@@ -1211,6 +1228,7 @@ impl<S: Storage> Shard<S> {
                 error: error.clone(),
             });
         }
+        self.release_deferred(None);
     }
 
     fn reap(&mut self) {
@@ -1245,13 +1263,30 @@ impl<S: Storage> Shard<S> {
             self.tickets.pop_front();
             self.events.push(Event::Durable { ticket });
         }
+        self.release_deferred(Some(no));
+    }
+
+    /// Hands on the locks of write-through `put_unlock`s whose flush is done (`Some(no)`), or
+    /// all of them (`None`: the flush failed, and every later write will be refused anyway).
+    /// A lock that changed hands meanwhile (lease ended, connection closed) is left alone.
+    fn release_deferred(&mut self, done: Option<u64>) {
+        let now_ms = self.clock_ms;
+        while let Some(&(needed, key, token)) = self.deferred_unlocks.front() {
+            if done.is_some_and(|no| needed > no) {
+                break;
+            }
+            self.deferred_unlocks.pop_front();
+            let _ = self.locks.unlock(key, token, now_ms, &mut self.events);
+        }
     }
 
     /// Reaps finished flushes, fires lock leases and wait deadlines due by `now_ms`, starts
     /// the next flush if one is due, and hands over everything that happened.
     pub fn poll_events(&mut self, now_ms: u64, out: &mut Vec<Event>) {
-        self.reap();
+        // Leases and deadlines first: a lock whose lease ended is not handed on by a flush
+        // completion reaped in the same poll.
         self.advance(now_ms);
+        self.reap();
         self.flush(now_ms);
         out.append(&mut self.events);
     }

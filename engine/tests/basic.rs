@@ -90,8 +90,9 @@ fn write_through_durable(mode: FlushMode) {
     }
     // One pass of the loop: all ten share a flush (group commit).
     s.flush(T0);
-    // Nothing left to flush; only the locks' leases are on the clock.
-    assert_eq!(s.next_deadline_ms(), None);
+    // Nothing left to flush; only the locks' leases are on the clock (under write-through a
+    // put_unlock hands its lock on once the write is durable).
+    assert_eq!(s.next_deadline_ms(), Some(T0 + 30_000));
     let mut durable = Vec::new();
     while durable.len() < tickets.len() {
         // Block on the completion fd the way the daemon's loop would.
@@ -105,6 +106,11 @@ fn write_through_durable(mode: FlushMode) {
     }
     assert_eq!(durable, tickets);
     assert_eq!(s.stats().flushes, 1);
+    assert_eq!(
+        s.stats().locks_held,
+        0,
+        "durable writes hand their locks on"
+    );
     // And a blocking wait for a later write.
     let k = key_n(100);
     let t = lock_now(&mut s, k, 1, T0);

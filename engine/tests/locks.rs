@@ -189,3 +189,39 @@ fn a_new_session_can_be_locked_before_it_exists() {
     s.destroy(k, None, T0).unwrap();
     assert!(!s.exists(&k, T0));
 }
+
+#[test]
+fn write_through_hands_the_lock_on_only_once_the_write_is_durable() {
+    let cfg = ShardConfig {
+        flush: FlushPolicy::WriteThrough,
+        shards: 1,
+        ..ShardConfig::default()
+    };
+    let mut s = Shard::open_with(SimStorage::new(), &cfg, 0, T0).unwrap().0;
+    let k = key_n(1);
+    let holder = lock_now(&mut s, k, 1, T0);
+    let next = queued(s.lock(k, OwnerId(2), T0, T0 + 60_000, 10_000));
+    s.storage_mut().hold_flushes(true);
+    let ticket = match s.put_unlock(k, holder, b"new", 60, T0 + 1).unwrap() {
+        scd_engine::WriteAck::Pending(t) => t,
+        other => panic!("write-through must wait for the flush, got {other:?}"),
+    };
+    // The write is not durable yet: the waiter must not be able to read it.
+    let ev = events(&mut s, T0 + 2);
+    assert!(
+        !ev.iter().any(|e| matches!(e, Event::LockGranted { .. })),
+        "lock handed on before the write was durable: {ev:?}"
+    );
+    assert_eq!(s.stats().locks_held, 1);
+    s.storage_mut().hold_flushes(false);
+    let ev = events(&mut s, T0 + 3);
+    let durable = ev
+        .iter()
+        .position(|e| matches!(e, Event::Durable { ticket: t } if *t == ticket))
+        .expect("the write becomes durable");
+    let granted = ev
+        .iter()
+        .position(|e| matches!(e, Event::LockGranted { wait, .. } if *wait == next))
+        .expect("the waiter gets the lock once the write is durable");
+    assert!(durable < granted, "{ev:?}");
+}

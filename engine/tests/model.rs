@@ -11,7 +11,7 @@ use common::{TempDir, blob};
 use scd_engine::sim::{SimRng, SimStorage};
 use scd_engine::{
     EngineError, Event, FlushPolicy, LockOutcome, LockToken, OwnerId, SessionKey, Shard,
-    ShardConfig, Storage, WaitId, WriteAck,
+    ShardConfig, Storage, Ticket, WaitId, WriteAck,
 };
 
 const T0: u64 = 1_700_000_000_000;
@@ -52,6 +52,8 @@ struct Model {
     waits: BTreeMap<WaitId, MWait>,
     /// Grants decided by the model whose token only the engine's event will tell.
     expected: Vec<Expect>,
+    /// Write-through put_unlocks: the lock is handed on when the write's ticket is durable.
+    deferred: Vec<(Ticket, SessionKey, LockToken)>,
 }
 
 impl Model {
@@ -160,7 +162,15 @@ impl<S: Storage> Run<S> {
                     grants.insert(wait, token);
                 }
                 Event::LockTimedOut { wait } => got.push(Expect::TimedOut(wait)),
-                Event::Durable { .. } => self.tickets_open -= 1,
+                Event::Durable { ticket } => {
+                    self.tickets_open -= 1;
+                    if let Some(i) = self.model.deferred.iter().position(|d| d.0 == ticket) {
+                        let (_, k, t) = self.model.deferred.remove(i);
+                        if self.model.check(&k, t).is_ok() {
+                            self.model.release(k, now);
+                        }
+                    }
+                }
                 Event::WriteFailed { .. } => panic!("{}: write failed", self.ctx()),
             }
         }
@@ -312,8 +322,12 @@ impl<S: Storage> Run<S> {
                         self.model
                             .sessions
                             .insert(k, (data, now + u64::from(life) * 1000));
-                        if unlock {
-                            self.model.release(k, now);
+                        match a {
+                            WriteAck::Pending(ticket) if unlock => {
+                                self.model.deferred.push((ticket, k, t))
+                            }
+                            _ if unlock => self.model.release(k, now),
+                            _ => {}
                         }
                     }
                     (Err(g), Err(w)) => assert_eq!(g, w, "{}: put", self.ctx()),

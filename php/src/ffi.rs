@@ -580,6 +580,11 @@ unsafe extern "C" fn ps_open(
         emit(&r);
         return FAILURE;
     }
+    let maxlifetime = ini_long(c"session.gc_maxlifetime");
+    let _ = guarded(|| {
+        handler::check_window(maxlifetime);
+        Ok(())
+    });
     // PHP hands a custom module's IDs through unchecked. Drop a malformed incoming ID here, before
     // PHP looks at it, so PHP asks create_sid for a new one (strict mode or not).
     // SAFETY: ps_globals is PHP's session state; NTS PHP runs one request per process, and open
@@ -588,7 +593,6 @@ unsafe extern "C" fn ps_open(
         let globals = ptr::addr_of_mut!(ps_globals);
         let id = (*globals).id;
         if !id.is_null() {
-            let maxlifetime = ini_long(c"session.gc_maxlifetime");
             let keep = guarded(|| Ok(handler::accepts_incoming_id(zstr_bytes(id), maxlifetime)))
                 .unwrap_or(false);
             if !keep {

@@ -769,6 +769,25 @@ pub fn open(save_path: &[u8]) -> Result<(), Report> {
     Ok(())
 }
 
+/// At every `open` with a migration window configured: opens the window on this node at its first
+/// session request, and closes it (with its log line) at the first request after its end. Costs a
+/// round trip only when this process has not checked yet or its cached end has passed.
+pub fn check_window(maxlifetime: i64) {
+    let mut s = state();
+    if s.adopt.from.is_none() {
+        return;
+    }
+    let key = adopt::window_key(&s.adopt);
+    let fresh = s
+        .window
+        .is_some_and(|w| w.key == key && (w.closed || adopt::now_ms() < w.closes_ms));
+    if !fresh {
+        if let Err(r) = s.window_open(maxlifetime) {
+            s.log.push(r);
+        }
+    }
+}
+
 /// Whether an ID PHP got from the client may be used at all. A malformed ID is dropped before
 /// PHP uses it, in strict mode and without it: PHP then asks `create_sid` for a new ID. While the
 /// migration window is open, an ID of PHP's own format is kept: `read` adopts it (or gives it a

@@ -432,3 +432,48 @@ fn phpredis_sessions_are_adopted_once_and_marked_for_other_nodes() {
     assert!(is_cluster_id(jar.session_id().unwrap()));
     assert_eq!(redis.keys().len(), 6);
 }
+
+#[test]
+fn a_relative_window_closes_by_itself_and_says_so() {
+    let _g = serial();
+    let dir = TestDir::new("adoptcloses");
+    let old_dir = dir.join("php-sessions");
+    std::fs::create_dir_all(&old_dir).unwrap();
+    let log = dir.join("php-error.log");
+    let sessions = {
+        let php = PhpServer::start(&dir, 2, &files_ini(&old_dir));
+        old_sessions(&php, 2)
+    };
+    let scd = Scd::start(&dir, &[]);
+    let php = PhpServer::start(
+        &dir,
+        2,
+        &cluster_ini(&scd, &format!("files:{}", old_dir.display()), "+2s", &log),
+    );
+    // The first session request opens the window and adopts.
+    check_adopted(&php, &sessions[..1]);
+    wait_log(&log, "migration window open on this node");
+    // Session requests go on (new visitors) until one of them finds the window past its end.
+    let start = Instant::now();
+    loop {
+        php.get("/count.php", &mut Jar::default());
+        if std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("migration window closed on this node")
+        {
+            break;
+        }
+        assert!(start.elapsed() < READY_WITHIN, "the window never closed");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("after adopting 1 sessions"), "{text}");
+    assert_eq!(text.matches("migration window closed").count(), 1, "{text}");
+    // Now the second old cookie is unknown: a fresh session, its old file left alone.
+    let (old, _) = &sessions[1];
+    let mut jar = Jar::with_session(old);
+    let r = php.get("/get.php?k=v", &mut jar);
+    assert_eq!(r.field("v"), Some("none"), "{}", r.body);
+    assert!(is_cluster_id(jar.session_id().unwrap()));
+    assert_eq!(sess_files(&old_dir).len(), 1);
+}

@@ -774,6 +774,18 @@ mod tests {
     }
 
     #[test]
+    fn files_paths_follow_the_files_handler() {
+        assert_eq!(
+            files_path(std::path::Path::new("/s"), 0, "abc"),
+            PathBuf::from("/s/sess_abc")
+        );
+        assert_eq!(
+            files_path(std::path::Path::new("/s"), 2, "abc"),
+            PathBuf::from("/s/a/b/sess_abc")
+        );
+    }
+
+    #[test]
     fn window_records() {
         let r = WindowRecord {
             opened_ms: 5,

@@ -477,3 +477,35 @@ fn a_relative_window_closes_by_itself_and_says_so() {
     assert!(is_cluster_id(jar.session_id().unwrap()));
     assert_eq!(sess_files(&old_dir).len(), 1);
 }
+
+#[test]
+fn with_adopt_remove_off_the_old_copy_stays_and_is_never_imported_twice() {
+    let _g = serial();
+    let dir = TestDir::new("adoptkeep");
+    let old_dir = dir.join("php-sessions");
+    std::fs::create_dir_all(&old_dir).unwrap();
+    let log = dir.join("php-error.log");
+    let old = {
+        let php = PhpServer::start(&dir, 2, &files_ini(&old_dir));
+        let mut jar = Jar::default();
+        for _ in 0..3 {
+            php.get("/count.php", &mut jar);
+        }
+        jar.session_id().unwrap().to_string()
+    };
+    let scd = Scd::start(&dir, &[]);
+    let mut ini = cluster_ini(&scd, &format!("files:{}", old_dir.display()), "+1h", &log);
+    ini.push(("cluster.adopt_remove".into(), "0".into()));
+    let php = PhpServer::start(&dir, 2, &ini);
+    let mut jar = Jar::with_session(&old);
+    assert_eq!(n_of(&php.get("/count.php", &mut jar)), 4);
+    let new = jar.session_id().unwrap().to_string();
+    assert!(is_cluster_id(&new));
+    assert_eq!(sess_files(&old_dir).len(), 1, "the old copy is left");
+    assert_eq!(n_of(&php.get("/count.php", &mut jar)), 5);
+    // The old cookie again (another tab): the same cluster session with its current data, not a
+    // second import of the old copy (which still says 3).
+    let mut tab = Jar::with_session(&old);
+    assert_eq!(n_of(&php.get("/count.php", &mut tab)), 6);
+    assert_eq!(tab.session_id(), Some(new.as_str()));
+}

@@ -282,7 +282,7 @@ impl State {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The migration window (cluster.adopt_*): see docs/operations.md, *Migration window*.
+// The migration window (cluster.adopt_*): see docs/operations.md, *Enabling SCD on a live farm*.
 
 /// How a request on an old-format ID ended up.
 enum Adopted {
@@ -1187,26 +1187,40 @@ pub fn info_rows(save_handler: &[u8], save_path: &[u8]) -> Vec<(&'static str, St
         (None, None) => "not connected".to_string(),
     };
     rows.push(("Connection", state_row));
-    let window = match (&s.adopt.from, s.window) {
-        (None, _) => "off (cluster.adopt_from is empty)".to_string(),
-        (Some(src), Some(w)) if w.closed => format!("closed (adopting from {src})"),
-        (Some(src), Some(w)) => format!(
+    let record = if s.conn.is_some() {
+        s.window_record()
+    } else {
+        None
+    };
+    let window = match (&s.adopt.from, s.window, record) {
+        (None, _, _) => "off (cluster.adopt_from is empty)".to_string(),
+        (Some(src), Some(w), _) if w.closed => format!("closed (adopting from {src})"),
+        (Some(src), Some(w), _) => format!(
             "open until {}: adopting from {src}",
             adopt::utc_text(w.closes_ms)
         ),
-        (Some(src), None) => format!("not checked yet by this process (adopting from {src})"),
+        (Some(src), None, Some(r)) if r.closed_ms != 0 => format!(
+            "closed on this node at {} (adopting from {src})",
+            adopt::utc_text(r.closed_ms)
+        ),
+        (Some(src), None, Some(r)) => format!(
+            "opened on this node at {}: adopting from {src}",
+            adopt::utc_text(r.opened_ms)
+        ),
+        (Some(src), None, None) => {
+            format!("opens at this node's first session request (adopting from {src})")
+        }
     };
     rows.push(("Migration window", window));
     rows.push((
         "Sessions adopted by this process",
         s.adopted_here.to_string(),
     ));
-    if s.conn.is_some() && s.adopt.from.is_some() {
-        let on_node = s.window_record().map_or_else(
-            || "unknown (no window record yet)".to_string(),
-            |r| r.adopted.to_string(),
-        );
-        rows.push(("Sessions adopted on this node", on_node));
+    if s.adopt.from.is_some() {
+        rows.push((
+            "Sessions adopted on this node",
+            record.map_or_else(|| "none yet".to_string(), |r| r.adopted.to_string()),
+        ));
     }
     rows.push((
         "Lock held",

@@ -509,3 +509,38 @@ fn with_adopt_remove_off_the_old_copy_stays_and_is_never_imported_twice() {
     assert_eq!(n_of(&php.get("/count.php", &mut tab)), 6);
     assert_eq!(tab.session_id(), Some(new.as_str()));
 }
+
+#[test]
+fn php_fpm_hands_out_the_adopted_id_in_its_cookie() {
+    let _g = serial();
+    let dir = TestDir::new("adoptfpm");
+    let old_dir = dir.join("php-sessions");
+    std::fs::create_dir_all(&old_dir).unwrap();
+    let log = dir.join("php-error.log");
+    // Sessions made by php-fpm with the files handler, then the same pool switched.
+    let old = {
+        let fpm = common::PhpFpm::start(&dir, 2, &files_ini(&old_dir));
+        let mut jar = Jar::default();
+        for _ in 0..2 {
+            fpm.get("count.php", "", &mut jar);
+        }
+        jar.session_id().unwrap().to_string()
+    };
+    assert!(!is_cluster_id(&old));
+    let scd = Scd::start(&dir, &[]);
+    let fpm = common::PhpFpm::start(
+        &dir,
+        4,
+        &cluster_ini(&scd, &format!("files:{}", old_dir.display()), "+1h", &log),
+    );
+    let mut jar = Jar::with_session(&old);
+    let r = fpm.get("count.php", "", &mut jar);
+    let fpm_log = std::fs::read_to_string(&fpm.log).unwrap_or_default();
+    assert!(!fpm_log.contains("Unable to set"), "{fpm_log}");
+    assert_eq!(n_of(&r), 3, "{}", r.body);
+    let new = jar.session_id().unwrap().to_string();
+    assert!(is_cluster_id(&new), "{new}");
+    assert_eq!(r.field("id"), Some(new.as_str()));
+    assert_eq!(n_of(&fpm.get("count.php", "", &mut jar)), 4);
+    assert!(sess_files(&old_dir).is_empty());
+}

@@ -139,6 +139,14 @@ impl Resp {
         })
     }
 
+    #[cfg(test)]
+    fn over(stream: UnixStream) -> Resp {
+        Resp {
+            r: BufReader::new(Stream::Unix(stream)),
+            bulk_max: RESP_LINE_MAX,
+        }
+    }
+
     /// The largest bulk string accepted in the next replies (session data may be large).
     pub fn set_bulk_max(&mut self, max: usize) {
         self.bulk_max = max.min(SESSION_DATA_MAX as usize);
@@ -225,6 +233,59 @@ impl Resp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs one command against a "server" that answers `reply`; returns what the client made of
+    /// it and what the server received.
+    fn exchange(reply: &'static [u8], bulk_max: usize) -> (io::Result<RespValue>, Vec<u8>) {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let server = std::thread::spawn(move || {
+            let mut got = vec![0u8; 64];
+            let n = b.read(&mut got).unwrap();
+            got.truncate(n);
+            b.write_all(reply).unwrap();
+            got
+        });
+        let mut c = Resp::over(a);
+        c.set_bulk_max(bulk_max);
+        let v = c.call(&[b"GET", b"k"]);
+        (v, server.join().unwrap())
+    }
+
+    #[test]
+    fn replies_are_parsed_and_checked() {
+        let (v, sent) = exchange(b"$3\r\nabc\r\n", 10);
+        assert_eq!(sent, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
+        assert_eq!(v.unwrap(), RespValue::Bulk(b"abc".to_vec()));
+        assert_eq!(exchange(b"$-1\r\n", 10).0.unwrap(), RespValue::Nil);
+        assert_eq!(
+            exchange(b"+OK\r\n", 10).0.unwrap(),
+            RespValue::Simple("OK".into())
+        );
+        assert_eq!(exchange(b":42\r\n", 10).0.unwrap(), RespValue::Int(42));
+        assert_eq!(
+            exchange(b"-ERR no\r\n", 10).0.unwrap(),
+            RespValue::Error("ERR no".into())
+        );
+        assert_eq!(
+            exchange(b"*2\r\n:1\r\n$1\r\nx\r\n", 10).0.unwrap(),
+            RespValue::Array(2)
+        );
+        // Refused before anything is allocated from the length: larger than allowed, absurd,
+        // negative garbage, unterminated, unknown type, closed early.
+        for bad in [
+            &b"$11\r\nabcdefghijk\r\n"[..],
+            b"$99999999999999999999\r\n",
+            b"$x\r\n",
+            b"$3\r\nabcX\n",
+            b"*9999999\r\n",
+            b"?what\r\n",
+            b":12",
+            b"",
+        ] {
+            let bad: &'static [u8] = bad;
+            assert!(exchange(bad, 10).0.is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn addresses() {

@@ -444,27 +444,29 @@ impl State {
         if !self.window_open(maxlifetime)? {
             return Ok(false);
         }
-        let map = self.local_id(adopt::mapping_key(id))?;
-        let io_ms = self.io_timeout_ms();
-        match self.call("checking an adopted session", true, io_ms, &mut |c, t| {
-            c.exists(&map, t)
-        })? {
-            Reply::Exists(true) => return Ok(true),
-            Reply::Exists(false) => {}
-            other => return Err(self.odd("checking an adopted session", &other)),
-        }
         let Some(source) = self.adopt.from.clone() else {
             return Ok(false);
         };
+        // The old store first, then scd's record: an adoption writes the record before it removes
+        // the old copy, so a session being adopted right now is seen by one of the two checks.
         let text = std::str::from_utf8(id).unwrap_or("");
+        let io_ms = self.io_timeout_ms();
         match adopt::exists(&source, text, maxlifetime, io_ms) {
-            Ok(known) => Ok(known),
+            Ok(true) => return Ok(true),
+            Ok(false) => {}
             Err(e) => {
                 self.log.push(warning!(
                     "cluster: cannot check the old session store {source}: {e}"
                 ));
-                Ok(true)
+                return Ok(true);
             }
+        }
+        let map = self.local_id(adopt::mapping_key(id))?;
+        match self.call("checking an adopted session", true, io_ms, &mut |c, t| {
+            c.exists(&map, t)
+        })? {
+            Reply::Exists(known) => Ok(known),
+            other => Err(self.odd("checking an adopted session", &other)),
         }
     }
 

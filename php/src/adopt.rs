@@ -70,6 +70,9 @@ pub struct AdoptSettings {
     pub until_text: String,
     /// Remove the old copy once adopted (default on).
     pub remove: bool,
+    /// `cluster.mirror_to`: every session written or touched is also written here under its
+    /// cluster ID (the way back to the old handler).
+    pub mirror: Option<Source>,
 }
 
 impl AdoptSettings {
@@ -79,6 +82,7 @@ impl AdoptSettings {
         until: Until::MaxLifetime,
         until_text: String::new(),
         remove: true,
+        mirror: None,
     };
 }
 
@@ -679,6 +683,84 @@ impl Drop for OldLock {
                 lock_key.as_bytes(),
                 secret.as_bytes(),
             ]);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mirroring (`cluster.mirror_to`): the way back.
+
+/// Writes a session into the old store under its cluster ID, as the old handler would have
+/// written it (the `files` handler: `sess_<id>` under `flock`, truncated and rewritten; phpredis:
+/// `SETEX <prefix><id> gc_maxlifetime data`), so that switching back to that handler finds it.
+pub fn mirror_write(
+    source: &Source,
+    id: &str,
+    data: &[u8],
+    maxlifetime_s: i64,
+    wait_ms: u32,
+    timeout_ms: u32,
+) -> Result<(), String> {
+    match source {
+        Source::Files { dir, depth } => {
+            use std::io::{Seek, Write};
+            use std::os::unix::fs::OpenOptionsExt;
+            let path = files_path(dir, *depth, id);
+            let mut file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let deadline = Instant::now() + Duration::from_millis(u64::from(wait_ms));
+            loop {
+                match crate::ffi::flock_exclusive_nonblocking(&file) {
+                    Ok(true) => break,
+                    Ok(false) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(ADOPT_LOCK_POLL_MS));
+                    }
+                    Ok(false) => return Err(format!("{}: still locked", path.display())),
+                    Err(e) => return Err(format!("flock {}: {e}", path.display())),
+                }
+            }
+            file.set_len(0)
+                .and_then(|()| file.rewind())
+                .and_then(|()| file.write_all(data))
+                .map_err(|e| format!("{}: {e}", path.display()))
+        }
+        Source::Redis(r) => {
+            let mut conn = redis_connect(r, timeout_ms)?;
+            let key = format!("{}{id}", r.prefix);
+            let ttl = maxlifetime_s.max(1).to_string();
+            expect_ok(
+                conn.call(&[b"SETEX", key.as_bytes(), ttl.as_bytes(), data]),
+                "SETEX",
+            )
+        }
+    }
+}
+
+/// Removes a session's mirror (after `session_destroy()`).
+pub fn mirror_delete(source: &Source, id: &str, timeout_ms: u32) -> Result<(), String> {
+    match source {
+        Source::Files { dir, depth } => {
+            let path = files_path(dir, *depth, id);
+            match std::fs::remove_file(&path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(format!("{}: {e}", path.display())),
+            }
+        }
+        Source::Redis(r) => {
+            let mut conn = redis_connect(r, timeout_ms)?;
+            let key = format!("{}{id}", r.prefix);
+            match conn.call(&[b"DEL", key.as_bytes()]) {
+                Ok(RespValue::Int(_)) => Ok(()),
+                Ok(other) => Err(format!("DEL answered {other:?}")),
+                Err(e) => Err(format!("DEL {key}: {e}")),
+            }
         }
     }
 }

@@ -281,7 +281,7 @@ const INI_END: ZendIniEntryDef = ZendIniEntryDef {
     modifiable: 0,
 };
 
-static INI_ENTRIES: Shared<[ZendIniEntryDef; 9]> = Shared(UnsafeCell::new([
+static INI_ENTRIES: Shared<[ZendIniEntryDef; 10]> = Shared(UnsafeCell::new([
     ini_def(0),
     ini_def(1),
     ini_def(2),
@@ -290,9 +290,10 @@ static INI_ENTRIES: Shared<[ZendIniEntryDef; 9]> = Shared(UnsafeCell::new([
     ini_def(5),
     ini_def(6),
     ini_def(7),
+    ini_def(8),
     INI_END,
 ]));
-const _: () = assert!(INI.len() == 8 && Key::ALL.len() == 8);
+const _: () = assert!(INI.len() == 9 && Key::ALL.len() == 9);
 
 static PS_MODULE: Shared<PsModule> = Shared(UnsafeCell::new(PsModule {
     s_name: MODULE_NAME.as_ptr(),
@@ -714,7 +715,9 @@ unsafe extern "C" fn ps_write(
 ) -> c_int {
     // SAFETY: PHP passes live strings for the call.
     let (id, data) = unsafe { (zstr_bytes(key), zstr_bytes(val)) };
-    match guarded(|| handler::write(id, data, maxlifetime)) {
+    let result = guarded(|| handler::write(id, data, maxlifetime));
+    write_log();
+    match result {
         Ok(None) => SUCCESS,
         Ok(Some(notice)) => {
             emit(&notice);
@@ -730,7 +733,9 @@ unsafe extern "C" fn ps_write(
 unsafe extern "C" fn ps_destroy(_mod_data: ModData, key: *mut ZendString) -> c_int {
     // SAFETY: PHP passes a live string for the call.
     let id = unsafe { zstr_bytes(key) };
-    match guarded(|| handler::destroy(id)) {
+    let result = guarded(|| handler::destroy(id));
+    write_log();
+    match result {
         Ok(()) => SUCCESS,
         Err(r) => {
             emit(&r);
@@ -786,7 +791,9 @@ unsafe extern "C" fn ps_update_timestamp(
 ) -> c_int {
     // SAFETY: PHP passes live strings for the call.
     let (id, data) = unsafe { (zstr_bytes(key), zstr_bytes(val)) };
-    match guarded(|| handler::update_timestamp(id, data, maxlifetime)) {
+    let result = guarded(|| handler::update_timestamp(id, data, maxlifetime));
+    write_log();
+    match result {
         Ok(()) => SUCCESS,
         Err(r) => {
             emit(&r);

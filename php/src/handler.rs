@@ -677,6 +677,37 @@ impl State {
         }
     }
 
+    /// `cluster.mirror_to`: the session as just stored in scd, also into the old store under its
+    /// cluster ID. Best effort: a failure is logged and costs only the way back.
+    fn mirror_write(&mut self, sid: &SessionId, data: &[u8], maxlifetime: i64) {
+        let Some(target) = self.adopt.mirror.clone() else {
+            return;
+        };
+        let id = sid.encode();
+        let wait_ms = self.settings.effective_lock_wait_ms(0);
+        let io_ms = self.io_timeout_ms();
+        if let Err(e) = adopt::mirror_write(&target, id.as_str(), data, maxlifetime, wait_ms, io_ms)
+        {
+            self.log.push(warning!(
+                "cluster: session {sid_shown} was not mirrored to {target}: {e}",
+                sid_shown = Shown(sid)
+            ));
+        }
+    }
+
+    fn mirror_delete(&mut self, sid: &SessionId) {
+        let Some(target) = self.adopt.mirror.clone() else {
+            return;
+        };
+        let id = sid.encode();
+        if let Err(e) = adopt::mirror_delete(&target, id.as_str(), self.io_timeout_ms()) {
+            self.log.push(warning!(
+                "cluster: the mirror of session {sid_shown} in {target} was not removed: {e}",
+                sid_shown = Shown(sid)
+            ));
+        }
+    }
+
     /// The node's window record, read without its lock, for phpinfo.
     fn window_record(&mut self) -> Option<WindowRecord> {
         self.adopt.from.as_ref()?;
@@ -700,7 +731,7 @@ impl State {
 pub fn apply_setting(key: Key, value: &[u8]) -> Result<(), SettingError> {
     let mut s = state();
     match key {
-        Key::AdoptFrom | Key::AdoptUntil | Key::AdoptRemove => {
+        Key::AdoptFrom | Key::AdoptUntil | Key::AdoptRemove | Key::MirrorTo => {
             apply_adopt(&mut s.adopt, key, value)?;
             // Another source or end is another window: ask scd again.
             s.window = None;
@@ -982,7 +1013,10 @@ pub fn write(id: &[u8], data: &[u8], maxlifetime: i64) -> Result<Option<Report>,
         s.lock = None;
     }
     match reply? {
-        Reply::Done => Ok(None),
+        Reply::Done => {
+            s.mirror_write(&lock.sid, data, maxlifetime);
+            Ok(None)
+        }
         Reply::Refused(scd_wire::ErrorCode::NotLocked, _) => Err(lock_lost(&sid, "written")),
         Reply::Refused(scd_wire::ErrorCode::TooLarge, _) => {
             Err(too_large(&sid, data.len(), data_max))
@@ -1019,7 +1053,7 @@ fn lock_lost(sid: &SessionId, what: &str) -> Report {
 }
 
 /// `update_timestamp` (lazy_write, data unchanged): renew the lifetime and release the lock (Touch).
-pub fn update_timestamp(id: &[u8], _data: &[u8], maxlifetime: i64) -> Result<(), Report> {
+pub fn update_timestamp(id: &[u8], data: &[u8], maxlifetime: i64) -> Result<(), Report> {
     let sid = parse_id(id)?;
     let mut s = state();
     if s.readonly.is_some_and(|r| r.same_session(&sid)) {
@@ -1036,7 +1070,10 @@ pub fn update_timestamp(id: &[u8], _data: &[u8], maxlifetime: i64) -> Result<(),
     );
     s.lock = None;
     match reply? {
-        Reply::Done => Ok(()),
+        Reply::Done => {
+            s.mirror_write(&lock.sid, data, maxlifetime);
+            Ok(())
+        }
         Reply::Refused(scd_wire::ErrorCode::NotLocked, _) => Err(lock_lost(&sid, "touched")),
         Reply::Refused(code, message) => Err(warning!(
             "cluster: scd refused to touch session {sid_shown} ({code:?}: {message})",
@@ -1071,7 +1108,10 @@ pub fn destroy(id: &[u8]) -> Result<(), Report> {
         s.lock = None;
     }
     match reply {
-        Reply::Done | Reply::Refused(scd_wire::ErrorCode::NotFound, _) => Ok(()),
+        Reply::Done | Reply::Refused(scd_wire::ErrorCode::NotFound, _) => {
+            s.mirror_delete(&sid);
+            Ok(())
+        }
         Reply::Refused(code, message) => Err(warning!(
             "cluster: scd refused to destroy session {sid_shown} ({code:?}: {message})",
             sid_shown = Shown(&sid)

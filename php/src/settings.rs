@@ -80,7 +80,7 @@ impl Settings {
                 self.io_timeout_ms = parse_ms(value, 1, IO_TIMEOUT_MS_MAX).map_err(fail)?;
             }
             // Not Copy values: kept in `AdoptSettings` (see `apply_adopt`).
-            Key::AdoptFrom | Key::AdoptUntil | Key::AdoptRemove => {}
+            Key::AdoptFrom | Key::AdoptUntil | Key::AdoptRemove | Key::MirrorTo => {}
         }
         Ok(())
     }
@@ -130,6 +130,9 @@ pub fn apply_adopt(adopt: &mut AdoptSettings, key: Key, value: &[u8]) -> Result<
             adopt.until = crate::adopt::parse_until(value).map_err(fail)?;
             adopt.until_text = text();
         }
+        Key::MirrorTo => {
+            adopt.mirror = crate::adopt::parse_source(value).map_err(fail)?;
+        }
         Key::AdoptRemove => {
             adopt.remove = match trim(value).to_ascii_lowercase().as_slice() {
                 b"1" | b"on" | b"yes" | b"true" => true,
@@ -157,10 +160,11 @@ pub enum Key {
     AdoptFrom,
     AdoptUntil,
     AdoptRemove,
+    MirrorTo,
 }
 
 impl Key {
-    pub const ALL: [Key; 8] = [
+    pub const ALL: [Key; 9] = [
         Key::LockWaitMs,
         Key::LockLeaseMs,
         Key::LockFailure,
@@ -169,6 +173,7 @@ impl Key {
         Key::AdoptFrom,
         Key::AdoptUntil,
         Key::AdoptRemove,
+        Key::MirrorTo,
     ];
 
     pub fn name(self) -> &'static str {
@@ -181,6 +186,7 @@ impl Key {
             Key::AdoptFrom => "cluster.adopt_from",
             Key::AdoptUntil => "cluster.adopt_until",
             Key::AdoptRemove => "cluster.adopt_remove",
+            Key::MirrorTo => "cluster.mirror_to",
         }
     }
 
@@ -198,7 +204,7 @@ pub struct IniDef {
 
 /// Every `cluster.*` setting, in [`Key::ALL`] order. All are `PHP_INI_ALL`: a script may change
 /// its own lock wait or lock failure policy with `ini_set()`.
-pub const INI: [IniDef; 8] = [
+pub const INI: [IniDef; 9] = [
     IniDef {
         name: c"cluster.lock_wait_ms",
         default: c"0",
@@ -230,6 +236,10 @@ pub const INI: [IniDef; 8] = [
     IniDef {
         name: c"cluster.adopt_remove",
         default: c"1",
+    },
+    IniDef {
+        name: c"cluster.mirror_to",
+        default: c"",
     },
 ];
 

@@ -544,3 +544,82 @@ fn php_fpm_hands_out_the_adopted_id_in_its_cookie() {
     assert_eq!(n_of(&fpm.get("count.php", "", &mut jar)), 4);
     assert!(sess_files(&old_dir).is_empty());
 }
+
+// ---------------------------------------------------------------------------------------------
+// The way back: cluster.mirror_to.
+
+#[test]
+fn rolling_back_to_files_after_a_mirror_period_keeps_users_logged_in() {
+    let _g = serial();
+    let dir = TestDir::new("mirror");
+    let old_dir = dir.join("php-sessions");
+    std::fs::create_dir_all(&old_dir).unwrap();
+    let log = dir.join("php-error.log");
+    let scd = Scd::start(&dir, &[]);
+    // Users on cluster.
+    let sessions = {
+        let php = PhpServer::start(&dir, 2, &php_ini(&scd.save_path(), &[]));
+        let sessions = old_sessions_cluster(&php, 4);
+        assert!(sess_files(&old_dir).is_empty());
+        sessions
+    };
+    // The mirror period: PHP still on cluster, every session written or touched is also written
+    // to the files handler's folder under its cluster ID.
+    {
+        let mut ini = php_ini(
+            &scd.save_path(),
+            &[("error_log", &log.display().to_string())],
+        );
+        ini.push((
+            "cluster.mirror_to".into(),
+            format!("files:{}", old_dir.display()),
+        ));
+        let php = PhpServer::start(&dir, 2, &ini);
+        // One user changes their session (write), the others only visit (lazy_write: touch).
+        let mut jar = Jar::with_session(&sessions[0].0);
+        let r = php.get("/set.php?k=v&v=changed", &mut jar);
+        assert_eq!(r.field("written"), Some("yes"), "{}", r.body);
+        for (id, _) in &sessions[1..] {
+            let mut jar = Jar::with_session(id);
+            let r = php.get("/touch.php", &mut jar);
+            assert_eq!(r.field("written"), Some("yes"), "{}", r.body);
+        }
+        // A user who logs out: the mirror goes too.
+        let mut jar = Jar::with_session(&sessions[3].0);
+        let r = php.get("/destroy.php", &mut jar);
+        assert_eq!(r.field("destroyed"), Some("yes"), "{}", r.body);
+        assert_eq!(sess_files(&old_dir).len(), 3, "{:?}", sess_files(&old_dir));
+    }
+    // Roll back: PHP on the files handler again. The cookies (cluster IDs, which the files
+    // handler accepts) find their sessions.
+    let php = PhpServer::start(&dir, 2, &files_ini(&old_dir));
+    let want = ["changed", sessions[1].1.as_str(), sessions[2].1.as_str()];
+    for ((id, _), v) in sessions.iter().zip(want) {
+        let mut jar = Jar::with_session(id);
+        let r = php.get("/get.php?k=v", &mut jar);
+        assert_eq!(r.field("v"), Some(v), "{id}: {}", r.body);
+        assert_eq!(r.field("id"), Some(id.as_str()), "the same cookie");
+    }
+    let mut jar = Jar::with_session(&sessions[3].0);
+    let r = php.get("/get.php?k=v", &mut jar);
+    assert_eq!(
+        r.field("v"),
+        Some("none"),
+        "the logged-out user stays logged out"
+    );
+}
+
+/// Sessions made on cluster with `set.php`; returns (cluster ID, value).
+fn old_sessions_cluster(php: &PhpServer, count: usize) -> Vec<(String, String)> {
+    (0..count)
+        .map(|i| {
+            let mut jar = Jar::default();
+            let v = format!("c{i}");
+            let r = php.get(&format!("/set.php?k=v&v={v}"), &mut jar);
+            assert_eq!(r.field("written"), Some("yes"), "{}", r.body);
+            let id = jar.session_id().unwrap().to_string();
+            assert!(is_cluster_id(&id));
+            (id, v)
+        })
+        .collect()
+}

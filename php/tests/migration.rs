@@ -623,3 +623,40 @@ fn old_sessions_cluster(php: &PhpServer, count: usize) -> Vec<(String, String)> 
         })
         .collect()
 }
+
+#[test]
+fn rolling_back_to_phpredis_after_a_mirror_period_keeps_users_logged_in() {
+    let _g = serial();
+    let dir = TestDir::new("mirrorredis");
+    let log = dir.join("php-error.log");
+    let redis = Redis::start(&dir);
+    let save_path = format!("tcp://127.0.0.1:{}?prefix=APP_SESS:", redis.port);
+    let quoted = format!("\"{save_path}\"");
+    let scd = Scd::start(&dir, &[]);
+    let sessions = {
+        let mut ini = php_ini(
+            &scd.save_path(),
+            &[("error_log", &log.display().to_string())],
+        );
+        ini.push(("cluster.mirror_to".into(), format!("\"redis:{save_path}\"")));
+        let php = PhpServer::start(&dir, 2, &ini);
+        old_sessions_cluster(&php, 3)
+    };
+    let keys = redis.keys();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    // Back to phpredis: the cookies find their sessions.
+    let ini = with_phpredis(php_ini(
+        "unused",
+        &[
+            ("session.save_handler", "redis"),
+            ("session.save_path", &quoted),
+        ],
+    ));
+    let php = PhpServer::start(&dir, 2, &ini);
+    for (id, v) in &sessions {
+        let mut jar = Jar::with_session(id);
+        let r = php.get("/get.php?k=v", &mut jar);
+        assert_eq!(r.field("v"), Some(v.as_str()), "{id}: {}", r.body);
+        assert_eq!(r.field("id"), Some(id.as_str()));
+    }
+}

@@ -23,14 +23,18 @@ use crate::settings::Endpoint;
 /// What scd answered, owned (the wire's replies borrow the receive buffer).
 pub enum Reply {
     Created(SessionId),
-    /// The session's data; `token` is the lock (0 for a read without lock).
+    /// The session's data; `token` is the lock (0 for a read without lock). `new_id`: the session
+    /// has a new ID (it moved), which the client must use from now on.
     Data {
         token: u64,
         data: Vec<u8>,
+        new_id: Option<SessionId>,
     },
-    /// No such session; `token` is the lock taken on it (0 for a read without lock).
+    /// No such session; `token` is the lock taken on it (0 for a read without lock), `new_id`
+    /// as in `Data`.
     NotFound {
         token: u64,
+        new_id: Option<SessionId>,
     },
     Done,
     Exists(bool),
@@ -42,8 +46,21 @@ impl fmt::Debug for Reply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Reply::Created(id) => write!(f, "IdCreated({id})"),
-            Reply::Data { token, data } => write!(f, "Data(token {token}, {} bytes)", data.len()),
-            Reply::NotFound { token } => write!(f, "NotFound(token {token})"),
+            Reply::Data {
+                token,
+                data,
+                new_id,
+            } => write!(
+                f,
+                "Data(token {token}, {} bytes{})",
+                data.len(),
+                if new_id.is_some() { ", new ID" } else { "" }
+            ),
+            Reply::NotFound { token, new_id } => write!(
+                f,
+                "NotFound(token {token}{})",
+                if new_id.is_some() { ", new ID" } else { "" }
+            ),
             Reply::Done => write!(f, "Done"),
             Reply::Exists(e) => write!(f, "Existence({e})"),
             Reply::Refused(code, msg) => write!(f, "Error({code:?}, {msg:?})"),
@@ -244,6 +261,11 @@ impl Conn {
         &self.endpoint
     }
 
+    /// This daemon's relay address (the node a session created here names as its master).
+    pub fn node(&self) -> std::net::SocketAddr {
+        self.hello.node
+    }
+
     /// The largest session data this daemon accepts.
     pub fn data_max(&self) -> u32 {
         self.limits.data_max
@@ -409,7 +431,7 @@ impl Conn {
         expect(
             reply,
             "ReadLock",
-            |r| matches!(r, Reply::Data { token, .. } | Reply::NotFound { token } if *token != 0),
+            |r| matches!(r, Reply::Data { token, .. } | Reply::NotFound { token, .. } if *token != 0),
         )
     }
 
@@ -418,7 +440,7 @@ impl Conn {
         expect(reply, "Read", |r| {
             matches!(
                 r,
-                Reply::Data { token: 0, .. } | Reply::NotFound { token: 0 }
+                Reply::Data { token: 0, .. } | Reply::NotFound { token: 0, .. }
             )
         })
     }
@@ -485,17 +507,22 @@ impl Conn {
 
 type WireFrame<'a> = Frame<WireReply<'a>>;
 
-/// The wire reply as an owned [`Reply`]. A moved-session hint (`new_id`) is not acted on yet: the
-/// daemon finds a session by its HASH whatever the location fields say, so the old ID keeps
-/// working.
+/// The wire reply as an owned [`Reply`]. A new session ID (`new_id`, the session moved) is passed
+/// on: the handler makes PHP use it and sends it to the client.
 fn owned(reply: WireReply<'_>) -> Result<Reply, ConnError> {
     Ok(match reply {
         WireReply::IdCreated { id } => Reply::Created(id),
-        WireReply::Data { token, data, .. } => Reply::Data {
+        WireReply::Data {
+            token,
+            data,
+            new_id,
+            ..
+        } => Reply::Data {
             token,
             data: data.to_vec(),
+            new_id,
         },
-        WireReply::NotFound { token, .. } => Reply::NotFound { token },
+        WireReply::NotFound { token, new_id } => Reply::NotFound { token, new_id },
         WireReply::Done { .. } => Reply::Done,
         WireReply::Existence { exists } => Reply::Exists(exists),
         WireReply::Error { code, message } => Reply::Refused(code, message.to_string()),

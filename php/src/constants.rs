@@ -51,3 +51,16 @@ const _: () = assert!(LOCK_WAIT_MS_MAX as u64 + IO_TIMEOUT_MS_MAX as u64 <= u32:
 pub const SESSION_DATA_MAX: u32 = 16 << 20;
 /// Smallest read from the socket: big enough that a typical 4 KiB session arrives in one call.
 pub const READ_CHUNK_MIN: usize = 8 * 1024;
+
+/// Longest old-format session ID looked up in an old store (PHP's own limit for IDs).
+pub const OLD_ID_MAX: usize = 256;
+/// How often a request waiting for an old store's lock (flock, phpredis' lock key) tries again.
+pub const ADOPT_LOCK_POLL_MS: u64 = 5;
+/// Longest Redis reply line (status, error, integer, length) accepted.
+pub const RESP_LINE_MAX: usize = 4096;
+/// How long the record of where an adopted session went is kept after the window closes, so that
+/// a browser coming back late with an old cookie within the window's last moments still finds it.
+pub const ADOPT_RECORD_GRACE_S: u32 = 86_400;
+/// How long scd keeps a migration window's record (when it opened, whether it closed): far longer
+/// than any window, so a window that closed never opens again while its settings stay.
+pub const WINDOW_RECORD_LIFETIME_S: u32 = 10 * 366 * 86_400;

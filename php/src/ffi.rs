@@ -40,6 +40,11 @@ const GC_STRING: u32 = 6 | (1 << 4);
 const IS_STR_INTERNED: u32 = 1 << 6;
 /// `IS_STR_PERSISTENT` (`GC_PERSISTENT`): allocated with malloc, not emalloc.
 const IS_STR_PERSISTENT: u32 = 1 << 7;
+/// `offsetof(php_ps_globals, send_cookie)`: set to make `php_session_reset_id()` send the
+/// session cookie (checked against the headers by the layout test).
+const PS_SEND_COOKIE_OFFSET: usize = 360;
+/// syslog's `LOG_NOTICE`, the severity of `php_log_err()`.
+const LOG_NOTICE: c_int = 5;
 /// `ZEND_MM_ALIGNMENT` on 64-bit Linux.
 const ZEND_MM_ALIGNMENT: usize = 8;
 
@@ -206,6 +211,8 @@ unsafe extern "C" {
     fn php_info_print_table_header(num_cols: c_int, ...);
     fn php_info_print_table_row(num_cols: c_int, ...);
     fn php_session_register_module(module: *const PsModule) -> c_int;
+    fn php_session_reset_id() -> c_int;
+    fn php_log_err_with_severity(message: *const c_char, syslog_type: c_int);
     static mut ps_globals: PsGlobalsHead;
 }
 
@@ -274,15 +281,19 @@ const INI_END: ZendIniEntryDef = ZendIniEntryDef {
     modifiable: 0,
 };
 
-static INI_ENTRIES: Shared<[ZendIniEntryDef; 6]> = Shared(UnsafeCell::new([
+static INI_ENTRIES: Shared<[ZendIniEntryDef; 10]> = Shared(UnsafeCell::new([
     ini_def(0),
     ini_def(1),
     ini_def(2),
     ini_def(3),
     ini_def(4),
+    ini_def(5),
+    ini_def(6),
+    ini_def(7),
+    ini_def(8),
     INI_END,
 ]));
-const _: () = assert!(INI.len() == 5 && Key::ALL.len() == 5);
+const _: () = assert!(INI.len() == 9 && Key::ALL.len() == 9);
 
 static PS_MODULE: Shared<PsModule> = Shared(UnsafeCell::new(PsModule {
     s_name: MODULE_NAME.as_ptr(),
@@ -428,7 +439,11 @@ unsafe fn zstr_release(s: *mut ZendString) {
 }
 
 fn max_execution_time_s() -> i64 {
-    let name = c"max_execution_time";
+    ini_long(c"max_execution_time")
+}
+
+/// The current value of a numeric PHP setting (0 when unset or unknown).
+fn ini_long(name: &CStr) -> i64 {
     // SAFETY: the name is NUL-terminated and its length excludes the NUL, as zend_ini_long wants.
     unsafe { zend_ini_long(name.as_ptr(), name.to_bytes().len(), 0) }
 }
@@ -566,6 +581,11 @@ unsafe extern "C" fn ps_open(
         emit(&r);
         return FAILURE;
     }
+    let maxlifetime = ini_long(c"session.gc_maxlifetime");
+    let _ = guarded(|| {
+        handler::check_window(maxlifetime);
+        Ok(())
+    });
     // PHP hands a custom module's IDs through unchecked. Drop a malformed incoming ID here, before
     // PHP looks at it, so PHP asks create_sid for a new one (strict mode or not).
     // SAFETY: ps_globals is PHP's session state; NTS PHP runs one request per process, and open
@@ -574,8 +594,8 @@ unsafe extern "C" fn ps_open(
         let globals = ptr::addr_of_mut!(ps_globals);
         let id = (*globals).id;
         if !id.is_null() {
-            let keep =
-                guarded(|| Ok(handler::accepts_incoming_id(zstr_bytes(id)))).unwrap_or(false);
+            let keep = guarded(|| Ok(handler::accepts_incoming_id(zstr_bytes(id), maxlifetime)))
+                .unwrap_or(false);
             if !keep {
                 (*globals).id = ptr::null_mut();
                 zstr_release(id);
@@ -583,6 +603,7 @@ unsafe extern "C" fn ps_open(
         }
         *mod_data = mod_data_mark();
     }
+    write_log();
     SUCCESS
 }
 
@@ -608,16 +629,80 @@ unsafe extern "C" fn ps_read(
     let met = max_execution_time_s();
     // SAFETY: PHP passes PS(id), alive for the call.
     let id = unsafe { zstr_bytes(key) };
-    match guarded(|| handler::read(id, maxlifetime, met)) {
+    let result = guarded(|| handler::read(id, maxlifetime, met));
+    write_log();
+    match result {
         Ok(done) => {
             // SAFETY: `done.data` points into the handler's read buffer, which nothing touches
             // until the next hook call; `val` is PHP's out-pointer.
             unsafe { *val = zstr_new(done.data_ptr, done.data_len) };
+            if let Some(new_id) = done.new_id {
+                // SAFETY: called from PHP's read hook, inside session_start() (or
+                // session_regenerate_id/session_reset), where PS(id) is the request's ID.
+                unsafe { switch_session_id(new_id.as_bytes()) };
+            }
             SUCCESS
         }
         Err(r) => {
             emit(&r);
             FAILURE
+        }
+    }
+}
+
+/// Makes PHP use `new_id` for the rest of the request and send it to the client, as
+/// `session_regenerate_id()` would, but keeping the data and creating no second session: PS(id)
+/// is replaced, `PS(send_cookie)` set, and `php_session_reset_id()` queues the Set-Cookie header
+/// (replacing one already queued for the session name) and updates the SID constant.
+///
+/// # Safety
+/// Only from a session hook of this request, while PHP's session state is live.
+unsafe fn switch_session_id(new_id: &[u8]) {
+    // SAFETY: NTS PHP: ps_globals is this process' session state; PS(id) is NULL or a request
+    // string PHP owns one reference to, which is replaced by a new request string. The caller
+    // of the read hook passed PS(id) as `key` and does not use it after the hook returns.
+    // send_cookie is a `bool` at PS_SEND_COOKIE_OFFSET (layout test).
+    unsafe {
+        let globals = ptr::addr_of_mut!(ps_globals);
+        let old = (*globals).id;
+        (*globals).id = zstr_new(new_id.as_ptr(), new_id.len());
+        if !old.is_null() {
+            zstr_release(old);
+        }
+        *globals
+            .cast::<u8>()
+            .add(PS_SEND_COOKIE_OFFSET)
+            .cast::<bool>() = true;
+        // Its failure (no ID) cannot happen here: the ID was just set.
+        php_session_reset_id();
+    }
+}
+
+/// Writes the handler's pending log lines to PHP's error log (`error_log`, or the SAPI's log).
+fn write_log() {
+    while let Some(r) = guarded(|| Ok(handler::take_log())).ok().flatten() {
+        let text = r.as_bytes_with_nul();
+        // SAFETY: NUL-terminated text in a plain array; PHP copies it out.
+        unsafe { php_log_err_with_severity(text.as_ptr().cast(), LOG_NOTICE) };
+    }
+}
+
+/// `flock(LOCK_EX | LOCK_NB)` on an open file: PHP's files handler locks its `sess_<id>` files
+/// this way (blocking there; here non-blocking, so the caller can bound the wait). Ok(false):
+/// someone else holds the lock.
+pub(crate) fn flock_exclusive_nonblocking(file: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: a valid open descriptor owned by `file` for the call's duration.
+        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if r == 0 {
+            return Ok(true);
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            Some(libc::EINTR) => {}
+            _ => return Err(e),
         }
     }
 }
@@ -630,7 +715,9 @@ unsafe extern "C" fn ps_write(
 ) -> c_int {
     // SAFETY: PHP passes live strings for the call.
     let (id, data) = unsafe { (zstr_bytes(key), zstr_bytes(val)) };
-    match guarded(|| handler::write(id, data, maxlifetime)) {
+    let result = guarded(|| handler::write(id, data, maxlifetime));
+    write_log();
+    match result {
         Ok(None) => SUCCESS,
         Ok(Some(notice)) => {
             emit(&notice);
@@ -646,7 +733,9 @@ unsafe extern "C" fn ps_write(
 unsafe extern "C" fn ps_destroy(_mod_data: ModData, key: *mut ZendString) -> c_int {
     // SAFETY: PHP passes a live string for the call.
     let id = unsafe { zstr_bytes(key) };
-    match guarded(|| handler::destroy(id)) {
+    let result = guarded(|| handler::destroy(id));
+    write_log();
+    match result {
         Ok(()) => SUCCESS,
         Err(r) => {
             emit(&r);
@@ -681,7 +770,10 @@ unsafe extern "C" fn ps_create_sid(_mod_data: ModData) -> *mut ZendString {
 unsafe extern "C" fn ps_validate_sid(_mod_data: ModData, key: *mut ZendString) -> c_int {
     // SAFETY: PHP passes a live string for the call.
     let id = unsafe { zstr_bytes(key) };
-    match guarded(|| handler::validate_sid(id)) {
+    let maxlifetime = ini_long(c"session.gc_maxlifetime");
+    let result = guarded(|| handler::validate_sid(id, maxlifetime));
+    write_log();
+    match result {
         Ok(true) => SUCCESS,
         Ok(false) => FAILURE,
         Err(r) => {
@@ -699,7 +791,9 @@ unsafe extern "C" fn ps_update_timestamp(
 ) -> c_int {
     // SAFETY: PHP passes live strings for the call.
     let (id, data) = unsafe { (zstr_bytes(key), zstr_bytes(val)) };
-    match guarded(|| handler::update_timestamp(id, data, maxlifetime)) {
+    let result = guarded(|| handler::update_timestamp(id, data, maxlifetime));
+    write_log();
+    match result {
         Ok(()) => SUCCESS,
         Err(r) => {
             emit(&r);
@@ -811,6 +905,7 @@ mod tests {
                 offset_of!(PsModule, s_update_timestamp),
             ),
             ("offsetof php_ps_globals.id", offset_of!(PsGlobalsHead, id)),
+            ("offsetof php_ps_globals.send_cookie", PS_SEND_COOKIE_OFFSET),
             ("ZEND_MODULE_API_NO", ZEND_MODULE_API_NO as usize),
             ("GC_STRING", GC_STRING as usize),
             ("IS_STR_INTERNED", IS_STR_INTERNED as usize),
@@ -868,7 +963,7 @@ int main(void) {
     OFF(zend_ini_entry_def, modifiable);
     SIZE(zend_ini_entry);
     SIZE(ps_module); OFF(ps_module, s_create_sid); OFF(ps_module, s_update_timestamp);
-    OFF(php_ps_globals, id);
+    OFF(php_ps_globals, id); OFF(php_ps_globals, send_cookie);
     VAL(ZEND_MODULE_API_NO); VAL(GC_STRING); VAL(IS_STR_INTERNED); VAL(IS_STR_PERSISTENT);
     VAL(ZEND_MM_ALIGNMENT); VAL(ZEND_INI_ALL); VAL(ZEND_INI_STAGE_STARTUP);
     VAL(E_WARNING); VAL(E_NOTICE); VAL(MODULE_DEP_REQUIRED); VAL(ZEND_DEBUG); VAL(USING_ZTS);

@@ -13,9 +13,13 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use scd_wire::SessionId;
 
+use crate::adopt::{self, AdoptSettings, Found, WindowRecord};
 use crate::conn::{Conn, ConnError, Reply};
+use crate::constants::{ADOPT_RECORD_GRACE_S, WINDOW_RECORD_LIFETIME_S};
 use crate::report::{Report, warning};
-use crate::settings::{Endpoint, Key, LockFailure, SettingError, Settings, parse_save_path};
+use crate::settings::{
+    Endpoint, Key, LockFailure, SettingError, Settings, apply_adopt, parse_save_path,
+};
 
 /// The lock this request holds.
 #[derive(Clone, Copy, Debug)]
@@ -39,9 +43,29 @@ struct State {
     read_buf: Vec<u8>,
     /// The last connection problem, for phpinfo.
     last_error: Option<String>,
+    /// The `cluster.adopt_*` settings (the migration window).
+    adopt: AdoptSettings,
+    /// What this process last learned about the migration window.
+    window: Option<WindowCache>,
+    /// Sessions this process adopted from the old store.
+    adopted_here: u64,
+    /// Lines for PHP's error log, written by `ffi` after the hook returns.
+    log: Vec<Report>,
+}
+
+/// The migration window as this process last saw it in scd.
+#[derive(Clone, Copy, Debug)]
+struct WindowCache {
+    key: [u8; 16],
+    closes_ms: u64,
+    closed: bool,
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
+    adopt: AdoptSettings::DEFAULT,
+    window: None,
+    adopted_here: 0,
+    log: Vec::new(),
     settings: Settings::DEFAULT,
     endpoint: None,
     conn: None,
@@ -63,10 +87,14 @@ fn state() -> MutexGuard<'static, State> {
 /// next hook call; `ffi` copies it into a PHP string at once. (A raw view rather than a borrowed
 /// slice because the copy happens after the state lock is released: PHP's allocator may leave by
 /// `longjmp`, and no lock guard may be alive then.)
-#[derive(Clone, Copy, Debug)]
+///
+/// `new_id`: PHP must use this ID from now on and send it to the client (the session moved, was
+/// adopted from the old store, or an old-format ID got a fresh session).
+#[derive(Clone, Copy)]
 pub struct ReadDone {
     pub data_ptr: *const u8,
     pub data_len: usize,
+    pub new_id: Option<IdText>,
 }
 
 /// A session ID's text in a plain array (no destructor; see `report`).
@@ -79,6 +107,17 @@ pub struct IdText {
 impl IdText {
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]
+    }
+
+    fn of(sid: &SessionId) -> IdText {
+        let text = sid.encode();
+        let bytes = text.as_bytes();
+        let mut out = IdText {
+            buf: [0; scd_wire::constants::ID_TEXT_MAX],
+            len: bytes.len(),
+        };
+        out.buf[..bytes.len()].copy_from_slice(bytes);
+        out
     }
 }
 
@@ -243,10 +282,473 @@ impl State {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The migration window (cluster.adopt_*): see docs/operations.md, *Enabling SCD on a live farm*.
+
+/// How a request on an old-format ID ended up.
+enum Adopted {
+    /// The session's data is in scd under this ID, locked by this request.
+    Session(SessionId),
+    /// Nothing to adopt: a fresh session.
+    Fresh,
+}
+
+impl State {
+    /// An ID on this node for a derived 16-byte key: the records the migration keeps in scd
+    /// (which cluster ID an old ID became; the window's record) are sessions under such IDs.
+    fn local_id(&mut self, key: [u8; 16]) -> Result<SessionId, Report> {
+        self.connect()?;
+        let node = self
+            .conn
+            .as_ref()
+            .map(Conn::node)
+            .ok_or_else(|| warning!("cluster: no connection to scd"))?;
+        Ok(SessionId::new(node, None, 1, key))
+    }
+
+    /// A locked read that must succeed (the adoption's own records); any other answer is a
+    /// warning. Returns (token, data if the session exists).
+    fn lock_record(
+        &mut self,
+        sid: &SessionId,
+        wait_ms: u32,
+        lease_ms: u32,
+        what: &str,
+    ) -> Result<(u64, Option<Vec<u8>>), Report> {
+        let t = wait_ms.saturating_add(self.io_timeout_ms());
+        match self.call(what, true, t, &mut |c, t| {
+            c.read_lock(sid, wait_ms, lease_ms, t)
+        })? {
+            Reply::Data { token, data, .. } => Ok((token, Some(data))),
+            Reply::NotFound { token, .. } => Ok((token, None)),
+            Reply::Refused(scd_wire::ErrorCode::LockTimeout, _) => Err(warning!(
+                "cluster: timed out after {wait_ms} ms waiting for another request while {what}; \
+                 raise cluster.lock_wait_ms to wait longer"
+            )),
+            other => Err(self.odd(what, &other)),
+        }
+    }
+
+    fn odd(&mut self, what: &str, reply: &Reply) -> Report {
+        self.drop_conn();
+        warning!("cluster: scd answered with {reply:?} while {what}; the connection was reset")
+    }
+
+    fn write_record(
+        &mut self,
+        sid: &SessionId,
+        token: u64,
+        lifetime: u32,
+        data: &[u8],
+        what: &str,
+    ) -> Result<(), Report> {
+        let io_ms = self.io_timeout_ms();
+        match self.call(what, false, io_ms, &mut |c, t| {
+            c.write_unlock(sid, token, lifetime, data, t)
+        })? {
+            Reply::Done => Ok(()),
+            other => Err(self.odd(what, &other)),
+        }
+    }
+
+    fn unlock_record(&mut self, sid: &SessionId, token: u64) {
+        let io_ms = self.io_timeout_ms();
+        let ok = matches!(
+            self.call("releasing a lock", false, io_ms, &mut |c, t| c
+                .unlock(sid, token, t)),
+            Ok(Reply::Done)
+        );
+        if !ok {
+            // The connection goes, and with it every lock it held.
+            self.drop_conn();
+        }
+    }
+
+    /// Whether the migration window is open now. The window's record in scd (one per node, per
+    /// source and end) says when it opened; the first request that finds it missing opens it,
+    /// and the first that finds it past its end closes it; each writes one line to PHP's log.
+    fn window_open(&mut self, maxlifetime: i64) -> Result<bool, Report> {
+        let Some(source) = self.adopt.from.clone() else {
+            return Ok(false);
+        };
+        let key = adopt::window_key(&self.adopt);
+        let now = adopt::now_ms();
+        if let Some(w) = self.window {
+            if w.key == key && (w.closed || now < w.closes_ms) {
+                return Ok(!w.closed);
+            }
+        }
+        let sid = self.local_id(key)?;
+        let wait_ms = self.settings.effective_lock_wait_ms(0);
+        let lease_ms = self.settings.effective_lock_lease_ms(0);
+        let what = "reading the migration window's record";
+        let (token, data) = self.lock_record(&sid, wait_ms, lease_ms, what)?;
+        let mut record = data.as_deref().and_then(WindowRecord::decode);
+        let mut changed = false;
+        let rec = record.get_or_insert_with(|| {
+            changed = true;
+            WindowRecord {
+                opened_ms: now,
+                closed_ms: 0,
+                adopted: 0,
+            }
+        });
+        let closes_ms = rec.closes_at(self.adopt.until, maxlifetime);
+        if changed {
+            self.log.push(Report::notice(format_args!(
+                "cluster: migration window open on this node: session IDs not in the cluster \
+                 format are adopted from {source} until {}",
+                adopt::utc_text(closes_ms)
+            )));
+        }
+        if now >= closes_ms && rec.closed_ms == 0 {
+            rec.closed_ms = now;
+            changed = true;
+            self.log.push(Report::notice(format_args!(
+                "cluster: migration window closed on this node at {} after adopting {} sessions \
+                 from {source}; session IDs not in the cluster format are unknown from now on",
+                adopt::utc_text(closes_ms),
+                rec.adopted
+            )));
+        }
+        let rec = *rec;
+        if changed {
+            let what = "writing the migration window's record";
+            self.write_record(&sid, token, WINDOW_RECORD_LIFETIME_S, &rec.encode(), what)?;
+        } else {
+            self.unlock_record(&sid, token);
+        }
+        let closed = rec.closed_ms != 0;
+        self.window = Some(WindowCache {
+            key,
+            closes_ms,
+            closed,
+        });
+        Ok(!closed)
+    }
+
+    /// Seconds the records of this window must live: until it closes, plus a grace.
+    fn record_lifetime(&self) -> u32 {
+        let now = adopt::now_ms();
+        let left_s = self
+            .window
+            .map_or(0, |w| w.closes_ms.saturating_sub(now) / 1000);
+        u32::try_from(left_s)
+            .unwrap_or(u32::MAX)
+            .saturating_add(ADOPT_RECORD_GRACE_S)
+    }
+
+    /// Strict mode's check of an old-format ID: known if it was adopted already or the old store
+    /// holds it. A failing old store answers "known": `read` then says what is wrong, instead of
+    /// a silent fresh session that would log the user out.
+    fn adoptable(&mut self, id: &[u8], maxlifetime: i64) -> Result<bool, Report> {
+        if !self.window_open(maxlifetime)? {
+            return Ok(false);
+        }
+        let Some(source) = self.adopt.from.clone() else {
+            return Ok(false);
+        };
+        // The old store first, then scd's record: an adoption writes the record before it removes
+        // the old copy, so a session being adopted right now is seen by one of the two checks.
+        let text = std::str::from_utf8(id).unwrap_or("");
+        let io_ms = self.io_timeout_ms();
+        match adopt::exists(&source, text, maxlifetime, io_ms) {
+            Ok(true) => return Ok(true),
+            Ok(false) => {}
+            Err(e) => {
+                self.log.push(warning!(
+                    "cluster: cannot check the old session store {source}: {e}"
+                ));
+                return Ok(true);
+            }
+        }
+        let map = self.local_id(adopt::mapping_key(id))?;
+        match self.call("checking an adopted session", true, io_ms, &mut |c, t| {
+            c.exists(&map, t)
+        })? {
+            Reply::Exists(known) => Ok(known),
+            other => Err(self.odd("checking an adopted session", &other)),
+        }
+    }
+
+    /// `read` of an old-format ID. Inside the window: the session it was adopted as, or its data
+    /// adopted now from the old store, or a fresh session; outside: a fresh session. The ID is
+    /// always replaced by a cluster ID, which PHP sends to the client.
+    ///
+    /// Exactly once: the record "old ID → cluster ID" in scd is locked for the whole adoption,
+    /// so a second request with the same old ID waits, then finds the record; the old store's
+    /// own lock is held from the read of the old copy until it is removed, so a request of the
+    /// old handler (or of another node) never sees half of it.
+    fn adopt_read(
+        &mut self,
+        id: &[u8],
+        maxlifetime: i64,
+        max_execution_time_s: i64,
+    ) -> Result<ReadDone, Report> {
+        self.readonly = None;
+        self.lost = None;
+        self.read_buf.clear();
+        // A lock from an earlier read of this request (another session): give it back.
+        self.release_lock();
+        let wait_ms = self.settings.effective_lock_wait_ms(max_execution_time_s);
+        let lease_ms = self.settings.effective_lock_lease_ms(max_execution_time_s);
+        let outcome = if self.window_open(maxlifetime)? {
+            self.adopt_or_find(id, maxlifetime, wait_ms, lease_ms)?
+        } else {
+            Adopted::Fresh
+        };
+        let reply = match outcome {
+            Adopted::Session(sid) => {
+                let t = wait_ms.saturating_add(self.io_timeout_ms());
+                let reply = self.call("reading the session", true, t, &mut |c, t| {
+                    c.read_lock(&sid, wait_ms, lease_ms, t)
+                })?;
+                match reply {
+                    Reply::Data { token, data, .. } => Some((sid, token, data)),
+                    // Destroyed (or expired) since it was adopted: a fresh session, never the
+                    // old ID's cluster ID again.
+                    Reply::NotFound { token, .. } => {
+                        self.unlock_record(&sid, token);
+                        None
+                    }
+                    Reply::Refused(scd_wire::ErrorCode::LockTimeout, _) => {
+                        return Err(warning!(
+                            "cluster: timed out after {wait_ms} ms waiting for the lock on session \
+                             {sid_shown}, which another request holds",
+                            sid_shown = Shown(&sid)
+                        ));
+                    }
+                    other => return Err(self.odd("reading the session", &other)),
+                }
+            }
+            Adopted::Fresh => None,
+        };
+        let (sid, token, data) = match reply {
+            Some(r) => r,
+            None => {
+                let sid = self.fresh_id()?;
+                let (token, _) =
+                    self.lock_record(&sid, wait_ms, lease_ms, "locking a new session")?;
+                (sid, token, Vec::new())
+            }
+        };
+        self.read_buf = data;
+        self.lock = Some(Lock { sid, token });
+        Ok(ReadDone {
+            data_ptr: self.read_buf.as_ptr(),
+            data_len: self.read_buf.len(),
+            new_id: Some(IdText::of(&sid)),
+        })
+    }
+
+    fn fresh_id(&mut self) -> Result<SessionId, Report> {
+        let io_ms = self.io_timeout_ms();
+        match self.call("creating a session ID", true, io_ms, &mut |c, t| {
+            c.create_id(t)
+        })? {
+            Reply::Created(sid) => Ok(sid),
+            other => Err(self.odd("creating a session ID", &other)),
+        }
+    }
+
+    /// Inside the window: where the old ID's session is now (adopting it if nobody has yet).
+    fn adopt_or_find(
+        &mut self,
+        id: &[u8],
+        maxlifetime: i64,
+        wait_ms: u32,
+        lease_ms: u32,
+    ) -> Result<Adopted, Report> {
+        let map = self.local_id(adopt::mapping_key(id))?;
+        let (map_token, known) =
+            self.lock_record(&map, wait_ms, lease_ms, "looking up an adopted session")?;
+        if let Some(text) = known {
+            self.unlock_record(&map, map_token);
+            return Ok(SessionId::parse(&text).map_or(Adopted::Fresh, Adopted::Session));
+        }
+        // Nobody adopted it on this node: this request does, holding the record's lock.
+        let result = self.import(id, &map, map_token, maxlifetime, wait_ms, lease_ms);
+        if result.is_err() {
+            // Every lock of this connection (the record's, the new session's) goes with it; the
+            // old copy is untouched, so the next request tries again.
+            self.drop_conn();
+            self.lost = None;
+        }
+        result
+    }
+
+    fn import(
+        &mut self,
+        id: &[u8],
+        map: &SessionId,
+        map_token: u64,
+        maxlifetime: i64,
+        wait_ms: u32,
+        lease_ms: u32,
+    ) -> Result<Adopted, Report> {
+        let Some(source) = self.adopt.from.clone() else {
+            return Ok(Adopted::Fresh);
+        };
+        let text = std::str::from_utf8(id).unwrap_or("");
+        let io_ms = self.io_timeout_ms();
+        let data_max = self
+            .conn
+            .as_ref()
+            .map_or(scd_wire::constants::DATA_MAX_DEFAULT, Conn::data_max);
+        let old_error = |e: String| {
+            warning!("cluster: cannot adopt a session from the old session store {source}: {e}")
+        };
+        let mut old = adopt::lock(&source, text, wait_ms, lease_ms, io_ms).map_err(old_error)?;
+        let found = old.read(maxlifetime, data_max).map_err(old_error)?;
+        let record_lifetime = self.record_lifetime();
+        match found {
+            Found::Nothing => {
+                drop(old);
+                self.unlock_record(map, map_token);
+                Ok(Adopted::Fresh)
+            }
+            Found::AdoptedAs(cluster_id) => {
+                // Adopted by another node (shared Redis): remember it here too.
+                let Ok(sid) = SessionId::parse(cluster_id.as_bytes()) else {
+                    drop(old);
+                    self.unlock_record(map, map_token);
+                    return Ok(Adopted::Fresh);
+                };
+                let what = "recording an adopted session";
+                self.write_record(map, map_token, record_lifetime, cluster_id.as_bytes(), what)?;
+                Ok(Adopted::Session(sid))
+            }
+            Found::Data(data) => {
+                let sid = self.fresh_id()?;
+                let what = "storing an adopted session";
+                let (token, _) = self.lock_record(&sid, wait_ms, lease_ms, what)?;
+                self.write_record(&sid, token, lifetime_s(maxlifetime), &data, what)?;
+                let cluster_id = sid.encode();
+                let what = "recording an adopted session";
+                self.write_record(
+                    map,
+                    map_token,
+                    record_lifetime,
+                    cluster_id.as_str().as_bytes(),
+                    what,
+                )?;
+                // From here on the adoption is done: the old copy is only cleaned up.
+                let marker_ms = u64::from(record_lifetime) * 1000;
+                if let Err(e) = old.finish(cluster_id.as_str(), marker_ms, self.adopt.remove) {
+                    self.log.push(warning!(
+                        "cluster: adopted a session, but could not mark or remove its old copy in \
+                         {source}: {e}"
+                    ));
+                }
+                drop(old);
+                self.adopted_here += 1;
+                self.count_adoption();
+                Ok(Adopted::Session(sid))
+            }
+        }
+    }
+
+    /// Adds one to the node's count of adopted sessions (the window's record). Best effort: a
+    /// failure costs the statistic, never the session.
+    fn count_adoption(&mut self) {
+        let key = adopt::window_key(&self.adopt);
+        let Ok(sid) = self.local_id(key) else {
+            return;
+        };
+        let wait_ms = self.settings.effective_lock_wait_ms(0);
+        let lease_ms = self.settings.effective_lock_lease_ms(0);
+        let what = "counting an adopted session";
+        let Ok((token, data)) = self.lock_record(&sid, wait_ms, lease_ms, what) else {
+            return;
+        };
+        let mut rec = data
+            .as_deref()
+            .and_then(WindowRecord::decode)
+            .unwrap_or(WindowRecord {
+                opened_ms: adopt::now_ms(),
+                closed_ms: 0,
+                adopted: 0,
+            });
+        rec.adopted += 1;
+        if self
+            .write_record(&sid, token, WINDOW_RECORD_LIFETIME_S, &rec.encode(), what)
+            .is_err()
+        {
+            self.drop_conn();
+        }
+    }
+
+    /// `cluster.mirror_to`: the session as just stored in scd, also into the old store under its
+    /// cluster ID. Best effort: a failure is logged and costs only the way back.
+    fn mirror_write(&mut self, sid: &SessionId, data: &[u8], maxlifetime: i64) {
+        let Some(target) = self.adopt.mirror.clone() else {
+            return;
+        };
+        let id = sid.encode();
+        let wait_ms = self.settings.effective_lock_wait_ms(0);
+        let io_ms = self.io_timeout_ms();
+        if let Err(e) = adopt::mirror_write(&target, id.as_str(), data, maxlifetime, wait_ms, io_ms)
+        {
+            self.log.push(warning!(
+                "cluster: session {sid_shown} was not mirrored to {target}: {e}",
+                sid_shown = Shown(sid)
+            ));
+        }
+    }
+
+    fn mirror_delete(&mut self, sid: &SessionId) {
+        let Some(target) = self.adopt.mirror.clone() else {
+            return;
+        };
+        let id = sid.encode();
+        if let Err(e) = adopt::mirror_delete(&target, id.as_str(), self.io_timeout_ms()) {
+            self.log.push(warning!(
+                "cluster: the mirror of session {sid_shown} in {target} was not removed: {e}",
+                sid_shown = Shown(sid)
+            ));
+        }
+    }
+
+    /// The node's window record, read without its lock, for phpinfo.
+    fn window_record(&mut self) -> Option<WindowRecord> {
+        self.adopt.from.as_ref()?;
+        let sid = self.local_id(adopt::window_key(&self.adopt)).ok()?;
+        let io_ms = self.io_timeout_ms();
+        match self.call(
+            "reading the migration window's record",
+            true,
+            io_ms,
+            &mut |c, t| c.read(&sid, t),
+        ) {
+            Ok(Reply::Data { data, .. }) => WindowRecord::decode(&data),
+            _ => None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Settings and lifecycle.
 
 pub fn apply_setting(key: Key, value: &[u8]) -> Result<(), SettingError> {
-    state().settings.apply(key, value)
+    let mut s = state();
+    match key {
+        Key::AdoptFrom | Key::AdoptUntil | Key::AdoptRemove | Key::MirrorTo => {
+            apply_adopt(&mut s.adopt, key, value)?;
+            // Another source or end is another window: ask scd again.
+            s.window = None;
+            Ok(())
+        }
+        _ => s.settings.apply(key, value),
+    }
+}
+
+/// The next line for PHP's error log, if any (`ffi` writes them after each hook).
+pub fn take_log() -> Option<Report> {
+    let mut s = state();
+    if s.log.is_empty() {
+        None
+    } else {
+        Some(s.log.remove(0))
+    }
 }
 
 /// After a panic in a hook: forget the connection (the daemon then releases its locks) and the
@@ -300,10 +802,47 @@ pub fn open(save_path: &[u8]) -> Result<(), Report> {
     Ok(())
 }
 
+/// At every `open` with a migration window configured: opens the window on this node at its first
+/// session request, and closes it (with its log line) at the first request after its end. Costs a
+/// round trip only when this process has not checked yet or its cached end has passed.
+pub fn check_window(maxlifetime: i64) {
+    let mut s = state();
+    if s.adopt.from.is_none() {
+        return;
+    }
+    let key = adopt::window_key(&s.adopt);
+    let fresh = s
+        .window
+        .is_some_and(|w| w.key == key && (w.closed || adopt::now_ms() < w.closes_ms));
+    if !fresh {
+        if let Err(r) = s.window_open(maxlifetime) {
+            s.log.push(r);
+        }
+    }
+}
+
 /// Whether an ID PHP got from the client may be used at all. A malformed ID is dropped before
-/// PHP uses it, in strict mode and without it: PHP then asks `create_sid` for a new ID.
-pub fn accepts_incoming_id(id: &[u8]) -> bool {
-    SessionId::parse(id).is_ok()
+/// PHP uses it, in strict mode and without it: PHP then asks `create_sid` for a new ID. While the
+/// migration window is open, an ID of PHP's own format is kept: `read` adopts it (or gives it a
+/// fresh session under a new cluster ID).
+pub fn accepts_incoming_id(id: &[u8], maxlifetime: i64) -> bool {
+    if SessionId::parse(id).is_ok() {
+        return true;
+    }
+    if !adopt::valid_old_id(id) {
+        return false;
+    }
+    let mut s = state();
+    if s.adopt.from.is_none() {
+        return false;
+    }
+    match s.window_open(maxlifetime) {
+        Ok(open) => open,
+        Err(r) => {
+            s.log.push(r);
+            false
+        }
+    }
 }
 
 /// `close`: release the lock if the request still holds it (no write happened, or the write
@@ -318,7 +857,13 @@ pub fn close() -> Result<(), Report> {
 
 /// `read`: take the session's lock (waiting up to the lock wait) and return its data; an unknown
 /// ID reads as empty and is locked, so this request creates it.
-pub fn read(id: &[u8], _maxlifetime: i64, max_execution_time_s: i64) -> Result<ReadDone, Report> {
+pub fn read(id: &[u8], maxlifetime: i64, max_execution_time_s: i64) -> Result<ReadDone, Report> {
+    if SessionId::parse(id).is_err() && adopt::valid_old_id(id) {
+        let mut s = state();
+        if s.adopt.from.is_some() {
+            return s.adopt_read(id, maxlifetime, max_execution_time_s);
+        }
+    }
     let sid = parse_id(id)?;
     let mut s = state();
     s.readonly = None;
@@ -368,14 +913,18 @@ pub fn read(id: &[u8], _maxlifetime: i64, max_execution_time_s: i64) -> Result<R
 }
 
 fn finish_read(s: &mut State, sid: &SessionId, reply: Reply) -> Result<ReadDone, Report> {
-    let token = match reply {
-        Reply::Data { token, data } => {
+    let (token, new_id) = match reply {
+        Reply::Data {
+            token,
+            data,
+            new_id,
+        } => {
             s.read_buf = data;
-            token
+            (token, new_id)
         }
-        Reply::NotFound { token } => {
+        Reply::NotFound { token, new_id } => {
             s.read_buf.clear();
-            token
+            (token, new_id)
         }
         Reply::Refused(code, message) => {
             return Err(warning!(
@@ -392,12 +941,19 @@ fn finish_read(s: &mut State, sid: &SessionId, reply: Reply) -> Result<ReadDone,
             ));
         }
     };
+    // The session moved: the lock is on the same session (same HASH) under its new ID, which
+    // PHP uses from now on.
+    let sid = new_id.unwrap_or(*sid);
     if token != 0 {
-        s.lock = Some(Lock { sid: *sid, token });
+        s.lock = Some(Lock { sid, token });
+    }
+    if s.readonly.is_some() {
+        s.readonly = Some(sid);
     }
     Ok(ReadDone {
         data_ptr: s.read_buf.as_ptr(),
         data_len: s.read_buf.len(),
+        new_id: new_id.as_ref().map(IdText::of),
     })
 }
 
@@ -457,7 +1013,10 @@ pub fn write(id: &[u8], data: &[u8], maxlifetime: i64) -> Result<Option<Report>,
         s.lock = None;
     }
     match reply? {
-        Reply::Done => Ok(None),
+        Reply::Done => {
+            s.mirror_write(&lock.sid, data, maxlifetime);
+            Ok(None)
+        }
         Reply::Refused(scd_wire::ErrorCode::NotLocked, _) => Err(lock_lost(&sid, "written")),
         Reply::Refused(scd_wire::ErrorCode::TooLarge, _) => {
             Err(too_large(&sid, data.len(), data_max))
@@ -494,7 +1053,7 @@ fn lock_lost(sid: &SessionId, what: &str) -> Report {
 }
 
 /// `update_timestamp` (lazy_write, data unchanged): renew the lifetime and release the lock (Touch).
-pub fn update_timestamp(id: &[u8], _data: &[u8], maxlifetime: i64) -> Result<(), Report> {
+pub fn update_timestamp(id: &[u8], data: &[u8], maxlifetime: i64) -> Result<(), Report> {
     let sid = parse_id(id)?;
     let mut s = state();
     if s.readonly.is_some_and(|r| r.same_session(&sid)) {
@@ -511,7 +1070,10 @@ pub fn update_timestamp(id: &[u8], _data: &[u8], maxlifetime: i64) -> Result<(),
     );
     s.lock = None;
     match reply? {
-        Reply::Done => Ok(()),
+        Reply::Done => {
+            s.mirror_write(&lock.sid, data, maxlifetime);
+            Ok(())
+        }
         Reply::Refused(scd_wire::ErrorCode::NotLocked, _) => Err(lock_lost(&sid, "touched")),
         Reply::Refused(code, message) => Err(warning!(
             "cluster: scd refused to touch session {sid_shown} ({code:?}: {message})",
@@ -546,7 +1108,10 @@ pub fn destroy(id: &[u8]) -> Result<(), Report> {
         s.lock = None;
     }
     match reply {
-        Reply::Done | Reply::Refused(scd_wire::ErrorCode::NotFound, _) => Ok(()),
+        Reply::Done | Reply::Refused(scd_wire::ErrorCode::NotFound, _) => {
+            s.mirror_delete(&sid);
+            Ok(())
+        }
         Reply::Refused(code, message) => Err(warning!(
             "cluster: scd refused to destroy session {sid_shown} ({code:?}: {message})",
             sid_shown = Shown(&sid)
@@ -575,16 +1140,7 @@ pub fn create_sid() -> Result<IdText, Report> {
         c.create_id(t)
     })?;
     match reply {
-        Reply::Created(sid) => {
-            let text = sid.encode();
-            let bytes = text.as_bytes();
-            let mut out = IdText {
-                buf: [0; scd_wire::constants::ID_TEXT_MAX],
-                len: bytes.len(),
-            };
-            out.buf[..bytes.len()].copy_from_slice(bytes);
-            Ok(out)
-        }
+        Reply::Created(sid) => Ok(IdText::of(&sid)),
         Reply::Refused(code, message) => Err(warning!(
             "cluster: scd refused to create a session ID ({code:?}: {message})"
         )),
@@ -599,8 +1155,12 @@ pub fn create_sid() -> Result<IdText, Report> {
 
 /// `validate_sid` (strict mode): does scd hold this session? A malformed ID is unknown without
 /// asking.
-pub fn validate_sid(id: &[u8]) -> Result<bool, Report> {
+pub fn validate_sid(id: &[u8], maxlifetime: i64) -> Result<bool, Report> {
     let Ok(sid) = SessionId::parse(id) else {
+        let mut s = state();
+        if s.adopt.from.is_some() && adopt::valid_old_id(id) {
+            return s.adoptable(id, maxlifetime);
+        }
         return Ok(false);
     };
     let mut s = state();
@@ -669,6 +1229,41 @@ pub fn info_rows(save_handler: &[u8], save_path: &[u8]) -> Vec<(&'static str, St
         (None, None) => "not connected".to_string(),
     };
     rows.push(("Connection", state_row));
+    let record = if s.conn.is_some() {
+        s.window_record()
+    } else {
+        None
+    };
+    let window = match (&s.adopt.from, s.window, record) {
+        (None, _, _) => "off (cluster.adopt_from is empty)".to_string(),
+        (Some(src), Some(w), _) if w.closed => format!("closed (adopting from {src})"),
+        (Some(src), Some(w), _) => format!(
+            "open until {}: adopting from {src}",
+            adopt::utc_text(w.closes_ms)
+        ),
+        (Some(src), None, Some(r)) if r.closed_ms != 0 => format!(
+            "closed on this node at {} (adopting from {src})",
+            adopt::utc_text(r.closed_ms)
+        ),
+        (Some(src), None, Some(r)) => format!(
+            "opened on this node at {}: adopting from {src}",
+            adopt::utc_text(r.opened_ms)
+        ),
+        (Some(src), None, None) => {
+            format!("opens at this node's first session request (adopting from {src})")
+        }
+    };
+    rows.push(("Migration window", window));
+    rows.push((
+        "Sessions adopted by this process",
+        s.adopted_here.to_string(),
+    ));
+    if s.adopt.from.is_some() {
+        rows.push((
+            "Sessions adopted on this node",
+            record.map_or_else(|| "none yet".to_string(), |r| r.adopted.to_string()),
+        ));
+    }
     rows.push((
         "Lock held",
         match &s.lock {
@@ -695,7 +1290,8 @@ mod tests {
     #[test]
     fn incoming_ids_must_be_cluster_ids() {
         assert!(accepts_incoming_id(
-            b"0a000001-8707-0-0-1-00112233445566778899aabbccddeeff"
+            b"0a000001-8707-0-0-1-00112233445566778899aabbccddeeff",
+            1440
         ));
         for bad in [
             &b""[..],
@@ -704,7 +1300,8 @@ mod tests {
             b"0a000001-8707-0-0-1-00112233445566778899aabbccddeeff-x",
             b"../../etc/passwd",
         ] {
-            assert!(!accepts_incoming_id(bad), "{bad:?}");
+            // No migration window: PHP's own IDs are not accepted either.
+            assert!(!accepts_incoming_id(bad, 1440), "{bad:?}");
         }
     }
 

@@ -12,6 +12,9 @@
 //!   reuse check).
 //! - [`settings`]: the `cluster.*` settings and `session.save_path` parsers.
 //! - [`report`]: warnings for PHP in fixed buffers.
+//! - [`adopt`]: the migration window (`cluster.adopt_*`): old-format IDs, the old stores (PHP's
+//!   `files` handler, phpredis) and the records the adoption keeps in scd.
+//! - [`resp`]: a minimal Redis client for reading phpredis' sessions.
 //! - [`constants`]: every limit and default.
 //! - `build.rs` reads `php-config` and writes the module API number and build ID.
 
@@ -20,11 +23,13 @@
 // round trip.
 #![allow(clippy::result_large_err)]
 
+pub mod adopt;
 pub mod conn;
 pub mod constants;
 mod ffi;
 pub mod handler;
 pub mod report;
+pub mod resp;
 pub mod settings;
 
 /// What `build.rs` found out about the PHP the module is built for.

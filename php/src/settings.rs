@@ -7,6 +7,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
+use crate::adopt::AdoptSettings;
 use crate::constants::{
     CONNECT_TIMEOUT_MS_DEFAULT, CONNECT_TIMEOUT_MS_MAX, IO_TIMEOUT_MS_DEFAULT, IO_TIMEOUT_MS_MAX,
     LOCK_LEASE_FALLBACK_MS, LOCK_LEASE_GRACE_MS, LOCK_LEASE_MS_MAX, LOCK_LEASE_MS_MIN,
@@ -78,6 +79,8 @@ impl Settings {
             Key::IoTimeoutMs => {
                 self.io_timeout_ms = parse_ms(value, 1, IO_TIMEOUT_MS_MAX).map_err(fail)?;
             }
+            // Not Copy values: kept in `AdoptSettings` (see `apply_adopt`).
+            Key::AdoptFrom | Key::AdoptUntil | Key::AdoptRemove | Key::MirrorTo => {}
         }
         Ok(())
     }
@@ -110,6 +113,38 @@ impl Settings {
     }
 }
 
+/// Parses a `cluster.adopt_*` setting into `adopt`; on error nothing changes.
+pub fn apply_adopt(adopt: &mut AdoptSettings, key: Key, value: &[u8]) -> Result<(), SettingError> {
+    let fail = |reason: &'static str| SettingError {
+        name: key.name(),
+        value: String::from_utf8_lossy(&value[..value.len().min(64)]).into_owned(),
+        reason,
+    };
+    let text = || String::from_utf8_lossy(value.trim_ascii()).into_owned();
+    match key {
+        Key::AdoptFrom => {
+            adopt.from = crate::adopt::parse_source(value).map_err(fail)?;
+            adopt.from_text = text();
+        }
+        Key::AdoptUntil => {
+            adopt.until = crate::adopt::parse_until(value).map_err(fail)?;
+            adopt.until_text = text();
+        }
+        Key::MirrorTo => {
+            adopt.mirror = crate::adopt::parse_source(value).map_err(fail)?;
+        }
+        Key::AdoptRemove => {
+            adopt.remove = match trim(value).to_ascii_lowercase().as_slice() {
+                b"1" | b"on" | b"yes" | b"true" => true,
+                b"0" | b"off" | b"no" | b"false" | b"" => false,
+                _ => return Err(fail("must be 1 or 0 (on or off)")),
+            };
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 fn clamp_ms(ms: i64, max: u32) -> u32 {
     u32::try_from(ms.clamp(0, i64::from(max))).unwrap_or(max)
 }
@@ -122,15 +157,23 @@ pub enum Key {
     LockFailure,
     ConnectTimeoutMs,
     IoTimeoutMs,
+    AdoptFrom,
+    AdoptUntil,
+    AdoptRemove,
+    MirrorTo,
 }
 
 impl Key {
-    pub const ALL: [Key; 5] = [
+    pub const ALL: [Key; 9] = [
         Key::LockWaitMs,
         Key::LockLeaseMs,
         Key::LockFailure,
         Key::ConnectTimeoutMs,
         Key::IoTimeoutMs,
+        Key::AdoptFrom,
+        Key::AdoptUntil,
+        Key::AdoptRemove,
+        Key::MirrorTo,
     ];
 
     pub fn name(self) -> &'static str {
@@ -140,6 +183,10 @@ impl Key {
             Key::LockFailure => "cluster.lock_failure",
             Key::ConnectTimeoutMs => "cluster.connect_timeout_ms",
             Key::IoTimeoutMs => "cluster.io_timeout_ms",
+            Key::AdoptFrom => "cluster.adopt_from",
+            Key::AdoptUntil => "cluster.adopt_until",
+            Key::AdoptRemove => "cluster.adopt_remove",
+            Key::MirrorTo => "cluster.mirror_to",
         }
     }
 
@@ -157,7 +204,7 @@ pub struct IniDef {
 
 /// Every `cluster.*` setting, in [`Key::ALL`] order. All are `PHP_INI_ALL`: a script may change
 /// its own lock wait or lock failure policy with `ini_set()`.
-pub const INI: [IniDef; 5] = [
+pub const INI: [IniDef; 9] = [
     IniDef {
         name: c"cluster.lock_wait_ms",
         default: c"0",
@@ -177,6 +224,22 @@ pub const INI: [IniDef; 5] = [
     IniDef {
         name: c"cluster.io_timeout_ms",
         default: c"5000",
+    },
+    IniDef {
+        name: c"cluster.adopt_from",
+        default: c"",
+    },
+    IniDef {
+        name: c"cluster.adopt_until",
+        default: c"",
+    },
+    IniDef {
+        name: c"cluster.adopt_remove",
+        default: c"1",
+    },
+    IniDef {
+        name: c"cluster.mirror_to",
+        default: c"",
     },
 ];
 
@@ -291,11 +354,31 @@ mod tests {
     #[test]
     fn defaults_match_the_ini_table() {
         let mut s = Settings::DEFAULT;
+        let mut a = AdoptSettings::DEFAULT;
         for (key, def) in Key::ALL.iter().zip(INI.iter()) {
             assert_eq!(key.name().as_bytes(), def.name.to_bytes());
             s.apply(*key, def.default.to_bytes()).unwrap();
+            apply_adopt(&mut a, *key, def.default.to_bytes()).unwrap();
         }
         assert_eq!(s, Settings::DEFAULT);
+        assert_eq!(a, AdoptSettings::DEFAULT);
+    }
+
+    #[test]
+    fn adopt_settings() {
+        let mut a = AdoptSettings::DEFAULT;
+        apply_adopt(&mut a, Key::AdoptFrom, b" files:/var/lib/php/sessions ").unwrap();
+        assert_eq!(a.from_text, "files:/var/lib/php/sessions");
+        assert!(apply_adopt(&mut a, Key::AdoptFrom, b"nfs:/x").is_err());
+        assert_eq!(
+            a.from_text, "files:/var/lib/php/sessions",
+            "refused: unchanged"
+        );
+        apply_adopt(&mut a, Key::AdoptRemove, b"off").unwrap();
+        assert!(!a.remove);
+        assert!(apply_adopt(&mut a, Key::AdoptRemove, b"maybe").is_err());
+        apply_adopt(&mut a, Key::AdoptUntil, b"+2h").unwrap();
+        assert_eq!(a.until, crate::adopt::Until::After(7_200_000));
     }
 
     #[test]

@@ -726,14 +726,17 @@ impl PhpFpm {
              clear_env = no\n",
             log = log.display()
         );
+        // php-fpm applies a pool's php_admin_values in the reverse of their order in the file,
+        // and an extension must be loaded before any of its settings is applied (else php-fpm
+        // says "Unable to set php_admin_value" and the setting keeps its default): extensions go
+        // last.
         for (k, v) in ini {
-            // Extensions must be loaded for the whole pool, before any setting refers to them.
-            if k == "extension" {
+            if k != "extension" {
                 conf.push_str(&format!("php_admin_value[{k}] = {v}\n"));
             }
         }
-        for (k, v) in ini {
-            if k != "extension" {
+        for (k, v) in ini.iter().rev() {
+            if k == "extension" {
                 conf.push_str(&format!("php_admin_value[{k}] = {v}\n"));
             }
         }

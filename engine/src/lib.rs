@@ -20,6 +20,8 @@
 
 pub mod constants;
 mod error;
+#[doc(hidden)]
+pub mod fuzz_checks;
 mod locks;
 mod manifest;
 mod record;

@@ -43,6 +43,7 @@ fn manifest() -> Option<Vec<u8>> {
 ///   readable;
 /// - the store then works: a new session is written, read back exactly, and survives a reopen
 ///   of the clean image.
+///
 /// Returns how many sessions the file gave back.
 pub fn slab_recovery(data: &[u8]) -> u64 {
     let Some((&class, content)) = data.split_first() else {

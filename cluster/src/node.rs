@@ -66,6 +66,8 @@ enum Stage {
         loc: u64,
         asked: BTreeSet<Addr>,
         best: Option<Placement>,
+        /// Every node we know of was asked.
+        everyone: bool,
     },
 }
 
@@ -156,6 +158,10 @@ pub struct Node<S: Store> {
     /// Mastered sessions that need a new epoch (rejoin) before they are served.
     unconfirmed: BTreeSet<Hash>,
     fwds: BTreeMap<u64, Fwd>,
+    /// Rejoin: per peer, the hashes received in its sync stream and the count it announced.
+    sync_progress: BTreeMap<Addr, (BTreeSet<Hash>, Option<u64>)>,
+    /// Rejoin: the highest `(epoch, version)` any peer reported per session.
+    sync_seen: BTreeMap<Hash, (u32, u64)>,
     next_id: u64,
     token_counter: u32,
     stats: Stats,
@@ -186,6 +192,8 @@ impl<S: Store> Node<S> {
             moved: BTreeMap::new(),
             unconfirmed: BTreeSet::new(),
             fwds: BTreeMap::new(),
+            sync_progress: BTreeMap::new(),
+            sync_seen: BTreeMap::new(),
             next_id: 1,
             token_counter: 0,
             stats: Stats::default(),
@@ -215,6 +223,11 @@ impl<S: Store> Node<S> {
     /// node's back breaks its guarantees.
     pub fn store_mut(&mut self) -> &mut S {
         &mut self.store
+    }
+
+    /// Gives the store back (the node is gone: a crash or a stop).
+    pub fn into_store(self) -> S {
+        self.store
     }
 
     /// The membership table.
@@ -337,19 +350,13 @@ impl<S: Store> Node<S> {
             }
             Msg::LeaseDenied | Msg::RejoinNeeded => self.enter_rejoin(now_ms, false),
             Msg::SyncRequest { sync, hashes } => self.on_sync_request(from, sync, hashes),
-            Msg::SyncItem { sync, hash, copy } => self.on_sync_item(from, sync, hash, copy),
-            Msg::SyncEnd { sync, .. } => {
-                if let Mode::Rejoining {
-                    sync: current,
-                    pending,
-                    ..
-                } = &mut self.mode
+            Msg::SyncItem { sync, hash, copy } => self.on_sync_item(from, sync, hash, copy, now_ms),
+            Msg::SyncEnd { sync, count } => {
+                if let Mode::Rejoining { sync: current, .. } = &self.mode
                     && *current == sync
                 {
-                    pending.remove(&from);
-                    if pending.is_empty() {
-                        self.finish_rejoin(now_ms);
-                    }
+                    self.sync_progress.entry(from).or_default().1 = Some(count);
+                    self.sync_check(from, now_ms);
                 }
             }
             Msg::Locate { loc, hash } => {
@@ -480,10 +487,27 @@ impl<S: Store> Node<S> {
             PeerEvent::Returned { addr, .. } => {
                 // We declared it down; whatever it mastered may have been taken over meanwhile.
                 self.send(addr, Msg::RejoinNeeded);
+                self.reconfirm_backed_by(addr);
             }
             PeerEvent::Restarted { addr, .. } => {
-                // The new incarnation syncs before serving; its old lease is void.
+                // The new incarnation syncs before serving; its old lease is void, and it does
+                // not remember what its old incarnation took over from us.
                 self.leases.remove(&addr);
+                self.reconfirm_backed_by(addr);
+            }
+        }
+    }
+
+    /// Our sessions backed by `peer`, which we lost sight of (or which restarted), may have
+    /// been taken over by it meanwhile: serve them again only after it witnesses a new epoch
+    /// (`Resume`), which it refuses if it holds a later one.
+    fn reconfirm_backed_by(&mut self, peer: Addr) {
+        for hash in self.store.hashes() {
+            if let Some(c) = self.store.get(&hash)
+                && c.placement.master == self.cfg.me
+                && c.placement.backup == Some(peer)
+            {
+                self.unconfirmed.insert(hash);
             }
         }
     }
@@ -571,7 +595,7 @@ impl<S: Store> Node<S> {
         let hash = request.hash();
         let Some(copy) = self.store.get(&hash) else {
             let hint = self.moved.get(&hash).map(|p| p.id(hash));
-            return self.reply(to, Reply::Moved { id: hint });
+            return self.not_here(to, request, hint, now_ms);
         };
         let asked_epoch = request.id().map_or(0, |id| id.version);
         if copy.placement.master != self.cfg.me {
@@ -582,11 +606,11 @@ impl<S: Store> Node<S> {
                 return self.promote(to, request, copy, now_ms);
             }
             let hint = (copy.placement.epoch > asked_epoch).then(|| copy.placement.id(hash));
-            return self.reply(to, Reply::Moved { id: hint });
+            return self.not_here(to, request, hint, now_ms);
         }
         if asked_epoch > copy.placement.epoch {
             // The client knows a later placement than ours: ours is stale. Never serve it.
-            return self.reply(to, Reply::Moved { id: None });
+            return self.not_here(to, request, None, now_ms);
         }
         match self.servable(&hash, &copy, now_ms) {
             Ok(()) => self.execute(to, request, copy, now_ms),
@@ -598,7 +622,16 @@ impl<S: Store> Node<S> {
                 }
                 self.queue(to, request, failover, now_ms);
             }
-            Err(false) => self.reply(to, Reply::Moved { id: None }),
+            Err(false) => self.not_here(to, request, None, now_ms),
+        }
+    }
+
+    /// This node does not serve the session: a remote origin is told where it lives (if we
+    /// know better), a local request is routed.
+    fn not_here(&mut self, to: ReplyTo, request: Request, hint: Option<SessionId>, now_ms: u64) {
+        match to {
+            ReplyTo::Remote(..) => self.reply(to, Reply::Moved { id: hint }),
+            ReplyTo::Local(_) => self.forward_start(to, request, now_ms),
         }
     }
 
@@ -825,7 +858,7 @@ impl<S: Store> Node<S> {
                 );
                 self.queue(to, request, false, now_ms);
             }
-            None if self.members.known_nodes() <= 2 => {
+            None if self.cfg.allow_alone => {
                 // Two-node cluster: nobody can witness. Documented split-brain risk on a
                 // symmetric partition of a two-node cluster.
                 self.store.put(hash, new);
@@ -908,18 +941,21 @@ impl<S: Store> Node<S> {
         {
             return self.send(from, Msg::NotAgreed { hash });
         }
-        let agreed = match change {
-            Change::Update => copy.placement.backup == Some(me) && cur.is_none(),
-            Change::AddBackup => true,
-            Change::Promote { old_master } => self.members.silent_long(old_master, now_ms),
-            Change::Rehome { old_backup } => {
-                self.members.silent_long(old_backup, now_ms) || self.members.is_draining(old_backup)
-            }
-            Change::Resume => cur.as_ref().is_none_or(|c| c.placement.master == from),
-            Change::Handover { old_master } => {
-                old_master == from && copy.placement.master == me && !self.draining
-            }
-        };
+        let serving = self.mode == Mode::Serving;
+        let agreed = serving
+            && match change {
+                Change::Update => copy.placement.backup == Some(me) && cur.is_none(),
+                Change::AddBackup => true,
+                Change::Promote { old_master } => self.members.silent_long(old_master, now_ms),
+                Change::Rehome { old_backup } => {
+                    self.members.silent_long(old_backup, now_ms)
+                        || self.members.is_draining(old_backup)
+                }
+                Change::Resume => cur.as_ref().is_none_or(|c| c.placement.master == from),
+                Change::Handover { old_master } => {
+                    old_master == from && copy.placement.master == me && !self.draining
+                }
+            };
         if !agreed {
             return self.send(from, Msg::NotAgreed { hash });
         }
@@ -1297,7 +1333,7 @@ impl<S: Store> Node<S> {
                                     now_ms,
                                 );
                             }
-                            None if self.members.known_nodes() <= 2 => {
+                            None if self.cfg.allow_alone => {
                                 next.placement.backup = None;
                                 self.taken_over.insert(b);
                                 self.store.put(hash, next);
@@ -1334,23 +1370,9 @@ impl<S: Store> Node<S> {
             Some(b) if self.members.is_up(b) && !self.members.silent_long(b, now_ms) => {
                 self.propose(hash, copy.placement.epoch, next, Change::Resume, b, now_ms);
             }
-            Some(b) => {
-                if let Some(c) = choose_backup(self.members.candidates(), me, &[b]) {
-                    next.placement.backup = Some(c);
-                    self.propose(
-                        hash,
-                        copy.placement.epoch,
-                        next,
-                        Change::Rehome { old_backup: b },
-                        c,
-                        now_ms,
-                    );
-                } else if self.members.known_nodes() <= 2 {
-                    next.placement.backup = None;
-                    self.store.put(hash, next);
-                    self.unconfirmed.remove(&hash);
-                    self.wake(hash, now_ms);
-                }
+            Some(_) => {
+                // The backup is down: it may have taken over while we were away, and only it
+                // (or its witness, also unheard in our sync) would know. Wait for it.
             }
             None => {
                 next.placement.backup = None;
@@ -1385,6 +1407,8 @@ impl<S: Store> Node<S> {
         match &self.mode {
             Mode::Starting { until_ms } if now_ms >= *until_ms => {
                 let sync = self.id();
+                self.sync_progress.clear();
+                self.sync_seen.clear();
                 let peers: BTreeSet<Addr> = self.members.live_peers().map(|(a, _)| a).collect();
                 let hashes = self.store.hashes();
                 for p in &peers {
@@ -1464,7 +1488,7 @@ impl<S: Store> Node<S> {
             }
         }
         for (hash, placement) in &self.moved {
-            if asked.contains(hash) {
+            if asked.contains(hash) && self.store.get(hash).is_none() {
                 count += 1;
                 let copy = Copy {
                     placement: *placement,
@@ -1486,11 +1510,36 @@ impl<S: Store> Node<S> {
         self.send(from, Msg::SyncEnd { sync, count });
     }
 
-    fn on_sync_item(&mut self, from: Addr, sync: u64, hash: Hash, copy: Copy) {
+    /// A peer's sync stream is complete once every item it announced has arrived (items and
+    /// the end may be reordered or duplicated).
+    fn sync_check(&mut self, from: Addr, now_ms: u64) {
+        let done = self
+            .sync_progress
+            .get(&from)
+            .is_some_and(|(got, want)| want.is_some_and(|w| got.len() as u64 >= w));
+        if !done {
+            return;
+        }
+        if let Mode::Rejoining { pending, .. } = &mut self.mode {
+            pending.remove(&from);
+            if pending.is_empty() {
+                self.finish_rejoin(now_ms);
+            }
+        }
+    }
+
+    fn on_sync_item(&mut self, from: Addr, sync: u64, hash: Hash, copy: Copy, now_ms: u64) {
         let me = self.cfg.me;
         if let Mode::Rejoining { sync: current, .. } = self.mode
             && current == sync
         {
+            self.sync_progress.entry(from).or_default().0.insert(hash);
+            let seen = self.sync_seen.entry(hash).or_default();
+            if copy.order() < *seen {
+                // An older copy than one another peer reported: a stale replica.
+                return self.sync_check(from, now_ms);
+            }
+            *seen = copy.order();
             match self.store.get(&hash) {
                 None => {
                     if copy.placement.names(me) && !copy.deleted {
@@ -1509,7 +1558,7 @@ impl<S: Store> Node<S> {
                     }
                 }
             }
-            return;
+            return self.sync_check(from, now_ms);
         }
         // Outside a rejoin (a peer pushing): only a fresher copy of one we back up.
         let _ = from;
@@ -1518,6 +1567,18 @@ impl<S: Store> Node<S> {
     fn finish_rejoin(&mut self, now_ms: u64) {
         self.mode = Mode::Serving;
         let me = self.cfg.me;
+        // Copies older than what a peer holds were taken over (or are stale replicas).
+        let seen = std::mem::take(&mut self.sync_seen);
+        for (hash, order) in seen {
+            if let Some(c) = self.store.get(&hash)
+                && c.order() < order
+                && !(c.placement.epoch == order.0 && c.placement.master == me)
+            {
+                self.stats.fenced += 1;
+                self.store.remove(&hash);
+                self.sessions.remove(&hash);
+            }
+        }
         for hash in self.store.hashes() {
             if let Some(c) = self.store.get(&hash)
                 && c.placement.master == me
@@ -1619,8 +1680,16 @@ impl<S: Store> Node<S> {
                     set_id(&mut request, id);
                 }
                 if b == me {
-                    let f = self.fwds.remove(&fid).expect("present");
-                    return self.serve(f.to, request, true, now_ms);
+                    // We are the backup the client's request names: take over if we may.
+                    match self.store.get(&request.hash()) {
+                        Some(copy)
+                            if copy.placement.backup == Some(me) && copy.placement.master != me =>
+                        {
+                            let f = self.fwds.remove(&fid).expect("present");
+                            return self.promote(f.to, request, copy, now_ms);
+                        }
+                        _ => return self.forward_next(fid, now_ms),
+                    }
                 }
                 f.target = Some(b);
                 self.stats.forwarded += 1;
@@ -1641,10 +1710,12 @@ impl<S: Store> Node<S> {
                 }
                 let hash = f.request.hash();
                 f.target = None;
+                let everyone = peers.len() + 1 == self.members.known_nodes();
                 f.stage = Stage::Locate {
                     loc,
                     asked: peers.clone(),
                     best: None,
+                    everyone,
                 };
                 for p in peers {
                     self.send(p, Msg::Locate { loc: fid, hash });
@@ -1663,6 +1734,7 @@ impl<S: Store> Node<S> {
                 loc: fid,
                 asked: BTreeSet::new(),
                 best: None,
+                everyone: false,
             },
             Stage::Locate { .. } => {
                 let f = self.fwds.remove(&fid).expect("present");
@@ -1702,7 +1774,13 @@ impl<S: Store> Node<S> {
         let Some(f) = self.fwds.get_mut(&loc) else {
             return;
         };
-        let Stage::Locate { asked, best, .. } = &mut f.stage else {
+        let Stage::Locate {
+            asked,
+            best,
+            everyone,
+            ..
+        } = &mut f.stage
+        else {
             return;
         };
         if !asked.remove(&from) {
@@ -1717,6 +1795,7 @@ impl<S: Store> Node<S> {
             return;
         }
         let best = *best;
+        let everyone = *everyone;
         match best {
             Some(p) if p.epoch > f.placement.epoch => {
                 f.placement = p;
@@ -1725,7 +1804,12 @@ impl<S: Store> Node<S> {
             }
             _ => {
                 let f = self.fwds.remove(&loc).expect("present");
-                let code = if best.is_none() {
+                // "Not found" only when every node we know of answered: a down node may hold it.
+                // Nor while we are (re)starting: we may not know every node yet.
+                let hash = f.request.hash();
+                let sure =
+                    everyone && self.mode == Mode::Serving && self.store.get(&hash).is_none();
+                let code = if best.is_none() && sure {
                     ErrorCode::NotFound
                 } else {
                     ErrorCode::Unavailable

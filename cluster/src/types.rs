@@ -41,11 +41,17 @@ pub struct Config {
     pub replication_queue_max: usize,
     /// A client request not answered within this time gets `Unavailable`.
     pub request_timeout_ms: u64,
+    /// Two-node clusters only: when no third node can witness a failover or a backup
+    /// replacement, make it alone. Two nodes cannot tell a crash from a partition, so a
+    /// symmetric partition then gives two masters (split brain). Off by default: with it off,
+    /// a session whose backup (or master) is lost waits until a witness is up.
+    pub allow_alone: bool,
 }
 
 impl Config {
     /// Defaults: heartbeat 1000 ms, node timeout 3500 ms, lease margin 500 ms, HA on,
-    /// write-through, flush interval 1000 ms, queue 1024, request timeout 10 s.
+    /// write-through, flush interval 1000 ms, queue 1024, request timeout 10 s, no acting
+    /// alone.
     pub fn new(me: Addr, node_id: u64) -> Self {
         Config {
             me,
@@ -57,6 +63,7 @@ impl Config {
             flush_interval_ms: 1000,
             replication_queue_max: 1024,
             request_timeout_ms: 10_000,
+            allow_alone: false,
         }
     }
 }
@@ -88,9 +95,11 @@ impl Copy {
 /// other copy of session data.
 ///
 /// Durability is the driver's: under write-through, a `put` must be durable before any
-/// [`Action::Reply`] or [`Msg::ReplicateAck`] emitted after it is sent (group commit: the
-/// driver holds the actions of one call until its flush completes). Under delayed-write it
-/// must be durable within the flush interval.
+/// [`Action`] emitted after it is executed (group commit: the driver holds the actions of one
+/// call until its flush completes). Under delayed-write the same holds for a `put` that changes
+/// the copy's placement (rare: failover, rehome, rejoin) — a restarted node must never forget a
+/// placement epoch it used — while a `put` that only changes data must be durable within the
+/// flush interval. `remove` may be lazy.
 pub trait Store {
     /// The copy held for `hash`.
     fn get(&self, hash: &Hash) -> Option<Copy>;

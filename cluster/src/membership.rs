@@ -101,6 +101,8 @@ impl MembershipConfig {
 struct Peer {
     node_id: u64,
     last_heard_ms: u64,
+    /// When it last came up (first heard, restarted, or returned).
+    up_since_ms: u64,
     load: u64,
     draining: bool,
     up: bool,
@@ -167,6 +169,7 @@ impl Membership {
                     Peer {
                         node_id,
                         last_heard_ms: now_ms,
+                        up_since_ms: now_ms,
                         load: 0,
                         draining: false,
                         up: true,
@@ -181,11 +184,13 @@ impl Membership {
                         let old = peer.node_id;
                         peer.node_id = id;
                         peer.up = true;
+                        peer.up_since_ms = now_ms;
                         peer.draining = false;
                         Some(PeerEvent::Restarted { addr, old, new: id })
                     }
                     _ if !peer.up => {
                         peer.up = true;
+                        peer.up_since_ms = now_ms;
                         Some(PeerEvent::Returned {
                             addr,
                             node_id: peer.node_id,
@@ -241,6 +246,15 @@ impl Membership {
     /// over from it).
     pub fn silent_long(&self, addr: Addr, now_ms: u64) -> bool {
         self.silent_for(addr, now_ms) >= self.config.node_timeout_ms
+    }
+
+    /// How long `addr` has been up without interruption (since we first heard it, or since it
+    /// restarted or returned); 0 if it is down or unknown.
+    pub fn up_for(&self, addr: Addr, now_ms: u64) -> u64 {
+        match self.peers.get(&addr) {
+            Some(p) if p.up => now_ms.saturating_sub(p.up_since_ms),
+            _ => 0,
+        }
     }
 
     /// The node ID last heard from `addr`.
@@ -349,6 +363,7 @@ mod tests {
         );
         assert!(m.is_up(addr(2)));
         assert_eq!(m.load(addr(2)), Some(4));
+        assert_eq!(m.up_for(addr(2), 600), 500);
         assert_eq!(m.on_heartbeat(&beat(2, 7, 3), 1100), None);
         assert!(m.tick(4599).is_empty(), "3499 ms silent is not down yet");
         assert_eq!(
@@ -359,6 +374,7 @@ mod tests {
             }]
         );
         assert!(!m.is_up(addr(2)));
+        assert_eq!(m.up_for(addr(2), 4600), 0);
         assert!(m.silent_long(addr(2), 4600));
         assert_eq!(
             m.on_heartbeat(&beat(2, 7, 3), 5000),
@@ -367,6 +383,7 @@ mod tests {
                 node_id: 7
             })
         );
+        assert_eq!(m.up_for(addr(2), 5050), 50, "up again since it returned");
         assert_eq!(
             m.on_heartbeat(&beat(2, 8, 0), 5100),
             Some(PeerEvent::Restarted {

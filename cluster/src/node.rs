@@ -941,7 +941,12 @@ impl<S: Store> Node<S> {
         {
             return self.send(from, Msg::NotAgreed { hash });
         }
-        let serving = self.mode == Mode::Serving;
+        // A witness must be serving (it knows the cluster) and must have heard the proposer
+        // without interruption for a node timeout: a node that was cut off (or restarted) is
+        // told to rejoin before it may change any placement.
+        let serving = self.mode == Mode::Serving
+            && (matches!(change, Change::Handover { .. } | Change::Update)
+                || self.members.up_for(from, now_ms) >= self.cfg.membership.node_timeout_ms);
         let agreed = serving
             && match change {
                 Change::Update => copy.placement.backup == Some(me) && cur.is_none(),

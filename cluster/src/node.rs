@@ -157,6 +157,9 @@ pub struct Node<S: Store> {
     moved: BTreeMap<Hash, Placement>,
     /// Mastered sessions that need a new epoch (rejoin) before they are served.
     unconfirmed: BTreeSet<Hash>,
+    /// Replicas held since before a rejoin and not confirmed since by their master: they may
+    /// have been replaced while we were away, so they are never promoted.
+    doubtful: BTreeSet<Hash>,
     fwds: BTreeMap<u64, Fwd>,
     /// Rejoin: per peer, the hashes received in its sync stream and the count it announced.
     sync_progress: BTreeMap<Addr, (BTreeSet<Hash>, Option<u64>)>,
@@ -191,6 +194,7 @@ impl<S: Store> Node<S> {
             taken_over: BTreeSet::new(),
             moved: BTreeMap::new(),
             unconfirmed: BTreeSet::new(),
+            doubtful: BTreeSet::new(),
             fwds: BTreeMap::new(),
             sync_progress: BTreeMap::new(),
             sync_seen: BTreeMap::new(),
@@ -834,6 +838,15 @@ impl<S: Store> Node<S> {
             return self.queue(to, request, true, now_ms);
         }
         let old_master = copy.placement.master;
+        if self.doubtful.contains(&hash) {
+            // Our copy predates our rejoin and its master never confirmed it since: it may
+            // have replaced us as its backup while we were away.
+            return self.error(
+                to,
+                ErrorCode::Unavailable,
+                "replica not confirmed since rejoin",
+            );
+        }
         if !self.members.silent_long(old_master, now_ms) {
             // Rule: promote only after node_timeout without hearing the master (its lease
             // has run out by then).
@@ -915,6 +928,9 @@ impl<S: Store> Node<S> {
                     return self.send(from, Msg::StaleEpoch { hash, epoch });
                 }
                 let version = cur.version.max(copy.version);
+                if from == cur.placement.master {
+                    self.doubtful.remove(&hash);
+                }
                 if copy.version > cur.version {
                     self.store.put(hash, copy);
                 }
@@ -975,6 +991,7 @@ impl<S: Store> Node<S> {
         }
         let version = copy.version;
         let handed = copy.placement.master == me;
+        self.doubtful.remove(&hash);
         self.store.put(hash, copy);
         if handed {
             // We are the new master (handover): serve at once (no backup yet, no lease needed).
@@ -1128,6 +1145,7 @@ impl<S: Store> Node<S> {
         self.stats.fenced += 1;
         self.store.remove(&hash);
         self.unconfirmed.remove(&hash);
+        self.doubtful.remove(&hash);
         if let Some(mut live) = self.sessions.remove(&hash) {
             if let Some(inf) = live.inflight.take() {
                 for (to, _) in inf.replies {
@@ -1412,6 +1430,14 @@ impl<S: Store> Node<S> {
         match &self.mode {
             Mode::Starting { until_ms } if now_ms >= *until_ms => {
                 let sync = self.id();
+                let me = self.cfg.me;
+                for hash in self.store.hashes() {
+                    if let Some(c) = self.store.get(&hash)
+                        && c.placement.master != me
+                    {
+                        self.doubtful.insert(hash);
+                    }
+                }
                 self.sync_progress.clear();
                 self.sync_seen.clear();
                 let peers: BTreeSet<Addr> = self.members.live_peers().map(|(a, _)| a).collect();
@@ -1545,11 +1571,20 @@ impl<S: Store> Node<S> {
                 return self.sync_check(from, now_ms);
             }
             *seen = copy.order();
+            if from == copy.placement.master
+                && copy.placement.backup == Some(me)
+                && self
+                    .store
+                    .get(&hash)
+                    .is_none_or(|c| c.order() <= copy.order())
+            {
+                self.doubtful.remove(&hash);
+            }
             match self.store.get(&hash) {
                 None => {
-                    if copy.placement.names(me) && !copy.deleted {
-                        self.store.put(hash, copy);
-                    }
+                    // Never adopt a copy we do not hold: placements are durable, so not
+                    // holding it means we dropped it (fenced, handed over) — whatever a stale
+                    // replica elsewhere still says.
                 }
                 Some(cur) => {
                     if copy.order() > cur.order() {

@@ -790,8 +790,11 @@ fn env_u64(name: &str) -> Option<u64> {
 /// restarted backup let a restarted master reuse an epoch), 212 (a restarting origin said
 /// NotFound for a session it held), 348 (a restarted backup forgot what it took over and
 /// granted a lease to the old master), 371 (a restarted, isolated node acted alone), 1031 (a
-/// master isolated for long rehomed at once on heal, witnessed by an amnesiac restarted node).
-const REGRESSIONS: &[u64] = &[5, 18, 96, 117, 212, 348, 371, 1031];
+/// master isolated for long rehomed at once on heal, witnessed by an amnesiac restarted node),
+/// 1403 (a restarted backup, replaced while away, promoted its stale replica once master and
+/// new backup were down), 155 (a restarted master adopted a stale replica of a session it had
+/// dropped).
+const REGRESSIONS: &[u64] = &[5, 18, 96, 117, 155, 212, 348, 371, 1031, 1403];
 
 #[test]
 fn regressions() {

@@ -1580,22 +1580,18 @@ impl<S: Store> Node<S> {
             {
                 self.doubtful.remove(&hash);
             }
-            match self.store.get(&hash) {
-                None => {
-                    // Never adopt a copy we do not hold: placements are durable, so not
-                    // holding it means we dropped it (fenced, handed over) — whatever a stale
-                    // replica elsewhere still says.
-                }
-                Some(cur) => {
-                    if copy.order() > cur.order() {
-                        if copy.placement.names(me) {
-                            self.store.put(hash, copy);
-                        } else {
-                            self.stats.fenced += 1;
-                            self.store.remove(&hash);
-                            self.sessions.remove(&hash);
-                        }
-                    }
+            // Never adopt a copy we do not hold: placements are durable, so not holding it
+            // means we dropped it (fenced, handed over), whatever a stale replica elsewhere
+            // still says.
+            if let Some(cur) = self.store.get(&hash)
+                && copy.order() > cur.order()
+            {
+                if copy.placement.names(me) {
+                    self.store.put(hash, copy);
+                } else {
+                    self.stats.fenced += 1;
+                    self.store.remove(&hash);
+                    self.sessions.remove(&hash);
                 }
             }
             return self.sync_check(from, now_ms);

@@ -17,12 +17,23 @@ fn drain_loses_nothing() {
     let mut on_a: Vec<(SessionId, Vec<u8>)> = Vec::new();
     let mut on_b: Vec<(SessionId, Vec<u8>)> = Vec::new();
     let mut cb = c.nodes[1].client();
-    for n in 0..12u64 {
+    // The backup choice follows the load in the last heartbeats (a client connection counts), so
+    // create until a few of B's sessions are backed up by A (bounded).
+    let mut n = 0u64;
+    while on_b
+        .iter()
+        .filter(|(id, _)| id.backup == Some(c.relay(0)))
+        .count()
+        < 4
+    {
+        assert!(n < 2000, "A never became the backup of B's sessions");
         let id = cb.create_id().unwrap();
         let r = cb.read_lock(&id, 1000, 30_000).unwrap();
         let data = blob(1000 + n, 400);
         cb.write_unlock(&id, r.token, 600, &data).unwrap();
         on_b.push((id, data));
+        n += 1;
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
     let mut ca = c.nodes[0].client();
     for n in 0..12u64 {

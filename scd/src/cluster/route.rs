@@ -490,6 +490,14 @@ impl State {
     fn set_placement(&self, hash: [u8; 16], p: Placement) {
         self.placements.borrow_mut().insert(hash, p);
         self.keep(hash, 0);
+        let regular = p.master == Some(self.me) && p.epoch == 1 && p.prev.is_none();
+        if let Ok(mut set) = self.shared().irregular.lock() {
+            if regular {
+                set.remove(&hash);
+            } else {
+                set.insert(hash);
+            }
+        }
     }
 
     /// Keeps the placement of `hash` at least `PLACEMENT_KEEP_MS`, and `lifetime_s` from now.
@@ -503,6 +511,9 @@ impl State {
     fn forget_placement(&self, hash: &[u8; 16]) {
         self.placements.borrow_mut().remove(hash);
         self.keep_until.borrow_mut().remove(hash);
+        if let Ok(mut set) = self.shared().irregular.lock() {
+            set.remove(hash);
+        }
     }
 
     /// Drops placements kept past their time (sessions nobody used for that long).

@@ -337,6 +337,8 @@ pub enum Msg {
     NotAgreed {
         /// The session.
         hash: Hash,
+        /// The epoch of the refused proposal.
+        epoch: u32,
     },
     /// Forget a copy older than `epoch` (an old backup after a rehome).
     DropReplica {

@@ -986,6 +986,7 @@ impl<S: Store> Node<S> {
         // without interruption for a node timeout: a node that was cut off (or restarted) is
         // told to rejoin before it may change any placement.
         let serving = self.mode == Mode::Serving
+            && !self.draining
             && (matches!(change, Change::Handover { .. } | Change::Update)
                 || self.members.up_for(from, now_ms) >= self.cfg.membership.node_timeout_ms);
         let agreed = serving
@@ -997,7 +998,7 @@ impl<S: Store> Node<S> {
                     self.members.silent_long(old_backup, now_ms)
                         || self.members.is_draining(old_backup)
                 }
-                Change::Resume => cur.as_ref().is_none_or(|c| c.placement.master == from),
+                Change::Resume => cur.as_ref().is_some_and(|c| c.placement.master == from),
                 Change::Handover { old_master } => {
                     old_master == from && copy.placement.master == me && !self.draining
                 }
@@ -1810,7 +1811,14 @@ impl<S: Store> Node<S> {
                 }
                 let hash = f.request.hash();
                 f.target = None;
-                let everyone = peers.len() + 1 == self.members.known_nodes();
+                // Everyone we know of, including the nodes the ID names (a node restarted
+                // during a partition may not know them).
+                let named = [Some(f.placement.master), f.placement.backup];
+                let everyone = peers.len() + 1 == self.members.known_nodes()
+                    && named
+                        .iter()
+                        .flatten()
+                        .all(|n| *n == self.cfg.me || peers.contains(n));
                 f.stage = Stage::Locate {
                     loc,
                     asked: peers.clone(),

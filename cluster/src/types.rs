@@ -99,7 +99,8 @@ impl Copy {
 /// call until its flush completes). Under delayed-write the same holds for a `put` that changes
 /// the copy's placement (rare: failover, rehome, rejoin) — a restarted node must never forget a
 /// placement epoch it used — while a `put` that only changes data must be durable within the
-/// flush interval. `remove` may be lazy.
+/// flush interval. A `remove` must be durable like a placement change: a restarted node that
+/// dropped a copy (fenced, handed over) must not find it again.
 pub trait Store {
     /// The copy held for `hash`.
     fn get(&self, hash: &Hash) -> Option<Copy>;

@@ -1242,7 +1242,32 @@ impl<S: Store> Node<S> {
         let me = self.cfg.me;
         let resend_ms = self.cfg.membership.heartbeat_interval_ms;
         let serving = self.mode == Mode::Serving;
+        let flush_due = now_ms >= self.last_flush_ms + self.cfg.flush_interval_ms;
         for hash in self.store.hashes() {
+            // Fast path on the metadata: most sessions need nothing.
+            let Some(meta) = self.store.meta(&hash) else {
+                continue;
+            };
+            let live = self.sessions.get(&hash);
+            let busy = live.is_some_and(|l| {
+                l.pending.is_some()
+                    || l.inflight.is_some()
+                    || !l.waiting.is_empty()
+                    || l.retry_after_ms > now_ms
+            });
+            let mastered = meta.placement.master == me;
+            let dirty = self.cfg.policy == FlushPolicy::DelayedWrite
+                && meta.placement.backup.is_some()
+                && live.map_or(0, |l| l.acked) < meta.version;
+            let upkeep = self.unconfirmed.contains(&hash)
+                || self.draining
+                || match meta.placement.backup {
+                    None => self.cfg.ha && self.members.candidates().next().is_some(),
+                    Some(b) => self.members.silent_long(b, now_ms) || self.members.is_draining(b),
+                };
+            if !busy && !(mastered && serving && (upkeep || (dirty && flush_due))) {
+                continue;
+            }
             let Some(copy) = self.store.get(&hash) else {
                 continue;
             };

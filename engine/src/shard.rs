@@ -349,6 +349,8 @@ pub struct Shard<S: Storage = SysStorage> {
     deferred_unlocks: VecDeque<(u64, SessionKey, LockToken)>,
     /// The latest `now_ms` seen (for locks handed on from a flush completion).
     clock_ms: u64,
+    /// The highest flush number completed.
+    flushed_no: u64,
     failed: Option<String>,
     events: Vec<Event>,
     done_scratch: Vec<FlushDone>,
@@ -479,6 +481,7 @@ impl<S: Storage> Shard<S> {
             pending_free: VecDeque::new(),
             deferred_unlocks: VecDeque::new(),
             clock_ms: 0,
+            flushed_no: 0,
             failed: None,
             events: Vec::new(),
             done_scratch: Vec::new(),
@@ -1228,7 +1231,6 @@ impl<S: Storage> Shard<S> {
                 error: error.clone(),
             });
         }
-        self.release_deferred(None);
     }
 
     fn reap(&mut self) {
@@ -1263,11 +1265,13 @@ impl<S: Storage> Shard<S> {
             self.tickets.pop_front();
             self.events.push(Event::Durable { ticket });
         }
-        self.release_deferred(Some(no));
+        self.flushed_no = self.flushed_no.max(no);
     }
 
     /// Hands on the locks of write-through `put_unlock`s whose flush is done (`Some(no)`), or
-    /// all of them (`None`: the flush failed, and every later write will be refused anyway).
+    /// all of them (`None`: a flush failed, and every later write will be refused anyway).
+    /// Called from `poll_events` only, so locks change hands at the same point as the
+    /// `Durable` events are handed over, whichever call reaped the completion.
     /// A lock that changed hands meanwhile (lease ended, connection closed) is left alone.
     fn release_deferred(&mut self, done: Option<u64>) {
         let now_ms = self.clock_ms;
@@ -1287,6 +1291,12 @@ impl<S: Storage> Shard<S> {
         // completion reaped in the same poll.
         self.advance(now_ms);
         self.reap();
+        let done = if self.failed.is_some() {
+            None
+        } else {
+            Some(self.flushed_no)
+        };
+        self.release_deferred(done);
         self.flush(now_ms);
         out.append(&mut self.events);
     }

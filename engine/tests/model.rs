@@ -465,6 +465,7 @@ impl<S: Storage> Run<S> {
                 self.model.locks.clear();
                 self.model.waits.clear();
                 self.model.expected.clear();
+                self.model.deferred.clear();
                 self.granted_to.clear();
                 self.tokens.clear();
                 self.tickets_open = 0;

@@ -428,3 +428,166 @@ fn scenario(backup_index: usize) {
         seen.last, created, moved, created.master, moved.master
     );
 }
+
+/// What one browser saw during the steady load.
+#[derive(Default)]
+struct Browser {
+    requests: u64,
+    failed: u64,
+    /// Start of each successful request, relative to the kill (negative = before it), in ms.
+    successes: Vec<f64>,
+    /// The first few failures, to print.
+    errors: Vec<String>,
+}
+
+/// Several browsers count in their own sessions (mastered by A) through PHP on B without pause
+/// while scd A is killed: the share of failed requests and the time until requests succeed again
+/// are printed; no browser ever sees an older count or loses an acknowledged one.
+#[test]
+fn steady_load_through_b_during_kill9_of_the_master_loses_no_acknowledged_count() {
+    let _g = serial();
+    const BROWSERS: usize = 4;
+    let mut cluster = Cluster::start(3);
+    let (a, b) = (0, 1);
+    let php_dir_a = TestDir::new("php-a");
+    let php_dir_b = TestDir::new("php-b");
+    let php_a = PhpServer::start(&php_dir_a, 2, &php_ini(&cluster.nodes[a].save_path(), &[]));
+    let php_b = PhpServer::start(
+        &php_dir_b,
+        BROWSERS as u32,
+        &php_ini(&cluster.nodes[b].save_path(), &[]),
+    );
+    let jars: Vec<Jar> = (0..BROWSERS)
+        .map(|_| {
+            let mut jar = Jar::default();
+            let (n, _) = count(&php_a, &mut jar).unwrap_or_else(|e| panic!("through A: {e}"));
+            assert_eq!(n, 1);
+            assert_eq!(sid(&jar).master.ip(), std::net::IpAddr::V4(node_ip(a)));
+            jar
+        })
+        .collect();
+
+    let kill_at: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    // Successful requests per browser, before and after the kill.
+    let progress: Vec<std::sync::atomic::AtomicU64> = (0..BROWSERS)
+        .map(|_| std::sync::atomic::AtomicU64::new(0))
+        .collect();
+    let results: Vec<(Browser, Jar, u64)> = std::thread::scope(|s| {
+        let workers: Vec<_> = jars
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut jar)| {
+                let (php_b, kill_at, stop, progress) = (&php_b, &kill_at, &stop, &progress);
+                s.spawn(move || {
+                    let mut me = Browser::default();
+                    let mut last = 1u64;
+                    let mut failed_since = 0u64;
+                    loop {
+                        let started = Instant::now();
+                        let result = count(php_b, &mut jar);
+                        me.requests += 1;
+                        match result {
+                            Ok((n, r)) => {
+                                // A failed request may still have been written (the reply was
+                                // lost with the master), so the count may jump by the failures
+                                // since the last success, never more, never back.
+                                assert!(
+                                    n > last && n <= last + 1 + failed_since,
+                                    "browser {i}: count {n} after {last} with {failed_since} \
+                                     failure(s) in between: {}",
+                                    r.body
+                                );
+                                last = n;
+                                failed_since = 0;
+                                let rel = match kill_at.get() {
+                                    Some(k) if started >= *k => {
+                                        (started - *k).as_secs_f64() * 1000.0
+                                    }
+                                    Some(k) => -((*k - started).as_secs_f64() * 1000.0),
+                                    None => -1.0,
+                                };
+                                me.successes.push(rel);
+                                progress[i].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                                    return (me, jar, last);
+                                }
+                            }
+                            Err(e) => {
+                                if me.errors.len() < 3 {
+                                    me.errors.push(e);
+                                }
+                                me.failed += 1;
+                                failed_since += 1;
+                                assert!(
+                                    me.failed < 10_000,
+                                    "browser {i}: requests never succeed again"
+                                );
+                                sleep(Duration::from_millis(2));
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        let wait_all = |cluster: &Cluster, at_least: u64, what: &str| {
+            let start = Instant::now();
+            while progress
+                .iter()
+                .any(|p| p.load(std::sync::atomic::Ordering::SeqCst) < at_least)
+            {
+                assert!(
+                    start.elapsed() < 2 * READY_WITHIN,
+                    "{what}: some browser made no progress; logs:\n{}",
+                    cluster.logs()
+                );
+                sleep(Duration::from_millis(10));
+            }
+        };
+        wait_all(&cluster, 5, "before the kill");
+        let before: Vec<u64> = progress
+            .iter()
+            .map(|p| p.load(std::sync::atomic::Ordering::SeqCst))
+            .collect();
+        kill_at.set(Instant::now()).unwrap();
+        cluster.nodes[a].kill9();
+        wait_all(&cluster, before.iter().max().unwrap() + 5, "after the kill");
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+
+    let requests: u64 = results.iter().map(|(m, _, _)| m.requests).sum();
+    let failed: u64 = results.iter().map(|(m, _, _)| m.failed).sum();
+    let after = |m: &Browser| m.successes.iter().copied().find(|&t| t >= 0.0);
+    let first = results
+        .iter()
+        .filter_map(|(m, _, _)| after(m))
+        .fold(f64::INFINITY, f64::min);
+    let every = results
+        .iter()
+        .map(|(m, _, _)| after(m).expect("every browser succeeded after the kill"))
+        .fold(0.0, f64::max);
+    println!(
+        "steady load through PHP on B, {BROWSERS} browsers, kill -9 of their sessions' master: \
+         {failed} of {requests} requests failed ({:.2} %); first request started after the kill \
+         that succeeded started {first:.1} ms after it; every browser served again {every:.1} ms \
+         after it",
+        100.0 * failed as f64 / requests as f64
+    );
+    for (i, (m, _, _)) in results.iter().enumerate() {
+        for e in &m.errors {
+            println!("  browser {i} failed: {e}");
+        }
+    }
+    // Every browser holds its session's new ID, and B serves the last count it saw.
+    for (i, (_, mut jar, last)) in results.into_iter().enumerate() {
+        let id = sid(&jar);
+        assert_ne!(
+            id.master.ip(),
+            std::net::IpAddr::V4(node_ip(a)),
+            "browser {i}"
+        );
+        let (n, _) = peek(&php_b, &mut jar).unwrap_or_else(|e| panic!("browser {i}: {e}"));
+        assert_eq!(n, last, "browser {i}: the last acknowledged count is kept");
+    }
+}

@@ -190,6 +190,23 @@ pub struct Scd {
 impl Scd {
     /// Starts scd (write-through unless `extra` says otherwise) and waits until it answers Hello.
     pub fn start(dir: &TestDir, extra: &[&str]) -> Scd {
+        let relay_port = free_port().to_string();
+        let heartbeat_port = free_port().to_string();
+        let mut args = vec![
+            "--advertise-address",
+            "127.0.0.1",
+            "--relay-port",
+            &relay_port,
+            "--heartbeat-port",
+            &heartbeat_port,
+        ];
+        args.extend_from_slice(extra);
+        Scd::start_node(dir, &args)
+    }
+
+    /// Starts scd with only its folder, socket and log chosen here (no TCP, no metrics): `args`
+    /// gives the rest, e.g. a cluster node's address, ports and peers (a flag may appear once).
+    pub fn start_node(dir: &TestDir, extra: &[&str]) -> Scd {
         let data_dir = dir.join("data");
         let socket = dir.join("scd.sock");
         let log = dir.join("scd.log");
@@ -200,12 +217,6 @@ impl Scd {
             socket.display().to_string(),
             "--tcp-listen".into(),
             String::new(),
-            "--advertise-address".into(),
-            "127.0.0.1".into(),
-            "--relay-port".into(),
-            free_port().to_string(),
-            "--heartbeat-port".into(),
-            free_port().to_string(),
             "--metrics-listen".into(),
             String::new(),
             "--log-file".into(),

@@ -58,6 +58,8 @@ pub const PEERS_MAX: usize = 1024;
 /// Bounds on `cluster.relay_timeout_ms`.
 pub const RELAY_TIMEOUT_MS_MIN: u64 = 10;
 pub const RELAY_TIMEOUT_MS_MAX: u64 = 60_000;
+/// Distinct clients of one relay peer given their own lock owner before the table is reset.
+pub const RELAY_CLIENT_OWNERS_MAX: usize = 65_536;
 
 /// Longest lock wait and lease a client may ask for; longer requests are clamped to these. A lease
 /// bounds how long a lock outlives a client that hangs without closing its connection.

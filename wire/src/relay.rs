@@ -79,7 +79,8 @@ impl<'a> Replica<'a> {
 pub enum RelayMessage<'a> {
     /// A client request forwarded to the session's master (or backup, on failover).
     Forward {
-        /// Node ID of the node the PHP client is connected to.
+        /// The sending node's ID for the client the request comes from (its lock owner
+        /// there): the receiver gives each (connection, origin) its own lock owner.
         origin: u64,
         /// The request, any local request but Hello.
         request: Request<'a>,

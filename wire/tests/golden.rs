@@ -90,7 +90,7 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
     ("auth_accept", "AuthAccept: server tag for TEST_SECRET"),
     (
         "forward",
-        "Forward, request 3, sealed (seq 0, c2s): origin node 2, inner Read of the read_lock SID; last 16 bytes: MAC",
+        "Forward, request 3, sealed (seq 0, c2s): origin client 2, inner Read of the read_lock SID; last 16 bytes: MAC",
     ),
     (
         "forward_reply",

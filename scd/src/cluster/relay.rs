@@ -23,6 +23,7 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
 use monoio::net::{TcpListener, TcpStream};
 use scd_client::OwnedReply;
+use scd_engine::OwnerId;
 use scd_wire::constants::NONCE_LEN;
 use scd_wire::frame::{DecodeError, Frame, Limits};
 use scd_wire::local::{ErrorCode, decode_reply};
@@ -32,6 +33,7 @@ use scd_wire::relay::{
 
 use super::Counters;
 use super::route::State;
+use crate::constants::RELAY_CLIENT_OWNERS_MAX;
 use crate::notify::Notify;
 use crate::settings::Settings;
 
@@ -402,6 +404,32 @@ pub struct ServedConn {
     pub local: flume::Sender<Vec<u8>>,
     /// Relay answers.
     pub relay: flume::Sender<(u64, Out)>,
+    /// The lock owner given to each client of the peer (Forward's `origin`): one pooled
+    /// connection carries many PHP clients, and each must be its own owner here.
+    pub owners: RefCell<HashMap<u64, OwnerId>>,
+}
+
+impl ServedConn {
+    /// This node's lock owner for the peer's client `origin` (made on first use).
+    pub fn owner_for(&self, origin: u64, new: impl FnOnce() -> OwnerId) -> OwnerId {
+        let mut owners = self.owners.borrow_mut();
+        if let Some(&o) = owners.get(&origin) {
+            return o;
+        }
+        if owners.len() >= RELAY_CLIENT_OWNERS_MAX {
+            // Bounded: the oldest clients' locks still end with their writes (tokens) or
+            // their leases; only the release when this connection closes no longer covers
+            // them.
+            debug!(
+                "relay peer {:016x}: more than {RELAY_CLIENT_OWNERS_MAX} clients; forgetting their owners",
+                self.peer_node_id
+            );
+            owners.clear();
+        }
+        let o = new();
+        owners.insert(origin, o);
+        o
+    }
 }
 
 /// Accepts relay connections until the cluster thread stops.
@@ -481,8 +509,8 @@ async fn serve(state: Rc<State>, stream: TcpStream, addr: SocketAddr) {
         peer_node_id: est.peer_node_id,
         local: local_tx,
         relay: relay_tx,
+        owners: RefCell::new(HashMap::new()),
     });
-    let owner = state.next_owner();
     let mut sealer = est.sealer;
     let limits = state.limits;
     let writer = monoio::spawn(async move {
@@ -534,7 +562,7 @@ async fn serve(state: Rc<State>, stream: TcpStream, addr: SocketAddr) {
             match opener.open(&buf[used_total..], &limits) {
                 Ok((frame, used)) => {
                     used_total += used;
-                    if !state.clone().on_relay_frame(&served, owner, frame) {
+                    if !state.clone().on_relay_frame(&served, frame) {
                         warn!("relay peer {addr} sent a message that is not a request; closing");
                         break 'conn;
                     }
@@ -553,7 +581,10 @@ async fn serve(state: Rc<State>, stream: TcpStream, addr: SocketAddr) {
         }
     }
     info!("relay connection from {addr} closed");
-    state.release_owner(owner).await;
+    let clients: Vec<OwnerId> = served.owners.borrow_mut().drain().map(|(_, o)| o).collect();
+    for o in clients {
+        state.release_owner(o).await;
+    }
     drop(served);
     // The writer ends once every handler of this connection has answered (or its write fails).
     drop(writer);

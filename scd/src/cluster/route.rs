@@ -416,6 +416,7 @@ impl State {
         to: SocketAddr,
         id: SessionId,
         op: &Op<Vec<u8>>,
+        owner: OwnerId,
     ) -> Result<OwnedReply, CallError> {
         let Some(request) = to_request(id, op) else {
             return Ok(OwnedReply::Error {
@@ -431,8 +432,11 @@ impl State {
         let r = self
             .call(
                 to,
+                // The client's lock owner here: the master gives each (connection, origin)
+                // its own owner, so two clients relayed over one pooled connection never
+                // share a lock.
                 RelayMessage::Forward {
-                    origin: self.node_id,
+                    origin: owner.0,
                     request,
                 },
                 wait,
@@ -598,7 +602,7 @@ impl State {
         let onward = !forwarded || id.backup == Some(self.me) || moved_to.is_some();
         let down = self.members.borrow().known_down(id.master);
         if onward && !down {
-            match self.forward(id.master, id, &op).await {
+            match self.forward(id.master, id, &op, owner).await {
                 Ok(r) => return answer(reply, &r, moved_to),
                 Err(e) => {
                     warn!(
@@ -623,7 +627,7 @@ impl State {
                 &unavailable("neither the session's master nor its backup can be reached"),
                 None,
             ),
-            Some(b) => match self.forward(b, id, &op).await {
+            Some(b) => match self.forward(b, id, &op, owner).await {
                 Ok(r) => answer(reply, &r, moved_to),
                 Err(e) => answer(
                     reply,
@@ -1076,7 +1080,6 @@ impl State {
     pub fn on_relay_frame(
         self: Rc<Self>,
         conn: &Rc<ServedConn>,
-        owner: OwnerId,
         frame: Frame<RelayMessage<'_>>,
     ) -> bool {
         let rid = frame.request_id;
@@ -1087,8 +1090,9 @@ impl State {
             .by_id(conn.peer_node_id)
             .map(|p| p.relay);
         match frame.message {
-            RelayMessage::Forward { request, .. } => {
+            RelayMessage::Forward { origin, request } => {
                 Counters::bump(&counters.relayed_in);
+                let owner = conn.owner_for(origin, || self.next_owner());
                 let locks = &self.node.settings.locks;
                 let reply = ReplyTo::new(conn.local.clone(), rid);
                 match from_request(&request, locks.wait_max_ms, locks.lease_max_ms) {

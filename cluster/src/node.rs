@@ -78,6 +78,8 @@ enum Stage {
         best: Option<Placement>,
         /// Every node we know of was asked.
         everyone: bool,
+        /// How many were asked.
+        total: usize,
     },
 }
 
@@ -175,6 +177,10 @@ pub struct Node<S: Store> {
     sync_progress: BTreeMap<Addr, (BTreeSet<Hash>, Option<u64>)>,
     /// Rejoin: the highest `(epoch, version)` any peer reported per session.
     sync_seen: BTreeMap<Hash, (u32, u64)>,
+    /// The highest proposal epoch we refused, per session: never accepted later.
+    refused: BTreeMap<Hash, u32>,
+    /// Every peer we knew went down: when one comes back, we rejoin.
+    alone: bool,
     next_id: u64,
     token_counter: u32,
     stats: Stats,
@@ -208,6 +214,8 @@ impl<S: Store> Node<S> {
             fwds: BTreeMap::new(),
             sync_progress: BTreeMap::new(),
             sync_seen: BTreeMap::new(),
+            refused: BTreeMap::new(),
+            alone: false,
             next_id: 1,
             token_counter: 0,
             stats: Stats::default(),
@@ -379,12 +387,14 @@ impl<S: Store> Node<S> {
                     .get(&hash)
                     .map(|c| c.placement)
                     .or_else(|| self.moved.get(&hash).copied());
+                let live_nodes = (self.members.live_peers().count() + 1) as u32;
                 self.send(
                     from,
                     Msg::Located {
                         loc,
                         hash,
                         placement,
+                        live_nodes,
                     },
                 );
             }
@@ -392,7 +402,8 @@ impl<S: Store> Node<S> {
                 loc,
                 hash: _,
                 placement,
-            } => self.on_located(from, loc, placement, now_ms),
+                live_nodes,
+            } => self.on_located(from, loc, placement, live_nodes, now_ms),
         }
         self.take()
     }
@@ -484,6 +495,19 @@ impl<S: Store> Node<S> {
     }
 
     fn on_peer_event(&mut self, event: PeerEvent, now_ms: u64) {
+        if matches!(event, PeerEvent::Down { .. })
+            && self.members.live_peers().next().is_none()
+            && self.mode == Mode::Serving
+        {
+            // Everyone we know is gone: either they all died or we are the one cut off, in
+            // which case the others may take over our sessions meanwhile.
+            self.alone = true;
+        }
+        if self.alone && !matches!(event, PeerEvent::Down { .. }) {
+            // Contact again after being alone: sync before acting on stale knowledge.
+            self.alone = false;
+            self.enter_rejoin(now_ms, false);
+        }
         match event {
             PeerEvent::Up { .. } => {}
             PeerEvent::Down { addr, .. } => {
@@ -973,21 +997,26 @@ impl<S: Store> Node<S> {
                 .get(&hash)
                 .is_some_and(|l| l.pending.is_some())
             {
-                return self.send(from, Msg::NotAgreed { hash, epoch });
+                return self.refuse(from, hash, epoch);
             }
         }
-        // A placement epoch new to us: we are the witness of a placement change.
+        // A placement epoch new to us: we are the witness of a placement change. One we
+        // refused stays refused (a late duplicate must not be accepted after the proposer
+        // took our refusal and went on serving).
+        if self.refused.get(&hash).is_some_and(|r| *r >= epoch) {
+            return self.refuse(from, hash, epoch);
+        }
         if !copy.placement.names(me)
             || copy.placement.master != from && !matches!(change, Change::Handover { .. })
         {
-            return self.send(from, Msg::NotAgreed { hash, epoch });
+            return self.refuse(from, hash, epoch);
         }
         // A witness must be serving (it knows the cluster) and must have heard the proposer
         // without interruption for a node timeout: a node that was cut off (or restarted) is
         // told to rejoin before it may change any placement.
         let serving = self.mode == Mode::Serving
             && !self.draining
-            && (matches!(change, Change::Handover { .. } | Change::Update)
+            && (matches!(change, Change::Update)
                 || self.members.up_for(from, now_ms) >= self.cfg.membership.node_timeout_ms);
         let agreed = serving
             && match change {
@@ -1004,7 +1033,7 @@ impl<S: Store> Node<S> {
                 }
             };
         if !agreed {
-            return self.send(from, Msg::NotAgreed { hash, epoch });
+            return self.refuse(from, hash, epoch);
         }
         match change {
             Change::Promote { old_master } => {
@@ -1018,6 +1047,7 @@ impl<S: Store> Node<S> {
         let version = copy.version;
         let handed = copy.placement.master == me;
         self.doubtful.remove(&hash);
+        self.refused.remove(&hash);
         self.store.put(hash, copy);
         if handed {
             // We are the new master (handover): serve at once (no backup yet, no lease needed).
@@ -1031,6 +1061,12 @@ impl<S: Store> Node<S> {
                 version,
             },
         );
+    }
+
+    fn refuse(&mut self, to: Addr, hash: Hash, epoch: u32) {
+        let r = self.refused.entry(hash).or_default();
+        *r = (*r).max(epoch);
+        self.send(to, Msg::NotAgreed { hash, epoch });
     }
 
     fn on_ack(&mut self, from: Addr, hash: Hash, epoch: u32, version: u64, now_ms: u64) {
@@ -1371,6 +1407,11 @@ impl<S: Store> Node<S> {
                 continue;
             }
             if self.draining {
+                // Hand over only what we legitimately serve now (lease held): a node that was
+                // cut off must rejoin first, whatever its operator asked.
+                if self.servable(&hash, &copy, now_ms) != Ok(()) {
+                    continue;
+                }
                 let target = copy
                     .placement
                     .backup
@@ -1846,6 +1887,7 @@ impl<S: Store> Node<S> {
                         .all(|n| *n == self.cfg.me || peers.contains(n));
                 f.stage = Stage::Locate {
                     loc,
+                    total: peers.len(),
                     asked: peers.clone(),
                     best: None,
                     everyone,
@@ -1868,6 +1910,7 @@ impl<S: Store> Node<S> {
                 asked: BTreeSet::new(),
                 best: None,
                 everyone: false,
+                total: 0,
             },
             Stage::Locate { .. } => {
                 let f = self.fwds.remove(&fid).expect("present");
@@ -1903,7 +1946,14 @@ impl<S: Store> Node<S> {
         }
     }
 
-    fn on_located(&mut self, from: Addr, loc: u64, placement: Option<Placement>, now_ms: u64) {
+    fn on_located(
+        &mut self,
+        from: Addr,
+        loc: u64,
+        placement: Option<Placement>,
+        live_nodes: u32,
+        now_ms: u64,
+    ) {
         let Some(f) = self.fwds.get_mut(&loc) else {
             return;
         };
@@ -1911,6 +1961,7 @@ impl<S: Store> Node<S> {
             asked,
             best,
             everyone,
+            total,
             ..
         } = &mut f.stage
         else {
@@ -1918,6 +1969,10 @@ impl<S: Store> Node<S> {
         };
         if !asked.remove(&from) {
             return;
+        }
+        if live_nodes as usize > *total + 1 {
+            // The answering node knows nodes we did not ask.
+            *everyone = false;
         }
         if let Some(p) = placement
             && best.is_none_or(|b| p.epoch > b.epoch)

@@ -426,6 +426,10 @@ pub enum Msg {
         hash: Hash,
         /// The placement known there.
         placement: Option<Placement>,
+        /// How many nodes the answering node sees up, itself included: an asker that asked
+        /// fewer may not conclude "not found" (it may not know every node, e.g. restarted
+        /// during a partition).
+        live_nodes: u32,
     },
 }
 

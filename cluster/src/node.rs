@@ -1198,6 +1198,9 @@ impl<S: Store> Node<S> {
         let pending = self.sessions.get(&hash).and_then(|l| l.pending.clone());
         if let Some(p) = pending
             && p.target == from
+            // A StaleEpoch below our proposal's epoch answers an older message (e.g. a late
+            // duplicate of an update): the proposal may still be accepted, keep waiting.
+            && epoch.is_none_or(|e| e >= p.copy.placement.epoch)
         {
             let retry = now_ms + self.cfg.membership.heartbeat_interval_ms;
             let live = self.live(hash);
@@ -1210,9 +1213,10 @@ impl<S: Store> Node<S> {
             }
             return;
         }
-        if epoch.is_some()
+        if epoch.is_some_and(|e| e > cur.placement.epoch)
             && cur.placement.master == self.cfg.me
             && cur.placement.backup == Some(from)
+            && self.sessions.get(&hash).is_none_or(|l| l.pending.is_none())
         {
             // Our backup knows a later placement: we are an old master. Fenced.
             self.fence(hash, now_ms);

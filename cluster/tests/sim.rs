@@ -12,7 +12,8 @@
 //! `cargo test -p scd-cluster --test sim` runs `SCD_SIM_SEEDS` seeds (default 1000).
 //! `SCD_SIM_SEED=n` replays one seed with a trace of its events (`SCD_SIM_MSGS=1` adds every
 //! relay message); `SCD_SIM_SOAK=1` runs 13× longer histories; `SCD_SIM_FIRST=n` starts the
-//! seed range at `n` (e.g. `SCD_SIM_FIRST=1000 SCD_SIM_SEEDS=100000`).
+//! seed range at `n` (e.g. `SCD_SIM_FIRST=1000 SCD_SIM_SEEDS=100000`); `SCD_SIM_KEEP_GOING=1`
+//! runs every seed and lists the failing ones instead of stopping at the first.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -890,6 +891,8 @@ fn simulation() {
     }
     let seeds = env_u64("SCD_SIM_SEEDS").unwrap_or(1000);
     let first = env_u64("SCD_SIM_FIRST").unwrap_or(0);
+    let keep_going = std::env::var("SCD_SIM_KEEP_GOING").is_ok_and(|v| v != "0");
+    let mut failed = Vec::new();
     let mut total = SimStats::default();
     for seed in first..first + seeds {
         match run_seed(seed, soak, false) {
@@ -902,10 +905,19 @@ fn simulation() {
                 total.partitions += s.partitions;
                 total.promotions += s.promotions;
             }
+            Err(e) if keep_going => {
+                eprintln!("{}", e.lines().next().unwrap_or_default());
+                failed.push(seed);
+            }
             Err(e) => panic!("{e}"),
         }
     }
     eprintln!("{seeds} seeds: {total:?}");
+    assert!(
+        failed.is_empty(),
+        "{} of {seeds} seeds failed: {failed:?}",
+        failed.len()
+    );
     assert!(
         total.ok_writes > seeds,
         "the clients made progress: {total:?}"

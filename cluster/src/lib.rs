@@ -130,7 +130,7 @@ pub use membership::{HeartbeatSchedule, Membership, MembershipConfig, PeerBeat, 
 pub use node::{Node, Phase, Stats};
 pub use placement::{Placement, choose_backup};
 pub use types::{
-    Action, Change, Config, Copy, FlushPolicy, MemStore, Meta, Msg, Reply, Request, Store,
+    Action, Change, Config, Copy, FlushPolicy, Intent, MemStore, Meta, Msg, Reply, Request, Store,
 };
 
 /// A node's identity on the wire: its relay address (IP:relay_port), as in session IDs.

@@ -7,7 +7,7 @@ use scd_wire::{ErrorCode, SessionId};
 
 use crate::membership::{Membership, PeerBeat, PeerEvent};
 use crate::placement::{Placement, choose_backup};
-use crate::types::{Action, Change, Config, Copy, FlushPolicy, Msg, Reply, Request, Store};
+use crate::types::{Action, Change, Config, Copy, FlushPolicy, Intent, Msg, Reply, Request, Store};
 use crate::{Addr, Hash};
 
 /// Re-routes of one client request before it fails with `Unavailable`.
@@ -193,6 +193,48 @@ impl<S: Store> Node<S> {
     /// and synced with every live node (rejoin); a brand-new cluster's first node simply finds
     /// nobody to sync with.
     pub fn new(cfg: Config, store: S, now_ms: u64) -> Self {
+        let mut node = Self::bare(cfg, store, now_ms);
+        node.restore_intents(now_ms);
+        node
+    }
+
+    /// Proposals made before a restart whose answers never came: a handover is asked again
+    /// (the session stays blocked until the target answers); for any other change the target
+    /// shadows the session.
+    fn restore_intents(&mut self, now_ms: u64) {
+        let me = self.cfg.me;
+        for hash in self.store.hashes() {
+            let Some(copy) = self.store.get(&hash) else {
+                continue;
+            };
+            let Some(intent) = copy.intent else {
+                continue;
+            };
+            let live = self.live(hash);
+            live.floor = live.floor.max(intent.epoch);
+            if intent.handover {
+                let mut proposal = copy.clone();
+                proposal.intent = None;
+                proposal.placement = Placement {
+                    master: intent.target,
+                    backup: None,
+                    epoch: intent.epoch,
+                };
+                live.pending = Some(Pending {
+                    base_epoch: copy.placement.epoch,
+                    copy: proposal,
+                    change: Change::Handover { old_master: me },
+                    target: intent.target,
+                    sent_ms: 0,
+                });
+            } else {
+                live.shadow = Some(intent.target);
+            }
+        }
+        let _ = now_ms;
+    }
+
+    fn bare(cfg: Config, store: S, now_ms: u64) -> Self {
         Node {
             members: Membership::new(cfg.me, cfg.membership, now_ms),
             mode: Mode::Starting {
@@ -578,6 +620,7 @@ impl<S: Store> Node<S> {
                 lifetime_s,
                 deleted: false,
                 data: Vec::new(),
+                intent: None,
             },
         );
         if let Some(b) = backup
@@ -941,6 +984,17 @@ impl<S: Store> Node<S> {
         let live = self.live(hash);
         copy.placement.epoch = copy.placement.epoch.max(live.floor + 1);
         live.floor = copy.placement.epoch;
+        copy.intent = None;
+        // The intent is durable before the proposal leaves: a restart must not forget that
+        // the target may hold this placement.
+        if let Some(mut cur) = self.store.get(&hash) {
+            cur.intent = Some(Intent {
+                target,
+                epoch: copy.placement.epoch,
+                handover: matches!(change, Change::Handover { .. }),
+            });
+            self.store.put(hash, cur);
+        }
         self.send(
             target,
             Msg::Replicate {
@@ -958,7 +1012,15 @@ impl<S: Store> Node<S> {
         });
     }
 
-    fn on_replicate(&mut self, from: Addr, hash: Hash, copy: Copy, change: Change, now_ms: u64) {
+    fn on_replicate(
+        &mut self,
+        from: Addr,
+        hash: Hash,
+        mut copy: Copy,
+        change: Change,
+        now_ms: u64,
+    ) {
+        copy.intent = None;
         let me = self.cfg.me;
         let cur = self.store.get(&hash);
         let epoch = copy.placement.epoch;
@@ -981,6 +1043,7 @@ impl<S: Store> Node<S> {
                     self.doubtful.remove(&hash);
                 }
                 if copy.version > cur.version {
+                    copy.intent = cur.intent;
                     self.store.put(hash, copy);
                 }
                 return self.send(
@@ -1209,6 +1272,10 @@ impl<S: Store> Node<S> {
             if epoch.is_some_and(|e| e > cur.placement.epoch) {
                 self.fence(hash, now_ms);
             } else {
+                // Answered: the target does not hold the proposal.
+                let mut cur = cur;
+                cur.intent = None;
+                self.store.put(hash, cur);
                 self.wake(hash, now_ms);
             }
             return;
@@ -1327,12 +1394,13 @@ impl<S: Store> Node<S> {
             // A pending placement change: resend until answered; give up only on a target
             // that went down (it may have accepted: it becomes the session's shadow).
             if let Some(p) = self.sessions.get(&hash).and_then(|l| l.pending.clone()) {
-                if !self.members.is_up(p.target) {
+                let handover = matches!(p.change, Change::Handover { .. });
+                if !self.members.is_up(p.target) && !handover {
                     let live = self.live(hash);
                     live.pending = None;
                     live.shadow = Some(p.target);
                     self.wake(hash, now_ms);
-                } else if now_ms >= p.sent_ms + resend_ms {
+                } else if now_ms >= p.sent_ms + resend_ms && self.members.is_up(p.target) {
                     self.send(
                         p.target,
                         Msg::Replicate {
@@ -1662,6 +1730,7 @@ impl<S: Store> Node<S> {
                     lifetime_s: 0,
                     deleted: true,
                     data: Vec::new(),
+                    intent: None,
                 };
                 self.out.push(Action::Send {
                     to: from,
@@ -1694,7 +1763,8 @@ impl<S: Store> Node<S> {
         }
     }
 
-    fn on_sync_item(&mut self, from: Addr, sync: u64, hash: Hash, copy: Copy, now_ms: u64) {
+    fn on_sync_item(&mut self, from: Addr, sync: u64, hash: Hash, mut copy: Copy, now_ms: u64) {
+        copy.intent = None;
         let me = self.cfg.me;
         if let Mode::Rejoining { sync: current, .. } = self.mode
             && current == sync

@@ -66,7 +66,7 @@ impl Store for SimStore {
         let moved = self
             .mem
             .get(&hash)
-            .is_none_or(|c| c.placement != copy.placement);
+            .is_none_or(|c| c.placement != copy.placement || c.intent != copy.intent);
         if self.write_through || moved {
             self.disk.insert(hash, copy.clone());
         }

@@ -865,9 +865,12 @@ fn env_u64(name: &str) -> Option<u64> {
 /// partition knew fewer nodes than the one it asked), 4829 (a refused proposal accepted later
 /// from a duplicate), 4854 (a master cut off from everyone rehomed its session on heal through
 /// a witness that no longer held it: a write-through write was lost), 2149 (a late StaleEpoch
-/// answering an old update cancelled a handover that the target then accepted).
+/// answering an old update cancelled a handover that the target then accepted), 13108 and
+/// 13157 (a proposal accepted but unanswered, then a restart of the proposer: the intent is now
+/// durable).
 const REGRESSIONS: &[u64] = &[
-    5, 18, 71, 93, 96, 117, 155, 212, 348, 371, 680, 1031, 1403, 2063, 2149, 3263, 4592, 4829, 4854,
+    5, 18, 71, 93, 96, 117, 155, 212, 348, 371, 680, 1031, 1403, 2063, 2149, 3263, 4592, 4829,
+    4854, 13108, 13157,
 ];
 
 #[test]

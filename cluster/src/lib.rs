@@ -17,7 +17,10 @@
 //!   [`Node::start_drain`]. Out: a `Vec<`[`Action`]`>` to execute in order — send a [`Msg`] to
 //!   a node, reply to a local client, drain complete.
 //! - Session data lives in a [`Store`] the node owns (the daemon implements it over its engine;
-//!   [`MemStore`] for tests). Every copy carries its [`Placement`] and data version.
+//!   [`MemStore`] for tests). Every [`Copy`] carries its [`Placement`], its data version and,
+//!   while a placement change it proposed is unanswered, its [`Intent`]. Placement, intent and
+//!   removals must be durable at once under both flush policies (see [`Store`]);
+//!   [`Store::meta`] should answer without copying the data.
 //!
 //! # Driving a node
 //!

@@ -740,7 +740,11 @@ fn a_handover_left_unanswered_is_asked_again_after_a_restart() {
     let a = c.node(0).start_drain(now);
     c.run(0, a);
     c.advance(HB);
-    let copy = c.node(0).store().get(&id.hash).expect("still held: no answer yet");
+    let copy = c
+        .node(0)
+        .store()
+        .get(&id.hash)
+        .expect("still held: no answer yet");
     let intent = copy.intent.expect("a durable intent");
     assert!(intent.handover && intent.target == addr(target));
     assert!(c.serves(target, &id.hash), "the target took over");
@@ -753,10 +757,16 @@ fn a_handover_left_unanswered_is_asked_again_after_a_restart() {
     assert!(!c.serves(0, &id.hash));
     c.cut.clear();
     c.advance(T + HB * 6);
-    assert!(c.node(0).store().get(&id.hash).is_none(), "handed over after the restart");
+    assert!(
+        c.node(0).store().get(&id.hash).is_none(),
+        "handed over after the restart"
+    );
     let r = match c.client(0, Request::Read { id }) {
         Some(r) => r,
         None => c.wait_reply(c.req, 3000),
     };
-    assert!(matches!(&r, Reply::Data { data, .. } if data == b"v1"), "{r:?}");
+    assert!(
+        matches!(&r, Reply::Data { data, .. } if data == b"v1"),
+        "{r:?}"
+    );
 }

@@ -156,6 +156,8 @@ struct Client {
     /// Highest data version acknowledged as written (write-through check).
     acked: u64,
     writes: u64,
+    /// A Destroy was sent for the current session (its reply may have been lost).
+    destroy_sent: bool,
 }
 
 struct Sim {
@@ -231,6 +233,7 @@ impl Sim {
                 floor: (0, 0),
                 acked: 0,
                 writes: 0,
+                destroy_sent: false,
             })
             .collect();
         Sim {
@@ -356,6 +359,7 @@ impl Sim {
                     floor: (id.version, 0),
                     acked: 0,
                     writes: 0,
+                    destroy_sent: false,
                 };
             }
             Reply::Data {
@@ -424,7 +428,11 @@ impl Sim {
             }
             Reply::Error { code, .. } => {
                 self.stats.errors += 1;
-                if code == ErrorCode::NotFound && wt && self.clients[ci].acked > 0 {
+                if code == ErrorCode::NotFound
+                    && wt
+                    && self.clients[ci].acked > 0
+                    && !self.clients[ci].destroy_sent
+                {
                     let hash = self.clients[ci].id.expect("has a session").hash;
                     if let Some(holder) = self.live_copy(&hash) {
                         return Err(self.fail(format!(
@@ -706,6 +714,7 @@ impl Sim {
             let lifetime_s = 1440;
             let (op, request) = match (self.clients[ci].state.clone(), self.clients[ci].id) {
                 (ClientState::Locked { token }, Some(id)) if self.rng.chance(30) => {
+                    self.clients[ci].destroy_sent = true;
                     (Op::Destroy, Request::Destroy { id, token })
                 }
                 (ClientState::Locked { token }, Some(id)) => {

@@ -395,7 +395,13 @@ impl<S: Store> Node<S> {
                 }
             }
             Msg::LeaseRequest { nonce } => {
-                let msg = if self.taken_over.contains(&from) {
+                // No promise not to take over while a takeover from the asker is in flight.
+                let promoting = self.sessions.values().any(|l| {
+                    l.pending.as_ref().is_some_and(|p| {
+                        matches!(p.change, Change::Promote { old_master } if old_master == from)
+                    })
+                });
+                let msg = if self.taken_over.contains(&from) || promoting {
                     Msg::LeaseDenied
                 } else {
                     Msg::LeaseGrant { nonce }

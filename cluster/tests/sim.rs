@@ -882,11 +882,20 @@ const REGRESSIONS: &[u64] = &[
     4854, 13108, 13157,
 ];
 
+/// Long-history (`SCD_SIM_SOAK=1`) seeds that found bugs: 782 (a backup granted a lease to a
+/// master it was promoting away from: two masters serving at once).
+const SOAK_REGRESSIONS: &[u64] = &[782];
+
 #[test]
 fn regressions() {
     for &seed in REGRESSIONS {
         if let Err(e) = run_seed(seed, false, false) {
             panic!("{e}");
+        }
+    }
+    for &seed in SOAK_REGRESSIONS {
+        if let Err(e) = run_seed(seed, true, false) {
+            panic!("{e}\n(soak: add SCD_SIM_SOAK=1 to replay)");
         }
     }
 }

@@ -17,7 +17,10 @@
 //!   [`Node::start_drain`]. Out: a `Vec<`[`Action`]`>` to execute in order — send a [`Msg`] to
 //!   a node, reply to a local client, drain complete.
 //! - Session data lives in a [`Store`] the node owns (the daemon implements it over its engine;
-//!   [`MemStore`] for tests). Every copy carries its [`Placement`] and data version.
+//!   [`MemStore`] for tests). Every [`Copy`] carries its [`Placement`], its data version and,
+//!   while a placement change it proposed is unanswered, its [`Intent`]. Placement, intent and
+//!   removals must be durable at once under both flush policies (see [`Store`]);
+//!   [`Store::meta`] should answer without copying the data.
 //!
 //! # Driving a node
 //!
@@ -130,7 +133,7 @@ pub use membership::{HeartbeatSchedule, Membership, MembershipConfig, PeerBeat, 
 pub use node::{Node, Phase, Stats};
 pub use placement::{Placement, choose_backup};
 pub use types::{
-    Action, Change, Config, Copy, FlushPolicy, MemStore, Meta, Msg, Reply, Request, Store,
+    Action, Change, Config, Copy, FlushPolicy, Intent, MemStore, Meta, Msg, Reply, Request, Store,
 };
 
 /// A node's identity on the wire: its relay address (IP:relay_port), as in session IDs.

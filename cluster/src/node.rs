@@ -7,7 +7,7 @@ use scd_wire::{ErrorCode, SessionId};
 
 use crate::membership::{Membership, PeerBeat, PeerEvent};
 use crate::placement::{Placement, choose_backup};
-use crate::types::{Action, Change, Config, Copy, FlushPolicy, Msg, Reply, Request, Store};
+use crate::types::{Action, Change, Config, Copy, FlushPolicy, Intent, Msg, Reply, Request, Store};
 use crate::{Addr, Hash};
 
 /// Re-routes of one client request before it fails with `Unavailable`.
@@ -78,6 +78,8 @@ enum Stage {
         best: Option<Placement>,
         /// Every node we know of was asked.
         everyone: bool,
+        /// How many were asked.
+        total: usize,
     },
 }
 
@@ -175,6 +177,10 @@ pub struct Node<S: Store> {
     sync_progress: BTreeMap<Addr, (BTreeSet<Hash>, Option<u64>)>,
     /// Rejoin: the highest `(epoch, version)` any peer reported per session.
     sync_seen: BTreeMap<Hash, (u32, u64)>,
+    /// The highest proposal epoch we refused, per session: never accepted later.
+    refused: BTreeMap<Hash, u32>,
+    /// Every peer we knew went down: when one comes back, we rejoin.
+    alone: bool,
     next_id: u64,
     token_counter: u32,
     stats: Stats,
@@ -187,6 +193,48 @@ impl<S: Store> Node<S> {
     /// and synced with every live node (rejoin); a brand-new cluster's first node simply finds
     /// nobody to sync with.
     pub fn new(cfg: Config, store: S, now_ms: u64) -> Self {
+        let mut node = Self::bare(cfg, store, now_ms);
+        node.restore_intents(now_ms);
+        node
+    }
+
+    /// Proposals made before a restart whose answers never came: a handover is asked again
+    /// (the session stays blocked until the target answers); for any other change the target
+    /// shadows the session.
+    fn restore_intents(&mut self, now_ms: u64) {
+        let me = self.cfg.me;
+        for hash in self.store.hashes() {
+            let Some(copy) = self.store.get(&hash) else {
+                continue;
+            };
+            let Some(intent) = copy.intent else {
+                continue;
+            };
+            let live = self.live(hash);
+            live.floor = live.floor.max(intent.epoch);
+            if intent.handover {
+                let mut proposal = copy.clone();
+                proposal.intent = None;
+                proposal.placement = Placement {
+                    master: intent.target,
+                    backup: None,
+                    epoch: intent.epoch,
+                };
+                live.pending = Some(Pending {
+                    base_epoch: copy.placement.epoch,
+                    copy: proposal,
+                    change: Change::Handover { old_master: me },
+                    target: intent.target,
+                    sent_ms: 0,
+                });
+            } else {
+                live.shadow = Some(intent.target);
+            }
+        }
+        let _ = now_ms;
+    }
+
+    fn bare(cfg: Config, store: S, now_ms: u64) -> Self {
         Node {
             members: Membership::new(cfg.me, cfg.membership, now_ms),
             mode: Mode::Starting {
@@ -208,6 +256,8 @@ impl<S: Store> Node<S> {
             fwds: BTreeMap::new(),
             sync_progress: BTreeMap::new(),
             sync_seen: BTreeMap::new(),
+            refused: BTreeMap::new(),
+            alone: false,
             next_id: 1,
             token_counter: 0,
             stats: Stats::default(),
@@ -345,7 +395,13 @@ impl<S: Store> Node<S> {
                 }
             }
             Msg::LeaseRequest { nonce } => {
-                let msg = if self.taken_over.contains(&from) {
+                // No promise not to take over while a takeover from the asker is in flight.
+                let promoting = self.sessions.values().any(|l| {
+                    l.pending.as_ref().is_some_and(|p| {
+                        matches!(p.change, Change::Promote { old_master } if old_master == from)
+                    })
+                });
+                let msg = if self.taken_over.contains(&from) || promoting {
                     Msg::LeaseDenied
                 } else {
                     Msg::LeaseGrant { nonce }
@@ -379,12 +435,14 @@ impl<S: Store> Node<S> {
                     .get(&hash)
                     .map(|c| c.placement)
                     .or_else(|| self.moved.get(&hash).copied());
+                let live_nodes = (self.members.live_peers().count() + 1) as u32;
                 self.send(
                     from,
                     Msg::Located {
                         loc,
                         hash,
                         placement,
+                        live_nodes,
                     },
                 );
             }
@@ -392,7 +450,8 @@ impl<S: Store> Node<S> {
                 loc,
                 hash: _,
                 placement,
-            } => self.on_located(from, loc, placement, now_ms),
+                live_nodes,
+            } => self.on_located(from, loc, placement, live_nodes, now_ms),
         }
         self.take()
     }
@@ -484,6 +543,19 @@ impl<S: Store> Node<S> {
     }
 
     fn on_peer_event(&mut self, event: PeerEvent, now_ms: u64) {
+        if matches!(event, PeerEvent::Down { .. })
+            && self.members.live_peers().next().is_none()
+            && self.mode == Mode::Serving
+        {
+            // Everyone we know is gone: either they all died or we are the one cut off, in
+            // which case the others may take over our sessions meanwhile.
+            self.alone = true;
+        }
+        if self.alone && !matches!(event, PeerEvent::Down { .. }) {
+            // Contact again after being alone: sync before acting on stale knowledge.
+            self.alone = false;
+            self.enter_rejoin(now_ms, false);
+        }
         match event {
             PeerEvent::Up { .. } => {}
             PeerEvent::Down { addr, .. } => {
@@ -554,6 +626,7 @@ impl<S: Store> Node<S> {
                 lifetime_s,
                 deleted: false,
                 data: Vec::new(),
+                intent: None,
             },
         );
         if let Some(b) = backup
@@ -917,6 +990,17 @@ impl<S: Store> Node<S> {
         let live = self.live(hash);
         copy.placement.epoch = copy.placement.epoch.max(live.floor + 1);
         live.floor = copy.placement.epoch;
+        copy.intent = None;
+        // The intent is durable before the proposal leaves: a restart must not forget that
+        // the target may hold this placement.
+        if let Some(mut cur) = self.store.get(&hash) {
+            cur.intent = Some(Intent {
+                target,
+                epoch: copy.placement.epoch,
+                handover: matches!(change, Change::Handover { .. }),
+            });
+            self.store.put(hash, cur);
+        }
         self.send(
             target,
             Msg::Replicate {
@@ -934,7 +1018,15 @@ impl<S: Store> Node<S> {
         });
     }
 
-    fn on_replicate(&mut self, from: Addr, hash: Hash, copy: Copy, change: Change, now_ms: u64) {
+    fn on_replicate(
+        &mut self,
+        from: Addr,
+        hash: Hash,
+        mut copy: Copy,
+        change: Change,
+        now_ms: u64,
+    ) {
+        copy.intent = None;
         let me = self.cfg.me;
         let cur = self.store.get(&hash);
         let epoch = copy.placement.epoch;
@@ -957,6 +1049,7 @@ impl<S: Store> Node<S> {
                     self.doubtful.remove(&hash);
                 }
                 if copy.version > cur.version {
+                    copy.intent = cur.intent;
                     self.store.put(hash, copy);
                 }
                 return self.send(
@@ -973,21 +1066,26 @@ impl<S: Store> Node<S> {
                 .get(&hash)
                 .is_some_and(|l| l.pending.is_some())
             {
-                return self.send(from, Msg::NotAgreed { hash, epoch });
+                return self.refuse(from, hash, epoch);
             }
         }
-        // A placement epoch new to us: we are the witness of a placement change.
+        // A placement epoch new to us: we are the witness of a placement change. One we
+        // refused stays refused (a late duplicate must not be accepted after the proposer
+        // took our refusal and went on serving).
+        if self.refused.get(&hash).is_some_and(|r| *r >= epoch) {
+            return self.refuse(from, hash, epoch);
+        }
         if !copy.placement.names(me)
             || copy.placement.master != from && !matches!(change, Change::Handover { .. })
         {
-            return self.send(from, Msg::NotAgreed { hash, epoch });
+            return self.refuse(from, hash, epoch);
         }
         // A witness must be serving (it knows the cluster) and must have heard the proposer
         // without interruption for a node timeout: a node that was cut off (or restarted) is
         // told to rejoin before it may change any placement.
         let serving = self.mode == Mode::Serving
             && !self.draining
-            && (matches!(change, Change::Handover { .. } | Change::Update)
+            && (matches!(change, Change::Update)
                 || self.members.up_for(from, now_ms) >= self.cfg.membership.node_timeout_ms);
         let agreed = serving
             && match change {
@@ -1004,7 +1102,7 @@ impl<S: Store> Node<S> {
                 }
             };
         if !agreed {
-            return self.send(from, Msg::NotAgreed { hash, epoch });
+            return self.refuse(from, hash, epoch);
         }
         match change {
             Change::Promote { old_master } => {
@@ -1018,6 +1116,7 @@ impl<S: Store> Node<S> {
         let version = copy.version;
         let handed = copy.placement.master == me;
         self.doubtful.remove(&hash);
+        self.refused.remove(&hash);
         self.store.put(hash, copy);
         if handed {
             // We are the new master (handover): serve at once (no backup yet, no lease needed).
@@ -1031,6 +1130,12 @@ impl<S: Store> Node<S> {
                 version,
             },
         );
+    }
+
+    fn refuse(&mut self, to: Addr, hash: Hash, epoch: u32) {
+        let r = self.refused.entry(hash).or_default();
+        *r = (*r).max(epoch);
+        self.send(to, Msg::NotAgreed { hash, epoch });
     }
 
     fn on_ack(&mut self, from: Addr, hash: Hash, epoch: u32, version: u64, now_ms: u64) {
@@ -1162,6 +1267,9 @@ impl<S: Store> Node<S> {
         let pending = self.sessions.get(&hash).and_then(|l| l.pending.clone());
         if let Some(p) = pending
             && p.target == from
+            // A StaleEpoch below our proposal's epoch answers an older message (e.g. a late
+            // duplicate of an update): the proposal may still be accepted, keep waiting.
+            && epoch.is_none_or(|e| e >= p.copy.placement.epoch)
         {
             let retry = now_ms + self.cfg.membership.heartbeat_interval_ms;
             let live = self.live(hash);
@@ -1170,13 +1278,18 @@ impl<S: Store> Node<S> {
             if epoch.is_some_and(|e| e > cur.placement.epoch) {
                 self.fence(hash, now_ms);
             } else {
+                // Answered: the target does not hold the proposal.
+                let mut cur = cur;
+                cur.intent = None;
+                self.store.put(hash, cur);
                 self.wake(hash, now_ms);
             }
             return;
         }
-        if epoch.is_some()
+        if epoch.is_some_and(|e| e > cur.placement.epoch)
             && cur.placement.master == self.cfg.me
             && cur.placement.backup == Some(from)
+            && self.sessions.get(&hash).is_none_or(|l| l.pending.is_none())
         {
             // Our backup knows a later placement: we are an old master. Fenced.
             self.fence(hash, now_ms);
@@ -1287,12 +1400,13 @@ impl<S: Store> Node<S> {
             // A pending placement change: resend until answered; give up only on a target
             // that went down (it may have accepted: it becomes the session's shadow).
             if let Some(p) = self.sessions.get(&hash).and_then(|l| l.pending.clone()) {
-                if !self.members.is_up(p.target) {
+                let handover = matches!(p.change, Change::Handover { .. });
+                if !self.members.is_up(p.target) && !handover {
                     let live = self.live(hash);
                     live.pending = None;
                     live.shadow = Some(p.target);
                     self.wake(hash, now_ms);
-                } else if now_ms >= p.sent_ms + resend_ms {
+                } else if now_ms >= p.sent_ms + resend_ms && self.members.is_up(p.target) {
                     self.send(
                         p.target,
                         Msg::Replicate {
@@ -1371,6 +1485,11 @@ impl<S: Store> Node<S> {
                 continue;
             }
             if self.draining {
+                // Hand over only what we legitimately serve now (lease held): a node that was
+                // cut off must rejoin first, whatever its operator asked.
+                if self.servable(&hash, &copy, now_ms) != Ok(()) {
+                    continue;
+                }
                 let target = copy
                     .placement
                     .backup
@@ -1617,6 +1736,7 @@ impl<S: Store> Node<S> {
                     lifetime_s: 0,
                     deleted: true,
                     data: Vec::new(),
+                    intent: None,
                 };
                 self.out.push(Action::Send {
                     to: from,
@@ -1649,7 +1769,8 @@ impl<S: Store> Node<S> {
         }
     }
 
-    fn on_sync_item(&mut self, from: Addr, sync: u64, hash: Hash, copy: Copy, now_ms: u64) {
+    fn on_sync_item(&mut self, from: Addr, sync: u64, hash: Hash, mut copy: Copy, now_ms: u64) {
+        copy.intent = None;
         let me = self.cfg.me;
         if let Mode::Rejoining { sync: current, .. } = self.mode
             && current == sync
@@ -1846,6 +1967,7 @@ impl<S: Store> Node<S> {
                         .all(|n| *n == self.cfg.me || peers.contains(n));
                 f.stage = Stage::Locate {
                     loc,
+                    total: peers.len(),
                     asked: peers.clone(),
                     best: None,
                     everyone,
@@ -1868,6 +1990,7 @@ impl<S: Store> Node<S> {
                 asked: BTreeSet::new(),
                 best: None,
                 everyone: false,
+                total: 0,
             },
             Stage::Locate { .. } => {
                 let f = self.fwds.remove(&fid).expect("present");
@@ -1903,7 +2026,14 @@ impl<S: Store> Node<S> {
         }
     }
 
-    fn on_located(&mut self, from: Addr, loc: u64, placement: Option<Placement>, now_ms: u64) {
+    fn on_located(
+        &mut self,
+        from: Addr,
+        loc: u64,
+        placement: Option<Placement>,
+        live_nodes: u32,
+        now_ms: u64,
+    ) {
         let Some(f) = self.fwds.get_mut(&loc) else {
             return;
         };
@@ -1911,6 +2041,7 @@ impl<S: Store> Node<S> {
             asked,
             best,
             everyone,
+            total,
             ..
         } = &mut f.stage
         else {
@@ -1918,6 +2049,10 @@ impl<S: Store> Node<S> {
         };
         if !asked.remove(&from) {
             return;
+        }
+        if live_nodes as usize > *total + 1 {
+            // The answering node knows nodes we did not ask.
+            *everyone = false;
         }
         if let Some(p) = placement
             && best.is_none_or(|b| p.epoch > b.epoch)

@@ -82,6 +82,20 @@ pub struct Copy {
     pub deleted: bool,
     /// The session data.
     pub data: Vec<u8>,
+    /// A placement change this node proposed and that may have been accepted (kept durable so
+    /// that a restart does not forget it). `None` in every copy sent to another node.
+    pub intent: Option<Intent>,
+}
+
+/// A proposed placement change whose answer is not known yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Intent {
+    /// The node it was proposed to.
+    pub target: Addr,
+    /// The proposed epoch.
+    pub epoch: u32,
+    /// A handover: the target becomes master if it accepted.
+    pub handover: bool,
 }
 
 impl Copy {
@@ -106,8 +120,9 @@ pub struct Meta {
 /// Durability is the driver's: under write-through, a `put` must be durable before any
 /// [`Action`] emitted after it is executed (group commit: the driver holds the actions of one
 /// call until its flush completes). Under delayed-write the same holds for a `put` that changes
-/// the copy's placement (rare: failover, rehome, rejoin) — a restarted node must never forget a
-/// placement epoch it used — while a `put` that only changes data must be durable within the
+/// the copy's placement or its [`Intent`] (rare: failover, rehome, rejoin) — a restarted node
+/// must never forget a placement epoch it used or proposed — while a `put` that only changes
+/// data must be durable within the
 /// flush interval. A `remove` must be durable like a placement change: a restarted node that
 /// dropped a copy (fenced, handed over) must not find it again.
 pub trait Store {
@@ -426,6 +441,10 @@ pub enum Msg {
         hash: Hash,
         /// The placement known there.
         placement: Option<Placement>,
+        /// How many nodes the answering node sees up, itself included: an asker that asked
+        /// fewer may not conclude "not found" (it may not know every node, e.g. restarted
+        /// during a partition).
+        live_nodes: u32,
     },
 }
 

@@ -725,3 +725,48 @@ fn ha_off_has_no_backup_and_waits_for_the_master() {
         "{r:?}"
     );
 }
+
+#[test]
+fn a_handover_left_unanswered_is_asked_again_after_a_restart() {
+    let mut c = Cluster::new(3, FlushPolicy::WriteThrough);
+    let id = c.create(0);
+    let (id, t, _) = c.lock(0, id);
+    c.write(0, id, t, b"v1").unwrap();
+    c.advance(T + HB);
+    // Node 0 drains; the handover reaches its target, but every answer is lost.
+    let target = index(id.backup.unwrap());
+    c.cut.insert((target, 0));
+    let now = c.now;
+    let a = c.node(0).start_drain(now);
+    c.run(0, a);
+    c.advance(HB);
+    let copy = c
+        .node(0)
+        .store()
+        .get(&id.hash)
+        .expect("still held: no answer yet");
+    let intent = copy.intent.expect("a durable intent");
+    assert!(intent.handover && intent.target == addr(target));
+    assert!(c.serves(target, &id.hash), "the target took over");
+    assert!(!c.serves(0, &id.hash));
+    // Node 0 restarts before any answer: it must not serve the session again, and asks the
+    // target again; once heard, it drops its copy.
+    let store = c.crash(0);
+    c.restart(0, store);
+    c.advance(T + HB * 4);
+    assert!(!c.serves(0, &id.hash));
+    c.cut.clear();
+    c.advance(T + HB * 6);
+    assert!(
+        c.node(0).store().get(&id.hash).is_none(),
+        "handed over after the restart"
+    );
+    let r = match c.client(0, Request::Read { id }) {
+        Some(r) => r,
+        None => c.wait_reply(c.req, 3000),
+    };
+    assert!(
+        matches!(&r, Reply::Data { data, .. } if data == b"v1"),
+        "{r:?}"
+    );
+}

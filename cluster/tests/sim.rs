@@ -12,7 +12,8 @@
 //! `cargo test -p scd-cluster --test sim` runs `SCD_SIM_SEEDS` seeds (default 1000).
 //! `SCD_SIM_SEED=n` replays one seed with a trace of its events (`SCD_SIM_MSGS=1` adds every
 //! relay message); `SCD_SIM_SOAK=1` runs 13× longer histories; `SCD_SIM_FIRST=n` starts the
-//! seed range at `n` (e.g. `SCD_SIM_FIRST=1000 SCD_SIM_SEEDS=100000`).
+//! seed range at `n` (e.g. `SCD_SIM_FIRST=1000 SCD_SIM_SEEDS=100000`); `SCD_SIM_KEEP_GOING=1`
+//! runs every seed and lists the failing ones instead of stopping at the first.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -65,7 +66,7 @@ impl Store for SimStore {
         let moved = self
             .mem
             .get(&hash)
-            .is_none_or(|c| c.placement != copy.placement);
+            .is_none_or(|c| c.placement != copy.placement || c.intent != copy.intent);
         if self.write_through || moved {
             self.disk.insert(hash, copy.clone());
         }
@@ -155,6 +156,8 @@ struct Client {
     /// Highest data version acknowledged as written (write-through check).
     acked: u64,
     writes: u64,
+    /// A Destroy was sent for the current session (its reply may have been lost).
+    destroy_sent: bool,
 }
 
 struct Sim {
@@ -230,6 +233,7 @@ impl Sim {
                 floor: (0, 0),
                 acked: 0,
                 writes: 0,
+                destroy_sent: false,
             })
             .collect();
         Sim {
@@ -355,6 +359,7 @@ impl Sim {
                     floor: (id.version, 0),
                     acked: 0,
                     writes: 0,
+                    destroy_sent: false,
                 };
             }
             Reply::Data {
@@ -423,7 +428,11 @@ impl Sim {
             }
             Reply::Error { code, .. } => {
                 self.stats.errors += 1;
-                if code == ErrorCode::NotFound && wt && self.clients[ci].acked > 0 {
+                if code == ErrorCode::NotFound
+                    && wt
+                    && self.clients[ci].acked > 0
+                    && !self.clients[ci].destroy_sent
+                {
                     let hash = self.clients[ci].id.expect("has a session").hash;
                     if let Some(holder) = self.live_copy(&hash) {
                         return Err(self.fail(format!(
@@ -698,10 +707,14 @@ impl Sim {
                 _ => {}
             }
             let live: Vec<usize> = (0..self.nodes.len()).filter(|i| self.alive(*i)).collect();
+            if live.is_empty() {
+                continue;
+            }
             let at = live[self.rng.below(live.len() as u64) as usize];
             let lifetime_s = 1440;
             let (op, request) = match (self.clients[ci].state.clone(), self.clients[ci].id) {
                 (ClientState::Locked { token }, Some(id)) if self.rng.chance(30) => {
+                    self.clients[ci].destroy_sent = true;
                     (Op::Destroy, Request::Destroy { id, token })
                 }
                 (ClientState::Locked { token }, Some(id)) => {
@@ -856,16 +869,33 @@ fn env_u64(name: &str) -> Option<u64> {
 /// proposer served a backup-less session while the target could promote), 93 (a refused
 /// failover retried at once, and duplicated refusals multiplied the retries into a storm).
 /// 71 (the simulation restarted a drained-then-crashed node as drained), 680 (a node restarted
-/// during a partition knew too few nodes and said NotFound).
+/// during a partition knew too few nodes and said NotFound), 3263 (a node cut off started
+/// draining and handed over sessions taken over meanwhile), 4592 (a restarted node in a
+/// partition knew fewer nodes than the one it asked), 4829 (a refused proposal accepted later
+/// from a duplicate), 4854 (a master cut off from everyone rehomed its session on heal through
+/// a witness that no longer held it: a write-through write was lost), 2149 (a late StaleEpoch
+/// answering an old update cancelled a handover that the target then accepted), 13108 and
+/// 13157 (a proposal accepted but unanswered, then a restart of the proposer: the intent is now
+/// durable).
 const REGRESSIONS: &[u64] = &[
-    5, 18, 71, 93, 96, 117, 155, 212, 348, 371, 680, 1031, 1403, 2063,
+    5, 18, 71, 93, 96, 117, 155, 212, 348, 371, 680, 1031, 1403, 2063, 2149, 3263, 4592, 4829,
+    4854, 13108, 13157,
 ];
+
+/// Long-history (`SCD_SIM_SOAK=1`) seeds that found bugs: 782 (a backup granted a lease to a
+/// master it was promoting away from: two masters serving at once).
+const SOAK_REGRESSIONS: &[u64] = &[782];
 
 #[test]
 fn regressions() {
     for &seed in REGRESSIONS {
         if let Err(e) = run_seed(seed, false, false) {
             panic!("{e}");
+        }
+    }
+    for &seed in SOAK_REGRESSIONS {
+        if let Err(e) = run_seed(seed, true, false) {
+            panic!("{e}\n(soak: add SCD_SIM_SOAK=1 to replay)");
         }
     }
 }
@@ -882,6 +912,8 @@ fn simulation() {
     }
     let seeds = env_u64("SCD_SIM_SEEDS").unwrap_or(1000);
     let first = env_u64("SCD_SIM_FIRST").unwrap_or(0);
+    let keep_going = std::env::var("SCD_SIM_KEEP_GOING").is_ok_and(|v| v != "0");
+    let mut failed = Vec::new();
     let mut total = SimStats::default();
     for seed in first..first + seeds {
         match run_seed(seed, soak, false) {
@@ -894,10 +926,19 @@ fn simulation() {
                 total.partitions += s.partitions;
                 total.promotions += s.promotions;
             }
+            Err(e) if keep_going => {
+                eprintln!("{}", e.lines().next().unwrap_or_default());
+                failed.push(seed);
+            }
             Err(e) => panic!("{e}"),
         }
     }
     eprintln!("{seeds} seeds: {total:?}");
+    assert!(
+        failed.is_empty(),
+        "{} of {seeds} seeds failed: {failed:?}",
+        failed.len()
+    );
     assert!(
         total.ok_writes > seeds,
         "the clients made progress: {total:?}"

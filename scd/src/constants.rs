@@ -52,6 +52,13 @@ pub const FLUSH_INTERVAL_MS_MAX: u64 = scd_engine::constants::FLUSH_INTERVAL_MS_
 pub const HEARTBEAT_INTERVAL_MS_MIN: u64 = 50;
 pub const HEARTBEAT_INTERVAL_MS_MAX: u64 = 600_000;
 
+/// Most unicast heartbeat peers (bounds the send loop and the peer table with the senders limit).
+pub const PEERS_MAX: usize = 1024;
+
+/// Bounds on `cluster.relay_timeout_ms`.
+pub const RELAY_TIMEOUT_MS_MIN: u64 = 10;
+pub const RELAY_TIMEOUT_MS_MAX: u64 = 60_000;
+
 /// Longest lock wait and lease a client may ask for; longer requests are clamped to these. A lease
 /// bounds how long a lock outlives a client that hangs without closing its connection.
 pub const LOCK_WAIT_MS_MAX: u32 = 10 * 60 * 1000;

@@ -166,8 +166,25 @@ pub struct ClusterSettings {
     pub ha: bool,
     /// How often this node announces itself and its load.
     pub heartbeat_interval_ms: u64,
-    /// File holding the shared cluster key; "" = none (required once HA is on).
+    /// File holding the shared cluster key; "" = none: a single node, no relays, no heartbeats.
+    /// Setting it turns clustering on (required once HA is on).
     pub cluster_key_file: String,
+    /// A node not heard from for this long is down; 0 = 3 × heartbeat_interval_ms + 500.
+    pub node_timeout_ms: u64,
+    /// Unicast heartbeat targets: `IP` (this node's heartbeat port) or `IP:PORT`, one per other
+    /// node, for networks without broadcast.
+    pub peers: Vec<String>,
+    /// Broadcast heartbeat target: `IP` or `IP:PORT` (e.g. `10.0.0.255`); "" = none.
+    pub broadcast: String,
+    /// IP the heartbeat socket binds; "" = `node.advertise_address`. `0.0.0.0` also hears
+    /// broadcasts (then only one node per host can use the heartbeat port).
+    pub heartbeat_bind: String,
+    /// Longest a relay connect or a relayed request may take before the peer counts as
+    /// unreachable (then, with HA, the backup is tried).
+    pub relay_timeout_ms: u64,
+    /// Delayed-write with HA: most replications waiting for one backup; a write that finds the
+    /// queue full waits for room (never dropped).
+    pub replication_queue_max: u32,
 }
 
 impl Default for ClusterSettings {
@@ -179,6 +196,12 @@ impl Default for ClusterSettings {
             ha: false,
             heartbeat_interval_ms: 1000,
             cluster_key_file: String::new(),
+            node_timeout_ms: 0,
+            peers: Vec::new(),
+            broadcast: String::new(),
+            heartbeat_bind: String::new(),
+            relay_timeout_ms: 2000,
+            replication_queue_max: 10_000,
         }
     }
 }
@@ -259,24 +282,42 @@ pub struct SettingsArgs {
     /// locks.lease_max_ms: longest lock lease a client may ask for [default: 300000]
     #[arg(long, value_name = "MS")]
     pub lock_lease_max_ms: Option<u32>,
-    /// cluster.relay_port: TCP relay port, also in session IDs (cluster: not used yet) [default: 34567]
+    /// cluster.relay_port: TCP relay port, also in session IDs [default: 34567]
     #[arg(long, value_name = "PORT")]
     pub relay_port: Option<u16>,
-    /// cluster.heartbeat_port: UDP heartbeat port (not used yet) [default: 45678]
+    /// cluster.heartbeat_port: UDP heartbeat port [default: 45678]
     #[arg(long, value_name = "PORT")]
     pub heartbeat_port: Option<u16>,
-    /// cluster.allowed_hosts: comma-separated IPs or CIDR masks (not used yet) [default: 127.0.0.0/8,::1]
+    /// cluster.allowed_hosts: comma-separated IPs or CIDR masks of the other nodes [default: 127.0.0.0/8,::1]
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub allowed_hosts: Option<Vec<String>>,
-    /// cluster.ha: keep a copy on a backup node (not used yet) [default: false]
+    /// cluster.ha: keep a copy of every session on a backup node [default: false]
     #[arg(long, value_name = "BOOL")]
     pub ha: Option<bool>,
-    /// cluster.heartbeat_interval_ms (not used yet) [default: 1000]
+    /// cluster.heartbeat_interval_ms: how often this node announces itself [default: 1000]
     #[arg(long, value_name = "MS")]
     pub heartbeat_interval_ms: Option<u64>,
-    /// cluster.cluster_key_file: shared secret, same on every node (not used yet) [default: ""]
+    /// cluster.cluster_key_file: shared secret, same on every node; set = clustering on [default: ""]
     #[arg(long, value_name = "FILE")]
     pub cluster_key_file: Option<String>,
+    /// cluster.node_timeout_ms: silence after which a node is down; 0 = 3 x interval + 500 [default: 0]
+    #[arg(long, value_name = "MS")]
+    pub node_timeout_ms: Option<u64>,
+    /// cluster.peers: comma-separated unicast heartbeat targets, IP or IP:PORT [default: ""]
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub peers: Option<Vec<String>>,
+    /// cluster.broadcast: broadcast heartbeat target, IP or IP:PORT; "" = none [default: ""]
+    #[arg(long, value_name = "ADDR")]
+    pub broadcast: Option<String>,
+    /// cluster.heartbeat_bind: IP the heartbeat socket binds; "" = advertise address [default: ""]
+    #[arg(long, value_name = "IP")]
+    pub heartbeat_bind: Option<String>,
+    /// cluster.relay_timeout_ms: longest relay connect or relayed request [default: 2000]
+    #[arg(long, value_name = "MS")]
+    pub relay_timeout_ms: Option<u64>,
+    /// cluster.replication_queue_max: delayed-write replications queued per backup [default: 10000]
+    #[arg(long, value_name = "N")]
+    pub replication_queue_max: Option<u32>,
     /// stats.metrics_listen: IP:PORT for Prometheus GET /metrics; "" = off [default: ""]
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
@@ -379,6 +420,15 @@ impl Settings {
             &a.heartbeat_interval_ms,
         );
         set(&mut self.cluster.cluster_key_file, &a.cluster_key_file);
+        set(&mut self.cluster.node_timeout_ms, &a.node_timeout_ms);
+        set(&mut self.cluster.peers, &a.peers);
+        set(&mut self.cluster.broadcast, &a.broadcast);
+        set(&mut self.cluster.heartbeat_bind, &a.heartbeat_bind);
+        set(&mut self.cluster.relay_timeout_ms, &a.relay_timeout_ms);
+        set(
+            &mut self.cluster.replication_queue_max,
+            &a.replication_queue_max,
+        );
         set(&mut self.stats.metrics_listen, &a.metrics_listen);
         set(&mut self.log.level, &a.log_level);
         set(&mut self.log.file, &a.log_file);
@@ -576,31 +626,122 @@ impl Settings {
                 ),
             ));
         }
-        if !c.cluster_key_file.is_empty() {
-            match std::fs::metadata(&c.cluster_key_file) {
-                Ok(m) if m.is_file() && m.len() >= 16 => {}
-                Ok(_) => {
-                    return Err(invalid(
-                        "cluster.cluster_key_file",
-                        &c.cluster_key_file,
-                        "must be a file of at least 16 bytes of secret",
-                    ));
-                }
-                Err(e) => {
-                    return Err(invalid(
-                        "cluster.cluster_key_file",
-                        &c.cluster_key_file,
-                        e.to_string(),
-                    ));
-                }
+        let cluster_secret = if !c.cluster_key_file.is_empty() {
+            let bytes = std::fs::read(&c.cluster_key_file).map_err(|e| {
+                invalid(
+                    "cluster.cluster_key_file",
+                    &c.cluster_key_file,
+                    e.to_string(),
+                )
+            })?;
+            // A key file written with `echo` ends in a newline; it is not part of the secret.
+            let trimmed = bytes.trim_ascii_end().to_vec();
+            if let Err(e) = scd_wire::mac::ClusterKey::from_secret(&trimmed) {
+                return Err(invalid(
+                    "cluster.cluster_key_file",
+                    &c.cluster_key_file,
+                    e.to_string(),
+                ));
             }
+            Some(trimmed)
         } else if c.ha {
             return Err(invalid(
                 "cluster.ha",
                 true,
                 "HA sends sessions to other nodes, which needs cluster.cluster_key_file",
             ));
+        } else {
+            None
+        };
+        let node_timeout_ms = if c.node_timeout_ms == 0 {
+            c.heartbeat_interval_ms * 3 + 500
+        } else {
+            c.node_timeout_ms
+        };
+        if node_timeout_ms <= c.heartbeat_interval_ms * 2 || node_timeout_ms > 3_600_000 {
+            return Err(invalid(
+                "cluster.node_timeout_ms",
+                c.node_timeout_ms,
+                format!(
+                    "more than two heartbeat intervals ({} ms) and at most 3600000 (0 = 3 × \
+                     interval + 500)",
+                    c.heartbeat_interval_ms * 2
+                ),
+            ));
         }
+        let target = |key: &'static str, text: &str| -> Result<SocketAddr, SettingsError> {
+            if let Ok(a) = text.parse::<SocketAddr>() {
+                if a.port() == 0 {
+                    return Err(invalid(key, text, "port 0"));
+                }
+                return Ok(a);
+            }
+            text.parse::<IpAddr>()
+                .map(|ip| SocketAddr::new(ip, c.heartbeat_port))
+                .map_err(|_| invalid(key, text, "not an IP or IP:PORT address"))
+        };
+        let mut peers = Vec::with_capacity(c.peers.len());
+        for p in &c.peers {
+            peers.push(target("cluster.peers", p)?);
+        }
+        if peers.len() > constants::PEERS_MAX {
+            return Err(invalid(
+                "cluster.peers",
+                peers.len(),
+                format!("at most {} peers", constants::PEERS_MAX),
+            ));
+        }
+        let broadcast = if c.broadcast.is_empty() {
+            None
+        } else {
+            Some(target("cluster.broadcast", &c.broadcast)?)
+        };
+        let heartbeat_bind = if c.heartbeat_bind.is_empty() {
+            advertise
+        } else {
+            c.heartbeat_bind.parse::<IpAddr>().map_err(|_| {
+                invalid(
+                    "cluster.heartbeat_bind",
+                    &c.heartbeat_bind,
+                    "not an IP address",
+                )
+            })?
+        };
+        if !(constants::RELAY_TIMEOUT_MS_MIN..=constants::RELAY_TIMEOUT_MS_MAX)
+            .contains(&c.relay_timeout_ms)
+        {
+            return Err(invalid(
+                "cluster.relay_timeout_ms",
+                c.relay_timeout_ms,
+                format!(
+                    "between {} and {} ms",
+                    constants::RELAY_TIMEOUT_MS_MIN,
+                    constants::RELAY_TIMEOUT_MS_MAX
+                ),
+            ));
+        }
+        if c.replication_queue_max == 0 || c.replication_queue_max > 1_000_000 {
+            return Err(invalid(
+                "cluster.replication_queue_max",
+                c.replication_queue_max,
+                "between 1 and 1000000",
+            ));
+        }
+        if cluster_secret.is_some() && peers.is_empty() && broadcast.is_none() {
+            return Err(invalid(
+                "cluster.peers",
+                "",
+                "clustering is on (cluster_key_file is set) but heartbeats go nowhere: set \
+                 cluster.peers and/or cluster.broadcast",
+            ));
+        }
+        let cluster = cluster_secret.map(|secret| ClusterResolved {
+            secret,
+            node_timeout_ms,
+            peers,
+            broadcast,
+            heartbeat_bind,
+        });
 
         let metrics_listen = if self.stats.metrics_listen.is_empty() {
             None
@@ -647,6 +788,7 @@ impl Settings {
             unix_socket_mode,
             tcp_listen,
             allowed_hosts,
+            cluster,
             metrics_listen,
             log_level,
             log_file,
@@ -669,9 +811,48 @@ pub struct Resolved {
     pub unix_socket_mode: u32,
     pub tcp_listen: Option<SocketAddr>,
     pub allowed_hosts: Vec<IpNet>,
+    /// Set when clustering is on (a cluster key is configured).
+    pub cluster: Option<ClusterResolved>,
     pub metrics_listen: Option<SocketAddr>,
     pub log_level: log::LevelFilter,
     pub log_file: Option<PathBuf>,
+}
+
+/// The cluster settings in the forms the daemon runs on (only when clustering is on).
+#[derive(Clone)]
+pub struct ClusterResolved {
+    /// The shared secret's bytes (trailing whitespace of the file removed).
+    pub secret: Vec<u8>,
+    pub node_timeout_ms: u64,
+    /// Unicast heartbeat targets.
+    pub peers: Vec<SocketAddr>,
+    /// Broadcast heartbeat target.
+    pub broadcast: Option<SocketAddr>,
+    /// IP the heartbeat socket binds.
+    pub heartbeat_bind: IpAddr,
+}
+
+/// Never print the secret.
+impl fmt::Debug for ClusterResolved {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterResolved")
+            .field("node_timeout_ms", &self.node_timeout_ms)
+            .field("peers", &self.peers)
+            .field("broadcast", &self.broadcast)
+            .field("heartbeat_bind", &self.heartbeat_bind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Settings {
+    /// Whether `ip` may talk to this node (heartbeats, relay connections).
+    pub fn host_allowed(resolved: &Resolved, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        resolved.allowed_hosts.iter().any(|n| n.contains(ip))
+    }
 }
 
 fn parse_mode(s: &str) -> Option<u32> {
@@ -870,6 +1051,30 @@ mod tests {
                 Box::new(|s| s.stats.metrics_listen = "x".into()),
             ),
             ("log.level", Box::new(|s| s.log.level = "loud".into())),
+            (
+                "cluster.relay_timeout_ms",
+                Box::new(|s| s.cluster.relay_timeout_ms = 0),
+            ),
+            (
+                "cluster.node_timeout_ms",
+                Box::new(|s| s.cluster.node_timeout_ms = 1500),
+            ),
+            (
+                "cluster.peers",
+                Box::new(|s| s.cluster.peers = vec!["10.0.0.x".into()]),
+            ),
+            (
+                "cluster.broadcast",
+                Box::new(|s| s.cluster.broadcast = "10.0.0.255:0".into()),
+            ),
+            (
+                "cluster.heartbeat_bind",
+                Box::new(|s| s.cluster.heartbeat_bind = "any".into()),
+            ),
+            (
+                "cluster.replication_queue_max",
+                Box::new(|s| s.cluster.replication_queue_max = 0),
+            ),
             ("locks.lease_max_ms", Box::new(|s| s.locks.lease_max_ms = 0)),
         ];
         for (key, f) in cases {
@@ -888,6 +1093,50 @@ mod tests {
         assert!(text.contains("local.tcp_listen"), "{text}");
         assert!(text.contains("0.0.0.0:80"), "{text}");
         assert!(text.contains("loopback"), "{text}");
+    }
+
+    #[test]
+    fn a_cluster_key_turns_clustering_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k");
+        std::fs::write(&key, "0123456789abcdef0123\n").unwrap();
+        let mut s = Settings::default();
+        s.cluster.cluster_key_file = key.display().to_string();
+        // Heartbeats must go somewhere.
+        assert_eq!(key_of(s.validate().unwrap_err()), "cluster.peers");
+        s.cluster.peers = vec!["127.0.0.2".into(), "127.0.0.3:4000".into()];
+        s.cluster.ha = true;
+        let r = s.validate().unwrap();
+        let c = r.cluster.expect("clustering on");
+        assert_eq!(c.secret, b"0123456789abcdef0123");
+        assert_eq!(c.node_timeout_ms, 3500);
+        assert_eq!(c.peers[0], "127.0.0.2:45678".parse().unwrap());
+        assert_eq!(c.peers[1], "127.0.0.3:4000".parse().unwrap());
+        assert_eq!(c.heartbeat_bind, r.advertise);
+        assert!(
+            !format!("{c:?}").contains("0123456789"),
+            "the secret is never printed"
+        );
+        // A short secret is refused with the key's name.
+        std::fs::write(&key, "short").unwrap();
+        assert_eq!(
+            key_of(s.validate().unwrap_err()),
+            "cluster.cluster_key_file"
+        );
+        // No key: a single node.
+        let r = Settings::default().validate().unwrap();
+        assert!(r.cluster.is_none());
+    }
+
+    #[test]
+    fn allowed_hosts_match_mapped_addresses() {
+        let r = Settings::default().validate().unwrap();
+        assert!(Settings::host_allowed(&r, "127.0.0.3".parse().unwrap()));
+        assert!(Settings::host_allowed(
+            &r,
+            "::ffff:127.0.0.3".parse().unwrap()
+        ));
+        assert!(!Settings::host_allowed(&r, "10.0.0.3".parse().unwrap()));
     }
 
     #[test]

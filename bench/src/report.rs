@@ -238,9 +238,16 @@ impl Report {
             self.duration_s
         );
         let _ = writeln!(s);
+        let name_w = self
+            .targets
+            .iter()
+            .map(|t| t.name.len())
+            .max()
+            .unwrap_or(0)
+            .max(24);
         let _ = writeln!(
             s,
-            "{:<24} {:>10} {:>9} {:>9} {:>9} {:>6} {:>6} {:>8} {:>7} {:>7} {:>7}",
+            "{:<name_w$} {:>10} {:>9} {:>9} {:>9} {:>6} {:>6} {:>8} {:>7} {:>7} {:>7}",
             "target",
             "req/s",
             "p50 µs",
@@ -255,7 +262,7 @@ impl Report {
         );
         for t in &self.targets {
             if let Some(why) = &t.skipped {
-                let _ = writeln!(s, "{:<24} skipped: {why}", t.name);
+                let _ = writeln!(s, "{:<name_w$} skipped: {why}", t.name);
                 continue;
             }
             let share = t
@@ -265,7 +272,7 @@ impl Report {
                 .unwrap_or_default();
             let _ = writeln!(
                 s,
-                "{:<24} {:>10.0} {:>9.0} {:>9.0} {:>9.0} {:>6} {:>6} {:>8.1} {:>7} {:>7} {:>7}",
+                "{:<name_w$} {:>10.0} {:>9.0} {:>9.0} {:>9.0} {:>6} {:>6} {:>8.1} {:>7} {:>7} {:>7}",
                 t.name,
                 t.requests_per_s,
                 t.p50_us,

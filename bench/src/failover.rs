@@ -65,6 +65,9 @@ pub struct FailoverResult {
     pub first_success_ms: Option<f64>,
     /// From the kill until every worker had a successful request that started after it.
     pub all_workers_back_ms: Option<f64>,
+    /// From the kill until every session had been served again (a successful request that
+    /// started after the kill); None if some session was not served again before the end.
+    pub all_sessions_back_ms: Option<f64>,
     /// Requests that ended between the kill and the first success, and how many of them failed.
     pub requests_until_first_success: u64,
     pub failed_until_first_success: u64,
@@ -139,6 +142,7 @@ struct Sess {
 /// One finished request, times from the run's start.
 #[derive(Clone, Copy)]
 struct Rec {
+    session: u32,
     start_ns: u64,
     end_ns: u64,
     ok: bool,
@@ -283,6 +287,7 @@ fn worker(
         let start = Instant::now();
         let n = sessions.len();
         let s = &mut sessions[k % n];
+        let index = s.index;
         k += 1;
         let result = match client.as_mut() {
             Some(c) => cycle(c, s, size, &filler, &mut out.stale_reads, &mut out.new_ids),
@@ -306,6 +311,7 @@ fn worker(
         let start_ns = start.duration_since(shared.t0).as_nanos() as u64;
         let ok = result.is_ok();
         out.recs.push(Rec {
+            session: index as u32,
             start_ns,
             end_ns: end.duration_since(shared.t0).as_nanos() as u64,
             ok,
@@ -584,6 +590,23 @@ fn run_one(
     let first = per_worker.iter().flatten().min().copied();
     let all_back = if per_worker.iter().all(Option::is_some) {
         per_worker.iter().flatten().max().copied()
+    } else {
+        None
+    };
+    let mut session_back: Vec<Option<u64>> = vec![None; plan.sessions];
+    for x in outs.iter().flat_map(|o| o.recs.iter()) {
+        if x.ok && x.start_ns >= kill_ns {
+            if let Some(slot) = session_back.get_mut(x.session as usize) {
+                *slot = Some(slot.map_or(x.end_ns, |t| t.min(x.end_ns)));
+            }
+        }
+    }
+    r.all_sessions_back_ms = if session_back.iter().all(Option::is_some) {
+        session_back
+            .iter()
+            .flatten()
+            .max()
+            .map(|t| (t - kill_ns) as f64 / 1e6)
     } else {
         None
     };

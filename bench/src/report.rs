@@ -410,7 +410,7 @@ impl Report {
             let _ = writeln!(
                 s,
                 "  {} ({} nodes, {} sessions, {} workers, node timeout {} ms): before the kill {:.0} req/s (p99 {:.0} µs); \
-                 first success {} after the kill, every worker back after {}; failed {}/{} ({}) until the first success, \
+                 first success {} after the kill, every worker back after {}, every session after {}; failed {}/{} ({}) until the first success, \
                  {}/{} ({}) until every worker was back, {}/{} ({}) overall; after: {:.0} req/s (p99 {:.0} µs); \
                  {} acknowledged writes, {} sessions lost, {} stale reads, {} unreadable, {} new IDs",
                 f.policy,
@@ -422,6 +422,7 @@ impl Report {
                 f.steady_p99_us,
                 ms(f.first_success_ms),
                 ms(f.all_workers_back_ms),
+                ms(f.all_sessions_back_ms),
                 f.failed_until_first_success,
                 f.requests_until_first_success,
                 pct(f.failed_share_until_first_success()),

@@ -116,7 +116,8 @@ pub enum OwnedReply {
 }
 
 impl OwnedReply {
-    fn from_wire(r: &Reply<'_>) -> OwnedReply {
+    /// Copies a borrowed reply.
+    pub fn from_wire(r: &Reply<'_>) -> OwnedReply {
         match *r {
             Reply::HelloOk(h) => OwnedReply::HelloOk(h),
             Reply::IdCreated { id } => OwnedReply::IdCreated(id),

@@ -42,6 +42,7 @@ pub enum Answer<'a> {
     /// A fresh session ID was made: this node (`master`) and the new HASH.
     IdCreated {
         master: std::net::SocketAddr,
+        backup: Option<std::net::SocketAddr>,
         hash: [u8; 16],
     },
     /// The request failed; nothing was changed.

@@ -1,4 +1,4 @@
-//! The command line: `scd` (run), `scd run`, `scd check-config`, `scd stats`, `scd version`.
+//! The command line: `scd` (run), `scd run`, `scd check-config`, `scd stats`, `scd drain`, `scd version`.
 //! Every setting has a flag; see `settings::SettingsArgs`.
 
 use clap::{Args, Parser, Subcommand};
@@ -30,6 +30,9 @@ pub enum Command {
     CheckConfig(SettingsArgs),
     /// Print the statistics of the running daemon (found through the same settings).
     Stats(StatsArgs),
+    /// Hand every session of the running daemon to the other nodes, then stop it (found through
+    /// the same settings; waits until it has stopped).
+    Drain(SettingsArgs),
     /// Print the version and exit.
     Version,
 }

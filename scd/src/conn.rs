@@ -32,7 +32,10 @@ use scd_wire::constants::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
 use scd_wire::frame::{DecodeError, Frame, Header, Limits, Reason};
 use scd_wire::local::{HelloOk, Reply, Request, decode_request, negotiate};
 
+use scd_wire::session_id::SessionId;
+
 use crate::answer::{Answer, ErrCode};
+use crate::cluster::ClusterMsg;
 use crate::constants;
 use crate::core::{Core, CoreMsg, ShardRequest};
 use crate::exec::{Op, ReplyTo};
@@ -443,7 +446,6 @@ async fn dispatch(
         ));
         return Next::Close;
     }
-    let locks = &core.node.settings.locks;
     match request {
         Request::Hello { .. } => {}
         Request::CreateId => create_id(core, conn, reply).await,
@@ -465,56 +467,82 @@ async fn dispatch(
                 }
             });
         }
+        _ => {
+            let locks = &core.node.settings.locks;
+            if let Some((id, op)) = session_op(&request, locks.wait_max_ms, locks.lease_max_ms) {
+                match &core.node.cluster {
+                    // Clustering on: the cluster thread decides where the session is served.
+                    Some(c) => {
+                        let msg = ClusterMsg::Request {
+                            id,
+                            op: op.to_owned(),
+                            owner: conn.owner,
+                            reply,
+                        };
+                        if let Err(flume::SendError(ClusterMsg::Request { reply, .. })) =
+                            c.tx.send_async(msg).await
+                        {
+                            reply.send(Answer::error(
+                                ErrCode::Unavailable,
+                                "the daemon is stopping",
+                            ));
+                        }
+                    }
+                    None => route(core, conn, id.hash, op, reply).await,
+                }
+            }
+        }
+    }
+    Next::Continue
+}
+
+/// A session request as its ID and operation (lock waits and leases capped by the settings).
+fn session_op<'a>(
+    request: &Request<'a>,
+    wait_max_ms: u32,
+    lease_max_ms: u32,
+) -> Option<(SessionId, Op<&'a [u8]>)> {
+    Some(match *request {
         Request::ReadLock {
             id,
             wait_ms,
             lease_ms,
-        } => {
-            let op = Op::ReadLock {
-                wait_ms: wait_ms.min(locks.wait_max_ms),
+        } => (
+            id,
+            Op::ReadLock {
+                wait_ms: wait_ms.min(wait_max_ms),
                 // A lease of 0 would make the lock useless; the operator's maximum applies.
                 lease_ms: if lease_ms == 0 {
-                    locks.lease_max_ms
+                    lease_max_ms
                 } else {
-                    lease_ms.min(locks.lease_max_ms)
+                    lease_ms.min(lease_max_ms)
                 },
-            };
-            route(core, conn, id.hash, op, reply).await;
-        }
-        Request::Read { id } => route(core, conn, id.hash, Op::Read, reply).await,
+            },
+        ),
+        Request::Read { id } => (id, Op::Read),
         Request::WriteUnlock {
             id,
             token,
             lifetime_s,
             data,
-        } => {
-            route(
-                core,
-                conn,
-                id.hash,
-                Op::WriteUnlock {
-                    token,
-                    lifetime_s,
-                    data,
-                },
-                reply,
-            )
-            .await
-        }
+        } => (
+            id,
+            Op::WriteUnlock {
+                token,
+                lifetime_s,
+                data,
+            },
+        ),
         Request::Touch {
             id,
             token,
             lifetime_s,
-        } => route(core, conn, id.hash, Op::Touch { token, lifetime_s }, reply).await,
-        Request::Unlock { id, token } => {
-            route(core, conn, id.hash, Op::Unlock { token }, reply).await
-        }
-        Request::Destroy { id, token } => {
-            route(core, conn, id.hash, Op::Destroy { token }, reply).await
-        }
-        Request::Exists { id } => route(core, conn, id.hash, Op::Exists, reply).await,
-    }
-    Next::Continue
+        } => (id, Op::Touch { token, lifetime_s }),
+        Request::Unlock { id, token } => (id, Op::Unlock { token }),
+        Request::Destroy { id, token } => (id, Op::Destroy { token }),
+        Request::Exists { id } => (id, Op::Exists),
+        Request::Hello { .. } | Request::CreateId | Request::Stats => return None,
+    })
 }
 
 /// Runs `op` on the shard that owns `hash`: here if this core owns it, else on its core.
@@ -565,8 +593,13 @@ async fn create_id(core: &Rc<Core>, conn: &Conn, reply: ReplyTo) {
             break;
         }
     }
+    // With HA, the least-loaded live node is the new session's backup.
+    let backup = match &core.node.cluster {
+        Some(c) if core.node.settings.cluster.ha => c.choose_backup(),
+        _ => None,
+    };
     // Either a local shard was found, or (a core without shards) the last draw goes to its owner.
-    route(core, conn, hash, Op::Create, reply).await;
+    route(core, conn, hash, Op::Create { backup }, reply).await;
 }
 
 async fn write_loop<W: AsyncWriteRent>(conn: Rc<Conn>, rx: flume::Receiver<Vec<u8>>, mut wr: W) {

@@ -93,3 +93,6 @@ pub const CONN_WRITE_BATCH_BYTES: usize = 256 * 1024;
 /// apart (about 10 s in all), before start-up fails.
 pub const BIND_RETRIES: u32 = 100;
 pub const BIND_RETRY_MS: u64 = 100;
+
+/// `scd drain`: the longest the hand-off may take before the daemon stops anyway.
+pub const DRAIN_SECS_MAX: u64 = 600;

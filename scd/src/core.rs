@@ -44,6 +44,10 @@ pub enum CoreMsg {
     Adopt(crate::conn::Handoff),
     /// Send this core's statistics back.
     Stats(flume::Sender<CoreStats>),
+    /// Cluster: copy out every live session of this core's shards.
+    Dump(flume::Sender<Vec<crate::exec::DumpItem>>),
+    /// Cluster: the number of sessions this core's shards hold (heartbeat load).
+    Sessions(flume::Sender<u64>),
     /// Shutdown, phase 1: stop accepting, finish the connections, then report `Drained`.
     StopAccepting,
     /// Shutdown, phase 2: flush everything and end the event loop.
@@ -163,7 +167,7 @@ impl Core {
     ) {
         let slot_index = shard as usize / self.cores();
         let now = self.now_ms();
-        let kick = !matches!(op, Op::Read | Op::Exists | Op::Create);
+        let kick = !matches!(op, Op::Read | Op::Exists | Op::Create { .. } | Op::Peek);
         {
             let mut shards = self.shards.borrow_mut();
             match shards.get_mut(slot_index) {
@@ -223,6 +227,18 @@ impl Core {
             }
             CoreMsg::Stats(tx) => {
                 let _ = tx.send(self.stats());
+            }
+            CoreMsg::Dump(tx) => {
+                let now = self.refresh_now();
+                let mut out = Vec::new();
+                for slot in self.shards.borrow().iter() {
+                    slot.dump(now, &mut out);
+                }
+                let _ = tx.send(out);
+            }
+            CoreMsg::Sessions(tx) => {
+                let n = self.shards.borrow().iter().map(|s| s.sessions()).sum();
+                let _ = tx.send(n);
             }
             CoreMsg::Adopt(handoff) => crate::conn::adopt(self, handoff),
             CoreMsg::StopAccepting => self.begin_stop(),

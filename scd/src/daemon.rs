@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use log::{error, info, warn};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
 use crate::constants;
@@ -43,6 +43,14 @@ pub enum StartError {
     Thread { core: usize, source: io::Error },
     #[error("core {core} failed to start: {reason}")]
     Core { core: usize, reason: String },
+    #[error("cannot listen for relays on {addr}: {source}")]
+    RelayListen { addr: SocketAddr, source: io::Error },
+    #[error("cannot bind the heartbeat socket {addr}: {source}")]
+    HeartbeatBind { addr: SocketAddr, source: io::Error },
+    #[error("cluster key: {0}")]
+    ClusterKey(String),
+    #[error("cannot start the cluster thread: {0}")]
+    ClusterThread(io::Error),
 }
 
 /// What every core knows about the node. Read-only after start, except the connection count.
@@ -57,6 +65,8 @@ pub struct Node {
     pub connections_open: AtomicU32,
     /// Round-robin counter: the core that serves the next accepted connection.
     pub next_core: AtomicUsize,
+    /// Set when clustering is on (a cluster key is configured).
+    pub cluster: Option<crate::cluster::ClusterShared>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. Returns once everything is flushed.
@@ -69,13 +79,23 @@ pub fn run(settings: Settings, resolved: Resolved) -> Result<(), StartError> {
         resolved.shards
     );
     info!("settings: {}", one_line(&settings));
-    info!(
-        "cluster settings are checked but not used yet (relay port {}, heartbeat port {}, HA {}): \
-         clustering arrives with the cluster work; this node serves its own sessions only",
-        settings.cluster.relay_port,
-        settings.cluster.heartbeat_port,
-        if settings.cluster.ha { "on" } else { "off" }
-    );
+    match &resolved.cluster {
+        Some(c) => info!(
+            "clustering on: relay {}:{}, heartbeats on {}:{} to {} peers{}, node timeout {} ms, HA {}",
+            resolved.advertise,
+            settings.cluster.relay_port,
+            c.heartbeat_bind,
+            settings.cluster.heartbeat_port,
+            c.peers.len(),
+            c.broadcast
+                .map_or(String::new(), |b| format!(" and broadcast {b}")),
+            c.node_timeout_ms,
+            if settings.cluster.ha { "on" } else { "off" }
+        ),
+        None => info!(
+            "clustering off (no cluster.cluster_key_file): this node serves its own sessions only"
+        ),
+    }
 
     let data_dir = settings.node.data_dir.clone();
     fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
@@ -86,7 +106,7 @@ pub fn run(settings: Settings, resolved: Resolved) -> Result<(), StartError> {
 
     // Signals are registered before any thread starts, so every thread inherits the mask state
     // and a signal that arrives during start-up is not lost.
-    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(StartError::Signals)?;
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGUSR1]).map_err(StartError::Signals)?;
 
     let (unix, unix_lock) = match &resolved.unix_socket {
         Some(path) => {
@@ -110,13 +130,47 @@ pub fn run(settings: Settings, resolved: Resolved) -> Result<(), StartError> {
     let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
     let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
 
+    let relay_addr = SocketAddr::new(resolved.advertise, settings.cluster.relay_port);
+    let mut cluster_parts = None;
+    let cluster_shared = match &resolved.cluster {
+        Some(c) => {
+            let key = scd_wire::mac::ClusterKey::from_secret(&c.secret)
+                .map_err(|e| StartError::ClusterKey(e.to_string()))?;
+            let relay = bind_tcp(relay_addr).map_err(|source| StartError::RelayListen {
+                addr: relay_addr,
+                source,
+            })?;
+            let hb_addr = SocketAddr::new(c.heartbeat_bind, settings.cluster.heartbeat_port);
+            let hb_err = |source| StartError::HeartbeatBind {
+                addr: hb_addr,
+                source,
+            };
+            let udp = std::net::UdpSocket::bind(hb_addr).map_err(hb_err)?;
+            if c.broadcast.is_some() {
+                udp.set_broadcast(true).map_err(hb_err)?;
+            }
+            udp.set_nonblocking(true).map_err(hb_err)?;
+            let (tx, rx) = flume::bounded(constants::CORE_CHANNEL_DEPTH);
+            cluster_parts = Some((rx, relay, udp));
+            Some(crate::cluster::ClusterShared {
+                tx,
+                key,
+                counters: Default::default(),
+                view: std::sync::Mutex::new(Vec::new()),
+                draining: std::sync::atomic::AtomicBool::new(false),
+            })
+        }
+        None => None,
+    };
+
     let node = Arc::new(Node {
-        relay_addr: SocketAddr::new(resolved.advertise, settings.cluster.relay_port),
+        relay_addr,
         settings,
         resolved,
         node_id,
         connections_open: AtomicU32::new(0),
         next_core: AtomicUsize::new(0),
+        cluster: cluster_shared,
     });
 
     let cores = node.resolved.cores;
@@ -155,6 +209,25 @@ pub fn run(settings: Settings, resolved: Resolved) -> Result<(), StartError> {
         threads.push(handle);
     }
     drop(events_tx);
+    let cluster_thread = match cluster_parts {
+        Some((inbox, relay, heartbeat)) => {
+            let start = crate::cluster::ClusterStart {
+                node: node.clone(),
+                inbox,
+                cores: senders.clone(),
+                relay,
+                heartbeat,
+                started_ms: crate::core::clock_ms(),
+            };
+            Some(
+                std::thread::Builder::new()
+                    .name("cluster".into())
+                    .spawn(move || crate::cluster::run(start))
+                    .map_err(StartError::ClusterThread)?,
+            )
+        }
+        None => None,
+    };
     // The main thread keeps no listener: the cores own their clones, so closing them stops accepts.
     drop(unix);
     drop(tcp);
@@ -189,6 +262,7 @@ pub fn run(settings: Settings, resolved: Resolved) -> Result<(), StartError> {
         for t in threads {
             let _ = t.join();
         }
+        stop_cluster(&node, cluster_thread);
         remove_socket(&node);
         return Err(e);
     }
@@ -206,8 +280,12 @@ pub fn run(settings: Settings, resolved: Resolved) -> Result<(), StartError> {
     );
 
     if let Some(sig) = signals.forever().next() {
-        let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
-        info!("{name} received: stopping (no new connections; finishing requests in flight)");
+        if sig == SIGUSR1 {
+            drain(&node);
+        } else {
+            let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
+            info!("{name} received: stopping (no new connections; finishing requests in flight)");
+        }
     }
 
     stop_cores(&senders, &events_rx, cores);
@@ -216,11 +294,44 @@ pub fn run(settings: Settings, resolved: Resolved) -> Result<(), StartError> {
             error!("core {i} ended abnormally");
         }
     }
+    stop_cluster(&node, cluster_thread);
     remove_socket(&node);
     // Held until the socket file is gone, so a new daemon never removes a live socket.
     drop(unix_lock);
     info!("stopped: every shard flushed");
     Ok(())
+}
+
+/// SIGUSR1 (`scd drain`): hand every session to the other nodes, then stop as on SIGTERM. The
+/// node keeps serving (relaying to the new masters) while it hands off.
+fn drain(node: &Node) {
+    let Some(c) = &node.cluster else {
+        warn!("SIGUSR1 (drain) received, but clustering is off: nothing to hand off; stopping");
+        return;
+    };
+    info!("SIGUSR1 received: draining (handing every session to the other nodes), then stopping");
+    let (tx, rx) = mpsc::channel();
+    if c.tx.send(crate::cluster::ClusterMsg::Drain(tx)).is_err() {
+        error!("drain: the cluster thread is gone");
+        return;
+    }
+    match rx.recv_timeout(Duration::from_secs(constants::DRAIN_SECS_MAX)) {
+        Ok(summary) => info!("drain finished: {summary}; stopping"),
+        Err(_) => error!(
+            "drain did not finish within {} s; stopping anyway",
+            constants::DRAIN_SECS_MAX
+        ),
+    }
+}
+
+/// Ends the cluster thread (after the cores: in-flight relayed requests were answered).
+fn stop_cluster(node: &Node, thread: Option<JoinHandle<()>>) {
+    if let (Some(c), Some(t)) = (&node.cluster, thread) {
+        let _ = c.tx.send(crate::cluster::ClusterMsg::Stop);
+        if t.join().is_err() {
+            error!("the cluster thread ended abnormally");
+        }
+    }
 }
 
 /// Two phases so that no core stops serving its shards while another still has connections that

@@ -12,8 +12,8 @@ use std::collections::HashMap;
 
 use log::{error, warn};
 use scd_engine::{
-    EngineError, Event, FlushPolicy, LockOutcome, LockToken, OwnerId, RecoveryReport, SessionKey,
-    Shard, ShardConfig, Ticket, WaitId, WriteAck,
+    EngineError, Event, FlushPolicy, LockOutcome, LockToken, OwnerId, RecoveryReport,
+    ReplicaOutcome, SessionKey, Shard, ShardConfig, Ticket, WaitId, WriteAck,
 };
 
 use crate::answer::{Answer, ErrCode};
@@ -47,8 +47,25 @@ pub enum Op<D> {
         token: u64,
     },
     Exists,
-    /// Hand out this (freshly drawn) HASH as a new session ID, if no session or lock has it.
-    Create,
+    /// Hand out this (freshly drawn) HASH as a new session ID, if no session or lock has it, with
+    /// this backup (HA) in it.
+    Create {
+        backup: Option<std::net::SocketAddr>,
+    },
+    /// Cluster: hold this copy from the session's master (kept only if `version` is newer than
+    /// the copy here). Answered `Done` with the version now held, once durable under
+    /// write-through.
+    ApplyReplica {
+        version: u64,
+        lifetime_s: u32,
+        data: D,
+    },
+    /// Cluster: the session's data for copying elsewhere: answered `Data` whose token field
+    /// carries the seconds it has left to live (no lock is taken), or `NotFound`.
+    Peek,
+    /// Cluster: forget the session, with no lock check (the master decided, or the copy was
+    /// taken over elsewhere). Answered `Done`.
+    Remove,
 }
 
 impl Op<&[u8]> {
@@ -69,7 +86,18 @@ impl Op<&[u8]> {
             Op::Unlock { token } => Op::Unlock { token },
             Op::Destroy { token } => Op::Destroy { token },
             Op::Exists => Op::Exists,
-            Op::Create => Op::Create,
+            Op::Create { backup } => Op::Create { backup },
+            Op::ApplyReplica {
+                version,
+                lifetime_s,
+                data,
+            } => Op::ApplyReplica {
+                version,
+                lifetime_s,
+                data: data.to_vec(),
+            },
+            Op::Remove => Op::Remove,
+            Op::Peek => Op::Peek,
         }
     }
 }
@@ -98,7 +126,18 @@ impl Op<Vec<u8>> {
             Op::Unlock { token } => Op::Unlock { token: *token },
             Op::Destroy { token } => Op::Destroy { token: *token },
             Op::Exists => Op::Exists,
-            Op::Create => Op::Create,
+            Op::Create { backup } => Op::Create { backup: *backup },
+            Op::ApplyReplica {
+                version,
+                lifetime_s,
+                data,
+            } => Op::ApplyReplica {
+                version: *version,
+                lifetime_s: *lifetime_s,
+                data: data.as_slice(),
+            },
+            Op::Remove => Op::Remove,
+            Op::Peek => Op::Peek,
         }
     }
 }
@@ -152,6 +191,15 @@ impl Drop for ReplyTo {
             let _ = self.tx.send(out);
         }
     }
+}
+
+/// One session copied out of a shard (cluster sync and drain).
+#[derive(Clone, Debug)]
+pub struct DumpItem {
+    pub hash: [u8; 16],
+    pub version: u64,
+    pub lifetime_s: u32,
+    pub data: Vec<u8>,
 }
 
 struct PendingLock {
@@ -350,7 +398,42 @@ impl ShardSlot {
                 let exists = self.shard.exists(&key, now_ms);
                 reply.send(Answer::Existence(exists));
             }
-            Op::Create => {
+            Op::ApplyReplica {
+                version,
+                lifetime_s,
+                data,
+            } => {
+                let expires = now_ms.saturating_add(u64::from(lifetime_s) * 1000);
+                match self
+                    .shard
+                    .apply_replica(key, version, expires, data, now_ms)
+                {
+                    Ok(ReplicaOutcome::Applied(ack)) => {
+                        self.acknowledge(key, now_ms, Ok(ack), reply)
+                    }
+                    Ok(ReplicaOutcome::Stale) => {
+                        let version = self.version_of(&key, now_ms);
+                        reply.send(Answer::Done { version });
+                    }
+                    Err(e) => self.fail(reply, &e),
+                }
+            }
+            Op::Peek => match self.shard.get(&key, now_ms) {
+                Some(s) => {
+                    let left_s = s.expires_at_ms().saturating_sub(now_ms).div_ceil(1000);
+                    reply.send(Answer::Data {
+                        token: left_s.max(1),
+                        version: s.version(),
+                        data: s.data(),
+                    })
+                }
+                None => reply.send(Answer::NotFound { token: 0 }),
+            },
+            Op::Remove => {
+                let ack = self.shard.remove(key, now_ms);
+                self.acknowledge(key, now_ms, ack, reply);
+            }
+            Op::Create { backup } => {
                 if self.shard.exists(&key, now_ms) || self.lock_in_use(key, now_ms) {
                     // 2^-128 odds; refused rather than hand out an ID that is in use.
                     warn!(
@@ -365,6 +448,7 @@ impl ShardSlot {
                 } else {
                     reply.send(Answer::IdCreated {
                         master: self.relay_addr,
+                        backup,
                         hash: key.0,
                     });
                 }
@@ -505,6 +589,25 @@ impl ShardSlot {
             }
         }
         self.events = events;
+    }
+
+    /// Every live session of the shard (cluster sync and drain): HASH, version, seconds left to
+    /// live, data.
+    pub fn dump(&self, now_ms: u64, out: &mut Vec<DumpItem>) {
+        for (key, s) in self.shard.iter(now_ms) {
+            let left_s = s.expires_at_ms().saturating_sub(now_ms).div_ceil(1000);
+            out.push(DumpItem {
+                hash: key.0,
+                version: s.version(),
+                lifetime_s: u32::try_from(left_s).unwrap_or(u32::MAX),
+                data: s.data().to_vec(),
+            });
+        }
+    }
+
+    /// Sessions held (the load heartbeats announce).
+    pub fn sessions(&self) -> u64 {
+        self.shard.stats().sessions
     }
 
     /// Shutdown: a last flush, then the shard closes (dropped by the caller).

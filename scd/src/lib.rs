@@ -9,6 +9,7 @@
 //! - `conn`: client connections: one reader and one writer task each, pipelined, bounded.
 //! - `exec`: one request against one engine shard; pending lock waits and durable writes.
 //! - `proto`, `answer`: answers and their encoding in the local protocol (`scd_wire`).
+//! - `cluster`: the cluster thread: heartbeats, relays, replication, failover, rejoin, drain.
 //! - `stats`, `metrics`: statistics from every core; table, JSON, Prometheus (`GET /metrics`).
 //! - `stats_cmd`: `scd stats`, a client of the running daemon.
 //! - `logging`: a one-line-per-event logger; `notify`: a wake-up flag for one core's tasks;
@@ -16,6 +17,7 @@
 
 pub mod answer;
 pub mod cli;
+pub mod cluster;
 pub mod conn;
 pub mod constants;
 pub mod core;

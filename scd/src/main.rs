@@ -35,6 +35,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Command::Drain(args)) => match scd::stats_cmd::drain(&args) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("scd drain: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Some(Command::Version) => {
             println!("scd {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS

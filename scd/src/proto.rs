@@ -56,10 +56,14 @@ pub fn encode_answer(request_id: u64, answer: &Answer<'_>, out: &mut Vec<u8>) {
             code: wire_code(*code),
             message,
         },
-        Answer::IdCreated { master, hash } => {
-            // No backup until the cluster exists; placement epoch 1 for a session's first home.
+        Answer::IdCreated {
+            master,
+            backup,
+            hash,
+        } => {
+            // Placement epoch 1 for a session's first home.
             Reply::IdCreated {
-                id: new_session_id(*master, *hash),
+                id: SessionId::new(*master, *backup, 1, *hash),
             }
         }
     };

@@ -73,6 +73,8 @@ pub struct CoreStats {
 #[derive(Clone, Debug, Default)]
 pub struct NodeStats {
     pub cores: Vec<CoreStats>,
+    /// The cluster counters in the order of `CLUSTER_FIELDS` (clustering on only).
+    pub cluster: Option<Vec<u64>>,
 }
 
 /// Asks every core (this one included, through its own inbox) for its statistics.
@@ -90,8 +92,106 @@ pub async fn gather(core: &Core) -> NodeStats {
         cores.push(s);
     }
     cores.sort_by_key(|c| c.core);
-    NodeStats { cores }
+    NodeStats {
+        cores,
+        cluster: core.node.cluster.as_ref().map(|c| c.counters.values()),
+    }
 }
+
+/// The cluster's figures, shown with the node's (`node.cluster_*`); only when clustering is on.
+pub const CLUSTER_FIELDS: [(&str, &str, &str); 19] = [
+    ("cluster_on", "gauge", "1: clustering is on."),
+    (
+        "cluster_ready",
+        "gauge",
+        "1: the node has rejoined (synced with the live nodes) and serves.",
+    ),
+    (
+        "cluster_peers_up",
+        "gauge",
+        "Other nodes heard from within the node timeout.",
+    ),
+    (
+        "cluster_peers_down",
+        "gauge",
+        "Other nodes heard from before, silent now.",
+    ),
+    (
+        "cluster_heartbeats_sent",
+        "counter",
+        "Heartbeat datagrams sent.",
+    ),
+    (
+        "cluster_heartbeats_received",
+        "counter",
+        "Heartbeats accepted (allowed host, right key, not a replay).",
+    ),
+    (
+        "cluster_heartbeats_rejected",
+        "counter",
+        "Heartbeats dropped (host not allowed, bad MAC, replay, malformed).",
+    ),
+    (
+        "cluster_relayed_out",
+        "counter",
+        "Requests relayed to another node and answered.",
+    ),
+    (
+        "cluster_relayed_in",
+        "counter",
+        "Requests relayed here by another node.",
+    ),
+    (
+        "cluster_relay_failures",
+        "counter",
+        "Relays that got no answer (peer unreachable, timeout, connection lost).",
+    ),
+    (
+        "cluster_relay_connections_refused",
+        "counter",
+        "Relay connections closed at once: host not allowed or handshake failed (wrong key).",
+    ),
+    (
+        "cluster_replications",
+        "counter",
+        "Copies acknowledged by a backup.",
+    ),
+    (
+        "cluster_replication_failures",
+        "counter",
+        "Copies a backup did not acknowledge (unreachable, or fenced by a newer epoch).",
+    ),
+    (
+        "cluster_replicas_applied",
+        "counter",
+        "Copies this node took as a backup.",
+    ),
+    (
+        "cluster_failovers",
+        "counter",
+        "Sessions this node took over from an unreachable master.",
+    ),
+    (
+        "cluster_fenced",
+        "counter",
+        "Sessions this node stopped mastering because another node holds a newer epoch.",
+    ),
+    (
+        "cluster_backups_replaced",
+        "counter",
+        "Sessions whose backup was gone or draining and got a new one.",
+    ),
+    (
+        "cluster_sync_items",
+        "counter",
+        "Sessions received while rejoining.",
+    ),
+    (
+        "cluster_sessions_handed_off",
+        "counter",
+        "Sessions handed to another node by drain.",
+    ),
+];
 
 /// Per-shard fields in the order they are shown: (name, Prometheus type, help).
 pub const SHARD_FIELDS: [(&str, &str, &str); 12] = [
@@ -213,6 +313,12 @@ impl NodeStats {
         ];
         for ((name, _, _), v) in NODE_FIELDS.iter().zip(node_values) {
             out.push((format!("node.{name}"), v));
+        }
+        out.push(("node.pid".to_string(), u64::from(std::process::id())));
+        if let Some(values) = &self.cluster {
+            for ((name, _, _), v) in CLUSTER_FIELDS.iter().zip(values) {
+                out.push((format!("node.{name}"), *v));
+            }
         }
         let total = self.total();
         for ((name, _, _), v) in SHARD_FIELDS.iter().zip(shard_values(&total)) {
@@ -355,8 +461,8 @@ pub fn render_json(entries: &[(String, u64)]) -> String {
 pub fn render_prometheus(entries: &[(String, u64)]) -> String {
     let g = group(entries);
     let mut out = String::new();
-    for (name, kind, help) in NODE_FIELDS {
-        if let Some(v) = g.node.get(name) {
+    for (name, kind, help) in NODE_FIELDS.iter().chain(CLUSTER_FIELDS.iter()) {
+        if let Some(v) = g.node.get(*name) {
             let metric = prometheus_name(name, kind);
             let _ = writeln!(
                 out,
@@ -430,6 +536,7 @@ mod tests {
             shards,
         };
         NodeStats {
+            cluster: None,
             cores: vec![c(1, vec![s1]), c(0, vec![s0, s2])],
         }
     }
@@ -472,7 +579,10 @@ mod tests {
             counters: CounterSnapshot::default(),
             shards,
         };
-        let n = NodeStats { cores: vec![c] };
+        let n = NodeStats {
+            cores: vec![c],
+            cluster: None,
+        };
         assert!(n.entries().len() > scd_wire::constants::STATS_ENTRIES_MAX);
         let w = n.wire_entries();
         assert_eq!(w.len(), scd_wire::constants::STATS_ENTRIES_MAX);

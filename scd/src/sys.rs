@@ -46,3 +46,16 @@ pub fn owned_fd(raw: RawFd) -> std::os::fd::OwnedFd {
     // open descriptor; nothing else closes or uses it afterwards.
     unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) }
 }
+
+/// Sends SIGUSR1 (drain) to process `pid` (`scd drain`).
+pub fn signal_drain(pid: u32) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
+    // SAFETY: kill(2) takes two integers and touches no memory of ours.
+    let rc = unsafe { libc::kill(pid, libc::SIGUSR1) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

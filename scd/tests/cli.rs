@@ -39,8 +39,8 @@ fn with_no_arguments_it_starts_in_a_local_folder_and_stops_on_sigint() {
     assert!(text.contains("relay_port=34567"), "{text}");
     assert!(text.contains("heartbeat_port=45678"), "{text}");
     assert!(
-        text.contains("not used yet"),
-        "the log says clustering is not active: {text}"
+        text.contains("clustering off"),
+        "the log says clustering is off without a cluster key: {text}"
     );
     let socket = dir.path().join("scd-data/scd.sock");
     let mut c = Client::connect(&Endpoint::Unix(socket.clone())).expect("default socket");

@@ -1,0 +1,441 @@
+//! Membership: who is alive, how loaded, and when to send our own heartbeat.
+//!
+//! Fed with heartbeats that the driver has already opened and run through
+//! [`scd_wire::HeartbeatVerifier`] (MAC checked, replays refused), and with "heard from" notices
+//! for every authenticated relay message. Time is the `now_ms` argument; nothing here reads a
+//! clock.
+
+use std::collections::BTreeMap;
+
+use crate::Addr;
+
+/// One peer's heartbeat, as the membership needs it (see [`PeerBeat::from_heartbeat`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerBeat {
+    /// The sender's relay address (its identity on the wire, as in session IDs).
+    pub relay: Addr,
+    /// The sender's node ID: random at each start of its daemon (an incarnation).
+    pub node_id: u64,
+    /// Sessions the sender holds.
+    pub sessions: u64,
+    /// Sockets the sender has open.
+    pub sockets: u32,
+    /// The sender is draining: never pick it as a backup or a new master.
+    pub draining: bool,
+}
+
+impl PeerBeat {
+    /// The fields of a verified wire heartbeat.
+    pub fn from_heartbeat(hb: &scd_wire::Heartbeat) -> Self {
+        PeerBeat {
+            relay: hb.relay,
+            node_id: hb.node_id,
+            sessions: hb.sessions,
+            sockets: hb.sockets,
+            draining: hb.draining(),
+        }
+    }
+
+    /// The load used to choose backups: sessions plus sockets.
+    pub fn load(&self) -> u64 {
+        self.sessions.saturating_add(u64::from(self.sockets))
+    }
+}
+
+/// A change in a peer's state, reported by [`Membership::on_heartbeat`] and [`Membership::tick`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerEvent {
+    /// First heard of this peer (this node's lifetime).
+    Up {
+        /// The peer's relay address.
+        addr: Addr,
+        /// Its node ID.
+        node_id: u64,
+    },
+    /// The peer runs under a new node ID: it restarted (its old incarnation is gone).
+    Restarted {
+        /// The peer's relay address.
+        addr: Addr,
+        /// The node ID it had.
+        old: u64,
+        /// The node ID it has now.
+        new: u64,
+    },
+    /// Not heard for `node_timeout_ms`: down.
+    Down {
+        /// The peer's relay address.
+        addr: Addr,
+        /// Its node ID.
+        node_id: u64,
+    },
+    /// Heard again, same node ID, after it was declared down (a healed partition). Whatever it
+    /// served meanwhile may have been taken over: it must rejoin before serving.
+    Returned {
+        /// The peer's relay address.
+        addr: Addr,
+        /// Its node ID.
+        node_id: u64,
+    },
+}
+
+/// Membership timing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MembershipConfig {
+    /// Mean interval between our heartbeats (jittered ±20%).
+    pub heartbeat_interval_ms: u64,
+    /// A peer not heard for this long is down (default `3 × interval + 500`).
+    pub node_timeout_ms: u64,
+}
+
+impl MembershipConfig {
+    /// The defaults for a given heartbeat interval: node timeout `3 × interval + 500`.
+    pub fn with_interval(heartbeat_interval_ms: u64) -> Self {
+        MembershipConfig {
+            heartbeat_interval_ms,
+            node_timeout_ms: heartbeat_interval_ms.saturating_mul(3).saturating_add(500),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Peer {
+    node_id: u64,
+    last_heard_ms: u64,
+    /// When it last came up (first heard, restarted, or returned).
+    up_since_ms: u64,
+    load: u64,
+    draining: bool,
+    up: bool,
+}
+
+/// The live-node table of one node.
+///
+/// A peer is *up* from its first heartbeat until `node_timeout_ms` pass without hearing from it
+/// (heartbeat or any relay message). A peer this node never heard of is not up.
+#[derive(Clone, Debug)]
+pub struct Membership {
+    me: Addr,
+    started_ms: u64,
+    config: MembershipConfig,
+    peers: BTreeMap<Addr, Peer>,
+}
+
+impl Membership {
+    /// A table for the node at relay address `me`, started at `now_ms`.
+    pub fn new(me: Addr, config: MembershipConfig, now_ms: u64) -> Self {
+        Membership {
+            me,
+            started_ms: now_ms,
+            config,
+            peers: BTreeMap::new(),
+        }
+    }
+
+    /// Our relay address.
+    pub fn me(&self) -> Addr {
+        self.me
+    }
+
+    /// The timing in force.
+    pub fn config(&self) -> MembershipConfig {
+        self.config
+    }
+
+    /// Takes in a verified heartbeat. Our own (looped-back broadcast) is ignored.
+    pub fn on_heartbeat(&mut self, beat: &PeerBeat, now_ms: u64) -> Option<PeerEvent> {
+        if beat.relay == self.me {
+            return None;
+        }
+        let event = self.on_heard(beat.relay, Some(beat.node_id), now_ms);
+        if let Some(peer) = self.peers.get_mut(&beat.relay) {
+            peer.load = beat.load();
+            peer.draining = beat.draining;
+        }
+        event
+    }
+
+    /// Notes that an authenticated message came from `addr` (incarnation `node_id` when the
+    /// driver knows it from the relay handshake). Refreshes its liveness like a heartbeat.
+    pub fn on_heard(&mut self, addr: Addr, node_id: Option<u64>, now_ms: u64) -> Option<PeerEvent> {
+        if addr == self.me {
+            return None;
+        }
+        match self.peers.get_mut(&addr) {
+            None => {
+                // A message before any heartbeat: known only once its node ID is.
+                let node_id = node_id?;
+                self.peers.insert(
+                    addr,
+                    Peer {
+                        node_id,
+                        last_heard_ms: now_ms,
+                        up_since_ms: now_ms,
+                        load: 0,
+                        draining: false,
+                        up: true,
+                    },
+                );
+                Some(PeerEvent::Up { addr, node_id })
+            }
+            Some(peer) => {
+                peer.last_heard_ms = peer.last_heard_ms.max(now_ms);
+                match node_id {
+                    Some(id) if id != peer.node_id => {
+                        let old = peer.node_id;
+                        peer.node_id = id;
+                        peer.up = true;
+                        peer.up_since_ms = now_ms;
+                        peer.draining = false;
+                        Some(PeerEvent::Restarted { addr, old, new: id })
+                    }
+                    _ if !peer.up => {
+                        peer.up = true;
+                        peer.up_since_ms = now_ms;
+                        Some(PeerEvent::Returned {
+                            addr,
+                            node_id: peer.node_id,
+                        })
+                    }
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    /// Declares down every peer silent for `node_timeout_ms`. Call at least every heartbeat
+    /// interval.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<PeerEvent> {
+        let timeout = self.config.node_timeout_ms;
+        let mut events = Vec::new();
+        for (addr, peer) in &mut self.peers {
+            if peer.up && now_ms.saturating_sub(peer.last_heard_ms) >= timeout {
+                peer.up = false;
+                events.push(PeerEvent::Down {
+                    addr: *addr,
+                    node_id: peer.node_id,
+                });
+            }
+        }
+        events
+    }
+
+    /// Whether `addr` is up (we are always up to ourselves).
+    pub fn is_up(&self, addr: Addr) -> bool {
+        addr == self.me || self.peers.get(&addr).is_some_and(|p| p.up)
+    }
+
+    /// Whether `addr` announced it is draining.
+    pub fn is_draining(&self, addr: Addr) -> bool {
+        self.peers.get(&addr).is_some_and(|p| p.draining)
+    }
+
+    /// How long `addr` has been silent, counting from our own start for a peer never heard (a
+    /// restarted node does not assume its peers dead). `0` for ourselves.
+    pub fn silent_for(&self, addr: Addr, now_ms: u64) -> u64 {
+        if addr == self.me {
+            return 0;
+        }
+        let last = self
+            .peers
+            .get(&addr)
+            .map_or(self.started_ms, |p| p.last_heard_ms.max(self.started_ms));
+        now_ms.saturating_sub(last)
+    }
+
+    /// Whether `addr` has been silent for at least `node_timeout_ms` (the condition to take
+    /// over from it).
+    pub fn silent_long(&self, addr: Addr, now_ms: u64) -> bool {
+        self.silent_for(addr, now_ms) >= self.config.node_timeout_ms
+    }
+
+    /// How long `addr` has been up without interruption (since we first heard it, or since it
+    /// restarted or returned); 0 if it is down or unknown.
+    pub fn up_for(&self, addr: Addr, now_ms: u64) -> u64 {
+        match self.peers.get(&addr) {
+            Some(p) if p.up => now_ms.saturating_sub(p.up_since_ms),
+            _ => 0,
+        }
+    }
+
+    /// The node ID last heard from `addr`.
+    pub fn node_id(&self, addr: Addr) -> Option<u64> {
+        self.peers.get(&addr).map(|p| p.node_id)
+    }
+
+    /// Load last announced by `addr`.
+    pub fn load(&self, addr: Addr) -> Option<u64> {
+        self.peers.get(&addr).map(|p| p.load)
+    }
+
+    /// Up peers (not us) with their load, in address order.
+    pub fn live_peers(&self) -> impl Iterator<Item = (Addr, u64)> + '_ {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.up)
+            .map(|(a, p)| (*a, p.load))
+    }
+
+    /// Up peers that may take sessions (not draining), with their load, in address order.
+    pub fn candidates(&self) -> impl Iterator<Item = (Addr, u64)> + '_ {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.up && !p.draining)
+            .map(|(a, p)| (*a, p.load))
+    }
+
+    /// Nodes ever heard of, plus us: the cluster size as far as we know.
+    pub fn known_nodes(&self) -> usize {
+        self.peers.len() + 1
+    }
+}
+
+/// When to send our next heartbeat: the interval with ±20% jitter so that nodes do not send in
+/// step. Randomness is an argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeartbeatSchedule {
+    interval_ms: u64,
+    next_ms: u64,
+}
+
+impl HeartbeatSchedule {
+    /// A schedule whose first heartbeat is due at once.
+    pub fn new(interval_ms: u64, now_ms: u64) -> Self {
+        HeartbeatSchedule {
+            interval_ms: interval_ms.max(1),
+            next_ms: now_ms,
+        }
+    }
+
+    /// When the next heartbeat is due.
+    pub fn next_ms(&self) -> u64 {
+        self.next_ms
+    }
+
+    /// If a heartbeat is due at `now_ms`, schedules the following one (`random` is any fresh
+    /// random value: it picks the jitter) and returns `true`: send one now.
+    pub fn due(&mut self, now_ms: u64, random: u64) -> bool {
+        if now_ms < self.next_ms {
+            return false;
+        }
+        self.next_ms = now_ms + jittered(self.interval_ms, random);
+        true
+    }
+}
+
+/// `interval` ±20%, picked by `random`.
+pub fn jittered(interval_ms: u64, random: u64) -> u64 {
+    let span = interval_ms * 2 / 5; // 40% wide
+    let low = interval_ms - interval_ms / 5;
+    if span == 0 {
+        return interval_ms.max(1);
+    }
+    (low + random % (span + 1)).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(n: u8) -> Addr {
+        Addr::from(([127, 0, 0, n], 34567))
+    }
+
+    fn beat(n: u8, id: u64, sessions: u64) -> PeerBeat {
+        PeerBeat {
+            relay: addr(n),
+            node_id: id,
+            sessions,
+            sockets: 1,
+            draining: false,
+        }
+    }
+
+    #[test]
+    fn up_down_returned_restarted() {
+        let mut m = Membership::new(addr(1), MembershipConfig::with_interval(1000), 0);
+        assert_eq!(m.config().node_timeout_ms, 3500);
+        assert_eq!(
+            m.on_heartbeat(&beat(2, 7, 3), 100),
+            Some(PeerEvent::Up {
+                addr: addr(2),
+                node_id: 7
+            })
+        );
+        assert!(m.is_up(addr(2)));
+        assert_eq!(m.load(addr(2)), Some(4));
+        assert_eq!(m.up_for(addr(2), 600), 500);
+        assert_eq!(m.on_heartbeat(&beat(2, 7, 3), 1100), None);
+        assert!(m.tick(4599).is_empty(), "3499 ms silent is not down yet");
+        assert_eq!(
+            m.tick(4600),
+            vec![PeerEvent::Down {
+                addr: addr(2),
+                node_id: 7
+            }]
+        );
+        assert!(!m.is_up(addr(2)));
+        assert_eq!(m.up_for(addr(2), 4600), 0);
+        assert!(m.silent_long(addr(2), 4600));
+        assert_eq!(
+            m.on_heartbeat(&beat(2, 7, 3), 5000),
+            Some(PeerEvent::Returned {
+                addr: addr(2),
+                node_id: 7
+            })
+        );
+        assert_eq!(m.up_for(addr(2), 5050), 50, "up again since it returned");
+        assert_eq!(
+            m.on_heartbeat(&beat(2, 8, 0), 5100),
+            Some(PeerEvent::Restarted {
+                addr: addr(2),
+                old: 7,
+                new: 8
+            })
+        );
+        assert_eq!(m.node_id(addr(2)), Some(8));
+    }
+
+    #[test]
+    fn relay_messages_count_as_heard_and_own_heartbeat_is_ignored() {
+        let mut m = Membership::new(addr(1), MembershipConfig::with_interval(1000), 0);
+        assert_eq!(m.on_heartbeat(&beat(1, 1, 0), 10), None);
+        assert_eq!(m.known_nodes(), 1);
+        assert_eq!(m.on_heard(addr(3), None, 10), None, "unknown incarnation");
+        m.on_heartbeat(&beat(3, 9, 0), 10);
+        m.on_heard(addr(3), Some(9), 3000);
+        assert!(m.tick(4000).is_empty());
+        assert_eq!(m.silent_for(addr(3), 4000), 1000);
+        // A peer never heard counts as silent since our start.
+        assert_eq!(m.silent_for(addr(9), 4000), 4000);
+    }
+
+    #[test]
+    fn draining_peers_are_no_candidates() {
+        let mut m = Membership::new(addr(1), MembershipConfig::with_interval(1000), 0);
+        m.on_heartbeat(&beat(2, 2, 0), 0);
+        let mut b = beat(3, 3, 0);
+        b.draining = true;
+        m.on_heartbeat(&b, 0);
+        assert_eq!(m.live_peers().count(), 2);
+        assert_eq!(
+            m.candidates().map(|c| c.0).collect::<Vec<_>>(),
+            vec![addr(2)]
+        );
+        assert!(m.is_draining(addr(3)));
+    }
+
+    #[test]
+    fn schedule_is_jittered_within_20_percent() {
+        let mut s = HeartbeatSchedule::new(1000, 0);
+        assert!(s.due(0, 0));
+        assert_eq!(s.next_ms(), 800);
+        assert!(!s.due(799, 1));
+        assert!(s.due(800, 400));
+        assert_eq!(s.next_ms(), 2000);
+        for r in 0..2000u64 {
+            let j = jittered(1000, r.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            assert!((800..=1200).contains(&j), "{j}");
+        }
+        assert_eq!(jittered(1, 5), 1);
+    }
+}

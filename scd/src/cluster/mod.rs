@@ -1,0 +1,145 @@
+//! The cluster, wired to the runtime: one extra thread with its own monoio event loop runs the
+//! heartbeat socket (UDP), the relay listener and the pooled outbound relay connections (TCP,
+//! authenticated, sealed frames), and every decision about where a session is served: relay to
+//! its master, fail over to its backup, replicate a write to the backup, fence a stale master,
+//! rejoin after a restart, hand everything off on drain.
+//!
+//! The core threads send it every session request when clustering is on (`ClusterMsg::Request`);
+//! it runs local work on the cores through their inboxes (`CoreMsg::Request`), exactly like a
+//! connection on another core would.
+//!
+//! - `membership`: the deterministic table of live nodes and the backup choice.
+//! - `heartbeat`: sending (interval ± 20 % jitter, to peers and/or broadcast) and receiving
+//!   (allowed hosts, MAC, replay check; never answered).
+//! - `relay`: the listener (allowed hosts before anything, handshake, then sealed frames) and the
+//!   pool of outbound connections.
+//! - `route`: what happens to one request, replication, promotion, sync and drain.
+
+pub mod membership;
+
+mod heartbeat;
+mod relay;
+mod route;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use scd_engine::OwnerId;
+use scd_wire::mac::ClusterKey;
+use scd_wire::session_id::SessionId;
+
+use crate::core::CoreMsg;
+use crate::daemon::Node;
+use crate::exec::{Op, ReplyTo};
+
+/// What the core threads (and the main thread) send the cluster thread.
+pub enum ClusterMsg {
+    /// A client's session request (local connection): serve it wherever the session lives.
+    Request {
+        id: SessionId,
+        op: Op<Vec<u8>>,
+        owner: OwnerId,
+        reply: ReplyTo,
+    },
+    /// `scd drain`: hand every session to other nodes, then report on the channel.
+    Drain(std::sync::mpsc::Sender<String>),
+    /// Stop the cluster thread (after the cores stopped serving).
+    Stop,
+}
+
+/// Counters of the cluster thread, read by `scd stats` and /metrics.
+#[derive(Default)]
+pub struct Counters {
+    pub heartbeats_sent: AtomicU64,
+    pub heartbeats_received: AtomicU64,
+    pub heartbeats_rejected: AtomicU64,
+    pub peers_up: AtomicU64,
+    pub peers_down: AtomicU64,
+    pub relayed_out: AtomicU64,
+    pub relayed_in: AtomicU64,
+    pub relay_failures: AtomicU64,
+    pub relay_connections_refused: AtomicU64,
+    pub replications: AtomicU64,
+    pub replication_failures: AtomicU64,
+    pub replicas_applied: AtomicU64,
+    pub failovers: AtomicU64,
+    pub fenced: AtomicU64,
+    pub backups_replaced: AtomicU64,
+    pub sync_items: AtomicU64,
+    pub sessions_handed_off: AtomicU64,
+    pub ready: AtomicU64,
+}
+
+impl Counters {
+    pub fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(name, value)` in the order of `stats::CLUSTER_FIELDS`.
+    pub fn values(&self) -> Vec<u64> {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            1,
+            g(&self.ready),
+            g(&self.peers_up),
+            g(&self.peers_down),
+            g(&self.heartbeats_sent),
+            g(&self.heartbeats_received),
+            g(&self.heartbeats_rejected),
+            g(&self.relayed_out),
+            g(&self.relayed_in),
+            g(&self.relay_failures),
+            g(&self.relay_connections_refused),
+            g(&self.replications),
+            g(&self.replication_failures),
+            g(&self.replicas_applied),
+            g(&self.failovers),
+            g(&self.fenced),
+            g(&self.backups_replaced),
+            g(&self.sync_items),
+            g(&self.sessions_handed_off),
+        ]
+    }
+}
+
+/// What the whole daemon shares about the cluster (in `Node`).
+pub struct ClusterShared {
+    pub tx: flume::Sender<ClusterMsg>,
+    pub key: ClusterKey,
+    pub counters: Counters,
+    /// Live peers' relay addresses with their load, for the backup choice at CreateId.
+    pub view: Mutex<Vec<(SocketAddr, u64)>>,
+    pub draining: AtomicBool,
+}
+
+impl ClusterShared {
+    /// The backup for a new session: the least-loaded live peer (ties by address).
+    pub fn choose_backup(&self) -> Option<SocketAddr> {
+        let view = self.view.lock().ok()?;
+        view.iter().min_by_key(|(a, l)| (*l, *a)).map(|(a, _)| *a)
+    }
+}
+
+/// Everything the cluster thread starts with.
+pub struct ClusterStart {
+    pub node: Arc<Node>,
+    pub inbox: flume::Receiver<ClusterMsg>,
+    pub cores: Vec<flume::Sender<CoreMsg>>,
+    pub relay: std::net::TcpListener,
+    pub heartbeat: std::net::UdpSocket,
+    /// Start of this run (ms since the epoch): the heartbeat epoch.
+    pub started_ms: u64,
+}
+
+/// The cluster thread's body.
+pub fn run(start: ClusterStart) {
+    let rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build();
+    match rt {
+        Ok(mut rt) => rt.block_on(route::main(start)),
+        Err(e) => log::error!("cluster: cannot build the event loop: {e}"),
+    }
+}

@@ -1,0 +1,540 @@
+//! Relay connections (TCP, `advertise_address:relay_port`).
+//!
+//! Inbound: a peer outside `allowed_hosts` is closed before a byte is sent; then the server
+//! handshake (the key proven over fresh nonces, bounded by `relay_timeout_ms`); a peer without
+//! the key gets a closed connection and nothing else. After it every frame is sealed; any frame
+//! that fails its MAC, sequence or decoding closes the connection. Each request is handled in its
+//! own task, so a lock wait does not hold up the others; replies are sealed by the one writer task
+//! in the order they are sent.
+//!
+//! Outbound: one pooled connection per peer address, opened on first use, multiplexed by request
+//! ID; a broken connection fails its pending calls (the caller decides: retry, fail over, error)
+//! and is replaced on the next call.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use log::{debug, info, warn};
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
+use monoio::net::{TcpListener, TcpStream};
+use scd_client::OwnedReply;
+use scd_wire::constants::NONCE_LEN;
+use scd_wire::frame::{DecodeError, Frame, Limits};
+use scd_wire::local::{ErrorCode, decode_reply};
+use scd_wire::relay::{
+    ClientHandshake, Opener, RelayMessage, Replica, Sealer, ServerHandshake, SyncRole,
+};
+
+use super::Counters;
+use super::route::State;
+use crate::notify::Notify;
+use crate::settings::Settings;
+
+/// A copy of one session that owns its bytes.
+#[derive(Clone, Debug)]
+pub struct OwnedReplica {
+    pub hash: [u8; 16],
+    pub version: u64,
+    pub epoch: u32,
+    pub lifetime_s: u32,
+    pub data: Vec<u8>,
+}
+
+impl OwnedReplica {
+    fn from_wire(r: &Replica<'_>) -> Self {
+        OwnedReplica {
+            hash: r.hash,
+            version: r.version,
+            epoch: r.epoch,
+            lifetime_s: r.lifetime_s,
+            data: r.data.to_vec(),
+        }
+    }
+
+    pub fn as_wire(&self) -> Replica<'_> {
+        Replica {
+            hash: self.hash,
+            version: self.version,
+            epoch: self.epoch,
+            lifetime_s: self.lifetime_s,
+            data: &self.data,
+        }
+    }
+}
+
+/// What came back on an outbound connection for one call.
+#[derive(Debug)]
+pub enum Incoming {
+    Reply(OwnedReply),
+    ReplicateAck,
+    Ack,
+    Error { code: ErrorCode, message: String },
+    SyncBegin(SyncRole),
+    SyncItem(OwnedReplica),
+    SyncEnd,
+}
+
+/// Why a call to a peer did not get an answer.
+#[derive(Debug)]
+pub enum CallError {
+    /// Could not connect, the handshake failed, the connection broke, or no answer in time.
+    Unreachable(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Unreachable(why) => f.write_str(why),
+        }
+    }
+}
+
+/// An outbound, established relay connection.
+pub struct PeerConn {
+    pub addr: SocketAddr,
+    sealer: RefCell<Sealer>,
+    out: RefCell<Vec<u8>>,
+    wake: Notify,
+    pending: RefCell<HashMap<u64, flume::Sender<Incoming>>>,
+    next_id: Cell<u64>,
+    broken: Cell<bool>,
+}
+
+impl PeerConn {
+    pub fn is_broken(&self) -> bool {
+        self.broken.get()
+    }
+
+    /// Seals `message` under a fresh request ID and queues it; answers arrive on the receiver.
+    pub fn send(
+        &self,
+        message: RelayMessage<'_>,
+    ) -> Result<(u64, flume::Receiver<Incoming>), CallError> {
+        if self.broken.get() {
+            return Err(CallError::Unreachable(format!(
+                "connection to {} is broken",
+                self.addr
+            )));
+        }
+        let id = self.next_id.get() + 1;
+        self.next_id.set(id);
+        let (tx, rx) = flume::unbounded();
+        self.pending.borrow_mut().insert(id, tx);
+        let sealed = self
+            .sealer
+            .borrow_mut()
+            .seal(&Frame::new(id, message), &mut self.out.borrow_mut());
+        if let Err(reason) = sealed {
+            self.pending.borrow_mut().remove(&id);
+            return Err(CallError::Unreachable(format!("cannot seal: {reason}")));
+        }
+        self.wake.notify();
+        Ok((id, rx))
+    }
+
+    pub fn forget(&self, id: u64) {
+        self.pending.borrow_mut().remove(&id);
+    }
+
+    fn fail_all(&self) {
+        self.broken.set(true);
+        self.pending.borrow_mut().clear();
+        self.wake.notify();
+    }
+}
+
+/// Reads more bytes into `buf` (growing it); Ok(0) at end of stream.
+pub async fn read_more<R: AsyncReadRent>(
+    rd: &mut R,
+    buf: &mut Vec<u8>,
+    want: usize,
+) -> io::Result<usize> {
+    if buf.capacity() - buf.len() < want {
+        buf.reserve(want);
+    }
+    let len = buf.len();
+    let cap = buf.capacity();
+    let taken = std::mem::take(buf);
+    let (res, slice) = rd.read(taken.slice_mut(len..cap)).await;
+    *buf = slice.into_inner();
+    res
+}
+
+async fn with_timeout<T>(
+    ms: u64,
+    what: &str,
+    f: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    match monoio::time::timeout(Duration::from_millis(ms), f).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("{what}: no answer within {ms} ms"),
+        )),
+    }
+}
+
+/// Opens and authenticates a connection to `addr` (client side of the handshake).
+pub async fn connect(state: &Rc<State>, addr: SocketAddr) -> Result<Rc<PeerConn>, CallError> {
+    let ms = state.timeout_ms;
+    let unreachable = |e: io::Error| CallError::Unreachable(format!("{addr}: {e}"));
+    let stream = with_timeout(ms, "connect", TcpStream::connect_addr(addr))
+        .await
+        .map_err(unreachable)?;
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let mut nonce = [0u8; NONCE_LEN];
+    getrandom::fill(&mut nonce)
+        .map_err(|e| CallError::Unreachable(format!("no randomness: {e}")))?;
+    let mut hs = ClientHandshake::new(&state.key, state.node_id, nonce);
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let handshake = async {
+        let mut out = Vec::new();
+        loop {
+            match hs.on_challenge(&buf, &mut out) {
+                Ok(used) => {
+                    buf.drain(..used);
+                    break;
+                }
+                Err(DecodeError::Incomplete { .. }) => {
+                    if read_more(&mut rd, &mut buf, 512).await? == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "closed during the handshake",
+                        ));
+                    }
+                }
+                Err(DecodeError::Invalid(r)) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("bad challenge: {r}"),
+                    ));
+                }
+            }
+        }
+        let (res, _) = wr.write_all(out).await;
+        res?;
+        loop {
+            match hs.on_accept(&buf) {
+                Ok((est, used)) => {
+                    buf.drain(..used);
+                    return Ok(est);
+                }
+                Err(DecodeError::Incomplete { .. }) => {
+                    if read_more(&mut rd, &mut buf, 512).await? == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "closed during the handshake (wrong cluster key?)",
+                        ));
+                    }
+                }
+                Err(DecodeError::Invalid(r)) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("bad accept: {r}"),
+                    ));
+                }
+            }
+        }
+    };
+    let est = with_timeout(ms, "handshake", handshake)
+        .await
+        .map_err(unreachable)?;
+    debug!(
+        "relay connection to {addr} (node {:016x}) established",
+        est.peer_node_id
+    );
+    let conn = Rc::new(PeerConn {
+        addr,
+        sealer: RefCell::new(est.sealer),
+        out: RefCell::new(Vec::new()),
+        wake: Notify::default(),
+        pending: RefCell::new(HashMap::new()),
+        next_id: Cell::new(0),
+        broken: Cell::new(false),
+    });
+    let limits = state.limits;
+    {
+        let conn = conn.clone();
+        let mut opener = est.opener;
+        monoio::spawn(async move {
+            client_reader(&conn, &mut rd, &mut opener, buf, &limits).await;
+            conn.fail_all();
+        });
+    }
+    {
+        let conn = conn.clone();
+        monoio::spawn(async move {
+            loop {
+                conn.wake.notified().await;
+                if conn.broken.get() {
+                    break;
+                }
+                let data = std::mem::take(&mut *conn.out.borrow_mut());
+                if data.is_empty() {
+                    continue;
+                }
+                let (res, _) = wr.write_all(data).await;
+                if let Err(e) = res {
+                    debug!("relay write to {} failed: {e}", conn.addr);
+                    conn.fail_all();
+                    break;
+                }
+            }
+        });
+    }
+    Ok(conn)
+}
+
+async fn client_reader<R: AsyncReadRent>(
+    conn: &PeerConn,
+    rd: &mut R,
+    opener: &mut Opener,
+    mut buf: Vec<u8>,
+    limits: &Limits,
+) {
+    loop {
+        let mut used_total = 0;
+        loop {
+            match opener.open(&buf[used_total..], limits) {
+                Ok((frame, used)) => {
+                    used_total += used;
+                    let incoming = match frame.message {
+                        RelayMessage::ForwardReply { reply } => {
+                            Incoming::Reply(OwnedReply::from_wire(&reply))
+                        }
+                        RelayMessage::ReplicateAck { .. } => Incoming::ReplicateAck,
+                        RelayMessage::Ack => Incoming::Ack,
+                        RelayMessage::Error { code, message } => Incoming::Error {
+                            code,
+                            message: message.to_string(),
+                        },
+                        RelayMessage::SyncBegin { role, .. } => Incoming::SyncBegin(role),
+                        RelayMessage::SyncItem(r) => {
+                            Incoming::SyncItem(OwnedReplica::from_wire(&r))
+                        }
+                        RelayMessage::SyncEnd { .. } => Incoming::SyncEnd,
+                        other => {
+                            warn!(
+                                "relay peer {} sent {:?} as an answer; closing",
+                                conn.addr,
+                                kind_name(&other)
+                            );
+                            return;
+                        }
+                    };
+                    let tx = conn.pending.borrow().get(&frame.request_id).cloned();
+                    if let Some(tx) = tx {
+                        let _ = tx.send(incoming);
+                    }
+                }
+                Err(DecodeError::Incomplete { .. }) => break,
+                Err(DecodeError::Invalid(r)) => {
+                    warn!("relay peer {} sent a bad frame ({r}); closing", conn.addr);
+                    return;
+                }
+            }
+        }
+        buf.drain(..used_total);
+        match read_more(rd, &mut buf, 16 * 1024).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+fn kind_name(m: &RelayMessage<'_>) -> &'static str {
+    match m {
+        RelayMessage::Forward { .. } => "Forward",
+        RelayMessage::ForwardReply { .. } => "ForwardReply",
+        RelayMessage::Replicate(_) => "Replicate",
+        RelayMessage::ReplicateAck { .. } => "ReplicateAck",
+        RelayMessage::DropReplica { .. } => "DropReplica",
+        RelayMessage::Promote { .. } => "Promote",
+        RelayMessage::Ack => "Ack",
+        RelayMessage::SyncRequest { .. } => "SyncRequest",
+        RelayMessage::SyncBegin { .. } => "SyncBegin",
+        RelayMessage::SyncItem(_) => "SyncItem",
+        RelayMessage::SyncEnd { .. } => "SyncEnd",
+        RelayMessage::Error { .. } => "Error",
+    }
+}
+
+/// What a served relay connection sends back (sealed by its writer, in this order).
+pub enum Out {
+    ReplicateAck { hash: [u8; 16], version: u64 },
+    Ack,
+    Error { code: ErrorCode, message: String },
+    SyncBegin { role: SyncRole, count: u64 },
+    SyncItem(OwnedReplica),
+    SyncEnd { count: u64 },
+}
+
+/// A served (inbound) relay connection: where its handlers send their answers.
+pub struct ServedConn {
+    pub peer_node_id: u64,
+    /// Encoded local reply frames (from `ReplyTo`), sent back as ForwardReply.
+    pub local: flume::Sender<Vec<u8>>,
+    /// Relay answers.
+    pub relay: flume::Sender<(u64, Out)>,
+}
+
+/// Accepts relay connections until the cluster thread stops.
+pub async fn accept(state: Rc<State>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, addr)) => {
+                if !Settings::host_allowed(&state.node.resolved, addr.ip()) {
+                    Counters::bump(&state.shared().counters.relay_connections_refused);
+                    warn!("relay connection from {addr} refused: not in cluster.allowed_hosts");
+                    drop(stream);
+                    continue;
+                }
+                monoio::spawn(serve(state.clone(), stream, addr));
+            }
+            Err(e) => {
+                warn!("relay accept failed: {e}");
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn serve(state: Rc<State>, stream: TcpStream, addr: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let mut nonce = [0u8; NONCE_LEN];
+    if getrandom::fill(&mut nonce).is_err() {
+        return;
+    }
+    let hs = ServerHandshake::new(&state.key, state.node_id, nonce);
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let handshake = async {
+        let mut out = Vec::new();
+        hs.challenge(&mut out);
+        let (res, _) = wr.write_all(out).await;
+        res?;
+        loop {
+            let mut out = Vec::new();
+            match hs.on_proof(&buf, &mut out) {
+                Ok((est, used)) => {
+                    buf.drain(..used);
+                    let (res, _) = wr.write_all(out).await;
+                    res?;
+                    return Ok(est);
+                }
+                Err(DecodeError::Incomplete { .. }) => {
+                    if read_more(&mut rd, &mut buf, 512).await? == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "closed during the handshake",
+                        ));
+                    }
+                }
+                Err(DecodeError::Invalid(r)) => {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, r.to_string()));
+                }
+            }
+        }
+    };
+    let est = match with_timeout(state.timeout_ms, "handshake", handshake).await {
+        Ok(est) => est,
+        Err(e) => {
+            // Nothing more is sent: a peer without the key learns nothing.
+            Counters::bump(&state.shared().counters.relay_connections_refused);
+            warn!("relay connection from {addr} closed: handshake failed ({e})");
+            return;
+        }
+    };
+    debug!(
+        "relay connection from {addr} (node {:016x})",
+        est.peer_node_id
+    );
+    let (local_tx, local_rx) = flume::unbounded::<Vec<u8>>();
+    let (relay_tx, relay_rx) = flume::unbounded::<(u64, Out)>();
+    let served = Rc::new(ServedConn {
+        peer_node_id: est.peer_node_id,
+        local: local_tx,
+        relay: relay_tx,
+    });
+    let owner = state.next_owner();
+    let mut sealer = est.sealer;
+    let limits = state.limits;
+    let writer = monoio::spawn(async move {
+        let mut out = Vec::new();
+        loop {
+            out.clear();
+            monoio::select! {
+                m = local_rx.recv_async() => {
+                    let Ok(frame) = m else { break };
+                    match decode_reply(&frame, &limits) {
+                        Ok((f, _)) => {
+                            let msg = RelayMessage::ForwardReply { reply: f.message };
+                            if sealer.seal(&Frame::new(f.request_id, msg), &mut out).is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            warn!("cannot relay a reply back: {e:?}");
+                            continue;
+                        }
+                    }
+                }
+                m = relay_rx.recv_async() => {
+                    let Ok((id, o)) = m else { break };
+                    let msg = match &o {
+                        Out::ReplicateAck { hash, version } => RelayMessage::ReplicateAck { hash: *hash, version: *version },
+                        Out::Ack => RelayMessage::Ack,
+                        Out::Error { code, message } => RelayMessage::Error { code: *code, message },
+                        Out::SyncBegin { role, count } => RelayMessage::SyncBegin { role: *role, count_hint: *count },
+                        Out::SyncItem(r) => RelayMessage::SyncItem(r.as_wire()),
+                        Out::SyncEnd { count } => RelayMessage::SyncEnd { count: *count },
+                    };
+                    if sealer.seal(&Frame::new(id, msg), &mut out).is_err() {
+                        break;
+                    }
+                }
+            }
+            let (res, back) = wr.write_all(std::mem::take(&mut out)).await;
+            out = back;
+            if res.is_err() {
+                break;
+            }
+        }
+    });
+    let mut opener = est.opener;
+    'conn: loop {
+        let mut used_total = 0;
+        loop {
+            match opener.open(&buf[used_total..], &limits) {
+                Ok((frame, used)) => {
+                    used_total += used;
+                    if !state.clone().on_relay_frame(&served, owner, frame) {
+                        warn!("relay peer {addr} sent a message that is not a request; closing");
+                        break 'conn;
+                    }
+                }
+                Err(DecodeError::Incomplete { .. }) => break,
+                Err(DecodeError::Invalid(r)) => {
+                    warn!("relay peer {addr} sent a bad frame ({r}); closing");
+                    break 'conn;
+                }
+            }
+        }
+        buf.drain(..used_total);
+        match read_more(&mut rd, &mut buf, 16 * 1024).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    info!("relay connection from {addr} closed");
+    state.release_owner(owner).await;
+    drop(served);
+    // The writer ends once every handler of this connection has answered (or its write fails).
+    drop(writer);
+}

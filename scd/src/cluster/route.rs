@@ -1,0 +1,1394 @@
+//! Where each request is served, and everything that keeps the copies right.
+//!
+//! Per session this node keeps a `Placement` (in memory): the placement epoch it knows, the
+//! master, the backup, and the node it was taken over from. The rules:
+//!
+//! - **Master here** (the placement says so at an epoch at least the ID's, or the ID names this
+//!   node and nothing newer is known): run it on the local shard. A write (WriteUnlock, Touch)
+//!   with HA on is then replicated to the backup; under write-through the client's answer waits
+//!   for the backup's acknowledgement (and the local flush, which the shard already waited for);
+//!   under delayed-write it goes out at once and the replication follows, at most
+//!   `replication_queue_max` per backup in flight (a write that finds the queue full waits).
+//!   Destroy drops the backup's copy.
+//! - **Master elsewhere**: relay to it. If it cannot be reached (refused, timeout, broken
+//!   connection) or is known down, go to the backup; the backup promotes itself (epoch + 1), picks
+//!   a new backup, copies the session there (before answering, under write-through), serves the
+//!   request, and the reply carries the new ID.
+//! - **Fencing**: a replica with an epoch lower than the receiver's is refused (StaleEpoch); the
+//!   master that gets it stops being master for that session and forgets its copy.
+//! - **Rejoin**: after a start, no session is served until this node has asked every live peer
+//!   (SyncRequest) for the copies that name it, and learned which of its sessions were taken over.
+//! - **Drain**: every session this node masters goes to its backup (or the least-loaded node):
+//!   copy, then Promote. Heartbeats say "draining", so the masters this node backs up pick new
+//!   backups. Then the daemon stops.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use log::{debug, error, info, warn};
+use scd_client::OwnedReply;
+use scd_engine::{OwnerId, SessionKey, shard_for};
+use scd_wire::frame::{Frame, Limits};
+use scd_wire::heartbeat::Heartbeat;
+use scd_wire::local::{ErrorCode, Reply, Request, decode_reply};
+use scd_wire::mac::ClusterKey;
+use scd_wire::relay::{RelayMessage, Replica, SyncRole};
+use scd_wire::session_id::SessionId;
+
+use super::membership::{Change, Membership};
+use super::relay::{self, CallError, Incoming, Out, OwnedReplica, PeerConn, ServedConn};
+use super::{ClusterMsg, ClusterShared, ClusterStart, Counters};
+use crate::core::{CoreMsg, ShardRequest, clock_ms};
+use crate::daemon::Node;
+use crate::exec::{Op, ReplyTo};
+use crate::proto;
+
+/// What this node knows of where one session lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placement {
+    pub epoch: u32,
+    pub master: Option<SocketAddr>,
+    pub backup: Option<SocketAddr>,
+    /// The master it was taken over from (failover or drain), told at that node's rejoin.
+    pub prev: Option<SocketAddr>,
+}
+
+impl Placement {
+    fn id(&self, hash: [u8; 16]) -> Option<SessionId> {
+        self.master
+            .map(|m| SessionId::new(m, self.backup, self.epoch, hash))
+    }
+}
+
+/// The cluster thread's state (single thread: `Rc` + `Cell`/`RefCell`, never borrowed across an
+/// `.await`).
+pub struct State {
+    pub node: Arc<Node>,
+    pub me: SocketAddr,
+    pub node_id: u64,
+    pub key: ClusterKey,
+    pub timeout_ms: u64,
+    pub limits: Limits,
+    cores: Vec<flume::Sender<CoreMsg>>,
+    members: RefCell<Membership>,
+    pool: RefCell<HashMap<SocketAddr, Rc<PeerConn>>>,
+    placements: RefCell<HashMap<[u8; 16], Placement>>,
+    owner_seq: Cell<u64>,
+    pub sessions_held: Cell<u64>,
+    ready: Cell<bool>,
+    /// Delayed-write replications in flight per backup.
+    queued: RefCell<HashMap<SocketAddr, usize>>,
+}
+
+/// Owner IDs of relayed requests: "core" 0xFFFF in the top 16 bits, never a real core's.
+const RELAY_OWNER_BASE: u64 = 0xFFFF << 48;
+
+fn unavailable(message: impl Into<String>) -> OwnedReply {
+    OwnedReply::Error {
+        code: ErrorCode::Unavailable,
+        message: message.into(),
+    }
+}
+
+/// Sends `r` (with `new_id` set on Data/NotFound when given) to `reply`.
+fn answer(reply: ReplyTo, r: &OwnedReply, new_id: Option<SessionId>) {
+    let wire = match r {
+        OwnedReply::Data {
+            token,
+            version,
+            new_id: theirs,
+            data,
+        } => Reply::Data {
+            token: *token,
+            version: *version,
+            new_id: theirs.or(new_id),
+            data,
+        },
+        OwnedReply::NotFound {
+            token,
+            new_id: theirs,
+        } => Reply::NotFound {
+            token: *token,
+            new_id: theirs.or(new_id),
+        },
+        OwnedReply::Done { version } => Reply::Done { version: *version },
+        OwnedReply::Existence(e) => Reply::Existence { exists: *e },
+        OwnedReply::IdCreated(id) => Reply::IdCreated { id: *id },
+        OwnedReply::Error { code, message } => Reply::Error {
+            code: *code,
+            message,
+        },
+        OwnedReply::HelloOk(_) | OwnedReply::Stats(_) => Reply::Error {
+            code: ErrorCode::Internal,
+            message: "unexpected relayed reply",
+        },
+    };
+    let frame = proto::encode_reply(reply.request_id(), wire);
+    reply.send_frame(frame);
+}
+
+/// The local request for `op` on `id` (None for the cluster's own operations).
+fn to_request(id: SessionId, op: &Op<Vec<u8>>) -> Option<Request<'_>> {
+    Some(match op {
+        Op::ReadLock { wait_ms, lease_ms } => Request::ReadLock {
+            id,
+            wait_ms: *wait_ms,
+            lease_ms: *lease_ms,
+        },
+        Op::Read => Request::Read { id },
+        Op::WriteUnlock {
+            token,
+            lifetime_s,
+            data,
+        } => Request::WriteUnlock {
+            id,
+            token: *token,
+            lifetime_s: *lifetime_s,
+            data,
+        },
+        Op::Touch { token, lifetime_s } => Request::Touch {
+            id,
+            token: *token,
+            lifetime_s: *lifetime_s,
+        },
+        Op::Unlock { token } => Request::Unlock { id, token: *token },
+        Op::Destroy { token } => Request::Destroy { id, token: *token },
+        Op::Exists => Request::Exists { id },
+        Op::Create { .. } | Op::ApplyReplica { .. } | Op::Remove | Op::Peek => return None,
+    })
+}
+
+/// A forwarded request as (ID, operation), or None for requests that are never forwarded.
+fn from_request(
+    r: &Request<'_>,
+    wait_max: u32,
+    lease_max: u32,
+) -> Option<(SessionId, Op<Vec<u8>>)> {
+    Some(match *r {
+        Request::ReadLock {
+            id,
+            wait_ms,
+            lease_ms,
+        } => (
+            id,
+            Op::ReadLock {
+                wait_ms: wait_ms.min(wait_max),
+                lease_ms: if lease_ms == 0 {
+                    lease_max
+                } else {
+                    lease_ms.min(lease_max)
+                },
+            },
+        ),
+        Request::Read { id } => (id, Op::Read),
+        Request::WriteUnlock {
+            id,
+            token,
+            lifetime_s,
+            data,
+        } => (
+            id,
+            Op::WriteUnlock {
+                token,
+                lifetime_s,
+                data: data.to_vec(),
+            },
+        ),
+        Request::Touch {
+            id,
+            token,
+            lifetime_s,
+        } => (id, Op::Touch { token, lifetime_s }),
+        Request::Unlock { id, token } => (id, Op::Unlock { token }),
+        Request::Destroy { id, token } => (id, Op::Destroy { token }),
+        Request::Exists { id } => (id, Op::Exists),
+        Request::Hello { .. } | Request::CreateId | Request::Stats => return None,
+    })
+}
+
+/// Why a copy did not reach the backup.
+enum ReplError {
+    /// The backup knows a newer placement: this node is no longer the master.
+    Fenced,
+    Unreachable(String),
+}
+
+impl State {
+    pub fn shared(&self) -> &ClusterShared {
+        self.node.cluster.as_ref().expect("clustering on")
+    }
+
+    pub fn next_owner(&self) -> OwnerId {
+        let n = self.owner_seq.get() + 1;
+        self.owner_seq.set(n);
+        OwnerId(RELAY_OWNER_BASE | (n & ((1 << 48) - 1)))
+    }
+
+    /// A relay connection closed: the locks its requests took go, on every core.
+    pub async fn release_owner(&self, owner: OwnerId) {
+        for c in &self.cores {
+            let _ = c.send_async(CoreMsg::ReleaseOwner(owner)).await;
+        }
+    }
+
+    /// Sessions held (heartbeat load), asked of every core.
+    pub async fn refresh_load(&self) {
+        let (tx, rx) = flume::bounded(self.cores.len());
+        for c in &self.cores {
+            let _ = c.send_async(CoreMsg::Sessions(tx.clone())).await;
+        }
+        drop(tx);
+        let mut n = 0;
+        while let Ok(v) = rx.recv_async().await {
+            n += v;
+        }
+        self.sessions_held.set(n);
+    }
+
+    /// A verified heartbeat.
+    pub fn heard(self: &Rc<Self>, hb: &Heartbeat, now_ms: u64) {
+        let mut changes = Vec::new();
+        self.members.borrow_mut().heard(hb, now_ms, &mut changes);
+        self.apply_changes(changes);
+    }
+
+    fn apply_changes(self: &Rc<Self>, changes: Vec<Change>) {
+        if changes.is_empty() {
+            return;
+        }
+        let mut lost = Vec::new();
+        for c in changes {
+            match c {
+                Change::Up(a) => info!("cluster: node {a} is up"),
+                Change::Down(a) => {
+                    warn!("cluster: node {a} is down (no heartbeat within the node timeout)");
+                    if let Some(conn) = self.pool.borrow_mut().remove(&a) {
+                        drop(conn);
+                    }
+                    lost.push(a);
+                }
+                Change::Restarted(a) => {
+                    info!("cluster: node {a} restarted");
+                    self.pool.borrow_mut().remove(&a);
+                }
+                Change::Draining(a) => {
+                    info!("cluster: node {a} is draining");
+                    lost.push(a);
+                }
+            }
+        }
+        self.publish_view();
+        for a in lost {
+            self.replace_backup_everywhere(a);
+        }
+    }
+
+    fn publish_view(&self) {
+        let m = self.members.borrow();
+        let shared = self.shared();
+        shared
+            .counters
+            .peers_up
+            .store(m.up_count() as u64, Ordering::Relaxed);
+        shared
+            .counters
+            .peers_down
+            .store(m.down_count() as u64, Ordering::Relaxed);
+        let view: Vec<(SocketAddr, u64)> = m
+            .live()
+            .iter()
+            .filter(|p| !p.draining)
+            .map(|p| (p.relay, p.load()))
+            .collect();
+        if let Ok(mut v) = shared.view.lock() {
+            *v = view;
+        }
+    }
+
+    // ----- local work ----------------------------------------------------------------------
+
+    async fn local_to(&self, hash: [u8; 16], owner: OwnerId, op: Op<Vec<u8>>, reply: ReplyTo) {
+        let key = SessionKey(hash);
+        let shards = self.node.resolved.shards as usize;
+        let shard = shard_for(&key, shards) as u32;
+        let core = shard as usize % self.cores.len();
+        let msg = CoreMsg::Request(ShardRequest {
+            shard,
+            key,
+            owner,
+            op,
+            reply,
+        });
+        if let Err(flume::SendError(CoreMsg::Request(r))) = self.cores[core].send_async(msg).await {
+            answer(r.reply, &unavailable("the daemon is stopping"), None);
+        }
+    }
+
+    /// Runs `op` on the local shard and returns its answer.
+    async fn local(&self, hash: [u8; 16], owner: OwnerId, op: Op<Vec<u8>>) -> OwnedReply {
+        let (tx, rx) = flume::bounded(1);
+        self.local_to(hash, owner, op, ReplyTo::new(tx, 0)).await;
+        match rx.recv_async().await {
+            Ok(frame) => match decode_reply(&frame, &self.limits) {
+                Ok((f, _)) => OwnedReply::from_wire(&f.message),
+                Err(e) => OwnedReply::Error {
+                    code: ErrorCode::Internal,
+                    message: format!("local reply: {e:?}"),
+                },
+            },
+            Err(_) => unavailable("the daemon is stopping"),
+        }
+    }
+
+    /// The local copy of a session: (version, seconds left, data), if there is one.
+    async fn peek(&self, hash: [u8; 16]) -> Option<(u64, u32, Vec<u8>)> {
+        match self.local(hash, self.next_owner(), Op::Peek).await {
+            OwnedReply::Data {
+                token,
+                version,
+                data,
+                ..
+            } => Some((version, u32::try_from(token).unwrap_or(u32::MAX), data)),
+            _ => None,
+        }
+    }
+
+    // ----- calls to peers ------------------------------------------------------------------
+
+    async fn conn(self: &Rc<Self>, addr: SocketAddr) -> Result<Rc<PeerConn>, CallError> {
+        let existing = self.pool.borrow().get(&addr).cloned();
+        if let Some(c) = existing {
+            if !c.is_broken() {
+                return Ok(c);
+            }
+        }
+        let c = relay::connect(self, addr).await?;
+        self.pool.borrow_mut().insert(addr, c.clone());
+        Ok(c)
+    }
+
+    /// One request, one answer (bounded by `wait_ms` + the relay timeout).
+    async fn call(
+        self: &Rc<Self>,
+        addr: SocketAddr,
+        message: RelayMessage<'_>,
+        wait_ms: u64,
+    ) -> Result<Incoming, CallError> {
+        let c = self.conn(addr).await?;
+        let (id, rx) = c.send(message)?;
+        let limit = Duration::from_millis(wait_ms + self.timeout_ms);
+        let r = monoio::time::timeout(limit, rx.recv_async()).await;
+        c.forget(id);
+        match r {
+            Ok(Ok(m)) => Ok(m),
+            Ok(Err(_)) => Err(CallError::Unreachable(format!("connection to {addr} lost"))),
+            Err(_) => Err(CallError::Unreachable(format!(
+                "{addr} did not answer within {} ms",
+                limit.as_millis()
+            ))),
+        }
+    }
+
+    async fn forward(
+        self: &Rc<Self>,
+        to: SocketAddr,
+        id: SessionId,
+        op: &Op<Vec<u8>>,
+    ) -> Result<OwnedReply, CallError> {
+        let Some(request) = to_request(id, op) else {
+            return Ok(OwnedReply::Error {
+                code: ErrorCode::Internal,
+                message: "not a forwardable request".into(),
+            });
+        };
+        let wait = match op {
+            Op::ReadLock { wait_ms, .. } => u64::from(*wait_ms),
+            _ => 0,
+        };
+        let counters = &self.shared().counters;
+        let r = self
+            .call(
+                to,
+                RelayMessage::Forward {
+                    origin: self.node_id,
+                    request,
+                },
+                wait,
+            )
+            .await;
+        match r {
+            Ok(Incoming::Reply(reply)) => {
+                Counters::bump(&counters.relayed_out);
+                Ok(reply)
+            }
+            Ok(Incoming::Error { code, message }) => {
+                Counters::bump(&counters.relayed_out);
+                Ok(OwnedReply::Error { code, message })
+            }
+            Ok(other) => Err(CallError::Unreachable(format!(
+                "{to} answered a Forward with {other:?}"
+            ))),
+            Err(e) => {
+                Counters::bump(&counters.relay_failures);
+                Err(e)
+            }
+        }
+    }
+
+    async fn replicate(
+        self: &Rc<Self>,
+        to: SocketAddr,
+        copy: Replica<'_>,
+    ) -> Result<(), ReplError> {
+        let counters = &self.shared().counters;
+        match self.call(to, RelayMessage::Replicate(copy), 0).await {
+            Ok(Incoming::ReplicateAck) => {
+                Counters::bump(&counters.replications);
+                Ok(())
+            }
+            Ok(Incoming::Error {
+                code: ErrorCode::StaleEpoch,
+                ..
+            }) => {
+                Counters::bump(&counters.replication_failures);
+                Err(ReplError::Fenced)
+            }
+            Ok(other) => {
+                Counters::bump(&counters.replication_failures);
+                Err(ReplError::Unreachable(format!("{to} answered {other:?}")))
+            }
+            Err(e) => {
+                Counters::bump(&counters.replication_failures);
+                Err(ReplError::Unreachable(e.to_string()))
+            }
+        }
+    }
+
+    fn placement(&self, hash: &[u8; 16]) -> Option<Placement> {
+        self.placements.borrow().get(hash).copied()
+    }
+
+    fn set_placement(&self, hash: [u8; 16], p: Placement) {
+        self.placements.borrow_mut().insert(hash, p);
+    }
+
+    // ----- one request -----------------------------------------------------------------------
+
+    /// Serves one session request (from a local client, or forwarded by a peer).
+    pub async fn handle(
+        self: Rc<Self>,
+        id: SessionId,
+        op: Op<Vec<u8>>,
+        owner: OwnerId,
+        reply: ReplyTo,
+        forwarded: bool,
+    ) {
+        if !self.ready.get() {
+            let deadline = clock_ms() + self.timeout_ms * 4 + 10_000;
+            while !self.ready.get() && clock_ms() < deadline {
+                monoio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if !self.ready.get() {
+                return answer(
+                    reply,
+                    &unavailable("this node is still rejoining the cluster"),
+                    None,
+                );
+            }
+        }
+        let hash = id.hash;
+        let mut id = id;
+        let mut moved_to: Option<SessionId> = None;
+        if let Some(p) = self.placement(&hash) {
+            if p.master == Some(self.me) && p.epoch >= id.version {
+                return self.serve_master(p, id, op, owner, reply).await;
+            }
+            if p.epoch > id.version || (p.epoch == id.version && id.master == self.me) {
+                // This node knows a newer home: route by it, and hand the client its new ID.
+                if let Some(newer) = p.id(hash) {
+                    if newer.master == self.me {
+                        return self.serve_master(p, id, op, owner, reply).await;
+                    }
+                    id = newer;
+                    moved_to = Some(newer);
+                }
+            }
+        }
+        if id.master == self.me {
+            let p = Placement {
+                epoch: id.version,
+                master: Some(self.me),
+                backup: id.backup,
+                prev: None,
+            };
+            self.set_placement(hash, p);
+            return self.serve_master(p, id, op, owner, reply).await;
+        }
+        // The master is elsewhere. A forwarded request goes on only from the session's backup
+        // to its master (the origin could not reach the master; maybe the backup can).
+        let onward = !forwarded || id.backup == Some(self.me) || moved_to.is_some();
+        let down = self.members.borrow().known_down(id.master);
+        if onward && !down {
+            match self.forward(id.master, id, &op).await {
+                Ok(r) => return answer(reply, &r, moved_to),
+                Err(e) => {
+                    warn!(
+                        "cluster: master {} of a session unreachable: {e}",
+                        id.master
+                    );
+                }
+            }
+        }
+        match id.backup {
+            None => answer(
+                reply,
+                &unavailable(format!(
+                    "the session's master {} cannot be reached and the session has no backup",
+                    id.master
+                )),
+                None,
+            ),
+            Some(b) if b == self.me => self.promote_and_serve(id, op, owner, reply).await,
+            Some(_) if forwarded => answer(
+                reply,
+                &unavailable("neither the session's master nor its backup can be reached"),
+                None,
+            ),
+            Some(b) => match self.forward(b, id, &op).await {
+                Ok(r) => answer(reply, &r, moved_to),
+                Err(e) => answer(
+                    reply,
+                    &unavailable(format!(
+                        "the session's master {} and backup {b} cannot be reached ({e})",
+                        id.master
+                    )),
+                    None,
+                ),
+            },
+        }
+    }
+
+    /// This node is the master: run it here, replicate writes.
+    async fn serve_master(
+        self: &Rc<Self>,
+        p: Placement,
+        id: SessionId,
+        op: Op<Vec<u8>>,
+        owner: OwnerId,
+        reply: ReplyTo,
+    ) {
+        let hash = id.hash;
+        let current = p.id(hash);
+        let new_id = current
+            .filter(|c| c.master != id.master || c.backup != id.backup || c.version != id.version);
+        let ha = self.node.settings.cluster.ha;
+        match op {
+            Op::WriteUnlock {
+                token,
+                lifetime_s,
+                data,
+            } if ha && p.backup.is_some() => {
+                let r = self
+                    .local(
+                        hash,
+                        owner,
+                        Op::WriteUnlock {
+                            token,
+                            lifetime_s,
+                            data: data.clone(),
+                        },
+                    )
+                    .await;
+                if let OwnedReply::Done { version } = r {
+                    let copy = OwnedReplica {
+                        hash,
+                        version,
+                        epoch: p.epoch,
+                        lifetime_s,
+                        data,
+                    };
+                    if let Err(e) = self.replicate_write(p, copy).await {
+                        return answer(reply, &e, None);
+                    }
+                }
+                answer(reply, &r, new_id)
+            }
+            Op::Touch { token, lifetime_s } if ha && p.backup.is_some() => {
+                let r = self
+                    .local(hash, owner, Op::Touch { token, lifetime_s })
+                    .await;
+                if let OwnedReply::Done { .. } = r {
+                    if let Some((version, left, data)) = self.peek(hash).await {
+                        let copy = OwnedReplica {
+                            hash,
+                            version,
+                            epoch: p.epoch,
+                            lifetime_s: left,
+                            data,
+                        };
+                        if let Err(e) = self.replicate_write(p, copy).await {
+                            return answer(reply, &e, None);
+                        }
+                    }
+                }
+                answer(reply, &r, new_id)
+            }
+            Op::Destroy { token } if p.backup.is_some() => {
+                let r = self.local(hash, owner, Op::Destroy { token }).await;
+                if let (OwnedReply::Done { .. }, Some(b)) = (&r, p.backup) {
+                    match self.call(b, RelayMessage::DropReplica { hash }, 0).await {
+                        Ok(Incoming::Ack) => {}
+                        other => debug!(
+                            "cluster: backup {b} did not drop a destroyed session: {other:?}"
+                        ),
+                    }
+                }
+                answer(reply, &r, new_id)
+            }
+            op => {
+                if new_id.is_none() {
+                    return self.local_to(hash, owner, op, reply).await;
+                }
+                let r = self.local(hash, owner, op).await;
+                answer(reply, &r, new_id)
+            }
+        }
+    }
+
+    /// Gets a written copy to the backup: under write-through before returning, under
+    /// delayed-write through the bounded queue. Returns the error to answer the client with when
+    /// this node turned out not to be the master any more.
+    async fn replicate_write(
+        self: &Rc<Self>,
+        p: Placement,
+        copy: OwnedReplica,
+    ) -> Result<(), OwnedReply> {
+        let Some(backup) = p.backup else {
+            return Ok(());
+        };
+        let write_through = matches!(
+            self.node.settings.storage.model,
+            crate::settings::StorageModel::WriteThrough
+        );
+        if write_through {
+            return self.replicate_or_repair(p, backup, copy).await;
+        }
+        let max = self.node.settings.cluster.replication_queue_max as usize;
+        while self.queued.borrow().get(&backup).copied().unwrap_or(0) >= max {
+            monoio::time::sleep(Duration::from_millis(1)).await;
+        }
+        *self.queued.borrow_mut().entry(backup).or_insert(0) += 1;
+        let me = self.clone();
+        monoio::spawn(async move {
+            let _ = me.replicate_or_repair(p, backup, copy).await;
+            if let Some(n) = me.queued.borrow_mut().get_mut(&backup) {
+                *n = n.saturating_sub(1);
+            }
+        });
+        Ok(())
+    }
+
+    async fn replicate_or_repair(
+        self: &Rc<Self>,
+        p: Placement,
+        backup: SocketAddr,
+        copy: OwnedReplica,
+    ) -> Result<(), OwnedReply> {
+        let hash = copy.hash;
+        match self.replicate(backup, copy.as_wire()).await {
+            Ok(()) => Ok(()),
+            Err(ReplError::Fenced) => {
+                self.fenced(hash, p, backup).await;
+                Err(unavailable(
+                    "the session was taken over by another node; the write was not applied there; retry",
+                ))
+            }
+            Err(ReplError::Unreachable(e)) => {
+                warn!("cluster: backup {backup} unreachable ({e}); choosing a new one");
+                // The placement may have moved on meanwhile (another write repaired it).
+                let now = self.placement(&hash).unwrap_or(p);
+                if now.backup != Some(backup) {
+                    if let Some(nb) = now.backup {
+                        let copy = OwnedReplica {
+                            epoch: now.epoch,
+                            ..copy
+                        };
+                        return match self.replicate(nb, copy.as_wire()).await {
+                            Ok(()) => Ok(()),
+                            Err(_) => Ok(()),
+                        };
+                    }
+                    return Ok(());
+                }
+                self.move_backup(hash, now, backup, Some(copy)).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// The backup refused a copy with a higher epoch: someone else is master now.
+    async fn fenced(self: &Rc<Self>, hash: [u8; 16], p: Placement, backup: SocketAddr) {
+        Counters::bump(&self.shared().counters.fenced);
+        warn!(
+            "cluster: fenced: backup {backup} holds a session under a newer epoch than {}; this \
+             node stops serving it and drops its copy",
+            p.epoch
+        );
+        self.set_placement(
+            hash,
+            Placement {
+                epoch: p.epoch + 1,
+                master: Some(backup),
+                backup: None,
+                prev: Some(self.me),
+            },
+        );
+        let _ = self.local(hash, self.next_owner(), Op::Remove).await;
+    }
+
+    /// Picks a new backup for a session this node masters (the old one is gone or draining),
+    /// copies it there under a new epoch, and records it. The client learns the new ID on its
+    /// next read.
+    async fn move_backup(
+        self: &Rc<Self>,
+        hash: [u8; 16],
+        p: Placement,
+        gone: SocketAddr,
+        copy: Option<OwnedReplica>,
+    ) {
+        let exclude = [self.me, gone];
+        let nb = self.members.borrow().choose_backup(&exclude);
+        let epoch = p.epoch + 1;
+        let copy = match copy {
+            Some(c) => Some(c),
+            None => self
+                .peek(hash)
+                .await
+                .map(|(version, left, data)| OwnedReplica {
+                    hash,
+                    version,
+                    epoch,
+                    lifetime_s: left,
+                    data,
+                }),
+        };
+        let mut placed = None;
+        if let (Some(nb), Some(copy)) = (nb, copy) {
+            let copy = OwnedReplica { epoch, ..copy };
+            match self.replicate(nb, copy.as_wire()).await {
+                Ok(()) => placed = Some(nb),
+                Err(_) => warn!("cluster: new backup {nb} did not take the copy either"),
+            }
+        }
+        Counters::bump(&self.shared().counters.backups_replaced);
+        info!(
+            "cluster: session backup {gone} replaced by {} (epoch {epoch})",
+            placed.map_or("none (no other node alive)".to_string(), |a| a.to_string())
+        );
+        self.set_placement(
+            hash,
+            Placement {
+                epoch,
+                master: Some(self.me),
+                backup: placed,
+                prev: p.prev,
+            },
+        );
+    }
+
+    /// A node went down or is draining: every session this node masters with it as backup gets
+    /// a new backup (one at a time, in the background).
+    fn replace_backup_everywhere(self: &Rc<Self>, gone: SocketAddr) {
+        let list: Vec<([u8; 16], Placement)> = self
+            .placements
+            .borrow()
+            .iter()
+            .filter(|(_, p)| p.master == Some(self.me) && p.backup == Some(gone))
+            .map(|(h, p)| (*h, *p))
+            .collect();
+        if list.is_empty() {
+            return;
+        }
+        info!(
+            "cluster: {} sessions had {gone} as backup; copying them to new backups",
+            list.len()
+        );
+        let me = self.clone();
+        monoio::spawn(async move {
+            for (hash, p) in list {
+                // Skip those a write already repaired meanwhile.
+                if me.placement(&hash) == Some(p) {
+                    me.move_backup(hash, p, gone, None).await;
+                }
+            }
+        });
+    }
+
+    /// The master cannot be reached and this node is the session's backup: take it over.
+    async fn promote_and_serve(
+        self: &Rc<Self>,
+        id: SessionId,
+        op: Op<Vec<u8>>,
+        owner: OwnerId,
+        reply: ReplyTo,
+    ) {
+        let hash = id.hash;
+        let known = self.placement(&hash).map_or(0, |p| p.epoch);
+        let epoch = id.version.max(known) + 1;
+        let p = self.take_over(hash, epoch, id.master).await;
+        Counters::bump(&self.shared().counters.failovers);
+        info!(
+            "cluster: failover: took over a session from {} (epoch {epoch}, new backup {})",
+            id.master,
+            p.backup.map_or("none".to_string(), |b| b.to_string())
+        );
+        self.serve_master(p, id, op, owner, reply).await
+    }
+
+    /// Becomes master of `hash` at `epoch`, with a new backup holding a copy.
+    async fn take_over(self: &Rc<Self>, hash: [u8; 16], epoch: u32, from: SocketAddr) -> Placement {
+        let nb = self.members.borrow().choose_backup(&[self.me, from]);
+        let mut p = Placement {
+            epoch,
+            master: Some(self.me),
+            backup: None,
+            prev: Some(from),
+        };
+        self.set_placement(hash, p);
+        if let Some(nb) = nb {
+            if !self.node.settings.cluster.ha {
+                return p;
+            }
+            match self.peek(hash).await {
+                Some((version, left, data)) => {
+                    let copy = OwnedReplica {
+                        hash,
+                        version,
+                        epoch,
+                        lifetime_s: left,
+                        data,
+                    };
+                    if self.replicate(nb, copy.as_wire()).await.is_ok() {
+                        p.backup = Some(nb);
+                    }
+                }
+                // Nothing to copy yet: the backup gets the first write.
+                None => p.backup = Some(nb),
+            }
+            self.set_placement(hash, p);
+        }
+        p
+    }
+
+    // ----- relay frames from peers -----------------------------------------------------------
+
+    /// One frame on a served relay connection. False: not a request (the connection closes).
+    pub fn on_relay_frame(
+        self: Rc<Self>,
+        conn: &Rc<ServedConn>,
+        owner: OwnerId,
+        frame: Frame<RelayMessage<'_>>,
+    ) -> bool {
+        let rid = frame.request_id;
+        let counters = &self.shared().counters;
+        let sender = self
+            .members
+            .borrow()
+            .by_id(conn.peer_node_id)
+            .map(|p| p.relay);
+        match frame.message {
+            RelayMessage::Forward { request, .. } => {
+                Counters::bump(&counters.relayed_in);
+                let locks = &self.node.settings.locks;
+                let reply = ReplyTo::new(conn.local.clone(), rid);
+                match from_request(&request, locks.wait_max_ms, locks.lease_max_ms) {
+                    Some((id, op)) => {
+                        monoio::spawn(self.handle(id, op, owner, reply, true));
+                    }
+                    None => answer(
+                        reply,
+                        &OwnedReply::Error {
+                            code: ErrorCode::BadRequest,
+                            message: "this request is not relayed".into(),
+                        },
+                        None,
+                    ),
+                }
+            }
+            RelayMessage::Replicate(r) => {
+                let copy = OwnedReplica {
+                    hash: r.hash,
+                    version: r.version,
+                    epoch: r.epoch,
+                    lifetime_s: r.lifetime_s,
+                    data: r.data.to_vec(),
+                };
+                let conn = conn.clone();
+                monoio::spawn(async move {
+                    let out = self.on_replicate(copy, sender).await;
+                    let _ = conn.relay.send((rid, out));
+                });
+            }
+            RelayMessage::DropReplica { hash } => {
+                let conn = conn.clone();
+                monoio::spawn(async move {
+                    let p = self.placement(&hash);
+                    let out = if p.is_some_and(|p| p.master == Some(self.me)) {
+                        Out::Error {
+                            code: ErrorCode::StaleEpoch,
+                            message: "this node is the session's master now".into(),
+                        }
+                    } else {
+                        self.placements.borrow_mut().remove(&hash);
+                        let _ = self.local(hash, self.next_owner(), Op::Remove).await;
+                        Out::Ack
+                    };
+                    let _ = conn.relay.send((rid, out));
+                });
+            }
+            RelayMessage::Promote { hash, epoch } => {
+                let conn = conn.clone();
+                monoio::spawn(async move {
+                    let out = self.on_promote(hash, epoch, sender).await;
+                    let _ = conn.relay.send((rid, out));
+                });
+            }
+            RelayMessage::SyncRequest { .. } => {
+                let conn = conn.clone();
+                monoio::spawn(async move {
+                    self.on_sync_request(&conn, rid, sender).await;
+                });
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    async fn on_replicate(self: &Rc<Self>, copy: OwnedReplica, sender: Option<SocketAddr>) -> Out {
+        let hash = copy.hash;
+        if let Some(p) = self.placement(&hash) {
+            if p.epoch > copy.epoch || (p.epoch == copy.epoch && p.master == Some(self.me)) {
+                return Out::Error {
+                    code: ErrorCode::StaleEpoch,
+                    message: format!(
+                        "this node holds the session under epoch {} (got {})",
+                        p.epoch, copy.epoch
+                    ),
+                };
+            }
+        }
+        let r = self
+            .local(
+                hash,
+                self.next_owner(),
+                Op::ApplyReplica {
+                    version: copy.version,
+                    lifetime_s: copy.lifetime_s,
+                    data: copy.data,
+                },
+            )
+            .await;
+        match r {
+            OwnedReply::Done { version } => {
+                Counters::bump(&self.shared().counters.replicas_applied);
+                self.set_placement(
+                    hash,
+                    Placement {
+                        epoch: copy.epoch,
+                        master: sender,
+                        backup: Some(self.me),
+                        prev: None,
+                    },
+                );
+                Out::ReplicateAck { hash, version }
+            }
+            OwnedReply::Error { code, message } => Out::Error { code, message },
+            other => Out::Error {
+                code: ErrorCode::Internal,
+                message: format!("unexpected local answer {other:?}"),
+            },
+        }
+    }
+
+    async fn on_promote(
+        self: &Rc<Self>,
+        hash: [u8; 16],
+        epoch: u32,
+        sender: Option<SocketAddr>,
+    ) -> Out {
+        if let Some(p) = self.placement(&hash) {
+            if p.epoch > epoch {
+                return Out::Error {
+                    code: ErrorCode::StaleEpoch,
+                    message: format!("epoch {} is known here (got {epoch})", p.epoch),
+                };
+            }
+        }
+        let from = sender.unwrap_or(self.me);
+        let p = self.take_over(hash, epoch, from).await;
+        info!(
+            "cluster: took over a session handed off by {from} (epoch {epoch}, backup {})",
+            p.backup.map_or("none".to_string(), |b| b.to_string())
+        );
+        Out::Ack
+    }
+
+    /// A rejoining node asks what it should know: the copies this node backs up for it (it is
+    /// their master: stream `Replicas`), then the sessions this node masters that name it as
+    /// backup or were taken over from it (stream `Masters`).
+    async fn on_sync_request(
+        self: &Rc<Self>,
+        conn: &Rc<ServedConn>,
+        rid: u64,
+        sender: Option<SocketAddr>,
+    ) {
+        let Some(peer) = sender else {
+            let _ = conn.relay.send((
+                rid,
+                Out::Error {
+                    code: ErrorCode::Unavailable,
+                    message: "no heartbeat from you yet".into(),
+                },
+            ));
+            return;
+        };
+        let all: Vec<([u8; 16], Placement)> = self
+            .placements
+            .borrow()
+            .iter()
+            .map(|(h, p)| (*h, *p))
+            .collect();
+        for role in [SyncRole::Replicas, SyncRole::Masters] {
+            let list: Vec<([u8; 16], Placement)> = all
+                .iter()
+                .filter(|(_, p)| match role {
+                    SyncRole::Replicas => p.backup == Some(self.me) && p.master == Some(peer),
+                    SyncRole::Masters => {
+                        p.master == Some(self.me)
+                            && (p.backup == Some(peer) || p.prev == Some(peer))
+                    }
+                })
+                .copied()
+                .collect();
+            let _ = conn.relay.send((
+                rid,
+                Out::SyncBegin {
+                    role,
+                    count: list.len() as u64,
+                },
+            ));
+            let mut sent = 0;
+            for (hash, p) in list {
+                if let Some((version, left, data)) = self.peek(hash).await {
+                    sent += 1;
+                    let _ = conn.relay.send((
+                        rid,
+                        Out::SyncItem(OwnedReplica {
+                            hash,
+                            version,
+                            epoch: p.epoch,
+                            lifetime_s: left,
+                            data,
+                        }),
+                    ));
+                }
+            }
+            let _ = conn.relay.send((rid, Out::SyncEnd { count: sent }));
+        }
+    }
+
+    // ----- rejoin and drain ------------------------------------------------------------------
+
+    /// After a start: hear the others, ask each what it holds for this node, then serve.
+    async fn rejoin(self: Rc<Self>) {
+        let cluster = self.node.resolved.cluster.clone().expect("clustering on");
+        let start = clock_ms();
+        let wait_until = start + cluster.node_timeout_ms;
+        let expected = cluster
+            .peers
+            .iter()
+            .filter(|p| p.ip() != self.me.ip())
+            .count();
+        while clock_ms() < wait_until {
+            if expected > 0 && self.members.borrow().up_count() >= expected {
+                break;
+            }
+            monoio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let live = self.members.borrow().live();
+        let mut items = 0u64;
+        for peer in live {
+            for attempt in 0..5 {
+                match self.sync_from(peer.relay).await {
+                    Ok(n) => {
+                        items += n;
+                        break;
+                    }
+                    Err(e) => {
+                        warn!(
+                            "cluster: sync from {} failed (attempt {}): {e}",
+                            peer.relay,
+                            attempt + 1
+                        );
+                        monoio::time::sleep(Duration::from_millis(cluster_retry_ms(&self))).await;
+                    }
+                }
+            }
+        }
+        self.ready.set(true);
+        self.shared().counters.ready.store(1, Ordering::Relaxed);
+        info!(
+            "cluster: ready: {} live peers, {items} sessions refreshed from them",
+            self.members.borrow().up_count()
+        );
+    }
+
+    async fn sync_from(self: &Rc<Self>, peer: SocketAddr) -> Result<u64, String> {
+        let c = self.conn(peer).await.map_err(|e| e.to_string())?;
+        let (id, rx) = c
+            .send(RelayMessage::SyncRequest {
+                role: SyncRole::Replicas,
+            })
+            .map_err(|e| e.to_string())?;
+        let limit = Duration::from_millis(self.timeout_ms * 10);
+        let mut role = SyncRole::Replicas;
+        let mut ends = 0;
+        let mut n = 0;
+        let result = loop {
+            let m = match monoio::time::timeout(limit, rx.recv_async()).await {
+                Ok(Ok(m)) => m,
+                Ok(Err(_)) => break Err("connection lost".to_string()),
+                Err(_) => break Err("sync stalled".to_string()),
+            };
+            match m {
+                Incoming::SyncBegin(r) => role = r,
+                Incoming::SyncItem(item) => {
+                    n += 1;
+                    Counters::bump(&self.shared().counters.sync_items);
+                    self.apply_sync_item(peer, role, item).await;
+                }
+                Incoming::SyncEnd => {
+                    ends += 1;
+                    if ends == 2 {
+                        break Ok(n);
+                    }
+                }
+                Incoming::Error { message, .. } => break Err(message),
+                other => break Err(format!("unexpected {other:?}")),
+            }
+        };
+        c.forget(id);
+        result
+    }
+
+    async fn apply_sync_item(
+        self: &Rc<Self>,
+        peer: SocketAddr,
+        role: SyncRole,
+        item: OwnedReplica,
+    ) {
+        let hash = item.hash;
+        let epoch = item.epoch;
+        let _ = self
+            .local(
+                hash,
+                self.next_owner(),
+                Op::ApplyReplica {
+                    version: item.version,
+                    lifetime_s: item.lifetime_s,
+                    data: item.data,
+                },
+            )
+            .await;
+        let p = match role {
+            // The peer backs this node's session up: this node is (still) its master.
+            SyncRole::Replicas => Placement {
+                epoch,
+                master: Some(self.me),
+                backup: Some(peer),
+                prev: None,
+            },
+            // The peer masters it now: this node holds a copy (its backup, or a stale former
+            // master that must not serve it) and routes requests there.
+            SyncRole::Masters => Placement {
+                epoch,
+                master: Some(peer),
+                backup: None,
+                prev: None,
+            },
+        };
+        let newer = self.placement(&hash).is_none_or(|q| q.epoch <= epoch);
+        if newer {
+            self.set_placement(hash, p);
+        }
+    }
+
+    /// `scd drain`: hand off every session this node masters, then let the backups move.
+    async fn drain(self: Rc<Self>, done: std::sync::mpsc::Sender<String>) {
+        self.shared().draining.store(true, Ordering::Relaxed);
+        info!("cluster: draining: handing every session to other nodes");
+        let (tx, rx) = flume::unbounded();
+        for c in &self.cores {
+            let _ = c.send_async(CoreMsg::Dump(tx.clone())).await;
+        }
+        drop(tx);
+        let mut items = Vec::new();
+        while let Ok(mut v) = rx.recv_async().await {
+            items.append(&mut v);
+        }
+        let mut moved = 0u64;
+        let mut failed = 0u64;
+        for item in items {
+            let hash = item.hash;
+            let p = self.placement(&hash);
+            if p.is_some_and(|p| p.master.is_some() && p.master != Some(self.me)) {
+                // A copy this node holds for another master: that master picks a new backup
+                // when it sees this node draining.
+                continue;
+            }
+            let epoch = p.map_or(1, |p| p.epoch) + 1;
+            let target = {
+                let m = self.members.borrow();
+                p.and_then(|p| p.backup)
+                    .filter(|b| m.usable(*b))
+                    .or_else(|| m.choose_backup(&[self.me]))
+            };
+            let Some(target) = target else {
+                failed += 1;
+                continue;
+            };
+            let copy = OwnedReplica {
+                hash,
+                version: item.version,
+                epoch,
+                lifetime_s: item.lifetime_s,
+                data: item.data,
+            };
+            if let Err(e) = self.replicate(target, copy.as_wire()).await {
+                let why = match e {
+                    ReplError::Fenced => "fenced".to_string(),
+                    ReplError::Unreachable(s) => s,
+                };
+                warn!("cluster: drain: copy to {target} failed: {why}");
+                failed += 1;
+                continue;
+            }
+            match self
+                .call(target, RelayMessage::Promote { hash, epoch }, 0)
+                .await
+            {
+                Ok(Incoming::Ack) => {
+                    moved += 1;
+                    Counters::bump(&self.shared().counters.sessions_handed_off);
+                    self.set_placement(
+                        hash,
+                        Placement {
+                            epoch,
+                            master: Some(target),
+                            backup: None,
+                            prev: Some(self.me),
+                        },
+                    );
+                }
+                other => {
+                    warn!("cluster: drain: {target} did not take over: {other:?}");
+                    failed += 1;
+                }
+            }
+        }
+        // Give the masters this node backs up time to see the draining flag and move their
+        // copies elsewhere (they act on the next heartbeat).
+        let interval = self.node.settings.cluster.heartbeat_interval_ms;
+        monoio::time::sleep(Duration::from_millis(interval * 2 + self.timeout_ms)).await;
+        let text = format!("{moved} sessions handed off, {failed} could not be");
+        if failed > 0 {
+            error!("cluster: drain: {text}");
+        } else {
+            info!("cluster: drain: {text}");
+        }
+        let _ = done.send(text);
+    }
+}
+
+fn cluster_retry_ms(state: &State) -> u64 {
+    state.node.settings.cluster.heartbeat_interval_ms
+}
+
+/// The cluster thread's root future.
+pub async fn main(start: ClusterStart) {
+    let ClusterStart {
+        node,
+        inbox,
+        cores,
+        relay: relay_listener,
+        heartbeat,
+        started_ms,
+    } = start;
+    let cluster = node.resolved.cluster.clone().expect("clustering on");
+    let shared = node.cluster.as_ref().expect("clustering on");
+    let state = Rc::new(State {
+        me: node.relay_addr,
+        node_id: node.node_id,
+        key: shared.key.clone(),
+        timeout_ms: node.settings.cluster.relay_timeout_ms,
+        limits: proto::limits(node.settings.storage.session_size_max),
+        cores,
+        members: RefCell::new(Membership::new(cluster.node_timeout_ms)),
+        pool: RefCell::new(HashMap::new()),
+        placements: RefCell::new(HashMap::new()),
+        owner_seq: Cell::new(0),
+        sessions_held: Cell::new(0),
+        ready: Cell::new(false),
+        queued: RefCell::new(HashMap::new()),
+        node,
+    });
+    state.refresh_load().await;
+    match monoio::net::udp::UdpSocket::from_std(heartbeat) {
+        Ok(sock) => {
+            let sock = Rc::new(sock);
+            monoio::spawn(super::heartbeat::recv_loop(state.clone(), sock.clone()));
+            monoio::spawn(super::heartbeat::send_loop(state.clone(), sock, started_ms));
+        }
+        Err(e) => error!("cluster: cannot use the heartbeat socket: {e}"),
+    }
+    match monoio::net::TcpListener::from_std(relay_listener) {
+        Ok(l) => {
+            monoio::spawn(relay::accept(state.clone(), l));
+        }
+        Err(e) => error!("cluster: cannot use the relay listener: {e}"),
+    }
+    {
+        let s = state.clone();
+        monoio::spawn(async move {
+            loop {
+                monoio::time::sleep(Duration::from_millis(50)).await;
+                let mut changes = Vec::new();
+                s.members.borrow_mut().tick(clock_ms(), &mut changes);
+                s.apply_changes(changes);
+            }
+        });
+    }
+    monoio::spawn(state.clone().rejoin());
+    while let Ok(msg) = inbox.recv_async().await {
+        match msg {
+            ClusterMsg::Request {
+                id,
+                op,
+                owner,
+                reply,
+            } => {
+                monoio::spawn(state.clone().handle(id, op, owner, reply, false));
+            }
+            ClusterMsg::Drain(done) => {
+                monoio::spawn(state.clone().drain(done));
+            }
+            ClusterMsg::Stop => break,
+        }
+    }
+    info!("cluster: stopped");
+}

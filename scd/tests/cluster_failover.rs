@@ -1,0 +1,131 @@
+//! HA with real processes: write-through replication to the backup, `kill -9` of the master,
+//! failover to the backup (a new ID comes back), the old master's restart and rejoin (it never
+//! serves its stale copy), and a new backup when the backup dies.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Cluster, blob};
+use scd_client::{Client, SessionId};
+
+/// Reads the session through `c` until it answers (bounded), following new IDs; returns the
+/// data, version and the ID to use from now on.
+fn read_following(c: &mut Client, id: &mut SessionId) -> (Option<Vec<u8>>, u64) {
+    let deadline = Instant::now() + common::READY_WAIT;
+    loop {
+        match c.read(id) {
+            Ok(r) => {
+                if let Some(n) = r.new_id {
+                    assert!(n.same_session(id), "a new ID names the same session");
+                    assert!(n.version > id.version, "placement epochs only grow");
+                    *id = n;
+                }
+                return (r.data, r.version);
+            }
+            Err(e) => {
+                assert!(Instant::now() < deadline, "no answer in time: {e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+#[test]
+fn kill_the_master_then_the_backup_serves_the_last_acknowledged_write_and_the_master_rejoins() {
+    let mut c = Cluster::start(12, 3, &["--ha", "true"]);
+    let mut a = c.nodes[0].client();
+    let mut id = a.create_id().unwrap();
+    assert_eq!(id.master, c.relay(0));
+    let backup = id.backup.expect("HA on: the ID names a backup");
+    assert_ne!(backup, c.relay(0));
+    let backup_index = (0..3).find(|&i| c.relay(i) == backup).unwrap();
+    let other = 3 - backup_index;
+
+    // A few writes through a non-master node (relayed), each acknowledged.
+    let mut via = c.nodes[other].client();
+    let mut last = Vec::new();
+    let mut last_version = 0;
+    for n in 0..5u64 {
+        let r = via.read_lock(&id, 1000, 30_000).unwrap();
+        last = blob(n, 700);
+        last_version = via.write_unlock(&id, r.token, 600, &last).unwrap();
+    }
+    assert!(c.nodes[0].stat("node.cluster_replications") >= 5);
+    assert!(c.nodes[backup_index].stat("node.cluster_replicas_applied") >= 5);
+
+    c.nodes[0].kill9();
+    // The next request through the other node sees the last acknowledged value, under a new ID.
+    let mut via = c.nodes[other].client();
+    let (data, version) = read_following(&mut via, &mut id);
+    assert_eq!(
+        data.as_deref(),
+        Some(&last[..]),
+        "the last acknowledged write survived"
+    );
+    assert!(version >= last_version);
+    assert_eq!(id.master, backup, "the backup is the master now");
+    assert_eq!(id.version, 2, "one failover: epoch 2");
+    assert_eq!(c.nodes[backup_index].stat("node.cluster_failovers"), 1);
+
+    // Writes go on under the new ID.
+    let r = via.read_lock(&id, 1000, 30_000).unwrap();
+    let after = blob(99, 900);
+    let v_after = via.write_unlock(&id, r.token, 600, &after).unwrap();
+    assert!(v_after > version);
+
+    // The old master comes back; it rejoins and never serves its stale copy, whichever ID a
+    // client still has.
+    c.nodes[0].restart();
+    c.wait_ready(0);
+    let old_id = SessionId::new(c.relay(0), Some(backup), 1, id.hash);
+    for node in 0..3 {
+        let mut cl = c.nodes[node].client();
+        let mut stale = old_id;
+        let (data, version) = read_following(&mut cl, &mut stale);
+        assert_eq!(
+            data.as_deref(),
+            Some(&after[..]),
+            "node {node} served an old value"
+        );
+        assert_eq!(version, v_after);
+        assert_eq!(
+            stale.master, backup,
+            "node {node} pointed the client to the new master"
+        );
+    }
+}
+
+#[test]
+fn killing_the_backup_makes_the_master_copy_to_a_new_one() {
+    let mut c = Cluster::start(13, 3, &["--ha", "true"]);
+    let mut a = c.nodes[0].client();
+    let mut ids = Vec::new();
+    for n in 0..4u64 {
+        let id = a.create_id().unwrap();
+        let r = a.read_lock(&id, 1000, 30_000).unwrap();
+        a.write_unlock(&id, r.token, 600, &blob(n, 300)).unwrap();
+        ids.push(id);
+    }
+    let backup = ids[0].backup.unwrap();
+    let bi = (0..3).find(|&i| c.relay(i) == backup).unwrap();
+    let third = 3 - bi;
+    c.nodes[bi].kill9();
+    // The master notices (heartbeats stop) and copies every session it backed up there to the
+    // remaining node.
+    common::eventually("backups replaced", || {
+        c.nodes[0].stat("node.cluster_backups_replaced") as usize
+            >= ids.iter().filter(|i| i.backup == Some(backup)).count()
+    });
+    assert!(c.nodes[third].stat("node.cluster_replicas_applied") >= 1);
+    // A read hands out the new ID with the new backup.
+    let (_, _) = read_following(&mut a, &mut ids[0]);
+    assert_eq!(ids[0].backup, Some(c.relay(third)));
+    // And the new backup really holds it: kill the master, read through the new backup.
+    c.nodes[0].kill9();
+    let mut t = c.nodes[third].client();
+    let mut id = ids[0];
+    let (data, _) = read_following(&mut t, &mut id);
+    assert_eq!(data, Some(blob(0, 300)));
+    assert_eq!(id.master, c.relay(third));
+}

@@ -121,6 +121,10 @@ pub struct RunArgs {
     /// Flush policies the failover runs under.
     #[arg(long, value_delimiter = ',', default_value = "wt,dw")]
     pub failover_policies: Vec<String>,
+    /// How the failover takes node 1 down: `kill` (SIGKILL: a crash; its ports refuse at once)
+    /// or `stop` (SIGSTOP: a hung or cut-off node; connections hang until timeouts).
+    #[arg(long, value_delimiter = ',', default_value = "kill")]
+    pub failover_faults: Vec<String>,
     /// Failover: sessions, all mastered by node 1 [default: 1000; 100 with --quick].
     #[arg(long)]
     pub failover_sessions: Option<usize>,

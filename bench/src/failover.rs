@@ -31,11 +31,31 @@ use crate::load::{Endpoint, new_histogram};
 use crate::scd_client::{Client, Owned};
 use crate::servers::ScdPolicy;
 
+/// How node 1 is taken down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// SIGKILL: the process is gone, its ports refuse connections at once (a crash, an OOM kill).
+    Kill,
+    /// SIGSTOP: the process is frozen; the kernel still accepts connections but nothing answers,
+    /// and its heartbeats stop (a hung node, or a host cut off: a relay must time out).
+    Stop,
+}
+
+impl Fault {
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Kill => "kill -9",
+            Fault::Stop => "kill -STOP",
+        }
+    }
+}
+
 /// What `--failover` runs.
 #[derive(Clone, Debug)]
 pub struct FailoverPlan {
     pub nodes: usize,
     pub policies: Vec<ScdPolicy>,
+    pub faults: Vec<Fault>,
     pub sessions: usize,
     pub workers: usize,
     pub size_bytes: usize,
@@ -49,6 +69,8 @@ pub struct FailoverPlan {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct FailoverResult {
     pub policy: String,
+    /// How node 1 was taken down (`kill -9` or `kill -STOP`).
+    pub fault: String,
     pub nodes: usize,
     pub sessions: usize,
     pub workers: usize,
@@ -452,13 +474,18 @@ pub fn run(
     interrupted: &AtomicBool,
 ) -> Vec<FailoverResult> {
     let mut out = Vec::new();
-    for &policy in &plan.policies {
+    for (&fault, &policy) in plan
+        .faults
+        .iter()
+        .flat_map(|f| plan.policies.iter().map(move |p| (f, p)))
+    {
         if interrupted.load(Ordering::Relaxed) {
             break;
         }
-        eprintln!("failover, {} ...", policy.flag());
+        eprintln!("failover, {}, {} ...", fault.name(), policy.flag());
         let mut r = FailoverResult {
             policy: policy.flag().into(),
+            fault: fault.name().into(),
             nodes: plan.nodes,
             sessions: plan.sessions,
             workers: plan.workers,
@@ -466,7 +493,7 @@ pub fn run(
             node_timeout_ms: node_timeout_ms(extra),
             ..FailoverResult::default()
         };
-        if let Err(e) = run_one(plan, policy, scd_bin, extra, work, &mut r) {
+        if let Err(e) = run_one(plan, policy, fault, scd_bin, extra, work, &mut r) {
             eprintln!("  failover {}: {e:#}", policy.flag());
             r.error = Some(format!("{e:#}"));
         } else {
@@ -492,6 +519,7 @@ pub fn run(
 fn run_one(
     plan: &FailoverPlan,
     policy: ScdPolicy,
+    fault: Fault,
     scd_bin: &std::path::Path,
     extra: &[String],
     work: &std::path::Path,
@@ -548,7 +576,18 @@ fn run_one(
     let kill_at = Instant::now();
     let kill_ns = kill_at.duration_since(shared.t0).as_nanos() as u64;
     shared.kill_ns.store(kill_ns, Ordering::Release);
-    cluster.nodes[0].stop(); // SIGKILL
+    match fault {
+        Fault::Kill => cluster.nodes[0].stop(), // SIGKILL, reaped
+        Fault::Stop => {
+            let pid = cluster.nodes[0].pid().context("node 1 is not running")?;
+            let status = std::process::Command::new("kill")
+                .args(["-STOP", &pid.to_string()])
+                .status()
+                .context("running kill -STOP")?;
+            anyhow::ensure!(status.success(), "kill -STOP {pid} failed: {status}");
+            // Dropping the cluster kills it (SIGKILL ends a stopped process too).
+        }
+    }
     let deadline = kill_at + Duration::from_millis(FAILOVER_RECOVERY_MS_MAX);
     while shared.back.load(Ordering::Acquire) < workers && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));

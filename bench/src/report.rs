@@ -392,7 +392,7 @@ impl Report {
         let _ = writeln!(s);
         let _ = writeln!(
             s,
-            "failover: load through node 2 on sessions mastered by node 1 (HA on), kill -9 of node 1:"
+            "failover: load through node 2 on sessions mastered by node 1 (HA on), node 1 killed (kill -9) or frozen (kill -STOP):"
         );
         for f in &self.failover {
             let pct = |x: Option<f64>| {
@@ -404,15 +404,20 @@ impl Report {
                     .unwrap_or_else(|| "never".into())
             };
             if let Some(e) = &f.error {
-                let _ = writeln!(s, "  {} ({} nodes): not measured: {e}", f.policy, f.nodes);
+                let _ = writeln!(
+                    s,
+                    "  {}, {} ({} nodes): not measured: {e}",
+                    f.fault, f.policy, f.nodes
+                );
                 continue;
             }
             let _ = writeln!(
                 s,
-                "  {} ({} nodes, {} sessions, {} workers, node timeout {} ms): before the kill {:.0} req/s (p99 {:.0} µs); \
+                "  {}, {} ({} nodes, {} sessions, {} workers, node timeout {} ms): before the kill {:.0} req/s (p99 {:.0} µs); \
                  first success {} after the kill, every worker back after {}, every session after {}; failed {}/{} ({}) until the first success, \
                  {}/{} ({}) until every worker was back, {}/{} ({}) overall; after: {:.0} req/s (p99 {:.0} µs); \
                  {} acknowledged writes, {} sessions lost, {} stale reads, {} unreadable, {} new IDs",
+                f.fault,
                 f.policy,
                 f.nodes,
                 f.sessions,

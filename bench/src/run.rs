@@ -366,6 +366,14 @@ impl Plan {
                     other => bail!("--failover-policies: {other:?} is not wt or dw"),
                 });
             }
+            let mut faults = Vec::new();
+            for f in &args.failover_faults {
+                faults.push(match f.trim() {
+                    "kill" => failover::Fault::Kill,
+                    "stop" => failover::Fault::Stop,
+                    other => bail!("--failover-faults: {other:?} is not kill or stop"),
+                });
+            }
             let sessions = args.failover_sessions.unwrap_or(if args.quick {
                 FAILOVER_SESSIONS_QUICK
             } else {
@@ -385,6 +393,7 @@ impl Plan {
             Some(FailoverPlan {
                 nodes: if args.nodes >= 2 { args.nodes } else { 3 },
                 policies,
+                faults,
                 sessions,
                 workers: args.failover_workers,
                 size_bytes: args.size,

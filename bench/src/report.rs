@@ -77,6 +77,9 @@ pub struct ClusterFacts {
     pub master_replications: u64,
     /// Copies node 1's backups did not acknowledge.
     pub master_replication_failures: u64,
+    /// Server CPU per request (µs) split by node (node 1 first): the row's
+    /// `server_cpu_us_per_req` shared out by each node's CPU time over the run.
+    pub node_cpu_us_per_req: Vec<f64>,
 }
 
 /// The ratios of a row against scd on the same transport (1.25 = scd does 25% more).
@@ -344,7 +347,7 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "{:<30} {:>10} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>12}",
+            "{:<30} {:>10} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>12}  CPU µs/req by node",
             "target",
             "req/s",
             "p99 µs",
@@ -353,14 +356,14 @@ impl Report {
             "÷1 node",
             "relayed",
             "replic.",
-            "failures"
+            "failures",
         );
         for t in rows {
             let r = &t.ratios;
             let c = t.cluster.as_ref().expect("filtered above");
             let _ = writeln!(
                 s,
-                "{:<30} {:>10.0} {:>9.0} {:>9} {:>10} {:>9} {:>9} {:>9} {:>12}",
+                "{:<30} {:>10.0} {:>9.0} {:>9} {:>10} {:>9} {:>9} {:>9} {:>12}  {}",
                 t.name,
                 t.requests_per_s,
                 t.p99_us,
@@ -375,13 +378,18 @@ impl Report {
                     "{}+{}",
                     c.entry_relay_failures, c.master_replication_failures
                 ),
+                c.node_cpu_us_per_req
+                    .iter()
+                    .map(|x| format!("{x:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
             );
         }
         let _ = writeln!(
             s,
             "HA cost: 1 − requests/s with HA ÷ without (same policy, entry node, transport); relay÷dir: relayed ÷ direct; \
              ÷1 node: ÷ one scd node (scd-wt / scd-dw); relayed / replic.: requests node 2 relayed and copies node 1's \
-             backups acknowledged during the run; failures: relays + copies that failed."
+             backups acknowledged during the run; failures: relays + copies that failed; CPU µs/req by node: node 1 / node 2 / ...."
         );
     }
 

@@ -873,8 +873,18 @@ fn measure_cluster(
         server_pids: run.cluster.pids(),
         progress: plan.progress,
     };
+    let pids = run.cluster.pids();
+    let cpu_before: Vec<f64> = pids.iter().map(|&p| sys::cpu_seconds(&[p])).collect();
     let cluster = &mut run.cluster;
     let result = run_load(spec, &mut || cluster.stop())?;
+    // Each node's share of the cluster's CPU over the whole run (warm-up included), applied to
+    // the measured window's CPU per request: where the cluster's work is done.
+    let cpu_used: Vec<f64> = pids
+        .iter()
+        .zip(&cpu_before)
+        .map(|(&p, b)| (sys::cpu_seconds(&[p]) - b).max(0.0))
+        .collect();
+    let cpu_total: f64 = cpu_used.iter().sum();
     *driver = result.driver.to_string();
     if result.cycles == 0 {
         bail!(
@@ -903,6 +913,16 @@ fn measure_cluster(
         entry_relay_failures: delta(entry, 2),
         master_replications: delta(0, 3),
         master_replication_failures: delta(0, 4),
+        node_cpu_us_per_req: cpu_used
+            .iter()
+            .map(|u| {
+                if cpu_total > 0.0 {
+                    r.server_cpu_us_per_req * u / cpu_total
+                } else {
+                    0.0
+                }
+            })
+            .collect(),
     });
     Ok(r)
 }

@@ -408,8 +408,13 @@ impl ShardSlot {
                     .shard
                     .apply_replica(key, version, expires, data, now_ms)
                 {
-                    Ok(ReplicaOutcome::Applied(ack)) => {
-                        self.acknowledge(key, now_ms, Ok(ack), reply)
+                    // A backup acknowledges a copy once it holds it, without waiting for its
+                    // own flush (which the pass submits at once under write-through): the write
+                    // is already durable on the master, so one failure loses nothing, and the
+                    // client's write pays one fsync, not two in a row.
+                    Ok(ReplicaOutcome::Applied(_)) => {
+                        let version = self.version_of(&key, now_ms);
+                        reply.send(Answer::Done { version });
                     }
                     Ok(ReplicaOutcome::Stale) => {
                         let version = self.version_of(&key, now_ms);

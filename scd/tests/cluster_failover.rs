@@ -129,3 +129,49 @@ fn killing_the_backup_makes_the_master_copy_to_a_new_one() {
     assert_eq!(data, Some(blob(0, 300)));
     assert_eq!(id.master, c.relay(third));
 }
+
+#[test]
+fn a_lock_held_through_a_dead_master_is_gone_and_its_write_is_refused_and_destroy_reaches_the_backup()
+ {
+    let mut c = Cluster::start(19, 3, &["--ha", "true"]);
+    let mut a = c.nodes[0].client();
+    let id = a.create_id().unwrap();
+    let r = a.read_lock(&id, 1000, 30_000).unwrap();
+    a.write_unlock(&id, r.token, 600, b"v1").unwrap();
+    // A second session, destroyed through its master: the backup forgets it too.
+    let gone = a.create_id().unwrap();
+    let r = a.read_lock(&gone, 1000, 30_000).unwrap();
+    a.write_unlock(&gone, r.token, 600, b"doomed").unwrap();
+    let r = a.read_lock(&gone, 1000, 30_000).unwrap();
+    a.destroy(&gone, r.token).unwrap();
+
+    let backup = id.backup.unwrap();
+    let bi = (0..3).find(|&i| c.relay(i) == backup).unwrap();
+    let other = 3 - bi;
+    // A request through another node takes the lock on the master, then the master dies.
+    let mut via = c.nodes[other].client();
+    let held = via.read_lock(&id, 1000, 30_000).unwrap();
+    c.nodes[0].kill9();
+    let e = via
+        .write_unlock(&id, held.token, 600, b"v2 under a dead lock")
+        .unwrap_err();
+    assert!(
+        matches!(e.code(), Some(scd_client::ErrorCode::NotLocked)),
+        "refused, not applied: {e}"
+    );
+    assert!(format!("{e}").contains("lock"), "{e}");
+    // The new master starts unlocked and holds the last acknowledged value.
+    let mut fresh = c.nodes[other].client();
+    let mut now = id;
+    let (data, _) = read_following(&mut fresh, &mut now);
+    assert_eq!(data.as_deref(), Some(&b"v1"[..]));
+    let r = fresh.read_lock(&now, 0, 30_000).expect("free at once");
+    fresh.unlock(&now, r.token).unwrap();
+    // The destroyed session is gone on the backup as well.
+    let mut g = gone;
+    let (data, _) = read_following(&mut fresh, &mut g);
+    assert!(
+        data.is_none(),
+        "a destroyed session came back after failover"
+    );
+}

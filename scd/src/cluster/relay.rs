@@ -179,11 +179,31 @@ async fn with_timeout<T>(
     }
 }
 
+/// Connects to `to` from this node's own address (not whichever address the kernel would pick),
+/// so that the peer's `allowed_hosts` check sees the address the node is known by.
+async fn connect_from(ip: std::net::IpAddr, to: SocketAddr) -> io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let socket = Socket::new(Domain::for_address(to), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SockAddr::from(SocketAddr::new(ip, 0)))?;
+    match socket.connect(&SockAddr::from(to)) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let std: std::net::TcpStream = socket.into();
+    let stream = TcpStream::from_std(std)?;
+    stream.writable(false).await?;
+    // A refused or failed connect shows as "not connected".
+    stream.peer_addr()?;
+    Ok(stream)
+}
+
 /// Opens and authenticates a connection to `addr` (client side of the handshake).
 pub async fn connect(state: &Rc<State>, addr: SocketAddr) -> Result<Rc<PeerConn>, CallError> {
     let ms = state.timeout_ms;
     let unreachable = |e: io::Error| CallError::Unreachable(format!("{addr}: {e}"));
-    let stream = with_timeout(ms, "connect", TcpStream::connect_addr(addr))
+    let stream = with_timeout(ms, "connect", connect_from(state.me.ip(), addr))
         .await
         .map_err(unreachable)?;
     let _ = stream.set_nodelay(true);

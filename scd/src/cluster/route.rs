@@ -573,8 +573,57 @@ impl State {
         }
     }
 
-    /// This node is the master: run it here, replicate writes.
+    /// This node is the master: run it here, replicate writes. A token refused on a session that
+    /// moved here says why (the lock stayed on the old master).
     async fn serve_master(
+        self: &Rc<Self>,
+        p: Placement,
+        id: SessionId,
+        op: Op<Vec<u8>>,
+        owner: OwnerId,
+        reply: ReplyTo,
+    ) {
+        let token_op = matches!(
+            op,
+            Op::WriteUnlock { .. }
+                | Op::Touch { .. }
+                | Op::Unlock { .. }
+                | Op::Destroy { token: 1.. }
+        );
+        if p.prev.is_none() || !token_op {
+            return self.serve_master_inner(p, id, op, owner, reply).await;
+        }
+        let (tx, rx) = flume::bounded(1);
+        let inner = ReplyTo::new(tx, reply.request_id());
+        self.serve_master_inner(p, id, op, owner, inner).await;
+        let Ok(frame) = rx.recv_async().await else {
+            return answer(reply, &unavailable("the daemon is stopping"), None);
+        };
+        match decode_reply(&frame, &self.limits) {
+            Ok((f, _)) => match f.message {
+                Reply::Error {
+                    code: ErrorCode::NotLocked,
+                    ..
+                } => answer(
+                    reply,
+                    &OwnedReply::Error {
+                        code: ErrorCode::NotLocked,
+                        message: format!(
+                            "the session moved to a new master ({}), and the lock taken on the \
+                             old one ({}) is gone: this change was not applied",
+                            self.me,
+                            p.prev.map_or("?".to_string(), |a| a.to_string())
+                        ),
+                    },
+                    None,
+                ),
+                _ => reply.send_frame(frame),
+            },
+            Err(_) => reply.send_frame(frame),
+        }
+    }
+
+    async fn serve_master_inner(
         self: &Rc<Self>,
         p: Placement,
         id: SessionId,

@@ -126,3 +126,69 @@ fn a_two_node_quick_run_relays_replicates_and_reports_every_cluster_target() {
     }
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn a_quick_failover_run_recovers_and_reads_back_every_acknowledged_write() {
+    let bench = Path::new(env!("CARGO_BIN_EXE_scd-bench"));
+    let Some(scd) = bench
+        .parent()
+        .map(|d| d.join("scd"))
+        .filter(|p| p.is_file())
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the scd binary was not built"
+        );
+        eprintln!("scd binary not built (cargo build -p scd): failover run skipped");
+        return;
+    };
+    let out = std::env::temp_dir().join(format!("scd-bench-failover-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let status = Command::new(bench)
+        .args([
+            "--nodes",
+            "3",
+            "--quick",
+            "--no-progress",
+            "--require-all",
+            "--failover-only",
+            "--failover",
+            "--failover-policies",
+            "wt",
+            "--failover-sessions",
+            "50",
+            "--failover-workers",
+            "4",
+            "--warmup-s",
+            "0.2",
+            "--scd-args",
+            "--heartbeat-interval-ms 100",
+        ])
+        .arg("--scd-bin")
+        .arg(&scd)
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .expect("running scd-bench");
+    assert!(status.success(), "scd-bench --failover failed: {status}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let runs = json["failover"].as_array().expect("failover array");
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    let f = &runs[0];
+    assert!(f["error"].is_null(), "{}", f["error"]);
+    assert_eq!(f["nodes"].as_u64(), Some(3));
+    assert_eq!(f["fault"], "kill -9");
+    assert!(f["steady_requests_per_s"].as_f64().unwrap() > 0.0, "{f:#}");
+    // The load came back after the kill (figures are reported, not asserted).
+    assert!(f["first_success_ms"].as_f64().is_some(), "{f:#}");
+    assert!(f["all_workers_back_ms"].as_f64().is_some(), "{f:#}");
+    assert!(f["acknowledged_writes"].as_u64().unwrap() > 0, "{f:#}");
+    // Write-through with HA: nothing acknowledged may be missing, and nothing unreadable.
+    assert_eq!(f["lost_sessions"].as_u64(), Some(0), "{f:#}");
+    assert_eq!(f["stale_reads"].as_u64(), Some(0), "{f:#}");
+    assert_eq!(f["unreadable_sessions"].as_u64(), Some(0), "{f:#}");
+    let table = std::fs::read_to_string(out.join("report.txt")).unwrap();
+    assert!(table.contains("failover:"), "{table}");
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -129,7 +129,9 @@ mod types;
 pub use membership::{HeartbeatSchedule, Membership, MembershipConfig, PeerBeat, PeerEvent};
 pub use node::{Node, Phase, Stats};
 pub use placement::{Placement, choose_backup};
-pub use types::{Action, Change, Config, Copy, FlushPolicy, MemStore, Msg, Reply, Request, Store};
+pub use types::{
+    Action, Change, Config, Copy, FlushPolicy, MemStore, Meta, Msg, Reply, Request, Store,
+};
 
 /// A node's identity on the wire: its relay address (IP:relay_port), as in session IDs.
 pub type Addr = std::net::SocketAddr;

@@ -53,6 +53,16 @@ struct Live {
     waiting: VecDeque<Queued>,
     inflight: Option<Inflight>,
     pending: Option<Pending>,
+    /// The highest placement epoch ever proposed for the session here: a later proposal uses
+    /// a higher one, so that no epoch names two placements.
+    floor: u32,
+    /// A node a proposal went to that never answered before it went down: it may hold (and
+    /// later promote) the proposed placement, so the session is served only under a lease from
+    /// it too, until a later placement is committed.
+    shadow: Option<Addr>,
+    /// A proposal was refused: propose again only after this time (epochs are not reused, so
+    /// retrying every tick would only inflate them).
+    retry_after_ms: u64,
     /// Delayed-write: version last acked by the backup, and when we last sent.
     acked: u64,
     dirty_sent_ms: Option<u64>,
@@ -323,7 +333,7 @@ impl<S: Store> Node<S> {
                 version,
             } => self.on_ack(from, hash, epoch, version, now_ms),
             Msg::StaleEpoch { hash, epoch } => self.on_stale(from, hash, Some(epoch), now_ms),
-            Msg::NotAgreed { hash } => self.on_stale(from, hash, None, now_ms),
+            Msg::NotAgreed { hash, epoch } => self.on_refused(from, hash, epoch, now_ms),
             Msg::DropReplica { hash, epoch } => {
                 if let Some(copy) = self.store.get(&hash)
                     && copy.placement.epoch < epoch
@@ -574,6 +584,11 @@ impl<S: Store> Node<S> {
         }
         if let Some(b) = copy.placement.backup
             && !self.lease_valid(b, now_ms)
+        {
+            return Err(true);
+        }
+        if let Some(t) = self.sessions.get(hash).and_then(|l| l.shadow)
+            && !self.lease_valid(t, now_ms)
         {
             return Err(true);
         }
@@ -837,6 +852,13 @@ impl<S: Store> Node<S> {
         {
             return self.queue(to, request, true, now_ms);
         }
+        if self
+            .sessions
+            .get(&hash)
+            .is_some_and(|l| l.retry_after_ms > now_ms)
+        {
+            return self.error(to, ErrorCode::Unavailable, "failover refused; retry later");
+        }
         let old_master = copy.placement.master;
         if self.doubtful.contains(&hash) {
             // Our copy predates our rejoin and its master never confirmed it since: it may
@@ -887,11 +909,14 @@ impl<S: Store> Node<S> {
         &mut self,
         hash: Hash,
         base_epoch: u32,
-        copy: Copy,
+        mut copy: Copy,
         change: Change,
         target: Addr,
         now_ms: u64,
     ) {
+        let live = self.live(hash);
+        copy.placement.epoch = copy.placement.epoch.max(live.floor + 1);
+        live.floor = copy.placement.epoch;
         self.send(
             target,
             Msg::Replicate {
@@ -948,19 +973,20 @@ impl<S: Store> Node<S> {
                 .get(&hash)
                 .is_some_and(|l| l.pending.is_some())
             {
-                return self.send(from, Msg::NotAgreed { hash });
+                return self.send(from, Msg::NotAgreed { hash, epoch });
             }
         }
         // A placement epoch new to us: we are the witness of a placement change.
         if !copy.placement.names(me)
             || copy.placement.master != from && !matches!(change, Change::Handover { .. })
         {
-            return self.send(from, Msg::NotAgreed { hash });
+            return self.send(from, Msg::NotAgreed { hash, epoch });
         }
         // A witness must be serving (it knows the cluster) and must have heard the proposer
         // without interruption for a node timeout: a node that was cut off (or restarted) is
         // told to rejoin before it may change any placement.
         let serving = self.mode == Mode::Serving
+            && !self.draining
             && (matches!(change, Change::Handover { .. } | Change::Update)
                 || self.members.up_for(from, now_ms) >= self.cfg.membership.node_timeout_ms);
         let agreed = serving
@@ -972,13 +998,13 @@ impl<S: Store> Node<S> {
                     self.members.silent_long(old_backup, now_ms)
                         || self.members.is_draining(old_backup)
                 }
-                Change::Resume => cur.as_ref().is_none_or(|c| c.placement.master == from),
+                Change::Resume => cur.as_ref().is_some_and(|c| c.placement.master == from),
                 Change::Handover { old_master } => {
                     old_master == from && copy.placement.master == me && !self.draining
                 }
             };
         if !agreed {
-            return self.send(from, Msg::NotAgreed { hash });
+            return self.send(from, Msg::NotAgreed { hash, epoch });
         }
         match change {
             Change::Promote { old_master } => {
@@ -1097,6 +1123,7 @@ impl<S: Store> Node<S> {
         let acked = new.version;
         self.store.put(hash, new.clone());
         self.unconfirmed.remove(&hash);
+        self.live(hash).shadow = None;
         if let Some(b) = new.placement.backup
             && !self.lease_valid(b, now_ms)
         {
@@ -1115,6 +1142,19 @@ impl<S: Store> Node<S> {
         }
     }
 
+    /// The target of our proposal at `epoch` did not agree (an answer to an older proposal is
+    /// ignored: duplicates must not start new proposals).
+    fn on_refused(&mut self, from: Addr, hash: Hash, epoch: u32, now_ms: u64) {
+        let current = self
+            .sessions
+            .get(&hash)
+            .and_then(|l| l.pending.as_ref())
+            .is_some_and(|p| p.target == from && p.copy.placement.epoch == epoch);
+        if current {
+            self.on_stale(from, hash, None, now_ms);
+        }
+    }
+
     fn on_stale(&mut self, from: Addr, hash: Hash, epoch: Option<u32>, now_ms: u64) {
         let Some(cur) = self.store.get(&hash) else {
             return;
@@ -1123,7 +1163,10 @@ impl<S: Store> Node<S> {
         if let Some(p) = pending
             && p.target == from
         {
-            self.live(hash).pending = None;
+            let retry = now_ms + self.cfg.membership.heartbeat_interval_ms;
+            let live = self.live(hash);
+            live.pending = None;
+            live.retry_after_ms = retry;
             if epoch.is_some_and(|e| e > cur.placement.epoch) {
                 self.fence(hash, now_ms);
             } else {
@@ -1199,7 +1242,32 @@ impl<S: Store> Node<S> {
         let me = self.cfg.me;
         let resend_ms = self.cfg.membership.heartbeat_interval_ms;
         let serving = self.mode == Mode::Serving;
+        let flush_due = now_ms >= self.last_flush_ms + self.cfg.flush_interval_ms;
         for hash in self.store.hashes() {
+            // Fast path on the metadata: most sessions need nothing.
+            let Some(meta) = self.store.meta(&hash) else {
+                continue;
+            };
+            let live = self.sessions.get(&hash);
+            let busy = live.is_some_and(|l| {
+                l.pending.is_some()
+                    || l.inflight.is_some()
+                    || !l.waiting.is_empty()
+                    || l.retry_after_ms > now_ms
+            });
+            let mastered = meta.placement.master == me;
+            let dirty = self.cfg.policy == FlushPolicy::DelayedWrite
+                && meta.placement.backup.is_some()
+                && live.map_or(0, |l| l.acked) < meta.version;
+            let upkeep = self.unconfirmed.contains(&hash)
+                || self.draining
+                || match meta.placement.backup {
+                    None => self.cfg.ha && self.members.candidates().next().is_some(),
+                    Some(b) => self.members.silent_long(b, now_ms) || self.members.is_draining(b),
+                };
+            if !busy && !(mastered && serving && (upkeep || (dirty && flush_due))) {
+                continue;
+            }
             let Some(copy) = self.store.get(&hash) else {
                 continue;
             };
@@ -1216,31 +1284,25 @@ impl<S: Store> Node<S> {
                     self.error(q.to, ErrorCode::Unavailable, "timed out");
                 }
             }
-            // A pending placement change: resend, or give up on a dead target.
+            // A pending placement change: resend until answered; give up only on a target
+            // that went down (it may have accepted: it becomes the session's shadow).
             if let Some(p) = self.sessions.get(&hash).and_then(|l| l.pending.clone()) {
-                if now_ms >= p.sent_ms + resend_ms {
-                    if self.members.is_up(p.target)
-                        && now_ms < p.sent_ms + self.cfg.request_timeout_ms
-                    {
-                        self.send(
-                            p.target,
-                            Msg::Replicate {
-                                hash,
-                                copy: p.copy.clone(),
-                                change: p.change,
-                            },
-                        );
-                        // keep sent_ms: the deadline counts from the first send
-                        if let Some(l) = self.sessions.get_mut(&hash)
-                            && let Some(pp) = l.pending.as_mut()
-                        {
-                            pp.sent_ms = pp.sent_ms.max(now_ms.saturating_sub(resend_ms));
-                        }
-                    } else {
-                        // Abandon. The target may have accepted: it then holds a copy at an
-                        // epoch we never served; the next proposal uses a higher epoch.
-                        self.live(hash).pending = None;
-                        self.wake(hash, now_ms);
+                if !self.members.is_up(p.target) {
+                    let live = self.live(hash);
+                    live.pending = None;
+                    live.shadow = Some(p.target);
+                    self.wake(hash, now_ms);
+                } else if now_ms >= p.sent_ms + resend_ms {
+                    self.send(
+                        p.target,
+                        Msg::Replicate {
+                            hash,
+                            copy: p.copy.clone(),
+                            change: p.change,
+                        },
+                    );
+                    if let Some(pp) = self.live(hash).pending.as_mut() {
+                        pp.sent_ms = now_ms;
                     }
                 }
                 continue;
@@ -1295,6 +1357,13 @@ impl<S: Store> Node<S> {
                 }
             }
             // Placement upkeep.
+            if self
+                .sessions
+                .get(&hash)
+                .is_some_and(|l| l.retry_after_ms > now_ms)
+            {
+                continue;
+            }
             let mut next = copy.clone();
             next.placement.epoch = copy.placement.epoch + 1;
             if self.unconfirmed.contains(&hash) {
@@ -1398,10 +1467,31 @@ impl<S: Store> Node<S> {
                 // (or its witness, also unheard in our sync) would know. Wait for it.
             }
             None => {
-                next.placement.backup = None;
-                self.store.put(hash, next);
-                self.unconfirmed.remove(&hash);
-                self.wake(hash, now_ms);
+                let candidate = if self.cfg.ha {
+                    choose_backup(self.members.candidates(), me, &[])
+                } else {
+                    None
+                };
+                if let Some(c) = candidate {
+                    // Resume witnessed by a new backup.
+                    next.placement.backup = Some(c);
+                    self.propose(
+                        hash,
+                        copy.placement.epoch,
+                        next,
+                        Change::AddBackup,
+                        c,
+                        now_ms,
+                    );
+                } else if self.sessions.get(&hash).is_none_or(|l| l.shadow.is_none()) {
+                    let live = self.live(hash);
+                    next.placement.epoch = next.placement.epoch.max(live.floor + 1);
+                    live.floor = next.placement.epoch;
+                    next.placement.backup = None;
+                    self.store.put(hash, next);
+                    self.unconfirmed.remove(&hash);
+                    self.wake(hash, now_ms);
+                }
             }
         }
     }
@@ -1746,7 +1836,14 @@ impl<S: Store> Node<S> {
                 }
                 let hash = f.request.hash();
                 f.target = None;
-                let everyone = peers.len() + 1 == self.members.known_nodes();
+                // Everyone we know of, including the nodes the ID names (a node restarted
+                // during a partition may not know them).
+                let named = [Some(f.placement.master), f.placement.backup];
+                let everyone = peers.len() + 1 == self.members.known_nodes()
+                    && named
+                        .iter()
+                        .flatten()
+                        .all(|n| *n == self.cfg.me || peers.contains(n));
                 f.stage = Stage::Locate {
                     loc,
                     asked: peers.clone(),

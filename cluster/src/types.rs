@@ -91,6 +91,15 @@ impl Copy {
     }
 }
 
+/// A copy's placement and data version (its data left out).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Meta {
+    /// Where the session lives, as this copy knows it.
+    pub placement: Placement,
+    /// Data version.
+    pub version: u64,
+}
+
 /// Where a node keeps its session copies. The node reads and writes through it and keeps no
 /// other copy of session data.
 ///
@@ -99,10 +108,20 @@ impl Copy {
 /// call until its flush completes). Under delayed-write the same holds for a `put` that changes
 /// the copy's placement (rare: failover, rehome, rejoin) — a restarted node must never forget a
 /// placement epoch it used — while a `put` that only changes data must be durable within the
-/// flush interval. `remove` may be lazy.
+/// flush interval. A `remove` must be durable like a placement change: a restarted node that
+/// dropped a copy (fenced, handed over) must not find it again.
 pub trait Store {
     /// The copy held for `hash`.
     fn get(&self, hash: &Hash) -> Option<Copy>;
+    /// The placement and version of the copy held for `hash`, without its data. The node's
+    /// periodic work ([`Node::tick`](crate::Node::tick)) reads this for every session: a
+    /// driver should answer it without copying the data (the default calls `get`).
+    fn meta(&self, hash: &Hash) -> Option<Meta> {
+        self.get(hash).map(|c| Meta {
+            placement: c.placement,
+            version: c.version,
+        })
+    }
     /// Holds `copy` for `hash`, replacing any other.
     fn put(&mut self, hash: Hash, copy: Copy);
     /// Forgets `hash`.
@@ -121,6 +140,12 @@ pub struct MemStore {
 impl Store for MemStore {
     fn get(&self, hash: &Hash) -> Option<Copy> {
         self.copies.get(hash).cloned()
+    }
+    fn meta(&self, hash: &Hash) -> Option<Meta> {
+        self.copies.get(hash).map(|c| Meta {
+            placement: c.placement,
+            version: c.version,
+        })
     }
     fn put(&mut self, hash: Hash, copy: Copy) {
         self.copies.insert(hash, copy);
@@ -337,6 +362,8 @@ pub enum Msg {
     NotAgreed {
         /// The session.
         hash: Hash,
+        /// The epoch of the refused proposal.
+        epoch: u32,
     },
     /// Forget a copy older than `epoch` (an old backup after a rehome).
     DropReplica {

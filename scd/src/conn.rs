@@ -470,7 +470,17 @@ async fn dispatch(
         _ => {
             let locks = &core.node.settings.locks;
             if let Some((id, op)) = session_op(&request, locks.wait_max_ms, locks.lease_max_ms) {
+                // Reads, and writes of sessions without a backup, need no replication.
+                let local_only = id.backup.is_none()
+                    || matches!(
+                        op,
+                        Op::ReadLock { .. } | Op::Read | Op::Exists | Op::Unlock { .. }
+                    );
                 match &core.node.cluster {
+                    // A session this node plainly masters: served here.
+                    Some(c) if local_only && c.serve_directly(core.node.relay_addr, &id) => {
+                        route(core, conn, id.hash, op, reply).await
+                    }
                     // Clustering on: the cluster thread decides where the session is served.
                     Some(c) => {
                         let msg = ClusterMsg::Request {

@@ -158,6 +158,7 @@ pub fn run(settings: Settings, resolved: Resolved) -> Result<(), StartError> {
                 counters: Default::default(),
                 view: std::sync::Mutex::new(Vec::new()),
                 draining: std::sync::atomic::AtomicBool::new(false),
+                irregular: std::sync::Mutex::new(std::collections::HashSet::new()),
             })
         }
         None => None,

@@ -112,9 +112,26 @@ pub struct ClusterShared {
     /// Live peers' relay addresses with their load, for the backup choice at CreateId.
     pub view: Mutex<Vec<(SocketAddr, u64)>>,
     pub draining: AtomicBool,
+    /// Sessions whose placement is not simply "this node, epoch 1" (moved, taken over, backup
+    /// replaced): their requests always go through the cluster thread.
+    pub irregular: Mutex<std::collections::HashSet<[u8; 16]>>,
 }
 
 impl ClusterShared {
+    /// Whether a core may serve this request on its own shard, without the cluster thread: the
+    /// node has rejoined, the ID names it master, and nothing newer is known about the session
+    /// here. The caller sends writes of sessions with a backup to the cluster thread anyway
+    /// (replication).
+    pub fn serve_directly(&self, me: SocketAddr, id: &SessionId) -> bool {
+        id.master == me
+            && self.counters.ready.load(Ordering::Relaxed) == 1
+            && self
+                .irregular
+                .lock()
+                .map(|s| !s.contains(&id.hash))
+                .unwrap_or(false)
+    }
+
     /// The backup for a new session: the least-loaded live peer (ties by address).
     pub fn choose_backup(&self) -> Option<SocketAddr> {
         let view = self.view.lock().ok()?;

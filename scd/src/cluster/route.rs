@@ -78,12 +78,22 @@ pub struct State {
     members: RefCell<Membership>,
     pool: RefCell<HashMap<SocketAddr, Rc<PeerConn>>>,
     placements: RefCell<HashMap<[u8; 16], Placement>>,
+    /// Until when each placement is kept (ms since the epoch): placements of sessions nobody
+    /// asked for since are swept, so the table is bounded by the sessions in use.
+    keep_until: RefCell<HashMap<[u8; 16], u64>>,
     owner_seq: Cell<u64>,
     pub sessions_held: Cell<u64>,
     ready: Cell<bool>,
     /// Delayed-write replications in flight per backup.
     queued: RefCell<HashMap<SocketAddr, usize>>,
 }
+
+/// A placement is kept at least this long after its session was last used (or its lifetime,
+/// when longer): long enough that a client with an old ID is still sent to the new master.
+const PLACEMENT_KEEP_MS: u64 = 24 * 3600 * 1000;
+
+/// How often old placements are swept.
+const PLACEMENT_SWEEP_MS: u64 = 10_000;
 
 /// Owner IDs of relayed requests: "core" 0xFFFF in the top 16 bits, never a real core's.
 const RELAY_OWNER_BASE: u64 = 0xFFFF << 48;
@@ -254,6 +264,10 @@ impl State {
     pub fn heard(self: &Rc<Self>, hb: &Heartbeat, now_ms: u64) {
         let mut changes = Vec::new();
         self.members.borrow_mut().heard(hb, now_ms, &mut changes);
+        if changes.is_empty() {
+            // The load changed: the backup choice at CreateId reads it from the shared view.
+            self.publish_view();
+        }
         self.apply_changes(changes);
     }
 
@@ -475,6 +489,46 @@ impl State {
 
     fn set_placement(&self, hash: [u8; 16], p: Placement) {
         self.placements.borrow_mut().insert(hash, p);
+        self.keep(hash, 0);
+        let regular = p.master == Some(self.me) && p.epoch == 1 && p.prev.is_none();
+        if let Ok(mut set) = self.shared().irregular.lock() {
+            if regular {
+                set.remove(&hash);
+            } else {
+                set.insert(hash);
+            }
+        }
+    }
+
+    /// Keeps the placement of `hash` at least `PLACEMENT_KEEP_MS`, and `lifetime_s` from now.
+    fn keep(&self, hash: [u8; 16], lifetime_s: u32) {
+        let until = clock_ms() + (u64::from(lifetime_s) * 1000).max(PLACEMENT_KEEP_MS);
+        let mut k = self.keep_until.borrow_mut();
+        let e = k.entry(hash).or_insert(0);
+        *e = (*e).max(until);
+    }
+
+    fn forget_placement(&self, hash: &[u8; 16]) {
+        self.placements.borrow_mut().remove(hash);
+        self.keep_until.borrow_mut().remove(hash);
+        if let Ok(mut set) = self.shared().irregular.lock() {
+            set.remove(hash);
+        }
+    }
+
+    /// Drops placements kept past their time (sessions nobody used for that long).
+    fn sweep(&self, now_ms: u64) -> usize {
+        let old: Vec<[u8; 16]> = self
+            .keep_until
+            .borrow()
+            .iter()
+            .filter(|(_, until)| **until < now_ms)
+            .map(|(h, _)| *h)
+            .collect();
+        for h in &old {
+            self.forget_placement(h);
+        }
+        old.len()
     }
 
     // ----- one request -----------------------------------------------------------------------
@@ -502,6 +556,13 @@ impl State {
             }
         }
         let hash = id.hash;
+        if self.placements.borrow().contains_key(&hash) {
+            let lifetime = match op {
+                Op::WriteUnlock { lifetime_s, .. } | Op::Touch { lifetime_s, .. } => lifetime_s,
+                _ => 0,
+            };
+            self.keep(hash, lifetime);
+        }
         let mut id = id;
         let mut moved_to: Option<SessionId> = None;
         if let Some(p) = self.placement(&hash) {
@@ -993,7 +1054,7 @@ impl State {
                             message: "this node is the session's master now".into(),
                         }
                     } else {
-                        self.placements.borrow_mut().remove(&hash);
+                        self.forget_placement(&hash);
                         let _ = self.local(hash, self.next_owner(), Op::Remove).await;
                         Out::Ack
                     };
@@ -1045,6 +1106,7 @@ impl State {
         match r {
             OwnedReply::Done { version } => {
                 Counters::bump(&self.shared().counters.replicas_applied);
+                self.keep(hash, copy.lifetime_s);
                 self.set_placement(
                     hash,
                     Placement {
@@ -1390,6 +1452,7 @@ pub async fn main(start: ClusterStart) {
         members: RefCell::new(Membership::new(cluster.node_timeout_ms)),
         pool: RefCell::new(HashMap::new()),
         placements: RefCell::new(HashMap::new()),
+        keep_until: RefCell::new(HashMap::new()),
         owner_seq: Cell::new(0),
         sessions_held: Cell::new(0),
         ready: Cell::new(false),
@@ -1410,6 +1473,18 @@ pub async fn main(start: ClusterStart) {
             monoio::spawn(relay::accept(state.clone(), l));
         }
         Err(e) => error!("cluster: cannot use the relay listener: {e}"),
+    }
+    {
+        let s = state.clone();
+        monoio::spawn(async move {
+            loop {
+                monoio::time::sleep(Duration::from_millis(PLACEMENT_SWEEP_MS)).await;
+                let n = s.sweep(clock_ms());
+                if n > 0 {
+                    debug!("cluster: forgot {n} placements of sessions unused for a day");
+                }
+            }
+        });
     }
     {
         let s = state.clone();

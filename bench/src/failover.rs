@@ -106,6 +106,10 @@ pub struct FailoverResult {
     pub acknowledged_writes: u64,
     /// Reads during the run that found a session older than its last acknowledged write.
     pub stale_reads: u64,
+    /// Acknowledged writes those reads were missing (counter values): lost writes.
+    pub lost_writes_seen: u64,
+    /// Reads that found a value no write ever sent (must be 0).
+    pub unknown_values: u64,
     /// Sessions whose read-back is older than their last acknowledged write, or missing.
     pub lost_sessions: u64,
     /// Sessions the read-back could not read at all (kept answering an error).
@@ -183,7 +187,8 @@ struct WorkerOut {
     recs: Vec<Rec>,
     sessions: Vec<Sess>,
     acknowledged: u64,
-    stale_reads: u64,
+    /// (reads older than acknowledged, acknowledged writes they were missing, values never written)
+    stale: (u64, u64, u64),
     new_ids: u64,
     errors: Vec<String>,
 }
@@ -225,7 +230,7 @@ fn cycle(
     s: &mut Sess,
     size: usize,
     filler: &[u8],
-    stale: &mut u64,
+    stale: &mut (u64, u64, u64),
     new_ids: &mut u64,
 ) -> Result<(), String> {
     let read = client
@@ -262,7 +267,12 @@ fn cycle(
     if current < s.acked || current > s.attempted {
         // Older than acknowledged (a lost write), or a value never written: counted once, then
         // the stored value is the new baseline.
-        *stale += 1;
+        if current < s.acked {
+            stale.0 += 1;
+            stale.1 += s.acked - current;
+        } else {
+            stale.2 += 1;
+        }
         s.acked = current;
         s.attempted = current;
     }
@@ -298,7 +308,7 @@ fn worker(
         recs: Vec::with_capacity(1 << 16),
         sessions: Vec::new(),
         acknowledged: 0,
-        stale_reads: 0,
+        stale: (0, 0, 0),
         new_ids: 0,
         errors: Vec::new(),
     };
@@ -312,17 +322,10 @@ fn worker(
         let index = s.index;
         k += 1;
         let result = match client.as_mut() {
-            Some(c) => cycle(c, s, size, &filler, &mut out.stale_reads, &mut out.new_ids),
+            Some(c) => cycle(c, s, size, &filler, &mut out.stale, &mut out.new_ids),
             None => match Client::connect(&entry, io_timeout()) {
                 Ok(mut c) => {
-                    let r = cycle(
-                        &mut c,
-                        s,
-                        size,
-                        &filler,
-                        &mut out.stale_reads,
-                        &mut out.new_ids,
-                    );
+                    let r = cycle(&mut c, s, size, &filler, &mut out.stale, &mut out.new_ids);
                     client = Some(c);
                     r
                 }
@@ -688,7 +691,9 @@ fn run_one(
     let mut errors = Vec::new();
     for o in &outs {
         r.acknowledged_writes += o.acknowledged;
-        r.stale_reads += o.stale_reads;
+        r.stale_reads += o.stale.0;
+        r.lost_writes_seen += o.stale.1;
+        r.unknown_values += o.stale.2;
         r.new_ids += o.new_ids;
         for e in &o.errors {
             note(&mut errors, e.clone());

@@ -424,7 +424,8 @@ impl Report {
                 "  {}, {} ({} nodes, {} sessions, {} workers, node timeout {} ms): before the kill {:.0} req/s (p99 {:.0} µs); \
                  first success {} after the kill, every worker back after {}, every session after {}; failed {}/{} ({}) until the first success, \
                  {}/{} ({}) until every worker was back, {}/{} ({}) overall; after: {:.0} req/s (p99 {:.0} µs); \
-                 {} acknowledged writes, {} sessions lost, {} stale reads, {} unreadable, {} new IDs",
+                 {} acknowledged writes, {} sessions lost at read-back, {} stale reads during the run ({} acknowledged writes missing), \
+                 {} reads of values never written, {} unreadable, {} new IDs",
                 f.fault,
                 f.policy,
                 f.nodes,
@@ -450,6 +451,8 @@ impl Report {
                 f.acknowledged_writes,
                 f.lost_sessions,
                 f.stale_reads,
+                f.lost_writes_seen,
+                f.unknown_values,
                 f.unreadable_sessions,
                 f.new_ids,
             );

@@ -187,6 +187,7 @@ fn a_quick_failover_run_recovers_and_reads_back_every_acknowledged_write() {
     // Write-through with HA: nothing acknowledged may be missing, and nothing unreadable.
     assert_eq!(f["lost_sessions"].as_u64(), Some(0), "{f:#}");
     assert_eq!(f["stale_reads"].as_u64(), Some(0), "{f:#}");
+    assert_eq!(f["unknown_values"].as_u64(), Some(0), "{f:#}");
     assert_eq!(f["unreadable_sessions"].as_u64(), Some(0), "{f:#}");
     let table = std::fs::read_to_string(out.join("report.txt")).unwrap();
     assert!(table.contains("failover:"), "{table}");

@@ -470,8 +470,9 @@ async fn dispatch(
         _ => {
             let locks = &core.node.settings.locks;
             if let Some((id, op)) = session_op(&request, locks.wait_max_ms, locks.lease_max_ms) {
-                // Reads, and writes of sessions without a backup, need no replication.
-                let local_only = id.backup.is_none()
+                // Reads need no replication, nor writes with HA off. (With HA on, a write of a
+                // session without a backup goes to the cluster thread too: it adds one.)
+                let local_only = !core.node.settings.cluster.ha
                     || matches!(
                         op,
                         Op::ReadLock { .. } | Op::Read | Op::Exists | Op::Unlock { .. }

@@ -175,3 +175,32 @@ fn a_lock_held_through_a_dead_master_is_gone_and_its_write_is_refused_and_destro
         "a destroyed session came back after failover"
     );
 }
+
+#[test]
+fn a_session_created_alone_gets_a_backup_once_another_node_is_up() {
+    let mut c = Cluster::start(20, 2, &["--ha", "true"]);
+    c.nodes[1].kill9();
+    c.wait_peers_up(0, 0);
+    let mut a = c.nodes[0].client();
+    let id = a.create_id().unwrap();
+    assert!(id.backup.is_none(), "no other node is up: no backup");
+    let r = a.read_lock(&id, 1000, 30_000).unwrap();
+    a.write_unlock(&id, r.token, 600, b"made alone").unwrap();
+    // B comes back: A copies the session there and hands out the new ID on the next read.
+    c.nodes[1].restart();
+    c.wait_ready(1);
+    c.wait_peers_up(0, 1);
+    common::eventually("the session copied to B", || {
+        c.nodes[1].stat("node.cluster_replicas_applied") >= 1
+    });
+    let mut now = id;
+    let (data, _) = read_following(&mut a, &mut now);
+    assert_eq!(data.as_deref(), Some(&b"made alone"[..]));
+    assert_eq!(now.backup, Some(c.relay(1)));
+    // And B really holds it: A dies, B serves it.
+    c.nodes[0].kill9();
+    let mut b = c.nodes[1].client();
+    let (data, _) = read_following(&mut b, &mut now);
+    assert_eq!(data.as_deref(), Some(&b"made alone"[..]));
+    assert_eq!(now.master, c.relay(1));
+}

@@ -278,7 +278,10 @@ impl State {
         let mut lost = Vec::new();
         for c in changes {
             match c {
-                Change::Up(a) => info!("cluster: node {a} is up"),
+                Change::Up(a) => {
+                    info!("cluster: node {a} is up");
+                    self.add_missing_backups();
+                }
                 Change::Down(a) => {
                     warn!("cluster: node {a} is down (no heartbeat within the node timeout)");
                     if let Some(conn) = self.pool.borrow_mut().remove(&a) {
@@ -693,10 +696,29 @@ impl State {
         reply: ReplyTo,
     ) {
         let hash = id.hash;
+        let ha = self.node.settings.cluster.ha;
+        let mut p = p;
+        if ha && p.backup.is_none() && matches!(op, Op::WriteUnlock { .. } | Op::Touch { .. }) {
+            // A session without a backup (none was up when it was created, or its backup went
+            // and no other was up) gets one as soon as one is up: this write goes there.
+            let nb = self.members.borrow().choose_backup(&[self.me]);
+            if let Some(nb) = nb {
+                p = Placement {
+                    epoch: p.epoch + 1,
+                    backup: Some(nb),
+                    ..p
+                };
+                self.set_placement(hash, p);
+                Counters::bump(&self.shared().counters.backups_replaced);
+                info!(
+                    "cluster: a session without a backup gets {nb} (epoch {})",
+                    p.epoch
+                );
+            }
+        }
         let current = p.id(hash);
         let new_id = current
             .filter(|c| c.master != id.master || c.backup != id.backup || c.version != id.version);
-        let ha = self.node.settings.cluster.ha;
         match op {
             Op::WriteUnlock {
                 token,
@@ -934,6 +956,59 @@ impl State {
                 // Skip those a write already repaired meanwhile.
                 if me.placement(&hash) == Some(p) {
                     me.move_backup(hash, p, gone, None).await;
+                }
+            }
+        });
+    }
+
+    /// A node came up: sessions this node masters without a backup get one (copied there under
+    /// a new epoch; clients learn the new ID on their next read).
+    fn add_missing_backups(self: &Rc<Self>) {
+        if !self.node.settings.cluster.ha {
+            return;
+        }
+        let list: Vec<([u8; 16], Placement)> = self
+            .placements
+            .borrow()
+            .iter()
+            .filter(|(_, p)| p.master == Some(self.me) && p.backup.is_none())
+            .map(|(h, p)| (*h, *p))
+            .collect();
+        if list.is_empty() {
+            return;
+        }
+        let me = self.clone();
+        monoio::spawn(async move {
+            for (hash, p) in list {
+                if me.placement(&hash) != Some(p) {
+                    continue;
+                }
+                let Some((version, left, data)) = me.peek(hash).await else {
+                    // Nothing written yet: the first write picks the backup.
+                    continue;
+                };
+                let Some(nb) = me.members.borrow().choose_backup(&[me.me]) else {
+                    return;
+                };
+                let epoch = p.epoch + 1;
+                let copy = OwnedReplica {
+                    hash,
+                    version,
+                    epoch,
+                    lifetime_s: left,
+                    data,
+                };
+                if me.replicate(nb, copy.as_wire()).await.is_ok() && me.placement(&hash) == Some(p)
+                {
+                    Counters::bump(&me.shared().counters.backups_replaced);
+                    me.set_placement(
+                        hash,
+                        Placement {
+                            epoch,
+                            backup: Some(nb),
+                            ..p
+                        },
+                    );
                 }
             }
         });

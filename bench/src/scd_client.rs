@@ -154,7 +154,13 @@ impl Client {
             if self.buf.len() > REPLY_BYTES_MAX {
                 bail!("a reply larger than any session");
             }
-            let n = self.stream.read(&mut chunk).context("read")?;
+            let n = loop {
+                match self.stream.read(&mut chunk) {
+                    // A signal to this process (e.g. a child stopping) is not the server's doing.
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    other => break other.context("read")?,
+                }
+            };
             if n == 0 {
                 bail!("the server closed the connection");
             }

@@ -18,6 +18,7 @@ fn family_color(family: &str) -> RGBColor {
         "scd" => RGBColor(31, 119, 180),
         "null" => RGBColor(127, 127, 127),
         "redis" => RGBColor(214, 39, 40),
+        "cluster" => RGBColor(148, 103, 189),
         _ => RGBColor(44, 160, 44),
     }
 }

@@ -108,6 +108,32 @@ pub struct RunArgs {
     /// No progress line.
     #[arg(long)]
     pub no_progress: bool,
+    /// Also run scd as a cluster of this many nodes (2 or 3) on 127.0.0.1.., the cluster targets:
+    /// sessions created on node 1, driven through node 1 (direct) and node 2 (relayed), HA off and
+    /// on, under each flush policy. Alone, `--targets` then defaults to `scd,cluster`.
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
+    /// Measure a failover: steady session-cycle load through node 2 on sessions mastered by node 1
+    /// (HA on), `kill -9` of node 1; time to the first successful request, failed requests, and
+    /// every acknowledged write read back. Uses --nodes (3 when not given).
+    #[arg(long)]
+    pub failover: bool,
+    /// Flush policies the failover runs under.
+    #[arg(long, value_delimiter = ',', default_value = "wt,dw")]
+    pub failover_policies: Vec<String>,
+    /// How the failover takes node 1 down: `kill` (SIGKILL: a crash; its ports refuse at once)
+    /// or `stop` (SIGSTOP: a hung or cut-off node; connections hang until timeouts).
+    #[arg(long, value_delimiter = ',', default_value = "kill")]
+    pub failover_faults: Vec<String>,
+    /// Failover: sessions, all mastered by node 1 [default: 1000; 100 with --quick].
+    #[arg(long)]
+    pub failover_sessions: Option<usize>,
+    /// Failover: client workers (each one request at a time, like PHP workers).
+    #[arg(long, default_value_t = crate::constants::FAILOVER_WORKERS_DEFAULT)]
+    pub failover_workers: usize,
+    /// Only the failover (no targets).
+    #[arg(long)]
+    pub failover_only: bool,
     /// Profile the scd and null servers with `perf record -g` during each of their runs and write
     /// `perf-TARGET.txt` (the hottest symbols) into the output folder.
     #[arg(long)]

@@ -91,3 +91,34 @@ const _: () = assert!(SIZE_DEFAULT <= SIZE_MAX);
 const _: () = assert!(IN_FLIGHT_MAX <= u16::MAX as usize);
 const _: () = assert!(CONNECTIONS_DEFAULT <= CONNECTIONS_MAX);
 const _: () = assert!(QUICK_SESSIONS <= SESSIONS_DEFAULT);
+
+/// Most nodes `--nodes` starts (one per loopback address 127.0.0.1..).
+pub const NODES_MAX: usize = 3;
+/// Longest a started cluster may take until every node is ready with every other node up (a
+/// starting node listens to heartbeats for a node timeout before it serves).
+pub const CLUSTER_READY_MS: u64 = 60_000;
+/// Failover: sessions when none are given (all mastered by node 1).
+pub const FAILOVER_SESSIONS_DEFAULT: usize = 1_000;
+/// Failover: sessions with `--quick`.
+pub const FAILOVER_SESSIONS_QUICK: usize = 100;
+/// Failover: client workers (blocking, one request at a time, like PHP workers).
+pub const FAILOVER_WORKERS_DEFAULT: usize = 16;
+/// Failover: seconds of steady load measured before the kill (after the warm-up).
+pub const FAILOVER_STEADY_S: f64 = 3.0;
+/// Failover: seconds of load kept on once every worker succeeded again after the kill.
+pub const FAILOVER_AFTER_S: f64 = 3.0;
+/// Failover: longest wait after the kill for every worker to succeed again.
+pub const FAILOVER_RECOVERY_MS_MAX: u64 = 60_000;
+/// Failover: a worker whose request failed waits this long before its next one (a user's next
+/// click comes later; without a pause the failure count would only measure how fast errors come
+/// back).
+pub const FAILOVER_RETRY_PAUSE_MS: u64 = 5;
+/// Failover: longest any one request may take (socket timeout); longer counts as failed.
+pub const FAILOVER_IO_TIMEOUT_MS: u64 = 15_000;
+/// Failover: lock wait and lease of each ReadLock.
+pub const FAILOVER_LOCK_WAIT_MS: u32 = 5_000;
+/// Failover read-back: attempts per session (250 ms apart) while its node answers Unavailable.
+pub const READBACK_ATTEMPTS: u32 = 40;
+/// scd's heartbeat interval default (cluster.heartbeat_interval_ms), for the node timeout the
+/// report states when `--scd-args` does not set one.
+pub const SCD_HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 1000;

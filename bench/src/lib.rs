@@ -11,6 +11,9 @@
 //! - [`proto`]: the wire protocols the generator speaks: scd (via `scd_wire`), RESP2, memcached
 //!   binary.
 //! - [`servers`]: starting and stopping scd, Redis, memcached and the null server.
+//! - [`cluster`]: `--nodes N` scd processes on 127.0.0.1.. as one cluster.
+//! - [`failover`]: `--failover`: kill -9 of a master under load; recovery time, failed requests,
+//!   acknowledged writes read back. [`scd_client`]: a blocking scd client for it and for probes.
 //! - [`null_server`]: the null server (scd's protocol, no store): the ceiling.
 //! - [`disk`]: the durability limit (4 KiB writes with one fdatasync each and with group commit).
 //! - [`report`], [`chart`]: the table, JSON, CSV and SVG. [`perf`]: `--perf` profiles.
@@ -18,8 +21,10 @@
 
 pub mod chart;
 pub mod cli;
+pub mod cluster;
 pub mod constants;
 pub mod disk;
+pub mod failover;
 pub mod lane;
 pub mod load;
 pub mod null_server;
@@ -27,6 +32,7 @@ pub mod perf;
 pub mod proto;
 pub mod report;
 pub mod run;
+pub mod scd_client;
 pub mod servers;
 pub mod sys;
 pub mod workload;

@@ -9,6 +9,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::disk::DiskLimit;
+use crate::failover::FailoverResult;
 use crate::workload::Workload;
 
 /// One target's figures. Rates are per second of the measured window; a "request" is one PHP
@@ -52,6 +53,33 @@ pub struct TargetResult {
     pub prefill_s: f64,
     /// Ratios filled in by [`Report::compute_ratios`].
     pub ratios: Ratios,
+    /// Cluster targets: the cluster's shape and what its nodes counted during the run.
+    pub cluster: Option<ClusterFacts>,
+}
+
+/// A cluster target's shape, and the change of its nodes' cluster counters over the run (warm-up
+/// included): proof that requests really were relayed and replicated.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ClusterFacts {
+    pub nodes: usize,
+    /// `wt` or `dw`.
+    pub policy: String,
+    pub ha: bool,
+    /// `direct` (through node 1, the master) or `relayed` (through node 2).
+    pub via: String,
+    /// Requests the entry node relayed to another node (`node.cluster_relayed_out`).
+    pub entry_relayed_out: u64,
+    /// Requests node 1 got relayed (`node.cluster_relayed_in`).
+    pub master_relayed_in: u64,
+    /// Relays of the entry node that got no answer.
+    pub entry_relay_failures: u64,
+    /// Copies node 1's backups acknowledged (`node.cluster_replications`).
+    pub master_replications: u64,
+    /// Copies node 1's backups did not acknowledge.
+    pub master_replication_failures: u64,
+    /// Server CPU per request (µs) split by node (node 1 first): the row's
+    /// `server_cpu_us_per_req` shared out by each node's CPU time over the run.
+    pub node_cpu_us_per_req: Vec<f64>,
 }
 
 /// The ratios of a row against scd on the same transport (1.25 = scd does 25% more).
@@ -69,6 +97,12 @@ pub struct Ratios {
     pub share_of_null: Option<f64>,
     /// For scd write-through rows: durable writes/s as a share of the disk's group-commit limit.
     pub share_of_disk_group_commit: Option<f64>,
+    /// Cluster rows with HA on: requests/s ÷ the same row with HA off (1 − this = HA's cost).
+    pub ha_on_over_off: Option<f64>,
+    /// Relayed cluster rows: requests/s ÷ the same cluster's direct row.
+    pub relayed_over_direct: Option<f64>,
+    /// Cluster rows: requests/s ÷ one scd node's under the same policy and transport.
+    pub cluster_over_one_node: Option<f64>,
 }
 
 /// Facts about the machine during the run.
@@ -96,6 +130,10 @@ pub struct Report {
     pub notes: Vec<String>,
     pub disk: Option<DiskLimit>,
     pub targets: Vec<TargetResult>,
+    /// Nodes of the cluster targets (1: none ran).
+    pub nodes: usize,
+    /// `--failover` runs, one per flush policy.
+    pub failover: Vec<FailoverResult>,
 }
 
 impl Report {
@@ -131,6 +169,28 @@ impl Report {
                 r.p99_over_scd_dw = p99(&dw);
                 if t.family == "scd" {
                     r.share_of_null = null.as_ref().map(|n| t.requests_per_s / n.requests_per_s);
+                }
+                if let Some(c) = &t.cluster {
+                    let same = |ha: bool, via: &str| {
+                        self.targets.iter().find(|o| {
+                            o.skipped.is_none()
+                                && o.requests_per_s > 0.0
+                                && o.transport == t.transport
+                                && o.cluster.as_ref().is_some_and(|oc| {
+                                    oc.policy == c.policy && oc.ha == ha && oc.via == via
+                                })
+                        })
+                    };
+                    let ratio =
+                        |o: Option<&TargetResult>| o.map(|o| t.requests_per_s / o.requests_per_s);
+                    if c.ha {
+                        r.ha_on_over_off = ratio(same(false, &c.via));
+                    }
+                    if c.via == "relayed" {
+                        r.relayed_over_direct = ratio(same(c.ha, "direct"));
+                    }
+                    r.cluster_over_one_node =
+                        ratio(self.find(&format!("scd-{}", c.policy), &t.transport));
                 }
                 if t.name.starts_with("scd-wt") && t.writes_per_s > 0.0 {
                     r.share_of_disk_group_commit = self
@@ -181,9 +241,16 @@ impl Report {
             self.duration_s
         );
         let _ = writeln!(s);
+        let name_w = self
+            .targets
+            .iter()
+            .map(|t| t.name.len())
+            .max()
+            .unwrap_or(0)
+            .max(24);
         let _ = writeln!(
             s,
-            "{:<24} {:>10} {:>9} {:>9} {:>9} {:>6} {:>6} {:>8} {:>7} {:>7} {:>7}",
+            "{:<name_w$} {:>10} {:>9} {:>9} {:>9} {:>6} {:>6} {:>8} {:>7} {:>7} {:>7}",
             "target",
             "req/s",
             "p50 µs",
@@ -198,7 +265,7 @@ impl Report {
         );
         for t in &self.targets {
             if let Some(why) = &t.skipped {
-                let _ = writeln!(s, "{:<24} skipped: {why}", t.name);
+                let _ = writeln!(s, "{:<name_w$} skipped: {why}", t.name);
                 continue;
             }
             let share = t
@@ -208,7 +275,7 @@ impl Report {
                 .unwrap_or_default();
             let _ = writeln!(
                 s,
-                "{:<24} {:>10.0} {:>9.0} {:>9.0} {:>9.0} {:>6} {:>6} {:>8.1} {:>7} {:>7} {:>7}",
+                "{:<name_w$} {:>10.0} {:>9.0} {:>9.0} {:>9.0} {:>6} {:>6} {:>8.1} {:>7} {:>7} {:>7}",
                 t.name,
                 t.requests_per_s,
                 t.p50_us,
@@ -250,6 +317,8 @@ impl Report {
                 );
             }
         }
+        self.cluster_table(&mut s);
+        self.failover_table(&mut s);
         for note in &self.notes {
             let _ = writeln!(s, "note: {note}");
         }
@@ -261,19 +330,152 @@ impl Report {
         s
     }
 
+    fn cluster_table(&self, s: &mut String) {
+        let rows: Vec<&TargetResult> = self
+            .targets
+            .iter()
+            .filter(|t| t.skipped.is_none() && t.cluster.is_some())
+            .collect();
+        if rows.is_empty() {
+            return;
+        }
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "cluster of {} nodes on 127.0.0.1..{0} (sessions created on node 1; direct = through node 1, relayed = through node 2):",
+            self.nodes
+        );
+        let _ = writeln!(
+            s,
+            "{:<30} {:>10} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>12}  CPU µs/req by node",
+            "target",
+            "req/s",
+            "p99 µs",
+            "HA cost",
+            "relay÷dir",
+            "÷1 node",
+            "relayed",
+            "replic.",
+            "failures",
+        );
+        for t in rows {
+            let r = &t.ratios;
+            let c = t.cluster.as_ref().expect("filtered above");
+            let _ = writeln!(
+                s,
+                "{:<30} {:>10.0} {:>9.0} {:>9} {:>10} {:>9} {:>9} {:>9} {:>12}  {}",
+                t.name,
+                t.requests_per_s,
+                t.p99_us,
+                r.ha_on_over_off
+                    .map(|x| format!("{:.1}%", (1.0 - x) * 100.0))
+                    .unwrap_or_else(|| "-".into()),
+                fmt_opt(r.relayed_over_direct, 2),
+                fmt_opt(r.cluster_over_one_node, 2),
+                c.entry_relayed_out,
+                c.master_replications,
+                format!(
+                    "{}+{}",
+                    c.entry_relay_failures, c.master_replication_failures
+                ),
+                c.node_cpu_us_per_req
+                    .iter()
+                    .map(|x| format!("{x:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
+            );
+        }
+        let _ = writeln!(
+            s,
+            "HA cost: 1 − requests/s with HA ÷ without (same policy, entry node, transport); relay÷dir: relayed ÷ direct; \
+             ÷1 node: ÷ one scd node (scd-wt / scd-dw); relayed / replic.: requests node 2 relayed and copies node 1's \
+             backups acknowledged during the run; failures: relays + copies that failed; CPU µs/req by node: node 1 / node 2 / ...."
+        );
+    }
+
+    fn failover_table(&self, s: &mut String) {
+        if self.failover.is_empty() {
+            return;
+        }
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "failover: load through node 2 on sessions mastered by node 1 (HA on), node 1 killed (kill -9) or frozen (kill -STOP):"
+        );
+        for f in &self.failover {
+            let pct = |x: Option<f64>| {
+                x.map(|v| format!("{:.1}%", v * 100.0))
+                    .unwrap_or_else(|| "-".into())
+            };
+            let ms = |x: Option<f64>| {
+                x.map(|v| format!("{v:.0} ms"))
+                    .unwrap_or_else(|| "never".into())
+            };
+            if let Some(e) = &f.error {
+                let _ = writeln!(
+                    s,
+                    "  {}, {} ({} nodes): not measured: {e}",
+                    f.fault, f.policy, f.nodes
+                );
+                continue;
+            }
+            let _ = writeln!(
+                s,
+                "  {}, {} ({} nodes, {} sessions, {} workers, node timeout {} ms): before the kill {:.0} req/s (p99 {:.0} µs); \
+                 first success {} after the kill, every worker back after {}, every session after {}; failed {}/{} ({}) until the first success, \
+                 {}/{} ({}) until every worker was back, {}/{} ({}) overall; after: {:.0} req/s (p99 {:.0} µs); \
+                 {} acknowledged writes, {} sessions lost at read-back, {} stale reads during the run ({} acknowledged writes missing), \
+                 {} reads of values never written, {} unreadable, {} new IDs",
+                f.fault,
+                f.policy,
+                f.nodes,
+                f.sessions,
+                f.workers,
+                f.node_timeout_ms,
+                f.steady_requests_per_s,
+                f.steady_p99_us,
+                ms(f.first_success_ms),
+                ms(f.all_workers_back_ms),
+                ms(f.all_sessions_back_ms),
+                f.failed_until_first_success,
+                f.requests_until_first_success,
+                pct(f.failed_share_until_first_success()),
+                f.failed_until_all_back,
+                f.requests_until_all_back,
+                pct(f.failed_share_until_all_back()),
+                f.failed_total,
+                f.requests_total,
+                pct(f.failed_share_total()),
+                f.after_requests_per_s,
+                f.after_p99_us,
+                f.acknowledged_writes,
+                f.lost_sessions,
+                f.stale_reads,
+                f.lost_writes_seen,
+                f.unknown_values,
+                f.unreadable_sessions,
+                f.new_ids,
+            );
+            for e in &f.first_errors {
+                let _ = writeln!(s, "    error seen: {e}");
+            }
+        }
+    }
+
     /// CSV, one row per target.
     pub fn csv(&self) -> String {
         let mut s = String::from(
             "target,family,transport,skipped,requests_per_s,round_trips_per_s,p50_us,p90_us,p99_us,p999_us,max_us,\
              writes_per_s,errors,lock_failures,misses,lock_retries,failed_connections,server_cpu_us_per_req,\
              client_cpu_us_per_req,scd_wt_over_this,scd_dw_over_this,p99_over_scd_wt,p99_over_scd_dw,share_of_null,\
-             share_of_disk_group_commit\n",
+             share_of_disk_group_commit,nodes,ha,via,ha_on_over_off,relayed_over_direct,cluster_over_one_node,\
+             entry_relayed_out,master_replications\n",
         );
         for t in &self.targets {
             let r = &t.ratios;
             let _ = writeln!(
                 s,
-                "{},{},{},{},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{},{},{},{},{},{:.2},{:.2},{},{},{},{},{},{}",
+                "{},{},{},{},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{},{},{},{},{},{:.2},{:.2},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
                 t.name,
                 t.family,
                 t.transport,
@@ -299,6 +501,20 @@ impl Report {
                 fmt_opt(r.p99_over_scd_dw, 4),
                 fmt_opt(r.share_of_null, 4),
                 fmt_opt(r.share_of_disk_group_commit, 4),
+                t.cluster.as_ref().map(|c| c.nodes).unwrap_or(1),
+                t.cluster
+                    .as_ref()
+                    .map(|c| c.ha.to_string())
+                    .unwrap_or_default(),
+                t.cluster.as_ref().map(|c| c.via.as_str()).unwrap_or(""),
+                fmt_opt(r.ha_on_over_off, 4),
+                fmt_opt(r.relayed_over_direct, 4),
+                fmt_opt(r.cluster_over_one_node, 4),
+                t.cluster.as_ref().map(|c| c.entry_relayed_out).unwrap_or(0),
+                t.cluster
+                    .as_ref()
+                    .map(|c| c.master_replications)
+                    .unwrap_or(0),
             );
         }
         s
@@ -371,6 +587,8 @@ mod tests {
             notes: vec![],
             disk: None,
             targets,
+            nodes: 1,
+            failover: Vec::new(),
         }
     }
 
@@ -391,6 +609,45 @@ mod tests {
         assert_eq!(r.targets[1].ratios.share_of_null, Some(0.5));
         // No scd over TCP in this run: no ratio rather than a wrong one.
         assert_eq!(r.targets[4].ratios.scd_wt_over_this, None);
+    }
+
+    #[test]
+    fn cluster_ratios_compare_ha_relay_and_one_node_like_with_like() {
+        let node = |name: &str, rps: f64, ha: bool, via: &str| {
+            let mut t = row(name, "cluster", "unix", rps, 1.0);
+            t.cluster = Some(ClusterFacts {
+                nodes: 2,
+                policy: "wt".into(),
+                ha,
+                via: via.into(),
+                ..ClusterFacts::default()
+            });
+            t
+        };
+        let mut r = report(vec![
+            row("scd-wt-unix", "scd", "unix", 200.0, 1.0),
+            node("cluster-wt-noha-direct-unix", 100.0, false, "direct"),
+            node("cluster-wt-noha-relayed-unix", 50.0, false, "relayed"),
+            node("cluster-wt-ha-direct-unix", 95.0, true, "direct"),
+            node("cluster-wt-ha-relayed-unix", 40.0, true, "relayed"),
+        ]);
+        r.compute_ratios();
+        let ratios = |i: usize| r.targets[i].ratios.clone();
+        assert_eq!(ratios(1).ha_on_over_off, None);
+        assert_eq!(ratios(1).relayed_over_direct, None);
+        assert_eq!(ratios(1).cluster_over_one_node, Some(0.5));
+        assert_eq!(ratios(2).relayed_over_direct, Some(0.5));
+        assert_eq!(ratios(3).ha_on_over_off, Some(0.95));
+        assert_eq!(ratios(4).ha_on_over_off, Some(0.8));
+        assert_eq!(ratios(4).relayed_over_direct, Some(40.0 / 95.0));
+        assert_eq!(ratios(4).cluster_over_one_node, Some(0.2));
+        // The one-node row gets no cluster ratio, and the tables name every cluster row.
+        assert_eq!(ratios(0).cluster_over_one_node, None);
+        let table = r.table();
+        assert!(table.contains("HA cost") && table.contains("5.0%"));
+        let csv = r.csv();
+        let columns = csv.lines().next().unwrap().split(',').count();
+        assert!(csv.lines().all(|l| l.split(',').count() == columns));
     }
 
     #[test]

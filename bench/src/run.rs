@@ -9,10 +9,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 
 use crate::cli::RunArgs;
+use crate::cluster::{Cluster, ClusterSpec, counter_of};
 use crate::constants::*;
+use crate::failover::{self, FailoverPlan};
 use crate::lane::{Handler, Keyspace, Mode};
 use crate::load::{LoadResult, LoadSpec, run_load};
-use crate::report::{Machine, Report, TargetResult};
+use crate::report::{ClusterFacts, Machine, Report, TargetResult};
 use crate::servers::{self, RedisPersistence, ScdPolicy, Server};
 use crate::workload::{KeyPicker, Workload, WorkloadKind, synthetic_id};
 use crate::{chart, disk, perf, sys};
@@ -29,6 +31,39 @@ pub enum Kind {
     Memcached {
         locked: bool,
     },
+    /// `--nodes N` scd processes as one cluster; sessions created on node 1 and driven through
+    /// node 1 (`Via::Direct`, the master) or node 2 (`Via::Relayed`).
+    Cluster {
+        policy: ScdPolicy,
+        ha: bool,
+        via: Via,
+    },
+}
+
+/// Which node a cluster target's load enters through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// Node 1, the sessions' master.
+    Direct,
+    /// Node 2, which relays every request to node 1.
+    Relayed,
+}
+
+impl Via {
+    pub fn name(self) -> &'static str {
+        match self {
+            Via::Direct => "direct",
+            Via::Relayed => "relayed",
+        }
+    }
+
+    /// The node (0-based) the load enters through.
+    pub fn node_index(self) -> usize {
+        match self {
+            Via::Direct => 0,
+            Via::Relayed => 1,
+        }
+    }
 }
 
 /// One target: a server kind over one transport.
@@ -46,12 +81,13 @@ impl Target {
             Kind::Scd(_) => "scd",
             Kind::Redis { .. } => "redis",
             Kind::Memcached { .. } => "memcached",
+            Kind::Cluster { .. } => "cluster",
         }
     }
 
     pub fn handler(&self) -> Handler {
         match self.kind {
-            Kind::Null | Kind::Scd(_) => Handler::Scd,
+            Kind::Null | Kind::Scd(_) | Kind::Cluster { .. } => Handler::Scd,
             Kind::Redis { locked: false, .. } => Handler::RedisPlain,
             Kind::Redis { locked: true, .. } => Handler::RedisLocked,
             Kind::Memcached { locked: false } => Handler::MemcachePlain,
@@ -130,6 +166,23 @@ pub fn all_targets() -> Vec<Target> {
         ("memcached", Kind::Memcached { locked: false }),
         ("memcached-lock", Kind::Memcached { locked: true }),
     ];
+    let mut kinds: Vec<(String, Kind)> = kinds.iter().map(|(n, k)| (n.to_string(), *k)).collect();
+    // The cluster's, grouped so that targets sharing one started cluster come one after another.
+    for policy in [ScdPolicy::WriteThrough, ScdPolicy::DelayedWrite] {
+        for ha in [false, true] {
+            for via in [Via::Direct, Via::Relayed] {
+                kinds.push((
+                    format!(
+                        "cluster-{}-{}-{}",
+                        policy.short(),
+                        if ha { "ha" } else { "noha" },
+                        via.name()
+                    ),
+                    Kind::Cluster { policy, ha, via },
+                ));
+            }
+        }
+    }
     let mut out = Vec::new();
     for (name, kind) in kinds {
         for unix in [true, false] {
@@ -145,9 +198,21 @@ pub fn all_targets() -> Vec<Target> {
 }
 
 /// The targets `patterns` select: each pattern is a target name, a name prefix ending in `-`
-/// or `*` (`redis-*`), a family (`scd`, `redis`, ...), a transport (`unix`, `tcp`) or `all`.
-pub fn select_targets(patterns: &[String]) -> anyhow::Result<Vec<Target>> {
-    let all = all_targets();
+/// or `*` (`redis-*`), a family (`scd`, `cluster`, `redis`, ...), a transport (`unix`, `tcp`) or
+/// `all`. Cluster targets exist only with `nodes` ≥ 2; then `all` alone means the one-node scd
+/// targets and the cluster's (what the cluster is compared with).
+pub fn select_targets(patterns: &[String], nodes: usize) -> anyhow::Result<Vec<Target>> {
+    let clustered = nodes >= 2;
+    let all: Vec<Target> = all_targets()
+        .into_iter()
+        .filter(|t| clustered || t.family() != "cluster")
+        .collect();
+    let default_cluster = [String::from("scd"), String::from("cluster")];
+    let patterns = if clustered && patterns.len() == 1 && patterns[0].trim() == "all" {
+        &default_cluster[..]
+    } else {
+        patterns
+    };
     let mut chosen: Vec<Target> = Vec::new();
     for pattern in patterns {
         let p = pattern.trim();
@@ -163,6 +228,9 @@ pub fn select_targets(patterns: &[String]) -> anyhow::Result<Vec<Target>> {
                         .is_some_and(|prefix| t.name.starts_with(prefix))
             })
             .collect();
+        if matched.is_empty() && !clustered && p.starts_with("cluster") {
+            bail!("the cluster targets ({p:?}) need --nodes 2 or --nodes 3");
+        }
         if matched.is_empty() {
             let names: Vec<String> = all.iter().map(|t| t.name.clone()).collect();
             bail!("no target matches {p:?}; targets are: {}", names.join(", "));
@@ -196,6 +264,9 @@ pub struct Plan {
     pub progress: bool,
     pub perf: bool,
     pub notes: Vec<String>,
+    /// Nodes of the cluster targets (1: no cluster targets).
+    pub nodes: usize,
+    pub failover: Option<FailoverPlan>,
 }
 
 impl Plan {
@@ -282,6 +353,63 @@ impl Plan {
                 .map(|d| d.join("scd"))
                 .filter(|p| p.is_file()),
         };
+        anyhow::ensure!(
+            args.nodes == 1 || (2..=NODES_MAX).contains(&args.nodes),
+            "--nodes must be 1 (no cluster), or 2..={NODES_MAX}"
+        );
+        let failover = if args.failover || args.failover_only {
+            let mut policies = Vec::new();
+            for p in &args.failover_policies {
+                policies.push(match p.trim() {
+                    "wt" | "write-through" => ScdPolicy::WriteThrough,
+                    "dw" | "delayed-write" => ScdPolicy::DelayedWrite,
+                    other => bail!("--failover-policies: {other:?} is not wt or dw"),
+                });
+            }
+            let mut faults = Vec::new();
+            for f in &args.failover_faults {
+                faults.push(match f.trim() {
+                    "kill" => failover::Fault::Kill,
+                    "stop" => failover::Fault::Stop,
+                    other => bail!("--failover-faults: {other:?} is not kill or stop"),
+                });
+            }
+            let sessions = args.failover_sessions.unwrap_or(if args.quick {
+                FAILOVER_SESSIONS_QUICK
+            } else {
+                FAILOVER_SESSIONS_DEFAULT
+            });
+            anyhow::ensure!(
+                (1..=SESSIONS_MAX).contains(&sessions),
+                "--failover-sessions must be 1..={SESSIONS_MAX}"
+            );
+            anyhow::ensure!(
+                (1..=CONNECTIONS_MAX).contains(&args.failover_workers),
+                "--failover-workers must be 1..={CONNECTIONS_MAX}"
+            );
+            let quick_or = |quick: f64, normal: f64| {
+                Duration::from_secs_f64(if args.quick { quick } else { normal })
+            };
+            Some(FailoverPlan {
+                nodes: if args.nodes >= 2 { args.nodes } else { 3 },
+                policies,
+                faults,
+                sessions,
+                workers: args.failover_workers,
+                size_bytes: args.size,
+                warmup: Duration::from_secs_f64(warmup_s),
+                steady: quick_or(1.0, FAILOVER_STEADY_S),
+                after: quick_or(1.0, FAILOVER_AFTER_S),
+                seed: args.seed,
+            })
+        } else {
+            None
+        };
+        let targets = if args.failover_only {
+            Vec::new()
+        } else {
+            select_targets(&args.targets, args.nodes)?
+        };
         let work = args
             .work_dir
             .clone()
@@ -302,7 +430,7 @@ impl Plan {
             warmup: Duration::from_secs_f64(warmup_s),
             duration: Duration::from_secs_f64(duration_s),
             disk_s,
-            targets: select_targets(&args.targets)?,
+            targets,
             out: args.out.clone(),
             work,
             scd_bin,
@@ -318,6 +446,8 @@ impl Plan {
             progress: !args.no_progress,
             perf: args.perf,
             notes,
+            nodes: args.nodes,
+            failover,
         })
     }
 }
@@ -348,6 +478,8 @@ pub fn run(plan: Plan, command: String, interrupted: Arc<AtomicBool>) -> anyhow:
         notes: plan.notes.clone(),
         disk: None,
         targets: Vec::new(),
+        nodes: plan.nodes,
+        failover: Vec::new(),
     };
     if let Some(load) = report.machine.load_before {
         if load > 0.5 {
@@ -363,12 +495,27 @@ pub fn run(plan: Plan, command: String, interrupted: Arc<AtomicBool>) -> anyhow:
         plan.workload.dist,
         plan.workload.zipf_s,
     )?;
+    // The cluster the cluster targets of one (policy, HA) group share, with its sessions.
+    let mut cluster: Option<ClusterRun> = None;
     for target in &plan.targets {
         if interrupted.load(Ordering::Relaxed) {
             bail!("interrupted");
         }
         eprintln!("{} ...", target.name);
-        let result = match run_target(&plan, target, &picker, &mut report.machine.client_driver) {
+        let outcome = match target.kind {
+            Kind::Cluster { .. } => run_cluster_target(
+                &plan,
+                target,
+                &picker,
+                &mut report.machine.client_driver,
+                &mut cluster,
+            ),
+            _ => {
+                cluster = None;
+                run_target(&plan, target, &picker, &mut report.machine.client_driver)
+            }
+        };
+        let result = match outcome {
             Ok(r) => r,
             Err(e) => {
                 if plan.require_all {
@@ -397,6 +544,24 @@ pub fn run(plan: Plan, command: String, interrupted: Arc<AtomicBool>) -> anyhow:
             );
         }
         report.targets.push(result);
+    }
+    drop(cluster);
+
+    if let Some(failover) = &plan.failover {
+        match plan.scd_bin.as_deref() {
+            Some(bin) => {
+                report.failover =
+                    failover::run(failover, bin, &plan.scd_args, &plan.work, &interrupted);
+                if plan.require_all {
+                    if let Some(e) = report.failover.iter().find_map(|f| f.error.clone()) {
+                        bail!("failover: {e}");
+                    }
+                }
+            }
+            None => bail!(
+                "--failover needs the scd binary: build it with `cargo build --release -p scd` or pass --scd-bin"
+            ),
+        }
     }
 
     if let Some(seconds) = plan.disk_s {
@@ -546,6 +711,222 @@ fn run_target(
     ))
 }
 
+/// A started cluster and the sessions created on it, shared by the targets of one (policy, HA).
+pub struct ClusterRun {
+    policy: ScdPolicy,
+    ha: bool,
+    cluster: Cluster,
+    keys: Arc<Keyspace>,
+    prefill_s: f64,
+    version: String,
+}
+
+/// The cluster counters a row reports (their change over the run, warm-up included).
+const CLUSTER_COUNTERS: [&str; 5] = [
+    "node.cluster_relayed_out",
+    "node.cluster_relayed_in",
+    "node.cluster_relay_failures",
+    "node.cluster_replications",
+    "node.cluster_replication_failures",
+];
+
+fn cluster_counters(c: &Cluster) -> anyhow::Result<Vec<[u64; 5]>> {
+    (0..c.nodes.len())
+        .map(|i| {
+            let s = c.stats(i)?;
+            Ok(CLUSTER_COUNTERS.map(|name| counter_of(&s, name)))
+        })
+        .collect()
+}
+
+fn run_cluster_target(
+    plan: &Plan,
+    target: &Target,
+    picker: &KeyPicker,
+    driver: &mut String,
+    cache: &mut Option<ClusterRun>,
+) -> anyhow::Result<TargetResult> {
+    let Kind::Cluster { policy, ha, via } = target.kind else {
+        bail!("{} is not a cluster target", target.name);
+    };
+    let w = &plan.workload;
+    if !cache
+        .as_ref()
+        .is_some_and(|c| c.policy == policy && c.ha == ha)
+    {
+        // The previous group's cluster stops before this one starts.
+        *cache = None;
+        let bin = plan.scd_bin.as_deref().with_context(|| {
+            "no scd binary beside this program: build it with `cargo build --release -p scd` or pass --scd-bin"
+        })?;
+        let version = servers::version(bin, "version");
+        let dir = plan.work.join(format!(
+            "cluster-{}-{}",
+            policy.short(),
+            if ha { "ha" } else { "noha" }
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let spec = ClusterSpec {
+            nodes: plan.nodes,
+            policy,
+            ha,
+            extra: plan.scd_args.clone(),
+        };
+        let mut cluster = Cluster::start(bin, &dir, &spec)?;
+        // Every session created through node 1, so node 1 masters them all.
+        let mut keys = Keyspace {
+            ids: Vec::new(),
+            seed: w.seed,
+            len: w.sessions,
+        };
+        let mut prefill_s = 0.0;
+        if w.kind != WorkloadKind::Create {
+            let started = Instant::now();
+            let prefill = LoadSpec {
+                label: format!("{} prefill", target.name),
+                endpoint: cluster.endpoint(0, target.unix)?,
+                handler: Handler::Scd,
+                mode: Mode::Prefill,
+                size_bytes: w.size_bytes,
+                touch_share: w.touch_share,
+                connections: w.connections,
+                threads: w.threads,
+                in_flight: w.in_flight,
+                seed: w.seed,
+                keys: Arc::new(Keyspace {
+                    ids: Vec::new(),
+                    seed: w.seed,
+                    len: w.sessions,
+                }),
+                picker: picker.clone(),
+                warmup: plan.warmup,
+                duration: plan.duration,
+                server_pids: cluster.pids(),
+                progress: plan.progress,
+            };
+            let result = run_load(prefill, &mut || cluster.stop())?;
+            check_clean("prefill", &result).map_err(|e| e.context(cluster.log_tails()))?;
+            prefill_s = started.elapsed().as_secs_f64();
+            let mut ids = vec![None; w.sessions];
+            for (i, id) in result.created {
+                if let Some(slot) = ids.get_mut(i) {
+                    *slot = Some(id);
+                }
+            }
+            keys.ids = ids
+                .into_iter()
+                .enumerate()
+                .map(|(i, id)| id.with_context(|| format!("prefill made no session {i}")))
+                .collect::<anyhow::Result<_>>()?;
+        }
+        *cache = Some(ClusterRun {
+            policy,
+            ha,
+            cluster,
+            keys: Arc::new(keys),
+            prefill_s,
+            version,
+        });
+    }
+    let run = cache.as_mut().context("the cluster was just started")?;
+    let outcome = measure_cluster(plan, target, picker, driver, run, via);
+    if outcome.is_err() {
+        // A cluster that failed a run is not trusted with the next one.
+        *cache = None;
+    }
+    outcome
+}
+
+fn measure_cluster(
+    plan: &Plan,
+    target: &Target,
+    picker: &KeyPicker,
+    driver: &mut String,
+    run: &mut ClusterRun,
+    via: Via,
+) -> anyhow::Result<TargetResult> {
+    let w = &plan.workload;
+    let entry = via.node_index();
+    let everyone: Vec<usize> = (0..run.cluster.nodes.len()).collect();
+    run.cluster.wait_up(&everyone, plan.nodes - 1)?;
+    let before = cluster_counters(&run.cluster)?;
+    let mode = match w.kind {
+        WorkloadKind::Cycle => Mode::Cycle,
+        WorkloadKind::Read => Mode::Read,
+        WorkloadKind::Create => Mode::Create,
+    };
+    let spec = LoadSpec {
+        label: target.name.clone(),
+        endpoint: run.cluster.endpoint(entry, target.unix)?,
+        handler: Handler::Scd,
+        mode,
+        size_bytes: w.size_bytes,
+        touch_share: w.touch_share,
+        connections: w.connections,
+        threads: w.threads,
+        in_flight: w.in_flight,
+        seed: w.seed,
+        keys: run.keys.clone(),
+        picker: picker.clone(),
+        warmup: plan.warmup,
+        duration: plan.duration,
+        server_pids: run.cluster.pids(),
+        progress: plan.progress,
+    };
+    let pids = run.cluster.pids();
+    let cpu_before: Vec<f64> = pids.iter().map(|&p| sys::cpu_seconds(&[p])).collect();
+    let cluster = &mut run.cluster;
+    let result = run_load(spec, &mut || cluster.stop())?;
+    // Each node's share of the cluster's CPU over the whole run (warm-up included), applied to
+    // the measured window's CPU per request: where the cluster's work is done.
+    let cpu_used: Vec<f64> = pids
+        .iter()
+        .zip(&cpu_before)
+        .map(|(&p, b)| (sys::cpu_seconds(&[p]) - b).max(0.0))
+        .collect();
+    let cpu_total: f64 = cpu_used.iter().sum();
+    *driver = result.driver.to_string();
+    if result.cycles == 0 {
+        bail!(
+            "no request completed: {}\n{}",
+            result.first_errors.join("; "),
+            run.cluster.log_tails()
+        );
+    }
+    let after = cluster_counters(&run.cluster)?;
+    let delta = |node: usize, k: usize| after[node][k].saturating_sub(before[node][k]);
+    let mut r = row(
+        target,
+        w.kind,
+        run.cluster.settings(),
+        run.version.clone(),
+        &result,
+        run.prefill_s,
+    );
+    r.cluster = Some(ClusterFacts {
+        nodes: plan.nodes,
+        policy: run.policy.short().into(),
+        ha: run.ha,
+        via: via.name().into(),
+        entry_relayed_out: delta(entry, 0),
+        master_relayed_in: delta(0, 1),
+        entry_relay_failures: delta(entry, 2),
+        master_replications: delta(0, 3),
+        master_replication_failures: delta(0, 4),
+        node_cpu_us_per_req: cpu_used
+            .iter()
+            .map(|u| {
+                if cpu_total > 0.0 {
+                    r.server_cpu_us_per_req * u / cpu_total
+                } else {
+                    0.0
+                }
+            })
+            .collect(),
+    });
+    Ok(r)
+}
+
 fn check_clean(phase: &str, r: &LoadResult) -> anyhow::Result<()> {
     if r.errors > 0 || r.failed_connections > 0 || r.lock_failures > 0 {
         bail!(
@@ -579,6 +960,7 @@ fn start(plan: &Plan, target: &Target, dir: &Path) -> anyhow::Result<(Server, St
                 version,
             ))
         }
+        Kind::Cluster { .. } => bail!("{} is a cluster target", target.name),
         Kind::Redis { persistence, .. } => {
             let bin = plan
                 .redis_bin
@@ -649,6 +1031,7 @@ fn row(
         window_s: secs,
         prefill_s,
         ratios: Default::default(),
+        cluster: None,
     }
 }
 
@@ -658,21 +1041,36 @@ mod tests {
 
     #[test]
     fn patterns_select_targets_in_table_order() {
-        let names = |p: &[&str]| -> Vec<String> {
-            select_targets(&p.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        let names = |p: &[&str], nodes: usize| -> Vec<String> {
+            select_targets(&p.iter().map(|s| s.to_string()).collect::<Vec<_>>(), nodes)
                 .unwrap()
                 .into_iter()
                 .map(|t| t.name)
                 .collect()
         };
-        assert_eq!(names(&["all"]).len(), 18);
+        assert_eq!(names(&["all"], 1).len(), 18);
         assert_eq!(
-            names(&["redis-unix", "null-unix"]),
+            names(&["redis-unix", "null-unix"], 1),
             vec!["null-unix", "redis-unix"]
         );
-        assert_eq!(names(&["scd"]).len(), 4);
-        assert_eq!(names(&["memcached*"]).len(), 4);
-        assert!(names(&["tcp"]).iter().all(|n| n.ends_with("-tcp")));
-        assert!(select_targets(&["nonsense".to_string()]).is_err());
+        assert_eq!(names(&["scd"], 1).len(), 4);
+        assert_eq!(names(&["memcached*"], 1).len(), 4);
+        assert!(names(&["tcp"], 1).iter().all(|n| n.ends_with("-tcp")));
+        assert!(select_targets(&["nonsense".to_string()], 1).is_err());
+        // Cluster targets only with --nodes; then "all" is one-node scd plus the cluster's.
+        assert!(select_targets(&["cluster".to_string()], 1).is_err());
+        let clustered = names(&["all"], 2);
+        assert_eq!(clustered.len(), 4 + 16);
+        assert!(clustered[..4].iter().all(|n| n.starts_with("scd-")));
+        assert_eq!(
+            names(&["cluster-wt-*"], 3)[..4],
+            [
+                "cluster-wt-noha-direct-unix",
+                "cluster-wt-noha-direct-tcp",
+                "cluster-wt-noha-relayed-unix",
+                "cluster-wt-noha-relayed-tcp"
+            ]
+        );
+        assert_eq!(names(&["cluster", "unix"], 2).len(), 16 + 9);
     }
 }

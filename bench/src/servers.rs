@@ -38,6 +38,14 @@ pub enum ScdPolicy {
 }
 
 impl ScdPolicy {
+    /// `wt` or `dw`, as target names say it.
+    pub fn short(self) -> &'static str {
+        match self {
+            ScdPolicy::WriteThrough => "wt",
+            ScdPolicy::DelayedWrite => "dw",
+        }
+    }
+
     pub fn flag(self) -> &'static str {
         match self {
             ScdPolicy::WriteThrough => "write-through",
@@ -70,7 +78,15 @@ impl Server {
         }
     }
 
-    /// Kills the server now (idempotent).
+    /// Whether the process is still running (false once it exited or was stopped).
+    pub fn running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Kills the server now with SIGKILL (`kill -9`; idempotent) and reaps it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -85,7 +101,7 @@ impl Server {
         lines[lines.len().saturating_sub(8)..].join("\n")
     }
 
-    fn spawn(
+    pub(crate) fn spawn(
         name: &str,
         dir: &Path,
         program: &Path,
@@ -124,7 +140,7 @@ impl Server {
     }
 
     /// Waits until the server answers `probe` on each of its endpoints.
-    fn wait_ready(&mut self, probe: Probe) -> anyhow::Result<()> {
+    pub(crate) fn wait_ready(&mut self, probe: Probe) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_millis(SERVER_READY_MS);
         let endpoints: Vec<Endpoint> = [self.endpoint(true), self.endpoint(false)]
             .into_iter()
@@ -165,7 +181,7 @@ impl Drop for Server {
 }
 
 #[derive(Clone, Copy)]
-enum Probe {
+pub(crate) enum Probe {
     Connect,
     RedisPing,
     ScdHello,

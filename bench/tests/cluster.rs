@@ -1,0 +1,195 @@
+//! A `--nodes 2 --quick` run of the real harness against a real two-node scd cluster (two scd
+//! processes on 127.0.0.1 and 127.0.0.2): every cluster target (each flush policy, HA off and on,
+//! through the master and relayed through node 2) answers with no error, requests really were
+//! relayed and replicated (the nodes' own counters say so), every ratio is there, and the report
+//! files are well formed. It asserts nothing about speed.
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn a_two_node_quick_run_relays_replicates_and_reports_every_cluster_target() {
+    let bench = Path::new(env!("CARGO_BIN_EXE_scd-bench"));
+    let Some(scd) = bench
+        .parent()
+        .map(|d| d.join("scd"))
+        .filter(|p| p.is_file())
+    else {
+        // `cargo test -p scd-bench` alone does not build the daemon; CI runs the workspace.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the scd binary was not built"
+        );
+        eprintln!("scd binary not built (cargo build -p scd): cluster run skipped");
+        return;
+    };
+    let out = std::env::temp_dir().join(format!("scd-bench-cluster-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let status = Command::new(bench)
+        .args([
+            "--nodes",
+            "2",
+            "--quick",
+            "--no-progress",
+            "--require-all",
+            "--no-disk",
+            // One connection: no two requests on one session at once. Concurrent requests on one
+            // session through a relay are the cluster's own tests' business; here the bench
+            // only has to run every target.
+            "--connections",
+            "1",
+            "--sessions",
+            "300",
+            "--duration-s",
+            "0.3",
+            "--warmup-s",
+            "0.1",
+            "--targets",
+            "scd,cluster",
+            // Fast heartbeats: a node waits one node timeout after its start before it serves.
+            "--scd-args",
+            "--heartbeat-interval-ms 100",
+        ])
+        .arg("--scd-bin")
+        .arg(&scd)
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .expect("running scd-bench");
+    assert!(status.success(), "scd-bench --nodes 2 failed: {status}");
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["nodes"].as_u64(), Some(2));
+    let rows = json["targets"].as_array().expect("targets array");
+    // Four one-node rows (each policy, each transport), then 2 policies × HA off/on × direct/relayed × unix/tcp.
+    assert_eq!(rows.len(), 4 + 16, "{rows:#?}");
+    for row in rows {
+        let name = row["name"].as_str().unwrap();
+        assert!(row["skipped"].is_null(), "{name}: {}", row["skipped"]);
+        assert!(row["requests"].as_u64().unwrap() > 0, "{name}: no request");
+        assert_eq!(
+            row["errors"].as_u64(),
+            Some(0),
+            "{name}: {}",
+            row["first_errors"]
+        );
+        assert_eq!(row["failed_connections"].as_u64(), Some(0), "{name}");
+        let p50 = row["p50_us"].as_f64().unwrap();
+        let p99 = row["p99_us"].as_f64().unwrap();
+        assert!(p50 > 0.0 && p50 <= p99, "{name}: p50 {p50} p99 {p99}");
+        if row["family"] != "cluster" {
+            assert!(row["cluster"].is_null(), "{name}");
+            continue;
+        }
+        let c = &row["cluster"];
+        let r = &row["ratios"];
+        assert_eq!(c["nodes"].as_u64(), Some(2), "{name}");
+        assert!(r["cluster_over_one_node"].as_f64().unwrap() > 0.0, "{name}");
+        if c["via"] == "relayed" {
+            assert!(
+                c["entry_relayed_out"].as_u64().unwrap() > 0,
+                "{name}: node 2 relayed nothing"
+            );
+            assert!(r["relayed_over_direct"].as_f64().unwrap() > 0.0, "{name}");
+        } else {
+            assert_eq!(c["via"], "direct", "{name}");
+            assert_eq!(c["entry_relayed_out"].as_u64(), Some(0), "{name}");
+        }
+        if c["ha"] == true {
+            assert!(
+                c["master_replications"].as_u64().unwrap() > 0,
+                "{name}: node 1 replicated nothing"
+            );
+            assert!(r["ha_on_over_off"].as_f64().unwrap() > 0.0, "{name}");
+        } else {
+            assert_eq!(c["master_replications"].as_u64(), Some(0), "{name}");
+            assert!(r["ha_on_over_off"].is_null(), "{name}");
+        }
+    }
+
+    let csv = std::fs::read_to_string(out.join("report.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), rows.len() + 1);
+    let columns = lines[0].split(',').count();
+    for line in &lines[1..] {
+        assert_eq!(line.split(',').count(), columns, "{line}");
+    }
+    let table = std::fs::read_to_string(out.join("report.txt")).unwrap();
+    assert!(table.contains("HA cost"), "{table}");
+    let svg = std::fs::read_to_string(out.join("chart.svg")).unwrap();
+    assert!(svg.trim_start().starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    for row in rows {
+        let name = row["name"].as_str().unwrap();
+        assert!(table.contains(name), "{name} missing from the table");
+        assert!(svg.contains(name), "{name} missing from the chart");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn a_quick_failover_run_recovers_and_reads_back_every_acknowledged_write() {
+    let bench = Path::new(env!("CARGO_BIN_EXE_scd-bench"));
+    let Some(scd) = bench
+        .parent()
+        .map(|d| d.join("scd"))
+        .filter(|p| p.is_file())
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the scd binary was not built"
+        );
+        eprintln!("scd binary not built (cargo build -p scd): failover run skipped");
+        return;
+    };
+    let out = std::env::temp_dir().join(format!("scd-bench-failover-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let status = Command::new(bench)
+        .args([
+            "--nodes",
+            "3",
+            "--quick",
+            "--no-progress",
+            "--require-all",
+            "--failover-only",
+            "--failover",
+            "--failover-policies",
+            "wt",
+            "--failover-sessions",
+            "50",
+            "--failover-workers",
+            "4",
+            "--warmup-s",
+            "0.2",
+            "--scd-args",
+            "--heartbeat-interval-ms 100",
+        ])
+        .arg("--scd-bin")
+        .arg(&scd)
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .expect("running scd-bench");
+    assert!(status.success(), "scd-bench --failover failed: {status}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let runs = json["failover"].as_array().expect("failover array");
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    let f = &runs[0];
+    assert!(f["error"].is_null(), "{}", f["error"]);
+    assert_eq!(f["nodes"].as_u64(), Some(3));
+    assert_eq!(f["fault"], "kill -9");
+    assert!(f["steady_requests_per_s"].as_f64().unwrap() > 0.0, "{f:#}");
+    // The load came back after the kill (figures are reported, not asserted).
+    assert!(f["first_success_ms"].as_f64().is_some(), "{f:#}");
+    assert!(f["all_workers_back_ms"].as_f64().is_some(), "{f:#}");
+    assert!(f["acknowledged_writes"].as_u64().unwrap() > 0, "{f:#}");
+    // Write-through with HA: nothing acknowledged may be missing, and nothing unreadable.
+    assert_eq!(f["lost_sessions"].as_u64(), Some(0), "{f:#}");
+    assert_eq!(f["stale_reads"].as_u64(), Some(0), "{f:#}");
+    assert_eq!(f["unknown_values"].as_u64(), Some(0), "{f:#}");
+    assert_eq!(f["unreadable_sessions"].as_u64(), Some(0), "{f:#}");
+    let table = std::fs::read_to_string(out.join("report.txt")).unwrap();
+    assert!(table.contains("failover:"), "{table}");
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -148,6 +148,10 @@ pub struct ReplyTo {
     tx: flume::Sender<Vec<u8>>,
     request_id: u64,
     answered: bool,
+    /// Told the written version as soon as a write-through write is applied in memory and waits
+    /// for its flush (the cluster thread sends the copy to the backup meanwhile). Dropped
+    /// unused when the write is answered at once (delayed-write, or an error).
+    applied: Option<flume::Sender<u64>>,
 }
 
 impl ReplyTo {
@@ -156,6 +160,21 @@ impl ReplyTo {
             tx,
             request_id,
             answered: false,
+            applied: None,
+        }
+    }
+
+    /// Like `new`, and a write that waits for its flush says so on `applied` first.
+    pub fn with_applied(
+        tx: flume::Sender<Vec<u8>>,
+        request_id: u64,
+        applied: flume::Sender<u64>,
+    ) -> ReplyTo {
+        ReplyTo {
+            tx,
+            request_id,
+            answered: false,
+            applied: Some(applied),
         }
     }
 
@@ -476,6 +495,10 @@ impl ShardSlot {
             }
             Ok(WriteAck::Pending(ticket)) => {
                 let version = self.version_of(&key, now_ms);
+                let mut reply = reply;
+                if let Some(applied) = reply.applied.take() {
+                    let _ = applied.send(version);
+                }
                 self.writes.insert(ticket, PendingWrite { version, reply });
             }
             Err(e) => self.fail(reply, &e),

@@ -5,8 +5,9 @@
 //!
 //! - **Master here** (the placement says so at an epoch at least the ID's, or the ID names this
 //!   node and nothing newer is known): run it on the local shard. A write (WriteUnlock, Touch)
-//!   with HA on is then replicated to the backup; under write-through the client's answer waits
-//!   for the backup's acknowledgement (and the local flush, which the shard already waited for);
+//!   with HA on is then replicated to the backup; under write-through the copy is sent as soon as
+//!   the shard applied the write, while its flush runs, and the client's answer waits for both
+//!   the local flush and the backup's acknowledgement;
 //!   under delayed-write it goes out at once and the replication follows, at most
 //!   `replication_queue_max` per backup in flight (a write that finds the queue full waits).
 //!   Destroy drops the backup's copy.
@@ -221,6 +222,14 @@ fn from_request(
     })
 }
 
+/// Where the copy of a write comes from.
+enum CopySource {
+    /// A WriteUnlock's data and lifetime.
+    Data { lifetime_s: u32, data: Vec<u8> },
+    /// Read back from the shard (a Touch changes only the lifetime).
+    Peek,
+}
+
 /// Why a copy did not reach the backup.
 enum ReplError {
     /// The backup knows a newer placement: this node is no longer the master.
@@ -350,6 +359,11 @@ impl State {
     async fn local(&self, hash: [u8; 16], owner: OwnerId, op: Op<Vec<u8>>) -> OwnedReply {
         let (tx, rx) = flume::bounded(1);
         self.local_to(hash, owner, op, ReplyTo::new(tx, 0)).await;
+        self.local_answer(rx).await
+    }
+
+    /// The decoded answer of a local request sent with `local_to`.
+    async fn local_answer(&self, rx: flume::Receiver<Vec<u8>>) -> OwnedReply {
         match rx.recv_async().await {
             Ok(frame) => match decode_reply(&frame, &self.limits) {
                 Ok((f, _)) => OwnedReply::from_wire(&f.message),
@@ -729,49 +743,20 @@ impl State {
                 lifetime_s,
                 data,
             } if ha && p.backup.is_some() => {
-                let r = self
-                    .local(
-                        hash,
-                        owner,
-                        Op::WriteUnlock {
-                            token,
-                            lifetime_s,
-                            data: data.clone(),
-                        },
-                    )
-                    .await;
-                if let OwnedReply::Done { version } = r {
-                    let copy = OwnedReplica {
-                        hash,
-                        version,
-                        epoch: p.epoch,
-                        lifetime_s,
-                        data,
-                    };
-                    if let Err(e) = self.replicate_write(p, copy).await {
-                        return answer(reply, &e, None);
-                    }
-                }
+                let op = Op::WriteUnlock {
+                    token,
+                    lifetime_s,
+                    data: data.clone(),
+                };
+                let source = CopySource::Data { lifetime_s, data };
+                let r = self.write_replicated(p, hash, owner, op, source).await;
                 answer(reply, &r, new_id)
             }
             Op::Touch { token, lifetime_s } if ha && p.backup.is_some() => {
+                let op = Op::Touch { token, lifetime_s };
                 let r = self
-                    .local(hash, owner, Op::Touch { token, lifetime_s })
+                    .write_replicated(p, hash, owner, op, CopySource::Peek)
                     .await;
-                if let OwnedReply::Done { .. } = r {
-                    if let Some((version, left, data)) = self.peek(hash).await {
-                        let copy = OwnedReplica {
-                            hash,
-                            version,
-                            epoch: p.epoch,
-                            lifetime_s: left,
-                            data,
-                        };
-                        if let Err(e) = self.replicate_write(p, copy).await {
-                            return answer(reply, &e, None);
-                        }
-                    }
-                }
                 answer(reply, &r, new_id)
             }
             Op::Destroy { token } if p.backup.is_some() => {
@@ -794,6 +779,77 @@ impl State {
                 answer(reply, &r, new_id)
             }
         }
+    }
+
+    /// Runs a write (WriteUnlock, Touch) on the local shard and gets its copy to the backup;
+    /// returns the client's answer. When the shard applied the write and waits for its flush
+    /// (write-through), it tells the version at once and the copy goes to the backup while the
+    /// flush runs: the answer is a success only once both the write is durable here and the
+    /// backup acknowledged the copy (a refused copy, or a failed flush, is the client's error).
+    /// The lock is released at the flush, possibly before the copy left: copies of successive
+    /// writes of one session may overlap (as they could before), and the backup keeps only the
+    /// newest version, so their order does not matter. A write answered at once (delayed-write,
+    /// or refused) is copied after its answer, as before.
+    async fn write_replicated(
+        self: &Rc<Self>,
+        p: Placement,
+        hash: [u8; 16],
+        owner: OwnerId,
+        op: Op<Vec<u8>>,
+        source: CopySource,
+    ) -> OwnedReply {
+        let (tx, rx) = flume::bounded(1);
+        let (applied_tx, applied_rx) = flume::bounded(1);
+        self.local_to(hash, owner, op, ReplyTo::with_applied(tx, 0, applied_tx))
+            .await;
+        if let Ok(version) = applied_rx.recv_async().await {
+            let (r, copied) = monoio::join!(
+                self.local_answer(rx),
+                self.copy_out(p, hash, version, source)
+            );
+            return match (r, copied) {
+                (OwnedReply::Done { .. }, Err(e)) => e,
+                (r, _) => r,
+            };
+        }
+        let r = self.local_answer(rx).await;
+        if let OwnedReply::Done { version } = r {
+            if let Err(e) = self.copy_out(p, hash, version, source).await {
+                return e;
+            }
+        }
+        r
+    }
+
+    /// Builds the copy of a written session (from the write's data, or read back after a
+    /// Touch) and gets it to the backup (see `replicate_write`).
+    async fn copy_out(
+        self: &Rc<Self>,
+        p: Placement,
+        hash: [u8; 16],
+        version: u64,
+        source: CopySource,
+    ) -> Result<(), OwnedReply> {
+        let copy = match source {
+            CopySource::Data { lifetime_s, data } => OwnedReplica {
+                hash,
+                version,
+                epoch: p.epoch,
+                lifetime_s,
+                data,
+            },
+            CopySource::Peek => match self.peek(hash).await {
+                Some((version, left, data)) => OwnedReplica {
+                    hash,
+                    version,
+                    epoch: p.epoch,
+                    lifetime_s: left,
+                    data,
+                },
+                None => return Ok(()),
+            },
+        };
+        self.replicate_write(p, copy).await
     }
 
     /// Gets a written copy to the backup: under write-through before returning, under

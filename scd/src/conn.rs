@@ -508,7 +508,8 @@ async fn dispatch(
 }
 
 /// A session request as its ID and operation (lock waits and leases capped by the settings).
-fn session_op<'a>(
+/// Also used for requests relayed from other nodes (`cluster::route`).
+pub(crate) fn session_op<'a>(
     request: &Request<'a>,
     wait_max_ms: u32,
     lease_max_ms: u32,

@@ -174,52 +174,14 @@ fn to_request(id: SessionId, op: &Op<Vec<u8>>) -> Option<Request<'_>> {
     })
 }
 
-/// A forwarded request as (ID, operation), or None for requests that are never forwarded.
+/// A forwarded request as (ID, operation), or None for requests that are never forwarded:
+/// the same mapping (and caps) as a local client's request.
 fn from_request(
     r: &Request<'_>,
     wait_max: u32,
     lease_max: u32,
 ) -> Option<(SessionId, Op<Vec<u8>>)> {
-    Some(match *r {
-        Request::ReadLock {
-            id,
-            wait_ms,
-            lease_ms,
-        } => (
-            id,
-            Op::ReadLock {
-                wait_ms: wait_ms.min(wait_max),
-                lease_ms: if lease_ms == 0 {
-                    lease_max
-                } else {
-                    lease_ms.min(lease_max)
-                },
-            },
-        ),
-        Request::Read { id } => (id, Op::Read),
-        Request::WriteUnlock {
-            id,
-            token,
-            lifetime_s,
-            data,
-        } => (
-            id,
-            Op::WriteUnlock {
-                token,
-                lifetime_s,
-                data: data.to_vec(),
-            },
-        ),
-        Request::Touch {
-            id,
-            token,
-            lifetime_s,
-        } => (id, Op::Touch { token, lifetime_s }),
-        Request::Unlock { id, token } => (id, Op::Unlock { token }),
-        Request::Destroy { id, token } => (id, Op::Destroy { token }),
-        Request::Exists { id } => (id, Op::Exists),
-        Request::Hello { .. } | Request::CreateId | Request::Stats => return None,
-    })
+    crate::conn::session_op(r, wait_max, lease_max).map(|(id, op)| (id, op.to_owned()))
 }
 
 /// Where the copy of a write comes from.

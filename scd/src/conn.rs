@@ -208,6 +208,10 @@ where
     // The connection is gone (or going): its locks go now, not after a lease. Queued lock waits of
     // this owner are answered with an error, so the writer sees its last reply.
     core.release_owner_everywhere(conn.owner).await;
+    if let Some(c) = &core.node.cluster {
+        // And the locks it took on other nodes through relays (the cluster thread knows them).
+        let _ = c.tx.send_async(ClusterMsg::OwnerGone(conn.owner)).await;
+    }
     writer.await;
     core.conns_open.set(core.conns_open.get() - 1);
     core.node.connections_open.fetch_sub(1, Ordering::Relaxed);

@@ -64,3 +64,30 @@ fn two_clients_relayed_through_one_node_never_share_a_lock() {
     // A client of B that goes away releases its relayed lock on A at once? Not yet: it is
     // released when its lease ends or the relay connection closes (docs/operations.md).
 }
+
+#[test]
+fn a_client_that_goes_away_releases_its_relayed_lock_at_once() {
+    // A PHP worker on B dies holding the lock of a session mastered by A: the lock must go
+    // with its connection, as a local one does, not after its (long) lease.
+    let c = Cluster::start(13, 2, &[]);
+    let mut a = c.nodes[0].client();
+    let id = a.create_id().expect("create id");
+    let mut dying = c.nodes[1].client();
+    let held = dying.read_lock(&id, 1000, 300_000).expect("relayed lock");
+    assert_ne!(held.token, 0);
+    drop(dying);
+    // Far shorter than the 300 s lease: only a release at close lets this through.
+    let mut next = c.nodes[1].client();
+    let got = next
+        .read_lock(&id, 30_000, 30_000)
+        .expect("the lock of a closed client is released");
+    next.write_unlock(&id, got.token, 600, b"after").unwrap();
+    // The same through A's own client.
+    let mut dying = c.nodes[1].client();
+    let _held = dying.read_lock(&id, 1000, 300_000).unwrap();
+    drop(dying);
+    let got = a
+        .read_lock(&id, 30_000, 30_000)
+        .expect("released for A's client too");
+    assert_eq!(got.data.as_deref(), Some(&b"after"[..]));
+}

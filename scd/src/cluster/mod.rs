@@ -43,6 +43,8 @@ pub enum ClusterMsg {
         owner: OwnerId,
         reply: ReplyTo,
     },
+    /// A local client connection closed: release the locks it holds on other nodes.
+    OwnerGone(OwnerId),
     /// `scd drain`: hand every session to other nodes, then report on the channel.
     Drain(std::sync::mpsc::Sender<String>),
     /// Stop the cluster thread (after the cores stopped serving).

@@ -83,6 +83,10 @@ pub struct State {
     /// asked for since are swept, so the table is bounded by the sessions in use.
     keep_until: RefCell<HashMap<[u8; 16], u64>>,
     owner_seq: Cell<u64>,
+    /// Locks this node's local clients hold on other nodes (taken by a relayed ReadLock, not
+    /// yet written, unlocked or destroyed): (node, session, token) by client. When a client's
+    /// connection closes they are unlocked there at once, as its local locks are.
+    relayed_locks: RefCell<HashMap<OwnerId, Vec<RelayedLock>>>,
     pub sessions_held: Cell<u64>,
     ready: Cell<bool>,
     /// Delayed-write replications in flight per backup.
@@ -98,6 +102,10 @@ const PLACEMENT_SWEEP_MS: u64 = 10_000;
 
 /// Owner IDs of relayed requests: "core" 0xFFFF in the top 16 bits, never a real core's.
 const RELAY_OWNER_BASE: u64 = 0xFFFF << 48;
+
+/// A lock a local client took on another node through a relay: (that node, the session, the
+/// token).
+type RelayedLock = (SocketAddr, SessionId, u64);
 
 fn unavailable(message: impl Into<String>) -> OwnedReply {
     OwnedReply::Error {
@@ -421,6 +429,7 @@ impl State {
         match r {
             Ok(Incoming::Reply(reply)) => {
                 Counters::bump(&counters.relayed_out);
+                self.track_relayed_lock(to, id, op, owner, &reply);
                 Ok(reply)
             }
             Ok(Incoming::Error { code, message }) => {
@@ -433,6 +442,54 @@ impl State {
             Err(e) => {
                 Counters::bump(&counters.relay_failures);
                 Err(e)
+            }
+        }
+    }
+
+    /// Keeps `relayed_locks` up to date with a relayed request's outcome (local clients only:
+    /// owners made for relay peers are released when their relay connection closes).
+    fn track_relayed_lock(
+        &self,
+        to: SocketAddr,
+        id: SessionId,
+        op: &Op<Vec<u8>>,
+        owner: OwnerId,
+        reply: &OwnedReply,
+    ) {
+        if owner.0 & RELAY_OWNER_BASE == RELAY_OWNER_BASE {
+            return;
+        }
+        let mut all = self.relayed_locks.borrow_mut();
+        match (op, reply) {
+            (
+                Op::ReadLock { .. },
+                OwnedReply::Data { token, new_id, .. } | OwnedReply::NotFound { token, new_id },
+            ) if *token != 0 => {
+                let id = new_id.unwrap_or(id);
+                all.entry(owner).or_default().push((to, id, *token));
+            }
+            // These end the lock (or failed because it had ended already); a Touch keeps it.
+            (Op::WriteUnlock { token, .. } | Op::Unlock { token } | Op::Destroy { token }, _) => {
+                if let Some(held) = all.get_mut(&owner) {
+                    held.retain(|(_, h, t)| !(h.hash == id.hash && t == token));
+                    if held.is_empty() {
+                        all.remove(&owner);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A local client's connection closed: unlock, on their masters, the locks it holds there.
+    pub async fn owner_gone(self: Rc<Self>, owner: OwnerId) {
+        let Some(held) = self.relayed_locks.borrow_mut().remove(&owner) else {
+            return;
+        };
+        for (to, id, token) in held {
+            let op = Op::Unlock { token };
+            if let Err(e) = self.forward(to, id, &op, owner).await {
+                debug!("cluster: could not release a relayed lock on {to}: {e}");
             }
         }
     }
@@ -1551,6 +1608,7 @@ pub async fn main(start: ClusterStart) {
         placements: RefCell::new(HashMap::new()),
         keep_until: RefCell::new(HashMap::new()),
         owner_seq: Cell::new(0),
+        relayed_locks: RefCell::new(HashMap::new()),
         sessions_held: Cell::new(0),
         ready: Cell::new(false),
         queued: RefCell::new(HashMap::new()),
@@ -1604,6 +1662,9 @@ pub async fn main(start: ClusterStart) {
                 reply,
             } => {
                 monoio::spawn(state.clone().handle(id, op, owner, reply, false));
+            }
+            ClusterMsg::OwnerGone(owner) => {
+                monoio::spawn(state.clone().owner_gone(owner));
             }
             ClusterMsg::Drain(done) => {
                 monoio::spawn(state.clone().drain(done));

@@ -167,6 +167,36 @@ pub async fn read_more<R: AsyncReadRent>(
     res
 }
 
+/// Reads into `buf` until `decode` finds a whole message at its start, then drops the bytes it
+/// used. `closed` says what an end of stream meant (`what` names the message in errors).
+async fn read_decoded<R: AsyncReadRent, T>(
+    rd: &mut R,
+    buf: &mut Vec<u8>,
+    what: &str,
+    closed: &str,
+    mut decode: impl FnMut(&[u8]) -> Result<(T, usize), DecodeError>,
+) -> io::Result<T> {
+    loop {
+        match decode(buf) {
+            Ok((t, used)) => {
+                buf.drain(..used);
+                return Ok(t);
+            }
+            Err(DecodeError::Incomplete { .. }) => {
+                if read_more(rd, buf, 512).await? == 0 {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, closed));
+                }
+            }
+            Err(DecodeError::Invalid(r)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("bad {what}: {r}"),
+                ));
+            }
+        }
+    }
+}
+
 async fn with_timeout<T>(
     ms: u64,
     what: &str,
@@ -217,52 +247,24 @@ pub async fn connect(state: &Rc<State>, addr: SocketAddr) -> Result<Rc<PeerConn>
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let handshake = async {
         let mut out = Vec::new();
-        loop {
-            match hs.on_challenge(&buf, &mut out) {
-                Ok(used) => {
-                    buf.drain(..used);
-                    break;
-                }
-                Err(DecodeError::Incomplete { .. }) => {
-                    if read_more(&mut rd, &mut buf, 512).await? == 0 {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "closed during the handshake",
-                        ));
-                    }
-                }
-                Err(DecodeError::Invalid(r)) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("bad challenge: {r}"),
-                    ));
-                }
-            }
-        }
+        read_decoded(
+            &mut rd,
+            &mut buf,
+            "challenge",
+            "closed during the handshake",
+            |b| hs.on_challenge(b, &mut out).map(|used| ((), used)),
+        )
+        .await?;
         let (res, _) = wr.write_all(out).await;
         res?;
-        loop {
-            match hs.on_accept(&buf) {
-                Ok((est, used)) => {
-                    buf.drain(..used);
-                    return Ok(est);
-                }
-                Err(DecodeError::Incomplete { .. }) => {
-                    if read_more(&mut rd, &mut buf, 512).await? == 0 {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "closed during the handshake (wrong cluster key?)",
-                        ));
-                    }
-                }
-                Err(DecodeError::Invalid(r)) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("bad accept: {r}"),
-                    ));
-                }
-            }
-        }
+        read_decoded(
+            &mut rd,
+            &mut buf,
+            "accept",
+            "closed during the handshake (wrong cluster key?)",
+            |b| hs.on_accept(b),
+        )
+        .await
     };
     let est = with_timeout(ms, "handshake", handshake)
         .await
@@ -467,28 +469,18 @@ async fn serve(state: Rc<State>, stream: TcpStream, addr: SocketAddr) {
         hs.challenge(&mut out);
         let (res, _) = wr.write_all(out).await;
         res?;
-        loop {
-            let mut out = Vec::new();
-            match hs.on_proof(&buf, &mut out) {
-                Ok((est, used)) => {
-                    buf.drain(..used);
-                    let (res, _) = wr.write_all(out).await;
-                    res?;
-                    return Ok(est);
-                }
-                Err(DecodeError::Incomplete { .. }) => {
-                    if read_more(&mut rd, &mut buf, 512).await? == 0 {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "closed during the handshake",
-                        ));
-                    }
-                }
-                Err(DecodeError::Invalid(r)) => {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, r.to_string()));
-                }
-            }
-        }
+        let mut out = Vec::new();
+        let est = read_decoded(
+            &mut rd,
+            &mut buf,
+            "proof",
+            "closed during the handshake",
+            |b| hs.on_proof(b, &mut out),
+        )
+        .await?;
+        let (res, _) = wr.write_all(out).await;
+        res?;
+        Ok(est)
     };
     let est = match with_timeout(state.timeout_ms, "handshake", handshake).await {
         Ok(est) => est,

@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 
 use crate::constants::{CLUSTER_READY_MS, NODES_MAX};
 use crate::load::Endpoint;
-use crate::scd_client::{Client, stat};
+use crate::scd_client::{self, stat};
 use crate::servers::{Probe, ScdPolicy, Server};
 
 /// How a cluster is started.
@@ -177,7 +177,7 @@ impl Cluster {
     /// The statistics of node `index` (0-based), over its Unix socket.
     pub fn stats(&self, index: usize) -> anyhow::Result<Vec<(String, u64)>> {
         let endpoint = self.endpoint(index, true)?;
-        Client::connect(&endpoint, Duration::from_secs(5))?.stats()
+        Ok(scd_client::connect(&endpoint, Duration::from_secs(5))?.stats()?)
     }
 
     /// Waits until each node in `which` (0-based) is ready and counts at least `peers_up` other

@@ -28,7 +28,7 @@ use serde::Serialize;
 use crate::cluster::{Cluster, ClusterSpec};
 use crate::constants::*;
 use crate::load::{Endpoint, new_histogram};
-use crate::scd_client::{Client, Owned};
+use crate::scd_client::{self, Client, Owned};
 use crate::servers::ScdPolicy;
 
 /// How node 1 is taken down.
@@ -323,7 +323,7 @@ fn worker(
         k += 1;
         let result = match client.as_mut() {
             Some(c) => cycle(c, s, size, &filler, &mut out.stale, &mut out.new_ids),
-            None => match Client::connect(&entry, io_timeout()) {
+            None => match scd_client::connect(&entry, io_timeout()) {
                 Ok(mut c) => {
                     let r = cycle(&mut c, s, size, &filler, &mut out.stale, &mut out.new_ids);
                     client = Some(c);
@@ -374,7 +374,7 @@ fn create_sessions(
     size: usize,
     filler: &[u8],
 ) -> anyhow::Result<Vec<Sess>> {
-    let mut c = Client::connect(endpoint, io_timeout())?;
+    let mut c = scd_client::connect(endpoint, io_timeout())?;
     let mut out = Vec::with_capacity(n);
     for index in 0..n as u64 {
         let id = match c.call(Request::CreateId)? {
@@ -417,7 +417,7 @@ fn read_back(
     let mut last = String::new();
     for _ in 0..READBACK_ATTEMPTS {
         if client.is_none() {
-            match Client::connect(endpoint, io_timeout()) {
+            match scd_client::connect(endpoint, io_timeout()) {
                 Ok(c) => *client = Some(c),
                 Err(e) => {
                     last = format!("connect: {e:#}");

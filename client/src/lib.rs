@@ -220,6 +220,31 @@ impl Client {
         Client::handshake(stream, name)
     }
 
+    /// Connects within `timeout`, says Hello, and keeps `timeout` as the bound of every later
+    /// read and write (tools that must not hang on a dead or stopped daemon).
+    pub fn connect_timeout(
+        endpoint: &Endpoint,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        let stream = match endpoint {
+            Endpoint::Unix(path) => {
+                let s = UnixStream::connect(path)?;
+                s.set_read_timeout(Some(timeout))?;
+                s.set_write_timeout(Some(timeout))?;
+                Stream::Unix(s)
+            }
+            Endpoint::Tcp(addr) => {
+                let s = TcpStream::connect_timeout(addr, timeout)?;
+                s.set_read_timeout(Some(timeout))?;
+                s.set_write_timeout(Some(timeout))?;
+                s.set_nodelay(true)?;
+                Stream::Tcp(s)
+            }
+        };
+        Client::handshake(stream, name)
+    }
+
     pub fn connect_unix(path: &Path) -> Result<Client, ClientError> {
         Client::connect(&Endpoint::Unix(path.to_path_buf()))
     }
@@ -331,7 +356,13 @@ impl Client {
             if want > self.inbuf.len() {
                 self.inbuf.resize(want.max(READ_BUFFER_BYTES), 0);
             }
-            let n = self.stream.read(&mut self.inbuf[self.in_end..])?;
+            let n = loop {
+                match self.stream.read(&mut self.inbuf[self.in_end..]) {
+                    // A signal to this process (e.g. a child stopping) is not the daemon's doing.
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    other => break other?,
+                }
+            };
             if n == 0 {
                 return Err(ClientError::Closed);
             }

@@ -204,3 +204,48 @@ fn a_session_created_alone_gets_a_backup_once_another_node_is_up() {
     assert_eq!(data.as_deref(), Some(&b"made alone"[..]));
     assert_eq!(now.master, c.relay(1));
 }
+
+#[test]
+fn a_full_delayed_write_copy_queue_makes_writes_wait_and_drops_none() {
+    // One copy in flight at a time to the backup: every further write waits for a slot; none is
+    // refused and none of the copies is dropped.
+    let mut c = Cluster::start(
+        21,
+        2,
+        &[
+            "--ha",
+            "true",
+            "--storage-model",
+            "delayed-write",
+            "--replication-queue-max",
+            "1",
+        ],
+    );
+    let mut a = c.nodes[0].client();
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(a.create_id().unwrap());
+    }
+    let writes = 40u64;
+    for n in 0..writes {
+        let id = &mut ids[(n % 5) as usize];
+        let r = a.read_lock(id, 5000, 30_000).unwrap();
+        if let Some(new) = r.new_id {
+            *id = new;
+        }
+        a.write_unlock(id, r.token, 600, format!("value {n}").as_bytes())
+            .unwrap();
+    }
+    common::eventually("every copy sent to the backup", || {
+        c.nodes[0].stat("node.cluster_replications") >= writes
+    });
+    assert_eq!(c.nodes[0].stat("node.cluster_replication_failures"), 0);
+    // The backup holds the last value of each session: A dies, B serves them.
+    c.nodes[0].kill9();
+    let mut b = c.nodes[1].client();
+    for (i, id) in ids.iter_mut().enumerate() {
+        let last = writes - 5 + i as u64;
+        let (data, _) = read_following(&mut b, id);
+        assert_eq!(data.as_deref(), Some(format!("value {last}").as_bytes()));
+    }
+}

@@ -90,7 +90,7 @@ pub struct State {
     pub sessions_held: Cell<u64>,
     ready: Cell<bool>,
     /// Delayed-write replications in flight per backup.
-    queued: RefCell<HashMap<SocketAddr, usize>>,
+    queued: RefCell<HashMap<SocketAddr, QueueSlots>>,
 }
 
 /// A placement is kept at least this long after its session was last used (or its lifetime,
@@ -106,6 +106,10 @@ const RELAY_OWNER_BASE: u64 = 0xFFFF << 48;
 /// A lock a local client took on another node through a relay: (that node, the session, the
 /// token).
 type RelayedLock = (SocketAddr, SessionId, u64);
+
+/// The delayed-write copies in flight to one backup, as the slots of a bounded channel: a
+/// copy takes a slot before it starts and frees it when done.
+type QueueSlots = (flume::Sender<()>, flume::Receiver<()>);
 
 fn unavailable(message: impl Into<String>) -> OwnedReply {
     OwnedReply::Error {
@@ -890,16 +894,20 @@ impl State {
             return self.replicate_or_repair(p, backup, copy).await;
         }
         let max = self.node.settings.cluster.replication_queue_max as usize;
-        while self.queued.borrow().get(&backup).copied().unwrap_or(0) >= max {
-            monoio::time::sleep(Duration::from_millis(1)).await;
-        }
-        *self.queued.borrow_mut().entry(backup).or_insert(0) += 1;
+        let slots = self
+            .queued
+            .borrow_mut()
+            .entry(backup)
+            .or_insert_with(|| flume::bounded(max.max(1)))
+            .clone();
+        // A full queue makes the write wait (in arrival order) for a copy to finish; it is never
+        // dropped.
+        // (Cannot fail: `slots` holds the receiver.)
+        let _ = slots.0.send_async(()).await;
         let me = self.clone();
         monoio::spawn(async move {
             let _ = me.replicate_or_repair(p, backup, copy).await;
-            if let Some(n) = me.queued.borrow_mut().get_mut(&backup) {
-                *n = n.saturating_sub(1);
-            }
+            let _ = slots.1.try_recv();
         });
         Ok(())
     }

@@ -1650,25 +1650,15 @@ impl<S: Store> Node<S> {
                 self.sync_progress.clear();
                 self.sync_seen.clear();
                 let peers: BTreeSet<Addr> = self.members.live_peers().map(|(a, _)| a).collect();
-                let hashes = self.store.hashes();
-                for p in &peers {
-                    self.send(
-                        *p,
-                        Msg::SyncRequest {
-                            sync,
-                            hashes: hashes.clone(),
-                        },
-                    );
-                }
-                self.mode = Mode::Rejoining {
-                    sync,
-                    pending: peers,
-                    sent_ms: now_ms,
-                };
-                if let Mode::Rejoining { pending, .. } = &self.mode
-                    && pending.is_empty()
-                {
+                if peers.is_empty() {
+                    self.mode = Mode::Rejoining {
+                        sync,
+                        pending: peers,
+                        sent_ms: now_ms,
+                    };
                     self.finish_rejoin(now_ms);
+                } else {
+                    self.request_sync(sync, peers, now_ms);
                 }
             }
             Mode::Rejoining {
@@ -1687,21 +1677,8 @@ impl<S: Store> Node<S> {
                     return self.finish_rejoin(now_ms);
                 }
                 if now_ms >= sent_ms + self.cfg.membership.heartbeat_interval_ms * 2 {
-                    let hashes = self.store.hashes();
-                    for p in &still {
-                        self.send(
-                            *p,
-                            Msg::SyncRequest {
-                                sync,
-                                hashes: hashes.clone(),
-                            },
-                        );
-                    }
-                    self.mode = Mode::Rejoining {
-                        sync,
-                        pending: still,
-                        sent_ms: now_ms,
-                    };
+                    // Unanswered for two heartbeat intervals: asked again.
+                    self.request_sync(sync, still, now_ms);
                 } else {
                     self.mode = Mode::Rejoining {
                         sync,
@@ -1809,6 +1786,25 @@ impl<S: Store> Node<S> {
         }
         // Outside a rejoin (a peer pushing): only a fresher copy of one we back up.
         let _ = from;
+    }
+
+    /// Asks each of `peers` for the copies that concern this node (rejoin), and waits for them.
+    fn request_sync(&mut self, sync: u64, peers: BTreeSet<Addr>, now_ms: u64) {
+        let hashes = self.store.hashes();
+        for p in &peers {
+            self.send(
+                *p,
+                Msg::SyncRequest {
+                    sync,
+                    hashes: hashes.clone(),
+                },
+            );
+        }
+        self.mode = Mode::Rejoining {
+            sync,
+            pending: peers,
+            sent_ms: now_ms,
+        };
     }
 
     fn finish_rejoin(&mut self, now_ms: u64) {

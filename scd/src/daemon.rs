@@ -159,6 +159,7 @@ pub fn run(settings: Settings, resolved: Resolved) -> Result<(), StartError> {
                 view: std::sync::Mutex::new(Vec::new()),
                 draining: std::sync::atomic::AtomicBool::new(false),
                 irregular: std::sync::Mutex::new(std::collections::HashSet::new()),
+                irregular_count: std::sync::atomic::AtomicUsize::new(0),
             })
         }
         None => None,

@@ -24,7 +24,7 @@ mod route;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use scd_engine::OwnerId;
 use scd_wire::mac::ClusterKey;
@@ -117,6 +117,9 @@ pub struct ClusterShared {
     /// Sessions whose placement is not simply "this node, epoch 1" (moved, taken over, backup
     /// replaced): their requests always go through the cluster thread.
     pub irregular: Mutex<std::collections::HashSet<[u8; 16]>>,
+    /// How many sessions `irregular` holds (set under its lock): while 0, which is the usual
+    /// case, the cores serve without taking the lock.
+    pub irregular_count: AtomicUsize,
 }
 
 impl ClusterShared {
@@ -127,11 +130,12 @@ impl ClusterShared {
     pub fn serve_directly(&self, me: SocketAddr, id: &SessionId) -> bool {
         id.master == me
             && self.counters.ready.load(Ordering::Relaxed) == 1
-            && self
-                .irregular
-                .lock()
-                .map(|s| !s.contains(&id.hash))
-                .unwrap_or(false)
+            && (self.irregular_count.load(Ordering::Acquire) == 0
+                || self
+                    .irregular
+                    .lock()
+                    .map(|s| !s.contains(&id.hash))
+                    .unwrap_or(false))
     }
 
     /// The backup for a new session: the least-loaded live peer (ties by address).

@@ -535,12 +535,14 @@ impl State {
         self.placements.borrow_mut().insert(hash, p);
         self.keep(hash, 0);
         let regular = p.master == Some(self.me) && p.epoch == 1 && p.prev.is_none();
-        if let Ok(mut set) = self.shared().irregular.lock() {
+        let shared = self.shared();
+        if let Ok(mut set) = shared.irregular.lock() {
             if regular {
                 set.remove(&hash);
             } else {
                 set.insert(hash);
             }
+            shared.irregular_count.store(set.len(), Ordering::Release);
         }
     }
 
@@ -555,8 +557,10 @@ impl State {
     fn forget_placement(&self, hash: &[u8; 16]) {
         self.placements.borrow_mut().remove(hash);
         self.keep_until.borrow_mut().remove(hash);
-        if let Ok(mut set) = self.shared().irregular.lock() {
+        let shared = self.shared();
+        if let Ok(mut set) = shared.irregular.lock() {
             set.remove(hash);
+            shared.irregular_count.store(set.len(), Ordering::Release);
         }
     }
 

@@ -61,8 +61,7 @@ fn two_clients_relayed_through_one_node_never_share_a_lock() {
     assert_eq!(next.data.as_deref(), Some(&b"by b1"[..]));
     b2.write_unlock(&id, next.token, 600, b"by b2").unwrap();
     assert_eq!(a.read(&id).unwrap().data.as_deref(), Some(&b"by b2"[..]));
-    // A client of B that goes away releases its relayed lock on A at once? Not yet: it is
-    // released when its lease ends or the relay connection closes (docs/operations.md).
+    // (A client of B that goes away releases its relayed lock at once: the next test.)
 }
 
 #[test]

@@ -611,7 +611,7 @@ async fn create_id(core: &Rc<Core>, conn: &Conn, reply: ReplyTo) {
     }
     // With HA, the least-loaded live node is the new session's backup.
     let backup = match &core.node.cluster {
-        Some(c) if core.node.settings.cluster.ha => c.choose_backup(),
+        Some(c) if core.node.settings.cluster.ha => c.choose_backup(core.node.relay_addr),
         _ => None,
     };
     // Either a local shard was found, or (a core without shards) the last draw goes to its owner.

@@ -1,19 +1,23 @@
-//! Heartbeats on UDP: one sealed datagram per interval (± 20 % jitter) to every configured peer
-//! and/or the broadcast address; received ones are checked (sender in `allowed_hosts`, length,
-//! MAC, replay) and fed to the membership table. A heartbeat is never answered.
+//! Heartbeats on UDP: one sealed datagram per interval (± 20 % jitter, as
+//! `scd_cluster::HeartbeatSchedule` says) to every configured peer and/or the broadcast address;
+//! received ones are checked (sender in `allowed_hosts`, length, MAC, replay) and fed to the
+//! membership table. A heartbeat is never answered. Our own broadcasts, looped back to us, are
+//! dropped before any check (and not counted).
 
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use log::debug;
 use monoio::net::udp::UdpSocket;
+use scd_cluster::HeartbeatSchedule;
 use scd_wire::constants::HEARTBEAT_MTU_MAX;
 use scd_wire::heartbeat::{FLAG_DRAINING, FLAG_HA, Heartbeat, HeartbeatVerifier};
 
 use super::Counters;
+use super::membership::now_ms;
 use super::route::State;
-use crate::core::clock_ms;
 use crate::settings::Settings;
 
 /// Sends a heartbeat every interval with jitter until the thread ends.
@@ -25,41 +29,55 @@ pub async fn send_loop(state: Rc<State>, socket: Rc<UdpSocket>, started_ms: u64)
         targets.push(b);
     }
     let own = socket.local_addr().ok();
+    let mut schedule = HeartbeatSchedule::new(interval, now_ms());
     let mut seq = 0u64;
     loop {
-        seq += 1;
-        let mut flags = 0;
-        if state.node.settings.cluster.ha {
-            flags |= FLAG_HA;
+        let now = now_ms();
+        if schedule.due(now, getrandom::u64().unwrap_or(0)) {
+            seq += 1;
+            send_one(&state, &socket, &targets, own, started_ms, seq).await;
         }
-        if state.shared().draining.load(Ordering::Relaxed) {
-            flags |= FLAG_DRAINING;
-        }
-        let hb = Heartbeat {
-            flags,
-            node_id: state.node_id,
-            relay: state.me,
-            epoch: started_ms,
-            seq,
-            sessions: state.sessions_held.get(),
-            sockets: state.node.connections_open.load(Ordering::Relaxed),
-        };
-        let datagram = hb.seal(&state.key);
-        for t in &targets {
-            if Some(*t) == own {
-                continue;
-            }
-            let (res, _) = socket.send_to(datagram.to_vec(), *t).await;
-            match res {
-                Ok(_) => Counters::bump(&state.shared().counters.heartbeats_sent),
-                Err(e) => debug!("heartbeat to {t} not sent: {e}"),
-            }
-        }
-        // ± 20 % jitter so that nodes started together do not send in step.
-        let jitter = getrandom::u64().unwrap_or(0) % (interval * 2 / 5 + 1);
-        let wait = interval * 4 / 5 + jitter;
+        let wait = schedule.next_ms().saturating_sub(now_ms());
         monoio::time::sleep(Duration::from_millis(wait)).await;
         state.refresh_load().await;
+    }
+}
+
+/// One heartbeat to every target.
+async fn send_one(
+    state: &State,
+    socket: &UdpSocket,
+    targets: &[SocketAddr],
+    own: Option<SocketAddr>,
+    started_ms: u64,
+    seq: u64,
+) {
+    let mut flags = 0;
+    if state.node.settings.cluster.ha {
+        flags |= FLAG_HA;
+    }
+    if state.shared().draining.load(Ordering::Relaxed) {
+        flags |= FLAG_DRAINING;
+    }
+    let hb = Heartbeat {
+        flags,
+        node_id: state.node_id,
+        relay: state.me,
+        epoch: started_ms,
+        seq,
+        sessions: state.sessions_held.get(),
+        sockets: state.node.connections_open.load(Ordering::Relaxed),
+    };
+    let datagram = hb.seal(&state.key);
+    for t in targets {
+        if Some(*t) == own {
+            continue;
+        }
+        let (res, _) = socket.send_to(datagram.to_vec(), *t).await;
+        match res {
+            Ok(_) => Counters::bump(&state.shared().counters.heartbeats_sent),
+            Err(e) => debug!("heartbeat to {t} not sent: {e}"),
+        }
     }
 }
 
@@ -67,6 +85,8 @@ pub async fn send_loop(state: Rc<State>, socket: Rc<UdpSocket>, started_ms: u64)
 pub async fn recv_loop(state: Rc<State>, socket: Rc<UdpSocket>) {
     let mut verifier = HeartbeatVerifier::new();
     let mut buf = vec![0u8; HEARTBEAT_MTU_MAX];
+    let port = state.node.settings.cluster.heartbeat_port;
+    let bound = socket.local_addr().ok().map(|a| a.ip());
     loop {
         let (res, b) = socket.recv_from(buf).await;
         buf = b;
@@ -79,6 +99,10 @@ pub async fn recv_loop(state: Rc<State>, socket: Rc<UdpSocket>) {
             }
         };
         let counters = &state.shared().counters;
+        if from.port() == port && (from.ip() == state.me.ip() || Some(from.ip()) == bound) {
+            // Our own broadcast, looped back (the socket hears the broadcast address).
+            continue;
+        }
         if !Settings::host_allowed(&state.node.resolved, from.ip()) {
             Counters::bump(&counters.heartbeats_rejected);
             debug!("heartbeat from {from} dropped: not in cluster.allowed_hosts");
@@ -102,6 +126,6 @@ pub async fn recv_loop(state: Rc<State>, socket: Rc<UdpSocket>) {
             continue;
         }
         Counters::bump(&counters.heartbeats_received);
-        state.heard(&hb, clock_ms());
+        state.heard(&hb, now_ms());
     }
 }

@@ -1,156 +1,186 @@
-//! Who is alive, and how loaded: a deterministic table fed with verified heartbeats and the time
-//! (no sockets, no clock: `now_ms` is an argument). A node not heard from for `timeout_ms` is
-//! down. The backup for a session is the live, non-draining node with the least load (sessions +
-//! open sockets) other than the excluded ones (the master), ties broken by address.
+//! Who is alive, and how loaded: `scd_cluster::Membership` — the deterministic table the seeded
+//! simulation (`cluster/tests/sim.rs`) covers — fed with verified heartbeats and with
+//! authenticated relay traffic, and `scd_cluster::choose_backup` for the backup choice. This
+//! module only adapts them to the daemon: it keeps no liveness state of its own.
+//!
+//! Two things the daemon adds around the crate's table:
+//! - **Incarnations.** The crate tells a restart by a new node ID on the same address; the
+//!   daemon's node ID is persistent (`data_dir/node-id`) and its heartbeat `epoch` (the start
+//!   time) is what changes at every start. The crate is therefore fed [`incarnation`] of the two.
+//! - **Node ID → relay address**, for relay connections (the handshake names the peer's node ID,
+//!   not its relay address): learnt from verified heartbeats, one entry per address.
+//!
+//! Time is an argument (`now_ms`, from the monotonic [`now_ms`] in the daemon), so the table
+//! stays deterministic.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Instant;
 
+use scd_cluster::{Membership, MembershipConfig, PeerBeat, PeerEvent};
 use scd_wire::heartbeat::Heartbeat;
 
-/// What this node knows of one other node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Peer {
-    pub node_id: u64,
-    pub relay: SocketAddr,
-    /// The sender's start epoch: a higher one means it restarted.
-    pub epoch: u64,
-    pub last_heard_ms: u64,
-    pub sessions: u64,
-    pub sockets: u32,
-    pub draining: bool,
-    pub ha: bool,
-    pub up: bool,
+/// Milliseconds on a monotonic clock (since the first call in this process): the membership's
+/// time. A wall-clock step (NTP) never declares every peer down, nor keeps a dead one up.
+pub fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    // + 1: a table created at the first call starts at a non-zero time.
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
-impl Peer {
-    pub fn load(&self) -> u64 {
-        self.sessions.saturating_add(u64::from(self.sockets))
-    }
+/// The incarnation the crate's membership sees for a heartbeat's sender: its persistent node ID
+/// mixed with its start epoch, so that a restart (new epoch) or a new data directory (new node
+/// ID) on the same address is a `Restarted`. The replay check (`HeartbeatVerifier`) has already
+/// refused epochs older than the sender's newest.
+pub fn incarnation(hb: &Heartbeat) -> u64 {
+    hb.node_id ^ hb.epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
-/// A change worth logging and acting on.
+/// A change worth logging and acting on: the crate's `PeerEvent`s, plus the start of a drain
+/// (a heartbeat's draining flag), which the daemon acts on like a node going down.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Change {
+    /// First heard of.
     Up(SocketAddr),
+    /// Not heard for `node_timeout_ms`.
     Down(SocketAddr),
-    /// Heard again under a new start epoch (it restarted, maybe faster than the timeout).
+    /// Heard under a new incarnation (it restarted, maybe faster than the timeout).
     Restarted(SocketAddr),
+    /// Heard again, same incarnation, after it was declared down: a healed partition (or a
+    /// process that was stopped and continued).
+    Returned(SocketAddr),
     /// It announced that it is draining.
     Draining(SocketAddr),
 }
 
-#[derive(Debug)]
-pub struct Membership {
-    timeout_ms: u64,
-    peers: HashMap<u64, Peer>,
+impl Change {
+    fn of(e: PeerEvent) -> Self {
+        match e {
+            PeerEvent::Up { addr, .. } => Change::Up(addr),
+            PeerEvent::Down { addr, .. } => Change::Down(addr),
+            PeerEvent::Restarted { addr, .. } => Change::Restarted(addr),
+            PeerEvent::Returned { addr, .. } => Change::Returned(addr),
+        }
+    }
 }
 
-impl Membership {
-    pub fn new(timeout_ms: u64) -> Self {
-        Membership {
-            timeout_ms,
-            peers: HashMap::new(),
+/// The cluster thread's membership: the crate's table and the node ID → address map.
+#[derive(Debug)]
+pub struct Members {
+    table: Membership,
+    /// Persistent node ID → relay address, from verified heartbeats; one entry per address.
+    relay_of: HashMap<u64, SocketAddr>,
+}
+
+impl Members {
+    /// The table of the node at relay address `me`: heartbeats every `heartbeat_interval_ms`
+    /// (± 20 %), a peer silent for `node_timeout_ms` is down (the resolved setting: `0` in the
+    /// configuration means `3 × interval + 500`, the crate's default too).
+    pub fn new(
+        me: SocketAddr,
+        heartbeat_interval_ms: u64,
+        node_timeout_ms: u64,
+        now_ms: u64,
+    ) -> Self {
+        let config = MembershipConfig {
+            heartbeat_interval_ms,
+            node_timeout_ms,
+        };
+        Members {
+            table: Membership::new(me, config, now_ms),
+            relay_of: HashMap::new(),
         }
     }
 
-    /// A verified heartbeat (MAC checked, not a replay) arrived at `now_ms`.
+    /// The crate's table (read-only).
+    pub fn table(&self) -> &Membership {
+        &self.table
+    }
+
+    /// A verified heartbeat (allowed host, MAC checked, not a replay) arrived at `now_ms`.
     pub fn heard(&mut self, hb: &Heartbeat, now_ms: u64, changes: &mut Vec<Change>) {
-        // A node that restarted under a new node ID but the same relay address replaces the old
-        // entry: one entry per address.
-        let stale: Vec<u64> = self
-            .peers
-            .values()
-            .filter(|p| p.relay == hb.relay && p.node_id != hb.node_id)
-            .map(|p| p.node_id)
-            .collect();
-        for id in stale {
-            self.peers.remove(&id);
+        if hb.relay == self.table.me() {
+            return;
         }
-        let entry = self.peers.entry(hb.node_id).or_insert(Peer {
-            node_id: hb.node_id,
-            relay: hb.relay,
-            epoch: hb.epoch,
-            last_heard_ms: now_ms,
-            sessions: 0,
-            sockets: 0,
-            draining: false,
-            ha: false,
-            up: false,
-        });
-        if !entry.up {
-            changes.push(Change::Up(hb.relay));
-        } else if hb.epoch > entry.epoch {
-            changes.push(Change::Restarted(hb.relay));
-        }
-        if hb.draining() && !entry.draining {
+        let beat = PeerBeat {
+            node_id: incarnation(hb),
+            ..PeerBeat::from_heartbeat(hb)
+        };
+        let was_draining = self.table.is_draining(hb.relay);
+        let event = self.table.on_heartbeat(&beat, now_ms);
+        // A new incarnation starts not draining.
+        let restarted = matches!(event, Some(PeerEvent::Restarted { .. }));
+        changes.extend(event.map(Change::of));
+        if beat.draining && (restarted || !was_draining) {
             changes.push(Change::Draining(hb.relay));
         }
-        entry.relay = hb.relay;
-        entry.epoch = hb.epoch;
-        entry.last_heard_ms = now_ms;
-        entry.sessions = hb.sessions;
-        entry.sockets = hb.sockets;
-        entry.draining = hb.draining();
-        entry.ha = hb.ha();
-        entry.up = true;
+        self.relay_of
+            .retain(|id, a| *a != hb.relay || *id == hb.node_id);
+        self.relay_of.insert(hb.node_id, hb.relay);
     }
 
-    /// Marks nodes silent for longer than the timeout as down.
+    /// An authenticated relay frame arrived from the node with (persistent) ID `node_id`:
+    /// counts as hearing it, as a heartbeat does. Returns its relay address, when a heartbeat
+    /// of that node was heard (otherwise the sender is not known and nothing changes).
+    pub fn relay_traffic(
+        &mut self,
+        node_id: u64,
+        now_ms: u64,
+        changes: &mut Vec<Change>,
+    ) -> Option<SocketAddr> {
+        let addr = self.relay_of(node_id)?;
+        // No incarnation: the handshake names the node ID, not the start epoch.
+        changes.extend(self.table.on_heard(addr, None, now_ms).map(Change::of));
+        Some(addr)
+    }
+
+    /// Declares down the peers silent for the node timeout.
     pub fn tick(&mut self, now_ms: u64, changes: &mut Vec<Change>) {
-        for p in self.peers.values_mut() {
-            if p.up && now_ms.saturating_sub(p.last_heard_ms) > self.timeout_ms {
-                p.up = false;
-                changes.push(Change::Down(p.relay));
-            }
-        }
+        changes.extend(self.table.tick(now_ms).into_iter().map(Change::of));
     }
 
-    pub fn peer(&self, relay: SocketAddr) -> Option<&Peer> {
-        self.peers.values().find(|p| p.relay == relay)
+    /// The relay address of the node with this (persistent) ID, if one of its heartbeats was
+    /// heard.
+    pub fn relay_of(&self, node_id: u64) -> Option<SocketAddr> {
+        self.relay_of.get(&node_id).copied()
     }
 
-    pub fn by_id(&self, node_id: u64) -> Option<&Peer> {
-        self.peers.get(&node_id)
-    }
-
-    /// Known down: heard before, silent for longer than the timeout. A node never heard from is
-    /// not known down (it may have started a moment ago): callers try to reach it.
+    /// Known down: heard before, silent for the node timeout. A node never heard from is not
+    /// known down (it may have started a moment ago): callers try to reach it.
     pub fn known_down(&self, relay: SocketAddr) -> bool {
-        self.peer(relay).is_some_and(|p| !p.up)
+        self.table.node_id(relay).is_some() && !self.table.is_up(relay)
     }
 
-    pub fn is_up(&self, relay: SocketAddr) -> bool {
-        self.peer(relay).is_some_and(|p| p.up)
-    }
-
-    /// Usable as a backup: up and not draining.
+    /// Usable as a backup: another node, up and not draining.
     pub fn usable(&self, relay: SocketAddr) -> bool {
-        self.peer(relay).is_some_and(|p| p.up && !p.draining)
+        relay != self.table.me() && self.table.is_up(relay) && !self.table.is_draining(relay)
     }
 
+    /// Peers up.
     pub fn up_count(&self) -> usize {
-        self.peers.values().filter(|p| p.up).count()
+        self.table.live_peers().count()
     }
 
+    /// Peers heard before and down now.
     pub fn down_count(&self) -> usize {
-        self.peers.values().filter(|p| !p.up).count()
+        (self.table.known_nodes() - 1).saturating_sub(self.up_count())
     }
 
-    /// Live peers, in address order.
-    pub fn live(&self) -> Vec<Peer> {
-        let mut v: Vec<Peer> = self.peers.values().filter(|p| p.up).copied().collect();
-        v.sort_by_key(|p| p.relay);
-        v
+    /// Live peers' relay addresses, in address order.
+    pub fn live(&self) -> Vec<SocketAddr> {
+        self.table.live_peers().map(|(a, _)| a).collect()
     }
 
-    /// The least-loaded live, non-draining node not in `exclude`; ties by address.
+    /// Peers that may take sessions (up, not draining) with their load, in address order.
+    pub fn candidates(&self) -> Vec<(SocketAddr, u64)> {
+        self.table.candidates().collect()
+    }
+
+    /// The backup for a session mastered here: `scd_cluster::choose_backup` over the live,
+    /// non-draining peers, not in `exclude` (least load, ties by address).
     pub fn choose_backup(&self, exclude: &[SocketAddr]) -> Option<SocketAddr> {
-        self.peers
-            .values()
-            .filter(|p| p.up && !p.draining && !exclude.contains(&p.relay))
-            .min_by_key(|p| (p.load(), p.relay))
-            .map(|p| p.relay)
+        scd_cluster::choose_backup(self.table.candidates(), self.table.me(), exclude)
     }
 }
 
@@ -158,11 +188,15 @@ impl Membership {
 mod tests {
     use super::*;
 
+    fn addr(ip: u8) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, ip], 34567))
+    }
+
     fn hb(id: u64, ip: u8, sessions: u64, seq: u64) -> Heartbeat {
         Heartbeat {
             flags: 0,
             node_id: id,
-            relay: SocketAddr::from(([127, 0, 0, ip], 34567)),
+            relay: addr(ip),
             epoch: 1,
             seq,
             sessions,
@@ -170,51 +204,90 @@ mod tests {
         }
     }
 
+    fn members() -> Members {
+        Members::new(addr(1), 1000, 3500, 0)
+    }
+
     #[test]
-    fn up_down_and_backup_choice() {
-        let mut m = Membership::new(1000);
+    fn up_down_returned_and_backup_choice() {
+        let mut m = members();
         let mut ch = Vec::new();
         m.heard(&hb(2, 2, 10, 1), 0, &mut ch);
         m.heard(&hb(3, 3, 5, 1), 0, &mut ch);
         m.heard(&hb(4, 4, 5, 1), 0, &mut ch);
-        assert_eq!(ch.len(), 3);
-        let a3 = SocketAddr::from(([127, 0, 0, 3], 34567));
-        let a4 = SocketAddr::from(([127, 0, 0, 4], 34567));
-        // Least load, ties by address.
-        assert_eq!(m.choose_backup(&[]), Some(a3));
-        assert_eq!(m.choose_backup(&[a3]), Some(a4));
+        assert_eq!(
+            ch,
+            vec![
+                Change::Up(addr(2)),
+                Change::Up(addr(3)),
+                Change::Up(addr(4))
+            ]
+        );
+        // Least load, ties by address; never ourselves.
+        assert_eq!(m.choose_backup(&[]), Some(addr(3)));
+        assert_eq!(m.choose_backup(&[addr(3)]), Some(addr(4)));
+        assert!(!m.usable(addr(1)));
         ch.clear();
-        m.tick(1000, &mut ch);
-        assert!(ch.is_empty(), "not down at exactly the timeout");
-        m.heard(&hb(4, 4, 5, 2), 1500, &mut ch);
-        m.tick(1001 + 500, &mut ch);
-        assert_eq!(ch.len(), 2);
-        assert!(m.known_down(a3));
-        assert!(!m.known_down(a4));
-        assert!(!m.known_down(SocketAddr::from(([127, 0, 0, 9], 34567))));
-        assert_eq!(m.choose_backup(&[]), Some(a4));
-        assert_eq!(m.up_count(), 1);
-        assert_eq!(m.down_count(), 2);
+        m.tick(3499, &mut ch);
+        assert!(ch.is_empty(), "not down before the timeout");
+        m.heard(&hb(4, 4, 5, 2), 3000, &mut ch);
+        m.tick(3500, &mut ch);
+        assert_eq!(ch, vec![Change::Down(addr(2)), Change::Down(addr(3))]);
+        assert!(m.known_down(addr(3)));
+        assert!(!m.known_down(addr(4)));
+        assert!(!m.known_down(addr(9)), "never heard: not known down");
+        assert_eq!(m.choose_backup(&[]), Some(addr(4)));
+        assert_eq!((m.up_count(), m.down_count()), (1, 2));
+        assert_eq!(m.live(), vec![addr(4)]);
+        // Heard again, same incarnation: returned.
+        ch.clear();
+        m.heard(&hb(3, 3, 5, 2), 4000, &mut ch);
+        assert_eq!(ch, vec![Change::Returned(addr(3))]);
+        assert_eq!((m.up_count(), m.down_count()), (2, 1));
     }
 
     #[test]
-    fn draining_nodes_are_not_backups_and_restarts_are_seen() {
-        let mut m = Membership::new(1000);
+    fn restarts_draining_and_relay_traffic() {
+        let mut m = members();
         let mut ch = Vec::new();
         let mut h = hb(2, 2, 0, 1);
         m.heard(&h, 0, &mut ch);
         h.flags = scd_wire::heartbeat::FLAG_DRAINING;
         h.seq = 2;
         m.heard(&h, 10, &mut ch);
+        h.seq = 3;
+        m.heard(&h, 20, &mut ch);
+        assert_eq!(ch, vec![Change::Up(addr(2)), Change::Draining(addr(2))]);
         assert_eq!(m.choose_backup(&[]), None);
-        assert!(ch.contains(&Change::Draining(h.relay)));
+        assert!(!m.usable(addr(2)));
+        // The same node ID under a new start epoch: restarted (faster than the timeout).
+        ch.clear();
         let mut again = hb(2, 2, 0, 1);
         again.epoch = 2;
-        m.heard(&again, 20, &mut ch);
-        assert!(ch.contains(&Change::Restarted(h.relay)));
-        // A new node ID on the same address replaces the old entry.
-        m.heard(&hb(7, 2, 0, 1), 30, &mut ch);
-        assert_eq!(m.live().len(), 1);
-        assert_eq!(m.peer(h.relay).unwrap().node_id, 7);
+        m.heard(&again, 30, &mut ch);
+        assert_eq!(ch, vec![Change::Restarted(addr(2))]);
+        assert!(m.usable(addr(2)));
+        // A new node ID on the same address: restarted too, and the old ID is forgotten.
+        ch.clear();
+        m.heard(&hb(7, 2, 0, 1), 40, &mut ch);
+        assert_eq!(ch, vec![Change::Restarted(addr(2))]);
+        assert_eq!(m.live(), vec![addr(2)]);
+        assert_eq!(m.relay_of(2), None);
+        assert_eq!(m.relay_of(7), Some(addr(2)));
+        // Relay traffic keeps it up; an unknown node ID changes nothing.
+        assert_eq!(m.relay_traffic(7, 3000, &mut ch), Some(addr(2)));
+        assert_eq!(m.relay_traffic(99, 3000, &mut ch), None);
+        m.tick(5000, &mut ch);
+        assert!(ch.len() == 1 && m.usable(addr(2)), "{ch:?}");
+        m.tick(6500, &mut ch);
+        assert_eq!(ch.last(), Some(&Change::Down(addr(2))));
+        ch.clear();
+        assert_eq!(m.relay_traffic(7, 6600, &mut ch), Some(addr(2)));
+        assert_eq!(ch, vec![Change::Returned(addr(2))]);
+        // Our own heartbeat (broadcast loops back) is ignored.
+        ch.clear();
+        m.heard(&hb(1, 1, 0, 1), 6700, &mut ch);
+        assert!(ch.is_empty());
+        assert_eq!(m.relay_of(1), None);
     }
 }

@@ -8,8 +8,11 @@
 //! it runs local work on the cores through their inboxes (`CoreMsg::Request`), exactly like a
 //! connection on another core would.
 //!
-//! - `membership`: the deterministic table of live nodes and the backup choice.
-//! - `heartbeat`: sending (interval ± 20 % jitter, to peers and/or broadcast) and receiving
+//! - `membership`: `scd_cluster::Membership` (the deterministic table of live nodes the seeded
+//!   simulation covers) fed with verified heartbeats and relay traffic, and
+//!   `scd_cluster::choose_backup`.
+//! - `heartbeat`: sending (`scd_cluster::HeartbeatSchedule`: interval ± 20 % jitter, to peers
+//!   and/or broadcast) and receiving
 //!   (allowed hosts, MAC, replay check; never answered).
 //! - `relay`: the listener (allowed hosts before anything, handshake, then sealed frames) and the
 //!   pool of outbound connections.
@@ -111,7 +114,8 @@ pub struct ClusterShared {
     pub tx: flume::Sender<ClusterMsg>,
     pub key: ClusterKey,
     pub counters: Counters,
-    /// Live peers' relay addresses with their load, for the backup choice at CreateId.
+    /// Live, non-draining peers' relay addresses with their load, for the backup choice at
+    /// CreateId.
     pub view: Mutex<Vec<(SocketAddr, u64)>>,
     pub draining: AtomicBool,
     /// Sessions whose placement is not simply "this node, epoch 1" (moved, taken over, backup
@@ -138,10 +142,12 @@ impl ClusterShared {
                     .unwrap_or(false))
     }
 
-    /// The backup for a new session: the least-loaded live peer (ties by address).
-    pub fn choose_backup(&self) -> Option<SocketAddr> {
+    /// The backup for a new session mastered by `me`: `scd_cluster::choose_backup` over the
+    /// live, non-draining peers the cluster thread last published (least load, ties by
+    /// address).
+    pub fn choose_backup(&self, me: SocketAddr) -> Option<SocketAddr> {
         let view = self.view.lock().ok()?;
-        view.iter().min_by_key(|(a, l)| (*l, *a)).map(|(a, _)| *a)
+        scd_cluster::choose_backup(view.iter().copied(), me, &[])
     }
 }
 

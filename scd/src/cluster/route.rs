@@ -41,7 +41,7 @@ use scd_wire::mac::ClusterKey;
 use scd_wire::relay::{RelayMessage, Replica, SyncRole};
 use scd_wire::session_id::SessionId;
 
-use super::membership::{Change, Membership};
+use super::membership::{self, Change, Members};
 use super::relay::{self, CallError, Incoming, Out, OwnedReplica, PeerConn, ServedConn};
 use super::{ClusterMsg, ClusterShared, ClusterStart, Counters};
 use crate::core::{CoreMsg, ShardRequest, clock_ms};
@@ -76,7 +76,7 @@ pub struct State {
     pub timeout_ms: u64,
     pub limits: Limits,
     cores: Vec<flume::Sender<CoreMsg>>,
-    members: RefCell<Membership>,
+    members: RefCell<Members>,
     pool: RefCell<HashMap<SocketAddr, Rc<PeerConn>>>,
     placements: RefCell<HashMap<[u8; 16], Placement>>,
     /// Until when each placement is kept (ms since the epoch): placements of sessions nobody
@@ -275,6 +275,15 @@ impl State {
                 Change::Restarted(a) => {
                     info!("cluster: node {a} restarted");
                     self.pool.borrow_mut().remove(&a);
+                    self.add_missing_backups();
+                }
+                Change::Returned(a) => {
+                    // Same incarnation heard again after it was declared down (a healed
+                    // partition): handled as a restart here (see ARCHITECTURE.md, "The daemon
+                    // today"); its stale copies are fenced by epoch.
+                    warn!("cluster: node {a} returned after it was declared down");
+                    self.pool.borrow_mut().remove(&a);
+                    self.add_missing_backups();
                 }
                 Change::Draining(a) => {
                     info!("cluster: node {a} is draining");
@@ -299,12 +308,7 @@ impl State {
             .counters
             .peers_down
             .store(m.down_count() as u64, Ordering::Relaxed);
-        let view: Vec<(SocketAddr, u64)> = m
-            .live()
-            .iter()
-            .filter(|p| !p.draining)
-            .map(|p| (p.relay, p.load()))
-            .collect();
+        let view = m.candidates();
         if let Ok(mut v) = shared.view.lock() {
             *v = view;
         }
@@ -1171,11 +1175,13 @@ impl State {
     ) -> bool {
         let rid = frame.request_id;
         let counters = &self.shared().counters;
-        let sender = self
-            .members
-            .borrow()
-            .by_id(conn.peer_node_id)
-            .map(|p| p.relay);
+        let mut changes = Vec::new();
+        let sender = self.members.borrow_mut().relay_traffic(
+            conn.peer_node_id,
+            membership::now_ms(),
+            &mut changes,
+        );
+        self.apply_changes(changes);
         match frame.message {
             RelayMessage::Forward { origin, request } => {
                 Counters::bump(&counters.relayed_in);
@@ -1401,7 +1407,7 @@ impl State {
         let mut items = 0u64;
         for peer in live {
             for attempt in 0..5 {
-                match self.sync_from(peer.relay).await {
+                match self.sync_from(peer).await {
                     Ok(n) => {
                         items += n;
                         break;
@@ -1409,7 +1415,7 @@ impl State {
                     Err(e) => {
                         warn!(
                             "cluster: sync from {} failed (attempt {}): {e}",
-                            peer.relay,
+                            peer,
                             attempt + 1
                         );
                         monoio::time::sleep(Duration::from_millis(cluster_retry_ms(&self))).await;
@@ -1615,7 +1621,12 @@ pub async fn main(start: ClusterStart) {
         timeout_ms: node.settings.cluster.relay_timeout_ms,
         limits: proto::limits(node.settings.storage.session_size_max),
         cores,
-        members: RefCell::new(Membership::new(cluster.node_timeout_ms)),
+        members: RefCell::new(Members::new(
+            node.relay_addr,
+            node.settings.cluster.heartbeat_interval_ms,
+            cluster.node_timeout_ms,
+            membership::now_ms(),
+        )),
         pool: RefCell::new(HashMap::new()),
         placements: RefCell::new(HashMap::new()),
         keep_until: RefCell::new(HashMap::new()),
@@ -1659,7 +1670,9 @@ pub async fn main(start: ClusterStart) {
             loop {
                 monoio::time::sleep(Duration::from_millis(50)).await;
                 let mut changes = Vec::new();
-                s.members.borrow_mut().tick(clock_ms(), &mut changes);
+                s.members
+                    .borrow_mut()
+                    .tick(membership::now_ms(), &mut changes);
                 s.apply_changes(changes);
             }
         });

@@ -176,8 +176,9 @@ pub struct ClusterSettings {
     pub peers: Vec<String>,
     /// Broadcast heartbeat target: `IP` or `IP:PORT` (e.g. `10.0.0.255`); "" = none.
     pub broadcast: String,
-    /// IP the heartbeat socket binds; "" = `node.advertise_address`. `0.0.0.0` also hears
-    /// broadcasts (then only one node per host can use the heartbeat port).
+    /// IP the heartbeat socket binds; "" = `node.advertise_address`, or `0.0.0.0` when
+    /// `broadcast` is set (a socket bound to a unicast address hears no broadcast; then only one
+    /// node per host can use the heartbeat port).
     pub heartbeat_bind: String,
     /// Longest a relay connect or a relayed request may take before the peer counts as
     /// unreachable (then, with HA, the backup is tried).
@@ -309,7 +310,7 @@ pub struct SettingsArgs {
     /// cluster.broadcast: broadcast heartbeat target, IP or IP:PORT; "" = none [default: ""]
     #[arg(long, value_name = "ADDR")]
     pub broadcast: Option<String>,
-    /// cluster.heartbeat_bind: IP the heartbeat socket binds; "" = advertise address [default: ""]
+    /// cluster.heartbeat_bind: IP the heartbeat socket binds; "" = advertise address, or 0.0.0.0 with a broadcast target [default: ""]
     #[arg(long, value_name = "IP")]
     pub heartbeat_bind: Option<String>,
     /// cluster.relay_timeout_ms: longest relay connect or relayed request [default: 2000]
@@ -697,7 +698,12 @@ impl Settings {
             Some(target("cluster.broadcast", &c.broadcast)?)
         };
         let heartbeat_bind = if c.heartbeat_bind.is_empty() {
-            advertise
+            match broadcast {
+                // A socket bound to a unicast address never receives broadcasts: with a
+                // broadcast target, "" means every address (so only one node per host).
+                Some(SocketAddr::V4(_)) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                _ => advertise,
+            }
         } else {
             c.heartbeat_bind.parse::<IpAddr>().map_err(|_| {
                 invalid(
@@ -1113,6 +1119,12 @@ mod tests {
         assert_eq!(c.peers[0], "127.0.0.2:45678".parse().unwrap());
         assert_eq!(c.peers[1], "127.0.0.3:4000".parse().unwrap());
         assert_eq!(c.heartbeat_bind, r.advertise);
+        // With a broadcast target, the socket binds every address (to hear broadcasts).
+        s.cluster.broadcast = "10.0.0.255".into();
+        let c = s.validate().unwrap().cluster.unwrap();
+        assert_eq!(c.broadcast, Some("10.0.0.255:45678".parse().unwrap()));
+        assert_eq!(c.heartbeat_bind, "0.0.0.0".parse::<IpAddr>().unwrap());
+        s.cluster.broadcast.clear();
         assert!(
             !format!("{c:?}").contains("0123456789"),
             "the secret is never printed"

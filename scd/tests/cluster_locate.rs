@@ -2,7 +2,8 @@
 //! nodes its ID names is still found (the node the client talks to asks every live node), as
 //! long as one copy lives; the client gets the session's current ID. A session that exists
 //! nowhere gets a prompt answer (NotFound when the ID's nodes answer that they do not hold it,
-//! Unavailable when they cannot be reached), never a hang.
+//! Unavailable when they cannot be reached), never a hang. A named node that does not hold the
+//! session gives back the lock it took when the session is found elsewhere.
 
 mod common;
 
@@ -152,4 +153,38 @@ fn a_session_that_exists_nowhere_gets_a_prompt_answer() {
     assert!(!via.exists(&unknown).unwrap());
     assert_eq!(c.nodes[2].stat("node.cluster_locates"), 3);
     assert_eq!(c.nodes[2].stat("node.cluster_locates_found"), 0);
+}
+
+#[test]
+fn a_named_node_that_does_not_hold_the_session_gives_its_lock_back_when_it_is_found_elsewhere() {
+    let c = Cluster::start(43, 4, &["--ha", "true"]);
+    let mut via_a = c.nodes[0].client();
+    let real = via_a.create_id().unwrap();
+    let b = index_of(&c, real.backup.expect("HA on: a backup"));
+    let r = via_a.read_lock(&real, 1000, 30_000).unwrap();
+    let data = blob(5, 400);
+    via_a.write_unlock(&real, r.token, 600, &data).unwrap();
+
+    // An ID for the same session naming the two other nodes (as a node that lost the session
+    // would be named): its master answers NotFound and takes a lock on a new, empty session.
+    let others: Vec<usize> = (0..4).filter(|&i| i != 0 && i != b).collect();
+    let (m, k) = (others[0], others[1]);
+    let wrong = SessionId::new(c.relay(m), Some(c.relay(k)), 1, real.hash);
+    // A new client each round, each kept open (a closed client's relayed locks are released
+    // anyway): a lock still held at the wrong master by the first would make the second wait.
+    let mut clients = Vec::new();
+    for round in 0..2 {
+        clients.push(c.nodes[k].client());
+        let via_k = clients.last_mut().unwrap();
+        let r = via_k
+            .read_lock(&wrong, 1000, 30_000)
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(r.data.as_deref(), Some(&data[..]), "round {round}");
+        let moved = r
+            .new_id
+            .expect("the client is pointed to the session's real ID");
+        assert_eq!(moved, real);
+        via_k.unlock(&moved, r.token).unwrap();
+    }
+    assert_eq!(c.nodes[k].stat("node.cluster_locates_found"), 2);
 }

@@ -1,9 +1,10 @@
 //! Locate with real processes: a session whose master and backup have both moved away from the
 //! nodes its ID names is still found (the node the client talks to asks every live node), as
 //! long as one copy lives; the client gets the session's current ID. A session that exists
-//! nowhere gets a prompt answer (NotFound when the ID's nodes answer that they do not hold it,
-//! Unavailable when they cannot be reached), never a hang. A named node that does not hold the
-//! session gives back the lock it took when the session is found elsewhere.
+//! nowhere gets a prompt answer (NotFound when the ID's nodes answer that they do not hold it and
+//! every live node answered the search, Unavailable when they cannot be reached or a live node
+//! did not answer), never a hang. A named node that does not hold the session gives back the lock
+//! it took when the answer is another.
 
 mod common;
 
@@ -187,4 +188,31 @@ fn a_named_node_that_does_not_hold_the_session_gives_its_lock_back_when_it_is_fo
         via_k.unlock(&moved, r.token).unwrap();
     }
     assert_eq!(c.nodes[k].stat("node.cluster_locates_found"), 2);
+}
+
+#[test]
+fn a_not_found_stands_only_when_every_live_node_answered_the_search() {
+    // A long node timeout: a killed node still counts as up (it is asked, and does not answer).
+    let mut c = Cluster::start(44, 4, &["--ha", "true", "--node-timeout-ms", "600000"]);
+    c.nodes[0].kill9();
+    // The ID names live nodes 3 (master) and 2 (backup) that do not hold the session; node 0
+    // might, and cannot say.
+    let hash = common::test_id(3, 44).hash;
+    let unsure = SessionId::new(c.relay(3), Some(c.relay(2)), 1, hash);
+    let mut clients = Vec::new();
+    for round in 0..2 {
+        // Each client kept open: the lock node 3 took on a new, empty session must have been
+        // given back, or the second ReadLock would wait for it and time out.
+        clients.push(c.nodes[2].client());
+        let via = clients.last_mut().unwrap();
+        match via.read_lock(&unsure, 1000, 30_000) {
+            Ok(r) => panic!("round {round}: answered {r:?} though node 0 did not answer"),
+            Err(ClientError::Server { code, message }) => {
+                assert_eq!(code, ErrorCode::Unavailable, "round {round}: {message}");
+            }
+            Err(e) => panic!("round {round}: unexpected error: {e}"),
+        }
+    }
+    assert_eq!(c.nodes[2].stat("node.cluster_locates"), 2);
+    assert_eq!(c.nodes[2].stat("node.cluster_locates_found"), 0);
 }

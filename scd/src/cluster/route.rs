@@ -713,8 +713,9 @@ impl State {
     /// found (highest epoch, then data version) whose master, or else backup, is up. That node
     /// serves it (a backup whose master is gone takes it over), and the client gets the
     /// session's current ID. Found nowhere: the answer of the node that does not hold it
-    /// (NotFound, with the lock it took), or Unavailable when the ID's nodes could not be
-    /// reached (they may come back with the session on their disks).
+    /// (NotFound, with the lock it took) if every live node answered, else Unavailable (a node
+    /// that did not answer may hold it; and when the ID's nodes could not be reached, they may
+    /// come back with the session on their disks).
     #[allow(clippy::too_many_arguments)]
     async fn locate_and_serve(
         self: &Rc<Self>,
@@ -749,15 +750,7 @@ impl State {
                              to {to} (epoch {}, master {})",
                             l.epoch, l.master
                         );
-                        if let Some((at, OwnedReply::NotFound { token, .. })) = &absent {
-                            if *token != 0 {
-                                // The node that did not hold it took a lock on a new, empty
-                                // session: give it back.
-                                let _ = self
-                                    .forward(*at, id, &Op::Unlock { token: *token }, owner)
-                                    .await;
-                            }
-                        }
+                        self.give_back_lock(&absent, id, owner).await;
                         return answer(reply, &r, Some(found));
                     }
                     Err(e) => warn!("cluster: located session's node {to} unreachable: {e}"),
@@ -765,7 +758,21 @@ impl State {
             }
         }
         match absent {
-            Some((_, r)) => answer(reply, &r, moved_to),
+            // Every live node answered and none holds it: it does not exist.
+            Some((_, r)) if silent == 0 => answer(reply, &r, moved_to),
+            // A node that did not answer may hold it: a NotFound would let the client start a
+            // new session over it.
+            Some((at, _)) => {
+                self.give_back_lock(&absent, id, owner).await;
+                answer(
+                    reply,
+                    &unavailable(format!(
+                        "{at} does not hold the session and {silent} live nodes did not answer \
+                         the search for it"
+                    )),
+                    None,
+                )
+            }
             None => answer(
                 reply,
                 &unavailable(format!(
@@ -774,6 +781,23 @@ impl State {
                 )),
                 None,
             ),
+        }
+    }
+
+    /// A node the ID names answered a ReadLock with NotFound: it took a lock on a new, empty
+    /// session there. The search answers otherwise, so that lock is given back.
+    async fn give_back_lock(
+        self: &Rc<Self>,
+        absent: &Option<(SocketAddr, OwnedReply)>,
+        id: SessionId,
+        owner: OwnerId,
+    ) {
+        if let Some((at, OwnedReply::NotFound { token, .. })) = absent {
+            if *token != 0 {
+                let _ = self
+                    .forward(*at, id, &Op::Unlock { token: *token }, owner)
+                    .await;
+            }
         }
     }
 

@@ -99,7 +99,7 @@ pub async fn gather(core: &Core) -> NodeStats {
 }
 
 /// The cluster's figures, shown with the node's (`node.cluster_*`); only when clustering is on.
-pub const CLUSTER_FIELDS: [(&str, &str, &str); 19] = [
+pub const CLUSTER_FIELDS: [(&str, &str, &str); 22] = [
     ("cluster_on", "gauge", "1: clustering is on."),
     (
         "cluster_ready",
@@ -190,6 +190,21 @@ pub const CLUSTER_FIELDS: [(&str, &str, &str); 19] = [
         "cluster_sessions_handed_off",
         "counter",
         "Sessions handed to another node by drain.",
+    ),
+    (
+        "cluster_locates",
+        "counter",
+        "Requests whose session was searched for on every live node (Locate): the nodes its ID names could not serve it.",
+    ),
+    (
+        "cluster_locates_found",
+        "counter",
+        "Of those, requests served where the search found the session.",
+    ),
+    (
+        "cluster_locates_answered",
+        "counter",
+        "Locate queries from other nodes answered here.",
     ),
 ];
 

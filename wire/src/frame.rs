@@ -63,6 +63,10 @@ pub mod kind {
     pub const SYNC_ITEM: u8 = 0x52;
     /// Relay: SyncEnd.
     pub const SYNC_END: u8 = 0x53;
+    /// Relay: Locate.
+    pub const LOCATE: u8 = 0x54;
+    /// Relay: Located.
+    pub const LOCATED: u8 = 0x55;
     /// Relay: RelayError.
     pub const RELAY_ERROR: u8 = 0x5F;
 
@@ -102,7 +106,7 @@ pub mod kind {
             HELLO..=STATS => Some(Channel::LocalRequest),
             HELLO_OK..=STATS_REPLY | ERROR => Some(Channel::LocalReply),
             AUTH_CHALLENGE..=AUTH_ACCEPT => Some(Channel::Handshake),
-            FORWARD..=ACK | SYNC_REQUEST..=SYNC_END | RELAY_ERROR => Some(Channel::Relay),
+            FORWARD..=ACK | SYNC_REQUEST..=LOCATED | RELAY_ERROR => Some(Channel::Relay),
             _ => None,
         }
     }

@@ -12,8 +12,8 @@ use crate::heartbeat::{FLAG_DRAINING, FLAG_HA, Heartbeat, HeartbeatError, Heartb
 use crate::local::{ErrorCode, HelloOk, Reply, Request, StatEntries, decode_reply, decode_request};
 use crate::mac::ClusterKey;
 use crate::relay::{
-    ClientHandshake, Established, HandshakeMessage, RelayMessage, Replica, Sealer, ServerHandshake,
-    SyncRole, decode_handshake, decode_unsealed,
+    ClientHandshake, Established, HandshakeMessage, Location, RelayMessage, Replica, Sealer,
+    ServerHandshake, SyncRole, decode_handshake, decode_unsealed,
 };
 use crate::session_id::{SessionId, php_valid_key};
 
@@ -349,6 +349,17 @@ impl<'a> Gen<'a> {
         }
     }
 
+    fn location(&mut self) -> Location {
+        let master = self.addr();
+        let backup = (self.u8() & 1 == 1).then(|| self.addr());
+        Location {
+            master,
+            backup,
+            epoch: self.u32(),
+            version: self.u64(),
+        }
+    }
+
     fn replica(&mut self, data_max: usize) -> Replica<'a> {
         Replica {
             hash: self.array(),
@@ -417,7 +428,7 @@ pub fn round_trip(data: &[u8]) {
             check_round_trip!(Frame::new(request_id, reply), &limits, decode_reply);
         }
         2 => {
-            let message = match g.u8() % 12 {
+            let message = match g.u8() % 14 {
                 0 => RelayMessage::Forward {
                     origin: g.u64(),
                     request: match g.request(data_max) {
@@ -449,6 +460,12 @@ pub fn round_trip(data: &[u8]) {
                 },
                 9 => RelayMessage::SyncItem(g.replica(data_max)),
                 10 => RelayMessage::SyncEnd { count: g.u64() },
+                12 => RelayMessage::Locate { hash: g.array() },
+                13 => RelayMessage::Located {
+                    hash: g.array(),
+                    live_nodes: g.u32(),
+                    location: (g.u8() & 1 == 1).then(|| g.location()),
+                },
                 _ => RelayMessage::Error {
                     code: g.error_code(),
                     message: g.text(256),

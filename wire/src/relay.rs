@@ -6,8 +6,10 @@
 //! MAC over the header, the body and an implicit sequence number, so a replayed, reordered,
 //! dropped or altered frame is refused. These are pure state objects; the daemon owns the socket.
 
+use std::net::SocketAddr;
+
 use crate::constants::{
-    AUTH_TAG_LEN, NONCE_LEN, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN, RELAY_TAG_LEN,
+    ADDR_LEN, AUTH_TAG_LEN, NONCE_LEN, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN, RELAY_TAG_LEN,
     SESSION_HASH_LEN,
 };
 use crate::frame::{
@@ -16,6 +18,7 @@ use crate::frame::{
 };
 use crate::local::{ErrorCode, Reply, Request, error_body_len, negotiate, read_error, write_error};
 use crate::mac::{ClusterKey, ct_eq_16, ct_eq_32, keyed};
+use crate::session_id::{read_addr, write_addr};
 
 /// What a sync stream carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -70,6 +73,45 @@ impl<'a> Replica<'a> {
             epoch: r.u32("epoch")?,
             lifetime_s: r.u32("lifetime_s")?,
             data: r.blob(limits)?,
+        })
+    }
+}
+
+/// Where a session lives, as a node that knows it answers a Locate: its placement and the data
+/// version of the copy the answering node holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Location {
+    /// The session's master.
+    pub master: SocketAddr,
+    /// Its backup, if it has one.
+    pub backup: Option<SocketAddr>,
+    /// The placement epoch (the ID's VERSION).
+    pub epoch: u32,
+    /// Data version of the answering node's copy; 0 when it holds none (it only knows where
+    /// the session went).
+    pub version: u64,
+}
+
+impl Location {
+    const LEN: usize = 2 * ADDR_LEN + 4 + 8;
+
+    fn write(&self, out: &mut Vec<u8>) {
+        write_addr(out, Some(&self.master));
+        write_addr(out, self.backup.as_ref());
+        put_u32(out, self.epoch);
+        put_u64(out, self.version);
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, Reason> {
+        let master = read_addr(r, "master", false)?.ok_or(Reason::BadAddressFamily {
+            field: "master",
+            family: 0,
+        })?;
+        Ok(Location {
+            master,
+            backup: read_addr(r, "backup", true)?,
+            epoch: r.u32("epoch")?,
+            version: r.u64("version")?,
         })
     }
 }
@@ -132,6 +174,20 @@ pub enum RelayMessage<'a> {
         /// SyncItem frames sent in the stream.
         count: u64,
     },
+    /// Where is this session? (The nodes its ID names do not have it.)
+    Locate {
+        /// The session.
+        hash: [u8; SESSION_HASH_LEN],
+    },
+    /// The answer to Locate.
+    Located {
+        /// The session.
+        hash: [u8; SESSION_HASH_LEN],
+        /// How many nodes the answering node sees up, itself included.
+        live_nodes: u32,
+        /// Where the answering node knows the session to live, if anywhere.
+        location: Option<Location>,
+    },
     /// The request failed.
     Error {
         /// What went wrong.
@@ -157,6 +213,8 @@ impl Body for RelayMessage<'_> {
             RelayMessage::SyncBegin { .. } => kind::SYNC_BEGIN,
             RelayMessage::SyncItem(_) => kind::SYNC_ITEM,
             RelayMessage::SyncEnd { .. } => kind::SYNC_END,
+            RelayMessage::Locate { .. } => kind::LOCATE,
+            RelayMessage::Located { .. } => kind::LOCATED,
             RelayMessage::Error { .. } => kind::RELAY_ERROR,
         }
     }
@@ -175,6 +233,10 @@ impl Body for RelayMessage<'_> {
             RelayMessage::SyncRequest { .. } => 1,
             RelayMessage::SyncBegin { .. } => 9,
             RelayMessage::SyncEnd { .. } => 8,
+            RelayMessage::Locate { .. } => SESSION_HASH_LEN,
+            RelayMessage::Located { location, .. } => {
+                SESSION_HASH_LEN + 4 + 1 + location.map_or(0, |_| Location::LEN)
+            }
             RelayMessage::Error { message, .. } => error_body_len(message),
         }
     }
@@ -207,6 +269,19 @@ impl Body for RelayMessage<'_> {
                 put_u64(out, *count_hint);
             }
             RelayMessage::SyncEnd { count } => put_u64(out, *count),
+            RelayMessage::Locate { hash } => out.extend_from_slice(hash),
+            RelayMessage::Located {
+                hash,
+                live_nodes,
+                location,
+            } => {
+                out.extend_from_slice(hash);
+                put_u32(out, *live_nodes);
+                put_u8(out, u8::from(location.is_some()));
+                if let Some(l) = location {
+                    l.write(out);
+                }
+            }
             RelayMessage::Error { code, message } => write_error(out, *code, message),
         }
     }
@@ -270,6 +345,23 @@ impl<'a> RelayMessage<'a> {
             kind::SYNC_END => RelayMessage::SyncEnd {
                 count: r.u64("count")?,
             },
+            kind::LOCATE => RelayMessage::Locate {
+                hash: r.array("hash")?,
+            },
+            kind::LOCATED => {
+                let hash = r.array("hash")?;
+                let live_nodes = r.u32("live_nodes")?;
+                let location = if r.bool("found")? {
+                    Some(Location::read(&mut r)?)
+                } else {
+                    None
+                };
+                RelayMessage::Located {
+                    hash,
+                    live_nodes,
+                    location,
+                }
+            }
             kind::RELAY_ERROR => {
                 let (code, message) = read_error(&mut r)?;
                 RelayMessage::Error { code, message }

@@ -12,9 +12,9 @@ use std::path::PathBuf;
 use scd_wire::constants::HEADER_LEN;
 use scd_wire::fuzz_checks::{TEST_SECRET, test_key, test_session};
 use scd_wire::{
-    ClientHandshake, ErrorCode, Frame, HandshakeMessage, Heartbeat, HelloOk, Limits, RelayMessage,
-    Replica, Reply, Request, ServerHandshake, SessionId, StatEntries, SyncRole, decode_handshake,
-    decode_reply, decode_request,
+    ClientHandshake, ErrorCode, Frame, HandshakeMessage, Heartbeat, HelloOk, Limits, Location,
+    RelayMessage, Replica, Reply, Request, ServerHandshake, SessionId, StatEntries, SyncRole,
+    decode_handshake, decode_reply, decode_request,
 };
 
 const HASH: [u8; 16] = [
@@ -131,6 +131,18 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
     (
         "sync_end",
         "SyncEnd, request 3, sealed (seq 0, c2s): count 1; last 16 bytes: MAC",
+    ),
+    (
+        "locate",
+        "Locate, request 3, sealed (seq 0, c2s): hash 0011…ff; last 16 bytes: MAC",
+    ),
+    (
+        "located",
+        "Located, request 3, sealed (seq 0, c2s): hash 0011…ff, 3 live nodes, found: master 10.0.0.1:34567, backup 10.0.0.2:34567, epoch 3, version 2; last 16 bytes: MAC",
+    ),
+    (
+        "located_none",
+        "Located, request 3, sealed (seq 0, c2s): hash 0011…ff, 3 live nodes, not found; last 16 bytes: MAC",
     ),
     (
         "relay_error",
@@ -327,6 +339,28 @@ fn examples() -> Vec<(&'static str, Check)> {
         ),
         ("sync_item", rel(RelayMessage::SyncItem(replica))),
         ("sync_end", rel(RelayMessage::SyncEnd { count: 1 })),
+        ("locate", rel(RelayMessage::Locate { hash: HASH })),
+        (
+            "located",
+            rel(RelayMessage::Located {
+                hash: HASH,
+                live_nodes: 3,
+                location: Some(Location {
+                    master: master(),
+                    backup: Some(SocketAddr::from(([10, 0, 0, 2], 34567))),
+                    epoch: 3,
+                    version: 2,
+                }),
+            }),
+        ),
+        (
+            "located_none",
+            rel(RelayMessage::Located {
+                hash: HASH,
+                live_nodes: 3,
+                location: None,
+            }),
+        ),
         (
             "relay_error",
             rel(RelayMessage::Error {

@@ -571,3 +571,71 @@ fn version_negotiation_picks_the_highest_common_version() {
     assert_eq!(negotiate(1, 1, 1, 1), Some(1));
     assert_eq!(negotiate(4, 5, 1, 3), None);
 }
+
+#[test]
+fn located_is_checked_field_by_field() {
+    let frame = |body: &[u8]| {
+        let mut f = Vec::from(*b"SC");
+        f.extend_from_slice(&[1, kind::LOCATED, 0, 0, 0, 0]);
+        f.extend_from_slice(&3u64.to_le_bytes());
+        f.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        f.extend_from_slice(body);
+        f
+    };
+    fn decode(f: &[u8]) -> Result<(Frame<RelayMessage<'_>>, usize), DecodeError> {
+        scd_wire::fuzz_checks::decode_unsealed_for_tests(f, &Limits::default())
+    }
+    let mut head = vec![0xab; 16];
+    head.extend_from_slice(&3u32.to_le_bytes());
+    let v4 = |last: u8| {
+        let mut a = vec![4, 0, 0x87, 0x87, 10, 0, 0, last];
+        a.extend_from_slice(&[0; 12]);
+        a
+    };
+    // Not found: 21 bytes, nothing may follow.
+    let none = [head.as_slice(), &[0]].concat();
+    assert!(decode(&frame(&none)).is_ok());
+    assert_eq!(
+        invalid(decode(&frame(&[none.as_slice(), &[0]].concat()))),
+        Reason::TrailingBytes { count: 1 }
+    );
+    // The found byte is a boolean.
+    assert_eq!(
+        invalid(decode(&frame(&[head.as_slice(), &[2]].concat()))),
+        Reason::BadBool {
+            field: "found",
+            value: 2
+        }
+    );
+    // Found: a master (never "none"), a backup (may be "none"), epoch, version.
+    let tail = [3u32.to_le_bytes().as_slice(), &2u64.to_le_bytes()].concat();
+    let found = [head.as_slice(), &[1], &v4(1), &[0; 20], &tail].concat();
+    let found = frame(&found);
+    let (f, _) = decode(&found).unwrap();
+    assert_eq!(
+        f.message,
+        RelayMessage::Located {
+            hash: [0xab; 16],
+            live_nodes: 3,
+            location: Some(scd_wire::Location {
+                master: SocketAddr::from(([10, 0, 0, 1], 0x8787)),
+                backup: None,
+                epoch: 3,
+                version: 2,
+            }),
+        }
+    );
+    let no_master = [head.as_slice(), &[1], &[0; 20], &v4(2), &tail].concat();
+    assert_eq!(
+        invalid(decode(&frame(&no_master))),
+        Reason::BadAddressFamily {
+            field: "master",
+            family: 0
+        }
+    );
+    let short = [head.as_slice(), &[1], &v4(1), &v4(2)].concat();
+    assert_eq!(
+        invalid(decode(&frame(&short))),
+        Reason::Truncated { field: "epoch" }
+    );
+}

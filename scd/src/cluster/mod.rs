@@ -74,6 +74,9 @@ pub struct Counters {
     pub backups_replaced: AtomicU64,
     pub sync_items: AtomicU64,
     pub sessions_handed_off: AtomicU64,
+    pub locates: AtomicU64,
+    pub locates_found: AtomicU64,
+    pub locates_answered: AtomicU64,
     pub ready: AtomicU64,
 }
 
@@ -105,6 +108,9 @@ impl Counters {
             g(&self.backups_replaced),
             g(&self.sync_items),
             g(&self.sessions_handed_off),
+            g(&self.locates),
+            g(&self.locates_found),
+            g(&self.locates_answered),
         ]
     }
 }

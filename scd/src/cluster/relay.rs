@@ -28,7 +28,7 @@ use scd_wire::constants::NONCE_LEN;
 use scd_wire::frame::{DecodeError, Frame, Limits};
 use scd_wire::local::{ErrorCode, decode_reply};
 use scd_wire::relay::{
-    ClientHandshake, Opener, RelayMessage, Replica, Sealer, ServerHandshake, SyncRole,
+    ClientHandshake, Location, Opener, RelayMessage, Replica, Sealer, ServerHandshake, SyncRole,
 };
 
 use super::Counters;
@@ -79,6 +79,7 @@ pub enum Incoming {
     SyncBegin(SyncRole),
     SyncItem(OwnedReplica),
     SyncEnd,
+    Located(Option<Location>),
 }
 
 /// Why a call to a peer did not get an answer.
@@ -343,6 +344,7 @@ async fn client_reader<R: AsyncReadRent>(
                             Incoming::SyncItem(OwnedReplica::from_wire(&r))
                         }
                         RelayMessage::SyncEnd { .. } => Incoming::SyncEnd,
+                        RelayMessage::Located { location, .. } => Incoming::Located(location),
                         other => {
                             warn!(
                                 "relay peer {} sent {:?} as an answer; closing",
@@ -385,6 +387,8 @@ fn kind_name(m: &RelayMessage<'_>) -> &'static str {
         RelayMessage::SyncBegin { .. } => "SyncBegin",
         RelayMessage::SyncItem(_) => "SyncItem",
         RelayMessage::SyncEnd { .. } => "SyncEnd",
+        RelayMessage::Locate { .. } => "Locate",
+        RelayMessage::Located { .. } => "Located",
         RelayMessage::Error { .. } => "Error",
     }
 }
@@ -397,6 +401,15 @@ pub enum Out {
     SyncBegin { role: SyncRole, count: u64 },
     SyncItem(OwnedReplica),
     SyncEnd { count: u64 },
+    Located(Located),
+}
+
+/// A Locate's answer (`RelayMessage::Located`): the session, the nodes this one sees up
+/// (itself included), and where it knows the session to live.
+pub struct Located {
+    pub hash: [u8; 16],
+    pub live_nodes: u32,
+    pub location: Option<Location>,
 }
 
 /// A served (inbound) relay connection: where its handlers send their answers.
@@ -534,6 +547,7 @@ async fn serve(state: Rc<State>, stream: TcpStream, addr: SocketAddr) {
                         Out::SyncBegin { role, count } => RelayMessage::SyncBegin { role: *role, count_hint: *count },
                         Out::SyncItem(r) => RelayMessage::SyncItem(r.as_wire()),
                         Out::SyncEnd { count } => RelayMessage::SyncEnd { count: *count },
+                        Out::Located(l) => RelayMessage::Located { hash: l.hash, live_nodes: l.live_nodes, location: l.location },
                     };
                     if sealer.seal(&Frame::new(id, msg), &mut out).is_err() {
                         break;

@@ -22,6 +22,9 @@
 //! - **Drain**: every session this node masters goes to its backup (or the least-loaded node):
 //!   copy, then Promote. Heartbeats say "draining", so the masters this node backs up pick new
 //!   backups. Then the daemon stops.
+//! - **Locate**: when neither node an ID names can serve a client's request (unreachable, down,
+//!   or they do not hold the session), the node the client talks to asks every live peer where
+//!   the session is and relays the request to the newest placement found.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -38,11 +41,11 @@ use scd_wire::frame::{Frame, Limits};
 use scd_wire::heartbeat::Heartbeat;
 use scd_wire::local::{ErrorCode, Reply, Request, decode_reply};
 use scd_wire::mac::ClusterKey;
-use scd_wire::relay::{RelayMessage, Replica, SyncRole};
+use scd_wire::relay::{Location, RelayMessage, Replica, SyncRole};
 use scd_wire::session_id::SessionId;
 
 use super::membership::{self, Change, Members};
-use super::relay::{self, CallError, Incoming, Out, OwnedReplica, PeerConn, ServedConn};
+use super::relay::{self, CallError, Incoming, Located, Out, OwnedReplica, PeerConn, ServedConn};
 use super::{ClusterMsg, ClusterShared, ClusterStart, Counters};
 use crate::core::{CoreMsg, ShardRequest, clock_ms};
 use crate::daemon::Node;
@@ -116,6 +119,15 @@ fn unavailable(message: impl Into<String>) -> OwnedReply {
         code: ErrorCode::Unavailable,
         message: message.into(),
     }
+}
+
+/// Whether a relayed answer says the node does not hold the session (a search may find it
+/// elsewhere).
+fn not_held(r: &OwnedReply) -> bool {
+    matches!(
+        r,
+        OwnedReply::NotFound { .. } | OwnedReply::Existence(false)
+    )
 }
 
 /// Sends `r` (with `new_id` set on Data/NotFound when given) to `reply`.
@@ -646,9 +658,14 @@ impl State {
         // to its master (the origin could not reach the master; maybe the backup can).
         let onward = !forwarded || id.backup == Some(self.me) || moved_to.is_some();
         let down = self.members.borrow().known_down(id.master);
+        // A node the ID names that answered it does not hold the session (the search below may
+        // find it elsewhere; if it does not, this is the answer).
+        let mut absent: Option<(SocketAddr, OwnedReply)> = None;
+        let mut why = format!("the session's master {} cannot be reached", id.master);
         if onward && !down {
             match self.forward(id.master, id, &op, owner).await {
-                Ok(r) => return answer(reply, &r, moved_to),
+                Ok(r) if forwarded || !not_held(&r) => return answer(reply, &r, moved_to),
+                Ok(r) => absent = Some((id.master, r)),
                 Err(e) => {
                     warn!(
                         "cluster: master {} of a session unreachable: {e}",
@@ -657,32 +674,193 @@ impl State {
                 }
             }
         }
-        match id.backup {
+        if absent.is_none() {
+            match id.backup {
+                None if forwarded => {
+                    return answer(
+                        reply,
+                        &unavailable(format!("{why} and the session has no backup")),
+                        None,
+                    );
+                }
+                None => why.push_str(" and the session has no backup"),
+                Some(b) if b == self.me => {
+                    return self.promote_and_serve(id, op, owner, reply).await;
+                }
+                Some(_) if forwarded => {
+                    return answer(
+                        reply,
+                        &unavailable("neither the session's master nor its backup can be reached"),
+                        None,
+                    );
+                }
+                Some(b) => match self.forward(b, id, &op, owner).await {
+                    Ok(r) if !not_held(&r) => return answer(reply, &r, moved_to),
+                    Ok(r) => absent = Some((b, r)),
+                    Err(e) => {
+                        why = format!(
+                            "the session's master {} and backup {b} cannot be reached ({e})",
+                            id.master
+                        );
+                    }
+                },
+            }
+        }
+        // Only the node the client talks to searches (a forwarded request was answered above).
+        self.locate_and_serve(id, op, owner, reply, moved_to, absent, why)
+            .await
+    }
+
+    /// The nodes the session's ID names cannot serve it (unreachable, down, or they answered
+    /// that they do not hold it): ask every live node where it is (`Locate`, in parallel, each
+    /// answer awaited at most the relay timeout), and relay the request to the newest placement
+    /// found (highest epoch, then data version) whose master, or else backup, is up. That node
+    /// serves it (a backup whose master is gone takes it over), and the client gets the
+    /// session's current ID. Found nowhere: the answer of the node that does not hold it
+    /// (NotFound, with the lock it took) if every live node answered, else Unavailable (a node
+    /// that did not answer may hold it; and when the ID's nodes could not be reached, they may
+    /// come back with the session on their disks).
+    #[allow(clippy::too_many_arguments)]
+    async fn locate_and_serve(
+        self: &Rc<Self>,
+        id: SessionId,
+        op: Op<Vec<u8>>,
+        owner: OwnerId,
+        reply: ReplyTo,
+        moved_to: Option<SessionId>,
+        absent: Option<(SocketAddr, OwnedReply)>,
+        why: String,
+    ) {
+        let counters = &self.shared().counters;
+        Counters::bump(&counters.locates);
+        let (answers, silent) = self.locate(id.hash).await;
+        let usable = |a: SocketAddr| a != self.me && self.members.borrow().table().is_up(a);
+        let best = answers
+            .into_iter()
+            // Never an older placement than the client's, nor the one that just failed.
+            .filter(|l| l.epoch >= id.version)
+            .filter(|l| (l.master, l.backup, l.epoch) != (id.master, id.backup, id.version))
+            .filter(|l| usable(l.master) || l.backup.is_some_and(usable))
+            .max_by_key(|l| (l.epoch, l.version));
+        if let Some(l) = best {
+            let found = SessionId::new(l.master, l.backup, l.epoch, id.hash);
+            let targets = [Some(l.master), l.backup];
+            for to in targets.into_iter().flatten().filter(|a| usable(*a)) {
+                match self.forward(to, found, &op, owner).await {
+                    Ok(r) => {
+                        Counters::bump(&counters.locates_found);
+                        info!(
+                            "cluster: located a session its ID's nodes did not serve: relayed \
+                             to {to} (epoch {}, master {})",
+                            l.epoch, l.master
+                        );
+                        self.give_back_lock(&absent, id, owner).await;
+                        return answer(reply, &r, Some(found));
+                    }
+                    Err(e) => warn!("cluster: located session's node {to} unreachable: {e}"),
+                }
+            }
+        }
+        match absent {
+            // Every live node answered and none holds it: it does not exist.
+            Some((_, r)) if silent == 0 => answer(reply, &r, moved_to),
+            // A node that did not answer may hold it: a NotFound would let the client start a
+            // new session over it.
+            Some((at, _)) => {
+                self.give_back_lock(&absent, id, owner).await;
+                answer(
+                    reply,
+                    &unavailable(format!(
+                        "{at} does not hold the session and {silent} live nodes did not answer \
+                         the search for it"
+                    )),
+                    None,
+                )
+            }
             None => answer(
                 reply,
                 &unavailable(format!(
-                    "the session's master {} cannot be reached and the session has no backup",
-                    id.master
+                    "{why}, and no live node could serve the session ({silent} did not answer \
+                     the search)"
                 )),
                 None,
             ),
-            Some(b) if b == self.me => self.promote_and_serve(id, op, owner, reply).await,
-            Some(_) if forwarded => answer(
-                reply,
-                &unavailable("neither the session's master nor its backup can be reached"),
-                None,
-            ),
-            Some(b) => match self.forward(b, id, &op, owner).await {
-                Ok(r) => answer(reply, &r, moved_to),
-                Err(e) => answer(
-                    reply,
-                    &unavailable(format!(
-                        "the session's master {} and backup {b} cannot be reached ({e})",
-                        id.master
-                    )),
-                    None,
-                ),
-            },
+        }
+    }
+
+    /// A node the ID names answered a ReadLock with NotFound: it took a lock on a new, empty
+    /// session there. The search answers otherwise, so that lock is given back.
+    async fn give_back_lock(
+        self: &Rc<Self>,
+        absent: &Option<(SocketAddr, OwnedReply)>,
+        id: SessionId,
+        owner: OwnerId,
+    ) {
+        if let Some((at, OwnedReply::NotFound { token, .. })) = absent {
+            if *token != 0 {
+                let _ = self
+                    .forward(*at, id, &Op::Unlock { token: *token }, owner)
+                    .await;
+            }
+        }
+    }
+
+    /// Asks every live peer where session `hash` lives (in parallel): the places they know, and
+    /// how many peers did not answer (unreachable, or not within the relay timeout).
+    async fn locate(self: &Rc<Self>, hash: [u8; 16]) -> (Vec<Location>, usize) {
+        let peers: Vec<SocketAddr> = self
+            .members
+            .borrow()
+            .live()
+            .into_iter()
+            .filter(|a| *a != self.me)
+            .collect();
+        let (tx, rx) = flume::unbounded();
+        for peer in peers {
+            let me = self.clone();
+            let tx = tx.clone();
+            monoio::spawn(async move {
+                let r = me.call(peer, RelayMessage::Locate { hash }, 0).await;
+                let _ = tx.send(r);
+            });
+        }
+        drop(tx);
+        let mut found = Vec::new();
+        let mut silent = 0;
+        while let Ok(r) = rx.recv_async().await {
+            match r {
+                Ok(Incoming::Located(Some(l))) => found.push(l),
+                Ok(Incoming::Located(None)) => {}
+                _ => silent += 1,
+            }
+        }
+        (found, silent)
+    }
+
+    /// Where this node knows session `hash` to live, for a peer's Locate: its placement here,
+    /// with the data version of the copy this node holds (0 if none); with no placement, a copy
+    /// in a shard is a session this node masters and that never moved (epoch 1; its backup, if
+    /// any, is not recorded).
+    async fn where_is(&self, hash: [u8; 16]) -> Option<Location> {
+        let copy = self.peek(hash).await.map(|(version, _, _)| version);
+        match self.placement(&hash) {
+            Some(Placement {
+                master: Some(master),
+                backup,
+                epoch,
+                ..
+            }) => Some(Location {
+                master,
+                backup,
+                epoch,
+                version: copy.unwrap_or(0),
+            }),
+            _ => copy.map(|version| Location {
+                master: self.me,
+                backup: None,
+                epoch: 1,
+                version,
+            }),
         }
     }
 
@@ -1244,6 +1422,20 @@ impl State {
                 let conn = conn.clone();
                 monoio::spawn(async move {
                     self.on_sync_request(&conn, rid, sender).await;
+                });
+            }
+            RelayMessage::Locate { hash } => {
+                Counters::bump(&counters.locates_answered);
+                let conn = conn.clone();
+                monoio::spawn(async move {
+                    let location = self.where_is(hash).await;
+                    let live_nodes = self.members.borrow().up_count() as u32 + 1;
+                    let out = Out::Located(Located {
+                        hash,
+                        live_nodes,
+                        location,
+                    });
+                    let _ = conn.relay.send((rid, out));
                 });
             }
             _ => return false,

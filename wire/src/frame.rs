@@ -63,6 +63,8 @@ pub mod kind {
     pub const SYNC_ITEM: u8 = 0x52;
     /// Relay: SyncEnd.
     pub const SYNC_END: u8 = 0x53;
+    /// Relay: RejoinNeeded.
+    pub const REJOIN_NEEDED: u8 = 0x56;
     /// Relay: RelayError.
     pub const RELAY_ERROR: u8 = 0x5F;
 
@@ -102,7 +104,9 @@ pub mod kind {
             HELLO..=STATS => Some(Channel::LocalRequest),
             HELLO_OK..=STATS_REPLY | ERROR => Some(Channel::LocalReply),
             AUTH_CHALLENGE..=AUTH_ACCEPT => Some(Channel::Handshake),
-            FORWARD..=ACK | SYNC_REQUEST..=SYNC_END | RELAY_ERROR => Some(Channel::Relay),
+            FORWARD..=ACK | SYNC_REQUEST..=SYNC_END | REJOIN_NEEDED | RELAY_ERROR => {
+                Some(Channel::Relay)
+            }
             _ => None,
         }
     }

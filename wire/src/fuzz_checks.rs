@@ -417,7 +417,7 @@ pub fn round_trip(data: &[u8]) {
             check_round_trip!(Frame::new(request_id, reply), &limits, decode_reply);
         }
         2 => {
-            let message = match g.u8() % 12 {
+            let message = match g.u8() % 13 {
                 0 => RelayMessage::Forward {
                     origin: g.u64(),
                     request: match g.request(data_max) {
@@ -449,6 +449,7 @@ pub fn round_trip(data: &[u8]) {
                 },
                 9 => RelayMessage::SyncItem(g.replica(data_max)),
                 10 => RelayMessage::SyncEnd { count: g.u64() },
+                11 => RelayMessage::RejoinNeeded,
                 _ => RelayMessage::Error {
                     code: g.error_code(),
                     message: g.text(256),

@@ -132,6 +132,10 @@ pub enum RelayMessage<'a> {
         /// SyncItem frames sent in the stream.
         count: u64,
     },
+    /// The sender declared the receiver down and hears it again (a healed partition): the
+    /// receiver must stop serving and sync with every live node before it serves again, since
+    /// its sessions may have been taken over meanwhile. Answered by `Ack`.
+    RejoinNeeded,
     /// The request failed.
     Error {
         /// What went wrong.
@@ -157,6 +161,7 @@ impl Body for RelayMessage<'_> {
             RelayMessage::SyncBegin { .. } => kind::SYNC_BEGIN,
             RelayMessage::SyncItem(_) => kind::SYNC_ITEM,
             RelayMessage::SyncEnd { .. } => kind::SYNC_END,
+            RelayMessage::RejoinNeeded => kind::REJOIN_NEEDED,
             RelayMessage::Error { .. } => kind::RELAY_ERROR,
         }
     }
@@ -171,7 +176,7 @@ impl Body for RelayMessage<'_> {
             RelayMessage::ReplicateAck { .. } => SESSION_HASH_LEN + 8,
             RelayMessage::DropReplica { .. } => SESSION_HASH_LEN,
             RelayMessage::Promote { .. } => SESSION_HASH_LEN + 4,
-            RelayMessage::Ack => 0,
+            RelayMessage::Ack | RelayMessage::RejoinNeeded => 0,
             RelayMessage::SyncRequest { .. } => 1,
             RelayMessage::SyncBegin { .. } => 9,
             RelayMessage::SyncEnd { .. } => 8,
@@ -200,7 +205,7 @@ impl Body for RelayMessage<'_> {
                 out.extend_from_slice(hash);
                 put_u32(out, *epoch);
             }
-            RelayMessage::Ack => {}
+            RelayMessage::Ack | RelayMessage::RejoinNeeded => {}
             RelayMessage::SyncRequest { role } => put_u8(out, *role as u8),
             RelayMessage::SyncBegin { role, count_hint } => {
                 put_u8(out, *role as u8);
@@ -259,6 +264,7 @@ impl<'a> RelayMessage<'a> {
                 epoch: r.u32("epoch")?,
             },
             kind::ACK => RelayMessage::Ack,
+            kind::REJOIN_NEEDED => RelayMessage::RejoinNeeded,
             kind::SYNC_REQUEST => RelayMessage::SyncRequest {
                 role: SyncRole::decode(r.u8("role")?)?,
             },
@@ -767,5 +773,30 @@ impl ClientHandshake {
             established(*server_node_id, *version, derived.c2s, derived.s2c),
             used,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejoin_needed_has_an_empty_body_and_nothing_else() {
+        let limits = Limits::default();
+        assert_eq!(
+            RelayMessage::decode_body(kind::REJOIN_NEEDED, &[], &limits),
+            Ok(RelayMessage::RejoinNeeded)
+        );
+        assert_eq!(
+            RelayMessage::decode_body(kind::REJOIN_NEEDED, &[0], &limits),
+            Err(Reason::TrailingBytes { count: 1 })
+        );
+        assert_eq!(
+            kind::channel(kind::REJOIN_NEEDED),
+            Some(kind::Channel::Relay)
+        );
+        // 0x54 and 0x55 stay free (Locate/Located).
+        assert_eq!(kind::channel(0x54), None);
+        assert_eq!(kind::channel(0x55), None);
     }
 }

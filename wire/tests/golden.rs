@@ -133,6 +133,10 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
         "SyncEnd, request 3, sealed (seq 0, c2s): count 1; last 16 bytes: MAC",
     ),
     (
+        "rejoin_needed",
+        "RejoinNeeded, request 3, sealed (seq 0, c2s): empty body; last 16 bytes: MAC",
+    ),
+    (
         "relay_error",
         "RelayError, request 3, sealed (seq 0, c2s): StaleEpoch (12), empty message; last 16 bytes: MAC",
     ),
@@ -327,6 +331,7 @@ fn examples() -> Vec<(&'static str, Check)> {
         ),
         ("sync_item", rel(RelayMessage::SyncItem(replica))),
         ("sync_end", rel(RelayMessage::SyncEnd { count: 1 })),
+        ("rejoin_needed", rel(RelayMessage::RejoinNeeded)),
         (
             "relay_error",
             rel(RelayMessage::Error {

@@ -385,6 +385,7 @@ fn kind_name(m: &RelayMessage<'_>) -> &'static str {
         RelayMessage::SyncBegin { .. } => "SyncBegin",
         RelayMessage::SyncItem(_) => "SyncItem",
         RelayMessage::SyncEnd { .. } => "SyncEnd",
+        RelayMessage::RejoinNeeded => "RejoinNeeded",
         RelayMessage::Error { .. } => "Error",
     }
 }

@@ -99,7 +99,7 @@ pub async fn gather(core: &Core) -> NodeStats {
 }
 
 /// The cluster's figures, shown with the node's (`node.cluster_*`); only when clustering is on.
-pub const CLUSTER_FIELDS: [(&str, &str, &str); 19] = [
+pub const CLUSTER_FIELDS: [(&str, &str, &str); 21] = [
     ("cluster_on", "gauge", "1: clustering is on."),
     (
         "cluster_ready",
@@ -190,6 +190,16 @@ pub const CLUSTER_FIELDS: [(&str, &str, &str); 19] = [
         "cluster_sessions_handed_off",
         "counter",
         "Sessions handed to another node by drain.",
+    ),
+    (
+        "cluster_rejoins",
+        "counter",
+        "Rejoins after the start (told RejoinNeeded, or heard a peer again after losing them all).",
+    ),
+    (
+        "cluster_rejoins_requested",
+        "counter",
+        "RejoinNeeded messages sent to nodes heard again after they were declared down.",
     ),
 ];
 

@@ -17,7 +17,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::netns::{Net, NsNode, WAIT, eventually, key_file, skipped};
+use common::netns::{Net, NsNode, WAIT, eventually, key_file, logs, skipped};
 use scd_client::{Client, SessionId};
 
 const SUBNET: &str = "10.78.0";
@@ -202,13 +202,14 @@ fn partition_and_heal(subnet: &str, cut: Cut) {
         assert_eq!(
             read_following(&mut cl, &mut stale).as_deref(),
             Some(&b"value 2"[..]),
-            "node {i} served the session's old value (log of node 1:\n{})",
-            nodes[0].log_text()
+            "node {i} served the session's old value\n{}",
+            logs(&nodes)
         );
         assert_eq!(
             stale.master,
             net.relay(b),
-            "node {i} pointed to the new master"
+            "node {i} pointed to the new master\n{}",
+            logs(&nodes)
         );
     }
     // A write with the original ID through A lands on the new master too.

@@ -101,6 +101,9 @@ pub struct State {
     /// Every peer went down while this node served: it may be the one cut off, so the first peer
     /// heard again makes it rejoin before acting on what it knows.
     alone: Cell<bool>,
+    /// Rejoins started since the start: a placement change that was in flight when one started
+    /// (a new backup chosen on stale knowledge) is abandoned.
+    rejoin_gen: Cell<u64>,
     /// Delayed-write replications in flight per backup.
     queued: RefCell<HashMap<SocketAddr, QueueSlots>>,
 }
@@ -633,7 +636,16 @@ impl State {
         forwarded: bool,
     ) {
         if !self.ready.get() {
-            let deadline = clock_ms() + self.timeout_ms * 4 + 10_000;
+            // A peer's relayed request gets its answer well within the peer's relay timeout:
+            // a peer that waited longer would take this node for unreachable and fail the
+            // session over to its backup while this node lives. Its "still rejoining" error is
+            // a relayed answer (the client retries), not a failover.
+            let wait = if forwarded {
+                self.timeout_ms / 2
+            } else {
+                self.timeout_ms * 4 + 10_000
+            };
+            let deadline = clock_ms() + wait;
             while !self.ready.get() && clock_ms() < deadline {
                 monoio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -1026,6 +1038,7 @@ impl State {
         gone: SocketAddr,
         copy: Option<OwnedReplica>,
     ) {
+        let generation = self.rejoin_gen.get();
         let exclude = [self.me, gone];
         let nb = self.members.borrow().choose_backup(&exclude);
         let epoch = p.epoch + 1;
@@ -1049,6 +1062,15 @@ impl State {
                 Ok(()) => placed = Some(nb),
                 Err(_) => warn!("cluster: new backup {nb} did not take the copy either"),
             }
+        }
+        if self.rejoin_gen.get() != generation || self.placement(&hash) != Some(p) {
+            // A rejoin started meanwhile (this node may not be the master any more), or the
+            // placement changed under this copy: what the rejoin or that change set stands.
+            info!(
+                "cluster: backup replacement of a session abandoned (a rejoin started or its \
+                 placement changed meanwhile)"
+            );
+            return;
         }
         Counters::bump(&self.shared().counters.backups_replaced);
         info!(
@@ -1315,7 +1337,14 @@ impl State {
     async fn on_replicate(self: &Rc<Self>, copy: OwnedReplica, sender: Option<SocketAddr>) -> Out {
         let hash = copy.hash;
         if let Some(p) = self.placement(&hash) {
-            if p.epoch > copy.epoch || (p.epoch == copy.epoch && p.master == Some(self.me)) {
+            // At the same epoch, only the master this node knows may send copies: two nodes
+            // that changed the placement to the same epoch on either side of a partition (a
+            // takeover on one side, a new backup on the other) must not both be taken for the
+            // master; the first one heard keeps it.
+            let other_master = sender.is_some() && p.master.is_some() && p.master != sender;
+            if p.epoch > copy.epoch
+                || (p.epoch == copy.epoch && (p.master == Some(self.me) || other_master))
+            {
                 return Out::Error {
                     code: ErrorCode::StaleEpoch,
                     message: format!(
@@ -1458,6 +1487,7 @@ impl State {
             return;
         }
         self.rejoining.set(true);
+        self.rejoin_gen.set(self.rejoin_gen.get() + 1);
         self.ready.set(false);
         let counters = &self.shared().counters;
         // The cores stop serving on their own (`serve_directly`) and send every request here,
@@ -1642,8 +1672,20 @@ impl State {
                 prev: None,
             },
         };
-        let newer = self.placement(&hash).is_none_or(|q| q.epoch <= epoch);
-        if newer {
+        let known = self.placement(&hash);
+        // What this node knows at the same epoch with the same master is kept as it is: the
+        // stream does not carry the backup, nor the node the session was taken over from
+        // (`prev`), which this node must go on telling that node when it rejoins in turn.
+        let same = known.is_some_and(|q| q.epoch == epoch && q.master == p.master);
+        // A tie between "this node is the master" (a copy a peer backs up for it) and another
+        // node mastering it at the same epoch (both changed the placement during a partition)
+        // goes to the other node: this node steps back, whatever order the streams came in.
+        let tie_lost = role == SyncRole::Replicas
+            && known.is_some_and(|q| {
+                q.epoch == epoch && q.master.is_some() && q.master != Some(self.me)
+            });
+        let newer = known.is_none_or(|q| q.epoch <= epoch);
+        if newer && !same && !tie_lost {
             self.set_placement(hash, p);
         }
     }
@@ -1774,6 +1816,7 @@ pub async fn main(start: ClusterStart) {
         rejoining: Cell::new(true),
         rejoin_again: Cell::new(false),
         alone: Cell::new(false),
+        rejoin_gen: Cell::new(0),
         queued: RefCell::new(HashMap::new()),
         node,
     });

@@ -299,6 +299,19 @@ impl Drop for NsNode {
     }
 }
 
+/// Every node's log, for a failure message.
+pub fn logs(nodes: &[NsNode]) -> String {
+    let mut out = String::new();
+    for (i, n) in nodes.iter().enumerate() {
+        out.push_str(&format!(
+            "----- node {} log -----\n{}\n",
+            i + 1,
+            n.log_text()
+        ));
+    }
+    out
+}
+
 /// Polls `f` until it is true, for at most `WAIT`; on failure the nodes' logs are printed.
 pub fn eventually(what: &str, nodes: &[NsNode], mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;

@@ -324,7 +324,11 @@ impl State {
                         self.rejoin_again.set(true);
                     }
                     self.send_rejoin_needed(a);
-                    self.add_missing_backups();
+                    // No new backups here: if this node is the one that was away (its peers
+                    // return to it), what it believes it masters may have been taken over, and a
+                    // copy at a new epoch would outbid the new master's. It is told to rejoin;
+                    // sessions without a backup get one when a rejoin ends (a node that had
+                    // lost every peer rejoins by itself) or at their next write.
                 }
                 Change::Draining(a) => {
                     info!("cluster: node {a} is draining");

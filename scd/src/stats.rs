@@ -99,7 +99,7 @@ pub async fn gather(core: &Core) -> NodeStats {
 }
 
 /// The cluster's figures, shown with the node's (`node.cluster_*`); only when clustering is on.
-pub const CLUSTER_FIELDS: [(&str, &str, &str); 22] = [
+pub const CLUSTER_FIELDS: [(&str, &str, &str); 24] = [
     ("cluster_on", "gauge", "1: clustering is on."),
     (
         "cluster_ready",
@@ -205,6 +205,16 @@ pub const CLUSTER_FIELDS: [(&str, &str, &str); 22] = [
         "cluster_locates_answered",
         "counter",
         "Locate queries from other nodes answered here.",
+    ),
+    (
+        "cluster_rejoins",
+        "counter",
+        "Rejoins after the start (told RejoinNeeded, or heard a peer again after losing them all).",
+    ),
+    (
+        "cluster_rejoins_requested",
+        "counter",
+        "RejoinNeeded messages sent to nodes heard again after they were declared down.",
     ),
 ];
 

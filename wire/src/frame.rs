@@ -67,6 +67,8 @@ pub mod kind {
     pub const LOCATE: u8 = 0x54;
     /// Relay: Located.
     pub const LOCATED: u8 = 0x55;
+    /// Relay: RejoinNeeded.
+    pub const REJOIN_NEEDED: u8 = 0x56;
     /// Relay: RelayError.
     pub const RELAY_ERROR: u8 = 0x5F;
 
@@ -106,7 +108,7 @@ pub mod kind {
             HELLO..=STATS => Some(Channel::LocalRequest),
             HELLO_OK..=STATS_REPLY | ERROR => Some(Channel::LocalReply),
             AUTH_CHALLENGE..=AUTH_ACCEPT => Some(Channel::Handshake),
-            FORWARD..=ACK | SYNC_REQUEST..=LOCATED | RELAY_ERROR => Some(Channel::Relay),
+            FORWARD..=ACK | SYNC_REQUEST..=REJOIN_NEEDED | RELAY_ERROR => Some(Channel::Relay),
             _ => None,
         }
     }

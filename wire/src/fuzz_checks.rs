@@ -428,7 +428,7 @@ pub fn round_trip(data: &[u8]) {
             check_round_trip!(Frame::new(request_id, reply), &limits, decode_reply);
         }
         2 => {
-            let message = match g.u8() % 14 {
+            let message = match g.u8() % 15 {
                 0 => RelayMessage::Forward {
                     origin: g.u64(),
                     request: match g.request(data_max) {
@@ -466,6 +466,7 @@ pub fn round_trip(data: &[u8]) {
                     live_nodes: g.u32(),
                     location: (g.u8() & 1 == 1).then(|| g.location()),
                 },
+                14 => RelayMessage::RejoinNeeded,
                 _ => RelayMessage::Error {
                     code: g.error_code(),
                     message: g.text(256),

@@ -188,6 +188,10 @@ pub enum RelayMessage<'a> {
         /// Where the answering node knows the session to live, if anywhere.
         location: Option<Location>,
     },
+    /// The sender declared the receiver down and hears it again (a healed partition): the
+    /// receiver must stop serving and sync with every live node before it serves again, since
+    /// its sessions may have been taken over meanwhile. Answered by `Ack`.
+    RejoinNeeded,
     /// The request failed.
     Error {
         /// What went wrong.
@@ -215,6 +219,7 @@ impl Body for RelayMessage<'_> {
             RelayMessage::SyncEnd { .. } => kind::SYNC_END,
             RelayMessage::Locate { .. } => kind::LOCATE,
             RelayMessage::Located { .. } => kind::LOCATED,
+            RelayMessage::RejoinNeeded => kind::REJOIN_NEEDED,
             RelayMessage::Error { .. } => kind::RELAY_ERROR,
         }
     }
@@ -229,7 +234,7 @@ impl Body for RelayMessage<'_> {
             RelayMessage::ReplicateAck { .. } => SESSION_HASH_LEN + 8,
             RelayMessage::DropReplica { .. } => SESSION_HASH_LEN,
             RelayMessage::Promote { .. } => SESSION_HASH_LEN + 4,
-            RelayMessage::Ack => 0,
+            RelayMessage::Ack | RelayMessage::RejoinNeeded => 0,
             RelayMessage::SyncRequest { .. } => 1,
             RelayMessage::SyncBegin { .. } => 9,
             RelayMessage::SyncEnd { .. } => 8,
@@ -262,7 +267,7 @@ impl Body for RelayMessage<'_> {
                 out.extend_from_slice(hash);
                 put_u32(out, *epoch);
             }
-            RelayMessage::Ack => {}
+            RelayMessage::Ack | RelayMessage::RejoinNeeded => {}
             RelayMessage::SyncRequest { role } => put_u8(out, *role as u8),
             RelayMessage::SyncBegin { role, count_hint } => {
                 put_u8(out, *role as u8);
@@ -334,6 +339,7 @@ impl<'a> RelayMessage<'a> {
                 epoch: r.u32("epoch")?,
             },
             kind::ACK => RelayMessage::Ack,
+            kind::REJOIN_NEEDED => RelayMessage::RejoinNeeded,
             kind::SYNC_REQUEST => RelayMessage::SyncRequest {
                 role: SyncRole::decode(r.u8("role")?)?,
             },
@@ -859,5 +865,30 @@ impl ClientHandshake {
             established(*server_node_id, *version, derived.c2s, derived.s2c),
             used,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejoin_needed_has_an_empty_body_and_nothing_else() {
+        let limits = Limits::default();
+        assert_eq!(
+            RelayMessage::decode_body(kind::REJOIN_NEEDED, &[], &limits),
+            Ok(RelayMessage::RejoinNeeded)
+        );
+        assert_eq!(
+            RelayMessage::decode_body(kind::REJOIN_NEEDED, &[0], &limits),
+            Err(Reason::TrailingBytes { count: 1 })
+        );
+        assert_eq!(
+            kind::channel(kind::REJOIN_NEEDED),
+            Some(kind::Channel::Relay)
+        );
+        // The kinds after it are free until 0x5F (RelayError).
+        assert_eq!(kind::channel(kind::REJOIN_NEEDED + 1), None);
+        assert_eq!(kind::channel(kind::RELAY_ERROR - 1), None);
     }
 }

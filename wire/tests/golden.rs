@@ -145,6 +145,10 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
         "Located, request 3, sealed (seq 0, c2s): hash 0011…ff, 3 live nodes, not found; last 16 bytes: MAC",
     ),
     (
+        "rejoin_needed",
+        "RejoinNeeded, request 3, sealed (seq 0, c2s): empty body; last 16 bytes: MAC",
+    ),
+    (
         "relay_error",
         "RelayError, request 3, sealed (seq 0, c2s): StaleEpoch (12), empty message; last 16 bytes: MAC",
     ),
@@ -361,6 +365,7 @@ fn examples() -> Vec<(&'static str, Check)> {
                 location: None,
             }),
         ),
+        ("rejoin_needed", rel(RelayMessage::RejoinNeeded)),
         (
             "relay_error",
             rel(RelayMessage::Error {

@@ -55,6 +55,17 @@ pub enum Change {
 }
 
 impl Change {
+    /// The node it is about.
+    pub fn addr(&self) -> SocketAddr {
+        match *self {
+            Change::Up(a)
+            | Change::Down(a)
+            | Change::Restarted(a)
+            | Change::Returned(a)
+            | Change::Draining(a) => a,
+        }
+    }
+
     fn of(e: PeerEvent) -> Self {
         match e {
             PeerEvent::Up { addr, .. } => Change::Up(addr),

@@ -2,7 +2,7 @@
 //! heartbeat socket (UDP), the relay listener and the pooled outbound relay connections (TCP,
 //! authenticated, sealed frames), and every decision about where a session is served: relay to
 //! its master, fail over to its backup, replicate a write to the backup, fence a stale master,
-//! rejoin after a restart, hand everything off on drain.
+//! rejoin after a restart or a healed partition (RejoinNeeded), hand everything off on drain.
 //!
 //! The core threads send it every session request when clustering is on (`ClusterMsg::Request`);
 //! it runs local work on the cores through their inboxes (`CoreMsg::Request`), exactly like a
@@ -77,6 +77,8 @@ pub struct Counters {
     pub locates: AtomicU64,
     pub locates_found: AtomicU64,
     pub locates_answered: AtomicU64,
+    pub rejoins: AtomicU64,
+    pub rejoins_requested: AtomicU64,
     pub ready: AtomicU64,
 }
 
@@ -111,6 +113,8 @@ impl Counters {
             g(&self.locates),
             g(&self.locates_found),
             g(&self.locates_answered),
+            g(&self.rejoins),
+            g(&self.rejoins_requested),
         ]
     }
 }

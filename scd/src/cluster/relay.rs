@@ -389,6 +389,7 @@ fn kind_name(m: &RelayMessage<'_>) -> &'static str {
         RelayMessage::SyncEnd { .. } => "SyncEnd",
         RelayMessage::Locate { .. } => "Locate",
         RelayMessage::Located { .. } => "Located",
+        RelayMessage::RejoinNeeded => "RejoinNeeded",
         RelayMessage::Error { .. } => "Error",
     }
 }

@@ -19,6 +19,10 @@
 //!   master that gets it stops being master for that session and forgets its copy.
 //! - **Rejoin**: after a start, no session is served until this node has asked every live peer
 //!   (SyncRequest) for the copies that name it, and learned which of its sessions were taken over.
+//!   The same happens, without a restart, when a peer that declared this node down hears it again
+//!   (a healed partition: it sends RejoinNeeded), or when this node hears a peer again after it
+//!   had lost sight of every peer (it may have been the one cut off). One rejoin at a time: a
+//!   RejoinNeeded (or a returning peer) during a rejoin adds one more sync round before serving.
 //! - **Drain**: every session this node masters goes to its backup (or the least-loaded node):
 //!   copy, then Promote. Heartbeats say "draining", so the masters this node backs up pick new
 //!   backups. Then the daemon stops.
@@ -92,6 +96,17 @@ pub struct State {
     relayed_locks: RefCell<HashMap<OwnerId, Vec<RelayedLock>>>,
     pub sessions_held: Cell<u64>,
     ready: Cell<bool>,
+    /// A rejoin (after the start, or asked for since) is running: `ready` is false until it ends.
+    rejoining: Cell<bool>,
+    /// Something happened during the rejoin that its current sync round may have missed (a
+    /// RejoinNeeded, a peer heard again): one more round follows before serving.
+    rejoin_again: Cell<bool>,
+    /// Every peer went down while this node served: it may be the one cut off, so the first peer
+    /// heard again makes it rejoin before acting on what it knows.
+    alone: Cell<bool>,
+    /// Rejoins started since the start: a placement change that was in flight when one started
+    /// (a new backup chosen on stale knowledge) is abandoned.
+    rejoin_gen: Cell<u64>,
     /// Delayed-write replications in flight per backup.
     queued: RefCell<HashMap<SocketAddr, QueueSlots>>,
 }
@@ -272,6 +287,16 @@ impl State {
         }
         let mut lost = Vec::new();
         for c in changes {
+            if self.alone.get() && !matches!(c, Change::Down(_)) {
+                // Heard a peer again after losing sight of them all: this node may be the one
+                // that was cut off, and its sessions may have been taken over meanwhile. Rejoin
+                // before anything below acts on what this node knows (new backups, epochs).
+                self.alone.set(false);
+                self.request_rejoin(format!(
+                    "heard {} again after losing sight of every peer",
+                    c.addr()
+                ));
+            }
             match c {
                 Change::Up(a) => {
                     info!("cluster: node {a} is up");
@@ -283,6 +308,16 @@ impl State {
                         drop(conn);
                     }
                     lost.push(a);
+                    if self.ready.get()
+                        && !self.alone.get()
+                        && self.members.borrow().up_count() == 0
+                    {
+                        self.alone.set(true);
+                        warn!(
+                            "cluster: every peer is down: if this node is the one cut off, its \
+                             sessions may be taken over; it rejoins when it hears a peer again"
+                        );
+                    }
                 }
                 Change::Restarted(a) => {
                     info!("cluster: node {a} restarted");
@@ -291,11 +326,21 @@ impl State {
                 }
                 Change::Returned(a) => {
                     // Same incarnation heard again after it was declared down (a healed
-                    // partition): handled as a restart here (see ARCHITECTURE.md, "The daemon
-                    // today"); its stale copies are fenced by epoch.
+                    // partition): sessions it mastered may have been taken over meanwhile, so it
+                    // must rejoin before it serves again (RejoinNeeded). Its pooled connection
+                    // is likely half-open.
                     warn!("cluster: node {a} returned after it was declared down");
                     self.pool.borrow_mut().remove(&a);
-                    self.add_missing_backups();
+                    if self.rejoining.get() {
+                        // This node's own sync round did not include it.
+                        self.rejoin_again.set(true);
+                    }
+                    self.send_rejoin_needed(a);
+                    // No new backups here: if this node is the one that was away (its peers
+                    // return to it), what it believes it masters may have been taken over, and a
+                    // copy at a new epoch would outbid the new master's. It is told to rejoin;
+                    // sessions without a backup get one when a rejoin ends (a node that had
+                    // lost every peer rejoins by itself) or at their next write.
                 }
                 Change::Draining(a) => {
                     info!("cluster: node {a} is draining");
@@ -607,7 +652,16 @@ impl State {
         forwarded: bool,
     ) {
         if !self.ready.get() {
-            let deadline = clock_ms() + self.timeout_ms * 4 + 10_000;
+            // A peer's relayed request gets its answer well within the peer's relay timeout:
+            // a peer that waited longer would take this node for unreachable and fail the
+            // session over to its backup while this node lives. Its "still rejoining" error is
+            // a relayed answer (the client retries), not a failover.
+            let wait = if forwarded {
+                self.timeout_ms / 2
+            } else {
+                self.timeout_ms * 4 + 10_000
+            };
+            let deadline = clock_ms() + wait;
             while !self.ready.get() && clock_ms() < deadline {
                 monoio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -1166,6 +1220,7 @@ impl State {
         gone: SocketAddr,
         copy: Option<OwnedReplica>,
     ) {
+        let generation = self.rejoin_gen.get();
         let exclude = [self.me, gone];
         let nb = self.members.borrow().choose_backup(&exclude);
         let epoch = p.epoch + 1;
@@ -1189,6 +1244,15 @@ impl State {
                 Ok(()) => placed = Some(nb),
                 Err(_) => warn!("cluster: new backup {nb} did not take the copy either"),
             }
+        }
+        if self.rejoin_gen.get() != generation || self.placement(&hash) != Some(p) {
+            // A rejoin started meanwhile (this node may not be the master any more), or the
+            // placement changed under this copy: what the rejoin or that change set stands.
+            info!(
+                "cluster: backup replacement of a session abandoned (a rejoin started or its \
+                 placement changed meanwhile)"
+            );
+            return;
         }
         Counters::bump(&self.shared().counters.backups_replaced);
         info!(
@@ -1237,7 +1301,9 @@ impl State {
     /// A node came up: sessions this node masters without a backup get one (copied there under
     /// a new epoch; clients learn the new ID on their next read).
     fn add_missing_backups(self: &Rc<Self>) {
-        if !self.node.settings.cluster.ha {
+        // Not while rejoining: what this node believes it masters may have been taken over (the
+        // rejoin runs this again when it ends).
+        if !self.node.settings.cluster.ha || !self.ready.get() {
             return;
         }
         let list: Vec<([u8; 16], Placement)> = self
@@ -1260,6 +1326,10 @@ impl State {
                     // Nothing written yet: the first write picks the backup.
                     continue;
                 };
+                if !me.ready.get() || me.placement(&hash) != Some(p) {
+                    // A rejoin started meanwhile (it runs this again), or the placement moved.
+                    continue;
+                }
                 let Some(nb) = me.members.borrow().choose_backup(&[me.me]) else {
                     return;
                 };
@@ -1419,6 +1489,8 @@ impl State {
                 });
             }
             RelayMessage::SyncRequest { .. } => {
+                // Answered whatever this node's state, also while it is not ready itself (two
+                // nodes rejoining at once each wait for the other's answer).
                 let conn = conn.clone();
                 monoio::spawn(async move {
                     self.on_sync_request(&conn, rid, sender).await;
@@ -1438,6 +1510,21 @@ impl State {
                     let _ = conn.relay.send((rid, out));
                 });
             }
+            RelayMessage::RejoinNeeded => {
+                let out = match sender {
+                    Some(from) => {
+                        self.request_rejoin(format!(
+                            "{from} declared this node down and hears it again"
+                        ));
+                        Out::Ack
+                    }
+                    None => Out::Error {
+                        code: ErrorCode::Unavailable,
+                        message: "no heartbeat from you yet".into(),
+                    },
+                };
+                let _ = conn.relay.send((rid, out));
+            }
             _ => return false,
         }
         true
@@ -1446,7 +1533,14 @@ impl State {
     async fn on_replicate(self: &Rc<Self>, copy: OwnedReplica, sender: Option<SocketAddr>) -> Out {
         let hash = copy.hash;
         if let Some(p) = self.placement(&hash) {
-            if p.epoch > copy.epoch || (p.epoch == copy.epoch && p.master == Some(self.me)) {
+            // At the same epoch, only the master this node knows may send copies: two nodes
+            // that changed the placement to the same epoch on either side of a partition (a
+            // takeover on one side, a new backup on the other) must not both be taken for the
+            // master; the first one heard keeps it.
+            let other_master = sender.is_some() && p.master.is_some() && p.master != sender;
+            if p.epoch > copy.epoch
+                || (p.epoch == copy.epoch && (p.master == Some(self.me) || other_master))
+            {
                 return Out::Error {
                     code: ErrorCode::StaleEpoch,
                     message: format!(
@@ -1579,48 +1673,125 @@ impl State {
 
     // ----- rejoin and drain ------------------------------------------------------------------
 
-    /// After a start: hear the others, ask each what it holds for this node, then serve.
-    async fn rejoin(self: Rc<Self>) {
-        let cluster = self.node.resolved.cluster.clone().expect("clustering on");
-        let start = clock_ms();
-        let wait_until = start + cluster.node_timeout_ms;
-        let expected = cluster
-            .peers
-            .iter()
-            .filter(|p| p.ip() != self.me.ip())
-            .count();
-        while clock_ms() < wait_until {
-            if expected > 0 && self.members.borrow().up_count() >= expected {
-                break;
-            }
-            monoio::time::sleep(Duration::from_millis(20)).await;
+    /// Stops serving and rejoins (a peer sent RejoinNeeded, or this node hears a peer again after
+    /// losing sight of every peer). One rejoin at a time: during one, the request adds a sync
+    /// round instead.
+    fn request_rejoin(self: &Rc<Self>, why: String) {
+        if self.rejoining.get() {
+            self.rejoin_again.set(true);
+            info!("cluster: {why}; already rejoining: one more sync round before serving");
+            return;
         }
-        let live = self.members.borrow().live();
-        let mut items = 0u64;
-        for peer in live {
-            for attempt in 0..5 {
-                match self.sync_from(peer).await {
-                    Ok(n) => {
-                        items += n;
-                        break;
-                    }
-                    Err(e) => {
-                        warn!(
-                            "cluster: sync from {} failed (attempt {}): {e}",
-                            peer,
-                            attempt + 1
+        self.rejoining.set(true);
+        self.rejoin_gen.set(self.rejoin_gen.get() + 1);
+        self.ready.set(false);
+        let counters = &self.shared().counters;
+        // The cores stop serving on their own (`serve_directly`) and send every request here,
+        // where `handle` waits for the rejoin to end.
+        counters.ready.store(0, Ordering::Relaxed);
+        Counters::bump(&counters.rejoins);
+        warn!(
+            "cluster: rejoining: {why}; no session is served until this node has synced with \
+             every live node"
+        );
+        monoio::spawn(self.clone().rejoin(false));
+    }
+
+    /// Tells `to`, which this node had declared down and hears again, to rejoin (in the
+    /// background; retried while it stays up).
+    fn send_rejoin_needed(self: &Rc<Self>, to: SocketAddr) {
+        Counters::bump(&self.shared().counters.rejoins_requested);
+        let me = self.clone();
+        monoio::spawn(async move {
+            for attempt in 1..=5 {
+                match me.call(to, RelayMessage::RejoinNeeded, 0).await {
+                    Ok(Incoming::Ack) => {
+                        info!(
+                            "cluster: told {to} to rejoin (it was declared down and is heard again)"
                         );
-                        monoio::time::sleep(Duration::from_millis(cluster_retry_ms(&self))).await;
+                        return;
+                    }
+                    other => {
+                        let why = match other {
+                            Ok(answer) => format!("it answered {answer:?}"),
+                            Err(e) => e.to_string(),
+                        };
+                        warn!("cluster: could not tell {to} to rejoin (attempt {attempt}): {why}");
+                        if me.members.borrow().known_down(to) {
+                            return;
+                        }
+                        monoio::time::sleep(Duration::from_millis(cluster_retry_ms(&me))).await;
                     }
                 }
             }
+        });
+    }
+
+    /// Ask every live peer what it holds for this node, then serve. After a start
+    /// (`after_start`), first hear the others (up to the node timeout). While it runs, `ready`
+    /// is false; a rejoin requested meanwhile adds one more round.
+    async fn rejoin(self: Rc<Self>, after_start: bool) {
+        let cluster = self.node.resolved.cluster.clone().expect("clustering on");
+        if after_start {
+            let start = clock_ms();
+            let wait_until = start + cluster.node_timeout_ms;
+            let expected = cluster
+                .peers
+                .iter()
+                .filter(|p| p.ip() != self.me.ip())
+                .count();
+            while clock_ms() < wait_until {
+                if expected > 0 && self.members.borrow().up_count() >= expected {
+                    break;
+                }
+                monoio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
+        let mut items = 0u64;
+        let mut rounds = 0u32;
+        loop {
+            self.rejoin_again.set(false);
+            rounds += 1;
+            let live = self.members.borrow().live();
+            for peer in live {
+                for attempt in 0..5 {
+                    match self.sync_from(peer).await {
+                        Ok(n) => {
+                            items += n;
+                            break;
+                        }
+                        Err(e) => {
+                            warn!(
+                                "cluster: sync from {} failed (attempt {}): {e}",
+                                peer,
+                                attempt + 1
+                            );
+                            if self.members.borrow().known_down(peer) {
+                                break;
+                            }
+                            monoio::time::sleep(Duration::from_millis(cluster_retry_ms(&self)))
+                                .await;
+                        }
+                    }
+                }
+            }
+            // Each extra round needs a new event (a RejoinNeeded, a peer heard again after it
+            // was declared down), so this ends.
+            if !self.rejoin_again.get() {
+                break;
+            }
+            info!("cluster: rejoin: asked again or a peer returned meanwhile: syncing once more");
+        }
+        // No await between the last check and here: a request arriving now starts a new rejoin.
+        self.rejoining.set(false);
         self.ready.set(true);
         self.shared().counters.ready.store(1, Ordering::Relaxed);
         info!(
-            "cluster: ready: {} live peers, {items} sessions refreshed from them",
+            "cluster: ready: {} live peers, {items} sessions refreshed from them ({rounds} sync \
+             rounds)",
             self.members.borrow().up_count()
         );
+        self.add_missing_backups();
     }
 
     async fn sync_from(self: &Rc<Self>, peer: SocketAddr) -> Result<u64, String> {
@@ -1697,8 +1868,20 @@ impl State {
                 prev: None,
             },
         };
-        let newer = self.placement(&hash).is_none_or(|q| q.epoch <= epoch);
-        if newer {
+        let known = self.placement(&hash);
+        // What this node knows at the same epoch with the same master is kept as it is: the
+        // stream does not carry the backup, nor the node the session was taken over from
+        // (`prev`), which this node must go on telling that node when it rejoins in turn.
+        let same = known.is_some_and(|q| q.epoch == epoch && q.master == p.master);
+        // A tie between "this node is the master" (a copy a peer backs up for it) and another
+        // node mastering it at the same epoch (both changed the placement during a partition)
+        // goes to the other node: this node steps back, whatever order the streams came in.
+        let tie_lost = role == SyncRole::Replicas
+            && known.is_some_and(|q| {
+                q.epoch == epoch && q.master.is_some() && q.master != Some(self.me)
+            });
+        let newer = known.is_none_or(|q| q.epoch <= epoch);
+        if newer && !same && !tie_lost {
             self.set_placement(hash, p);
         }
     }
@@ -1826,6 +2009,10 @@ pub async fn main(start: ClusterStart) {
         relayed_locks: RefCell::new(HashMap::new()),
         sessions_held: Cell::new(0),
         ready: Cell::new(false),
+        rejoining: Cell::new(true),
+        rejoin_again: Cell::new(false),
+        alone: Cell::new(false),
+        rejoin_gen: Cell::new(0),
         queued: RefCell::new(HashMap::new()),
         node,
     });
@@ -1869,7 +2056,7 @@ pub async fn main(start: ClusterStart) {
             }
         });
     }
-    monoio::spawn(state.clone().rejoin());
+    monoio::spawn(state.clone().rejoin(true));
     while let Ok(msg) = inbox.recv_async().await {
         match msg {
             ClusterMsg::Request {

@@ -4,7 +4,9 @@
 //! its master, fail over to its backup, replicate a write to the backup, fence a stale master,
 //! rejoin after a restart, hand everything off on drain.
 //!
-//! The core threads send it every session request when clustering is on (`ClusterMsg::Request`);
+//! The core threads send it every session request they cannot serve on their own shards
+//! (`ClusterMsg::Request`), and the copies of HA writes they served themselves
+//! (`ClusterMsg::Copied`);
 //! it runs local work on the cores through their inboxes (`CoreMsg::Request`), exactly like a
 //! connection on another core would.
 //!
@@ -42,6 +44,17 @@ pub enum ClusterMsg {
         op: Op<Vec<u8>>,
         owner: OwnerId,
         reply: ReplyTo,
+    },
+    /// With HA, a WriteUnlock a core served itself (the session is plainly mastered here and
+    /// has a backup, `serve_directly`): its copy, for the backup. `done` (write-through) is told
+    /// when the backup acknowledged it: None, or why the client gets `Unavailable` instead (the
+    /// session was taken over meanwhile).
+    Copied {
+        id: SessionId,
+        version: u64,
+        lifetime_s: u32,
+        data: Vec<u8>,
+        done: Option<flume::Sender<Option<String>>>,
     },
     /// A local client connection closed: release the locks it holds on other nodes.
     OwnerGone(OwnerId),

@@ -8,8 +8,11 @@
 //!   with HA on is then replicated to the backup; under write-through the copy is sent as soon as
 //!   the shard applied the write, while its flush runs, and the client's answer waits for both
 //!   the local flush and the backup's acknowledgement;
-//!   under delayed-write it goes out at once and the replication follows, at most
-//!   `replication_queue_max` per backup in flight (a write that finds the queue full waits).
+//!   under delayed-write it goes out at once and the copy waits in the backup's queue (one entry
+//!   per session, its newest version; at most `replication_queue_max` sessions queued or in
+//!   flight, a write that finds the queue full waits), sent in batches (`dw_sender`).
+//!   A WriteUnlock of a session the cores serve directly (`ClusterShared::serve_directly`) runs
+//!   on its core, and only its copy comes here (`ClusterMsg::Copied`).
 //!   Destroy drops the backup's copy.
 //! - **Master elsewhere**: relay to it. If it cannot be reached (refused, timeout, broken
 //!   connection) or is known down, go to the backup; the backup promotes itself (epoch + 1), picks
@@ -986,6 +989,57 @@ impl State {
         r
     }
 
+    /// The copy of a WriteUnlock a core served itself (`ClusterMsg::Copied`): to the backup, as
+    /// `write_replicated` sends it. `done` gets None, or why the client gets `Unavailable`.
+    async fn copied(
+        self: Rc<Self>,
+        id: SessionId,
+        version: u64,
+        lifetime_s: u32,
+        data: Vec<u8>,
+        done: Option<flume::Sender<Option<String>>>,
+    ) {
+        let hash = id.hash;
+        let p = match self.placement(&hash) {
+            Some(p) => {
+                self.keep(hash, lifetime_s);
+                p
+            }
+            None => {
+                let p = Placement {
+                    epoch: id.version,
+                    master: Some(self.me),
+                    backup: id.backup,
+                    prev: None,
+                };
+                self.set_placement(hash, p);
+                p
+            }
+        };
+        let r = if p.master != Some(self.me) {
+            // Taken over between the core's check and its write.
+            Err(unavailable(
+                "the session was taken over by another node; the write was not applied there; retry",
+            ))
+        } else {
+            let copy = OwnedReplica {
+                hash,
+                version,
+                epoch: p.epoch,
+                lifetime_s,
+                data,
+            };
+            self.replicate_write(p, copy).await
+        };
+        if let Some(done) = done {
+            let err = r.err().map(|e| match e {
+                OwnedReply::Error { message, .. } => message,
+                other => format!("{other:?}"),
+            });
+            let _ = done.send(err);
+        }
+    }
+
     /// Builds the copy of a written session (from the write's data, or read back after a
     /// Touch) and gets it to the backup (see `replicate_write`).
     async fn copy_out(
@@ -1941,6 +1995,15 @@ pub async fn main(start: ClusterStart) {
                 reply,
             } => {
                 monoio::spawn(state.clone().handle(id, op, owner, reply, false));
+            }
+            ClusterMsg::Copied {
+                id,
+                version,
+                lifetime_s,
+                data,
+                done,
+            } => {
+                monoio::spawn(state.clone().copied(id, version, lifetime_s, data, done));
             }
             ClusterMsg::OwnerGone(owner) => {
                 monoio::spawn(state.clone().owner_gone(owner));

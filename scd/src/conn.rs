@@ -35,7 +35,7 @@ use scd_wire::local::{HelloOk, Reply, Request, decode_reply, decode_request, neg
 use scd_wire::session_id::SessionId;
 
 use crate::answer::{Answer, ErrCode};
-use crate::cluster::ClusterMsg;
+use crate::cluster::{ClusterMsg, CoreCopy};
 use crate::constants;
 use crate::core::{Core, CoreMsg, ShardRequest};
 use crate::exec::{Op, ReplyTo};
@@ -628,6 +628,8 @@ async fn write_replicated(
         core.node.settings.storage.model,
         crate::settings::StorageModel::WriteThrough
     );
+    let node = core.node.clone();
+    let max = node.settings.cluster.replication_queue_max as usize;
     monoio::spawn(async move {
         let copied = |version, data, done| ClusterMsg::Copied {
             id,
@@ -677,7 +679,28 @@ async fn write_replicated(
         )) = decode_reply(&frame, &limits)
         {
             if !write_through {
-                let _ = cluster.send_async(copied(version, data, None)).await;
+                // Handed over without waking the cluster thread for each write; when `max`
+                // copies wait already, sent as a message, and the answer waits for room.
+                let copy = CoreCopy {
+                    id,
+                    version,
+                    lifetime_s,
+                    data,
+                };
+                let put = node.cluster.as_ref().map(|c| c.put_dw_copy(copy, max));
+                match put {
+                    Some(Ok(true)) => {
+                        let _ = cluster.send_async(ClusterMsg::CopiesWaiting).await;
+                    }
+                    Some(Ok(false)) | None => {}
+                    Some(Err(copy)) => {
+                        let (done_tx, done_rx) = flume::bounded(1);
+                        let _ = cluster
+                            .send_async(copied(version, copy.data, Some(done_tx)))
+                            .await;
+                        let _ = done_rx.recv_async().await;
+                    }
+                }
             } else {
                 // Answered without waiting for a flush: the answer still waits for the copy.
                 let (done_tx, done_rx) = flume::bounded(1);

@@ -23,6 +23,7 @@ mod heartbeat;
 mod relay;
 mod route;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -56,6 +57,8 @@ pub enum ClusterMsg {
         data: Vec<u8>,
         done: Option<flume::Sender<Option<String>>>,
     },
+    /// Delayed-write copies wait in `ClusterShared::dw_copies` (told once per batch).
+    CopiesWaiting,
     /// A local client connection closed: release the locks it holds on other nodes.
     OwnerGone(OwnerId),
     /// `scd drain`: hand every session to other nodes, then report on the channel.
@@ -135,6 +138,25 @@ pub struct ClusterShared {
     /// How many sessions `irregular` holds (set under its lock): while 0, which is the usual
     /// case, the cores serve without taking the lock.
     pub irregular_count: AtomicUsize,
+    /// Delayed-write copies of writes the cores served themselves, handed to the cluster thread
+    /// without waking it for each (it takes them all a few ms after the first).
+    pub dw_copies: Mutex<DwCopies>,
+}
+
+/// The copy of a write a core served itself.
+pub struct CoreCopy {
+    pub id: SessionId,
+    pub version: u64,
+    pub lifetime_s: u32,
+    pub data: Vec<u8>,
+}
+
+/// See `ClusterShared::dw_copies`: one copy per session, its newest version.
+#[derive(Default)]
+pub struct DwCopies {
+    pub copies: HashMap<[u8; 16], CoreCopy>,
+    /// The cluster thread was told there are copies, and has not taken them yet.
+    pub told: bool,
 }
 
 impl ClusterShared {
@@ -151,6 +173,38 @@ impl ClusterShared {
                     .lock()
                     .map(|s| !s.contains(&id.hash))
                     .unwrap_or(false))
+    }
+
+    /// Hands a delayed-write copy to the cluster thread: replaces the session's waiting copy if
+    /// there is one (the newest version stays). Ok(true): the caller tells the cluster thread
+    /// (`CopiesWaiting`). Err: `max` copies wait already; the caller sends it as `Copied` and
+    /// waits for room in the backup's queue.
+    pub fn put_dw_copy(&self, copy: CoreCopy, max: usize) -> Result<bool, CoreCopy> {
+        let Ok(mut w) = self.dw_copies.lock() else {
+            return Err(copy);
+        };
+        if let Some(old) = w.copies.get_mut(&copy.id.hash) {
+            Counters::bump(&self.counters.replications_coalesced);
+            if old.version <= copy.version {
+                *old = copy;
+            }
+        } else if w.copies.len() >= max {
+            return Err(copy);
+        } else {
+            w.copies.insert(copy.id.hash, copy);
+        }
+        Ok(!std::mem::replace(&mut w.told, true))
+    }
+
+    /// Takes every waiting delayed-write copy (cluster thread).
+    pub fn take_dw_copies(&self) -> Vec<CoreCopy> {
+        match self.dw_copies.lock() {
+            Ok(mut w) => {
+                w.told = false;
+                w.copies.drain().map(|(_, c)| c).collect()
+            }
+            Err(_) => Vec::new(),
+        }
     }
 
     /// The backup for a new session: the least-loaded live peer (ties by address).

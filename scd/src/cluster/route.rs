@@ -924,6 +924,7 @@ impl State {
                     if !self.write_through() {
                         // Through the queue, after the session's queued copy (which it replaces):
                         // the backup sees the changes of one session in order.
+                        self.take_core_copies().await;
                         let (tx, rx) = flume::bounded(1);
                         let q = self.dw_queue(b);
                         self.dw_enqueue(&q, hash, DwChange::Drop(tx)).await;
@@ -1037,6 +1038,16 @@ impl State {
                 other => format!("{other:?}"),
             });
             let _ = done.send(err);
+        }
+    }
+
+    /// Moves the delayed-write copies the cores handed over (`ClusterShared::dw_copies`) into
+    /// the backups' queues.
+    async fn take_core_copies(self: &Rc<Self>) {
+        for c in self.shared().take_dw_copies() {
+            self.clone()
+                .copied(c.id, c.version, c.lifetime_s, c.data, None)
+                .await;
         }
     }
 
@@ -2004,6 +2015,14 @@ pub async fn main(start: ClusterStart) {
                 done,
             } => {
                 monoio::spawn(state.clone().copied(id, version, lifetime_s, data, done));
+            }
+            ClusterMsg::CopiesWaiting => {
+                let s = state.clone();
+                monoio::spawn(async move {
+                    let linger = DW_LINGER_MS.min(s.node.settings.storage.flush_interval_ms);
+                    monoio::time::sleep(Duration::from_millis(linger)).await;
+                    s.take_core_copies().await;
+                });
             }
             ClusterMsg::OwnerGone(owner) => {
                 monoio::spawn(state.clone().owner_gone(owner));

@@ -95,6 +95,9 @@ pub struct State {
     ready: Cell<bool>,
     /// The delayed-write copy queue of each backup.
     queued: RefCell<HashMap<SocketAddr, Rc<DwQueue>>>,
+    /// Tasks moving copies from the cores' hand-off into the queues (`take_core_copies`); a
+    /// Destroy waits for none to be left, so that no copy of its session enters a queue after it.
+    copies_moving: Cell<u32>,
 }
 
 /// A placement is kept at least this long after its session was last used (or its lifetime,
@@ -925,6 +928,10 @@ impl State {
                         // Through the queue, after the session's queued copy (which it replaces):
                         // the backup sees the changes of one session in order.
                         self.take_core_copies().await;
+                        // Copies taken by another task may still wait for room in a queue.
+                        while self.copies_moving.get() > 0 {
+                            monoio::time::sleep(Duration::from_millis(1)).await;
+                        }
                         let (tx, rx) = flume::bounded(1);
                         let q = self.dw_queue(b);
                         self.dw_enqueue(&q, hash, DwChange::Drop(tx)).await;
@@ -1044,11 +1051,14 @@ impl State {
     /// Moves the delayed-write copies the cores handed over (`ClusterShared::dw_copies`) into
     /// the backups' queues.
     async fn take_core_copies(self: &Rc<Self>) {
-        for c in self.shared().take_dw_copies() {
+        let copies = self.shared().take_dw_copies();
+        self.copies_moving.set(self.copies_moving.get() + 1);
+        for c in copies {
             self.clone()
                 .copied(c.id, c.version, c.lifetime_s, c.data, None)
                 .await;
         }
+        self.copies_moving.set(self.copies_moving.get() - 1);
     }
 
     /// Builds the copy of a written session (from the write's data, or read back after a
@@ -1956,6 +1966,7 @@ pub async fn main(start: ClusterStart) {
         sessions_held: Cell::new(0),
         ready: Cell::new(false),
         queued: RefCell::new(HashMap::new()),
+        copies_moving: Cell::new(0),
         node,
     });
     state.refresh_load().await;

@@ -30,12 +30,12 @@ use monoio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use scd_engine::{OwnerId, SessionKey, shard_for};
 use scd_wire::constants::{PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
 use scd_wire::frame::{DecodeError, Frame, Header, Limits, Reason};
-use scd_wire::local::{HelloOk, Reply, Request, decode_request, negotiate};
+use scd_wire::local::{HelloOk, Reply, Request, decode_reply, decode_request, negotiate};
 
 use scd_wire::session_id::SessionId;
 
 use crate::answer::{Answer, ErrCode};
-use crate::cluster::ClusterMsg;
+use crate::cluster::{ClusterMsg, CoreCopy};
 use crate::constants;
 use crate::core::{Core, CoreMsg, ShardRequest};
 use crate::exec::{Op, ReplyTo};
@@ -486,6 +486,15 @@ async fn dispatch(
                     Some(c) if local_only && c.serve_directly(core.node.relay_addr, &id) => {
                         route(core, conn, id.hash, op, reply).await
                     }
+                    // With HA, a WriteUnlock of a session this node plainly masters, with a
+                    // backup: served here too; only its copy goes to the cluster thread.
+                    Some(c)
+                        if matches!(op, Op::WriteUnlock { .. })
+                            && id.backup.is_some()
+                            && c.serve_directly(core.node.relay_addr, &id) =>
+                    {
+                        write_replicated(core, conn, c.tx.clone(), id, op, reply).await
+                    }
                     // Clustering on: the cluster thread decides where the session is served.
                     Some(c) => {
                         let msg = ClusterMsg::Request {
@@ -588,6 +597,130 @@ async fn route(core: &Rc<Core>, conn: &Conn, hash: [u8; 16], op: Op<&[u8]>, repl
             "the daemon is stopping",
         ));
     }
+}
+
+/// With HA, a WriteUnlock of a session this node plainly masters and that has a backup: run
+/// here like any write, and its copy handed to the cluster thread (`ClusterMsg::Copied`), which
+/// sends it to the backup. Write-through: the copy leaves once the shard applied the write, while
+/// its flush runs, and the answer waits for both the flush and the backup's acknowledgement.
+/// Delayed-write: the copy is queued before the client is answered.
+async fn write_replicated(
+    core: &Rc<Core>,
+    conn: &Conn,
+    cluster: flume::Sender<ClusterMsg>,
+    id: SessionId,
+    op: Op<&[u8]>,
+    reply: ReplyTo,
+) {
+    let Op::WriteUnlock {
+        lifetime_s, data, ..
+    } = op
+    else {
+        return;
+    };
+    let data = data.to_vec();
+    let (tx, rx) = flume::bounded(1);
+    let (applied_tx, applied_rx) = flume::bounded(1);
+    let local = ReplyTo::with_applied(tx, reply.request_id(), applied_tx);
+    route(core, conn, id.hash, op, local).await;
+    let limits = proto::limits(core.node.settings.storage.session_size_max);
+    let write_through = matches!(
+        core.node.settings.storage.model,
+        crate::settings::StorageModel::WriteThrough
+    );
+    let node = core.node.clone();
+    let max = node.settings.cluster.replication_queue_max as usize;
+    monoio::spawn(async move {
+        let copied = |version, data, done| ClusterMsg::Copied {
+            id,
+            version,
+            lifetime_s,
+            data,
+            done,
+        };
+        if let Ok(version) = applied_rx.recv_async().await {
+            let (done_tx, done_rx) = flume::bounded(1);
+            let _ = cluster
+                .send_async(copied(version, data, Some(done_tx)))
+                .await;
+            let Ok(frame) = rx.recv_async().await else {
+                return;
+            };
+            let done = done_rx.recv_async().await;
+            let flushed = matches!(
+                decode_reply(&frame, &limits),
+                Ok((
+                    Frame {
+                        message: Reply::Done { .. },
+                        ..
+                    },
+                    _
+                ))
+            );
+            match done {
+                Ok(Some(why)) if flushed => reply.send(Answer::error(ErrCode::Unavailable, why)),
+                Err(_) if flushed => reply.send(Answer::error(
+                    ErrCode::Unavailable,
+                    "the daemon is stopping",
+                )),
+                _ => reply.send_frame(frame),
+            }
+            return;
+        }
+        let Ok(frame) = rx.recv_async().await else {
+            return;
+        };
+        if let Ok((
+            Frame {
+                message: Reply::Done { version },
+                ..
+            },
+            _,
+        )) = decode_reply(&frame, &limits)
+        {
+            if !write_through {
+                // Handed over without waking the cluster thread for each write; when `max`
+                // copies wait already, sent as a message, and the answer waits for room.
+                let copy = CoreCopy {
+                    id,
+                    version,
+                    lifetime_s,
+                    data,
+                };
+                let put = node.cluster.as_ref().map(|c| c.put_dw_copy(copy, max));
+                match put {
+                    Some(Ok(true)) => {
+                        let _ = cluster.send_async(ClusterMsg::CopiesWaiting).await;
+                    }
+                    Some(Ok(false)) | None => {}
+                    Some(Err(copy)) => {
+                        let (done_tx, done_rx) = flume::bounded(1);
+                        let _ = cluster
+                            .send_async(copied(version, copy.data, Some(done_tx)))
+                            .await;
+                        let _ = done_rx.recv_async().await;
+                    }
+                }
+            } else {
+                // Answered without waiting for a flush: the answer still waits for the copy.
+                let (done_tx, done_rx) = flume::bounded(1);
+                let _ = cluster
+                    .send_async(copied(version, data, Some(done_tx)))
+                    .await;
+                match done_rx.recv_async().await {
+                    Ok(None) => {}
+                    Ok(Some(why)) => return reply.send(Answer::error(ErrCode::Unavailable, why)),
+                    Err(_) => {
+                        return reply.send(Answer::error(
+                            ErrCode::Unavailable,
+                            "the daemon is stopping",
+                        ));
+                    }
+                }
+            }
+        }
+        reply.send_frame(frame);
+    });
 }
 
 /// A fresh session ID with this node as master. The HASH is drawn from the OS's CSPRNG until it

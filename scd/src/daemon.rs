@@ -160,6 +160,7 @@ pub fn run(settings: Settings, resolved: Resolved) -> Result<(), StartError> {
                 draining: std::sync::atomic::AtomicBool::new(false),
                 irregular: std::sync::Mutex::new(std::collections::HashSet::new()),
                 irregular_count: std::sync::atomic::AtomicUsize::new(0),
+                dw_copies: Default::default(),
             })
         }
         None => None,

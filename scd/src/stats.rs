@@ -99,7 +99,7 @@ pub async fn gather(core: &Core) -> NodeStats {
 }
 
 /// The cluster's figures, shown with the node's (`node.cluster_*`); only when clustering is on.
-pub const CLUSTER_FIELDS: [(&str, &str, &str); 24] = [
+pub const CLUSTER_FIELDS: [(&str, &str, &str); 25] = [
     ("cluster_on", "gauge", "1: clustering is on."),
     (
         "cluster_ready",
@@ -160,6 +160,11 @@ pub const CLUSTER_FIELDS: [(&str, &str, &str); 24] = [
         "cluster_replication_failures",
         "counter",
         "Copies a backup did not acknowledge (unreachable, or fenced by a newer epoch).",
+    ),
+    (
+        "cluster_replications_coalesced",
+        "counter",
+        "Delayed-write copies replaced in the queue by a newer write (or a Destroy) of the same session before they were sent.",
     ),
     (
         "cluster_replicas_applied",

@@ -82,3 +82,31 @@ fn session_cycles_per_second_through_master_and_relayed_ha_off_and_on() {
         }
     }
 }
+
+/// HA's cost measured in pairs: two 2-node clusters (HA off, HA on) side by side, the load through
+/// the master alternating between them `ROUNDS` times, so that both see the same machine load;
+/// prints each round's HA on ÷ HA off and their mean. Run with:
+/// `cargo test --release -p scd --test cluster_cycle ha_cost -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn ha_cost_through_the_master_alternating_ha_off_and_on() {
+    const ROUNDS: usize = 5;
+    for (policy, net) in [("write-through", 23u8), ("delayed-write", 33u8)] {
+        let off = Cluster::start(net, 2, &["--ha", "false", "--storage-model", policy]);
+        let on = Cluster::start(net + 1, 2, &["--ha", "true", "--storage-model", policy]);
+        let mut ratios = Vec::new();
+        for round in 0..ROUNDS {
+            let a = cycles(&off.nodes[0], &off.nodes[0]);
+            let b = cycles(&on.nodes[0], &on.nodes[0]);
+            println!(
+                "FIGURES {policy} round {round}: HA off {a:.0} cycles/s, HA on {b:.0} cycles/s, \
+                 on ÷ off {:.2}",
+                b / a
+            );
+            ratios.push(b / a);
+        }
+        let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
+        println!("FIGURES {policy}: HA on ÷ HA off, mean of {ROUNDS} rounds: {mean:.2}");
+        assert!(on.nodes[0].stat("node.cluster_replications") > 0);
+    }
+}

@@ -207,8 +207,8 @@ fn a_session_created_alone_gets_a_backup_once_another_node_is_up() {
 
 #[test]
 fn a_full_delayed_write_copy_queue_makes_writes_wait_and_drops_none() {
-    // One copy in flight at a time to the backup: every further write waits for a slot; none is
-    // refused and none of the copies is dropped.
+    // One session queued or in flight at a time to the backup: every write of another session
+    // waits for the slot; none is refused and no session's last copy is dropped.
     let mut c = Cluster::start(
         21,
         2,
@@ -236,8 +236,12 @@ fn a_full_delayed_write_copy_queue_makes_writes_wait_and_drops_none() {
         a.write_unlock(id, r.token, 600, format!("value {n}").as_bytes())
             .unwrap();
     }
+    // Every write's copy reached the backup, or was replaced in the queue by a newer write of
+    // its session (delayed-write sends only a session's newest version).
     common::eventually("every copy sent to the backup", || {
-        c.nodes[0].stat("node.cluster_replications") >= writes
+        c.nodes[0].stat("node.cluster_replications")
+            + c.nodes[0].stat("node.cluster_replications_coalesced")
+            >= writes
     });
     assert_eq!(c.nodes[0].stat("node.cluster_replication_failures"), 0);
     // The backup holds the last value of each session: A dies, B serves them.
@@ -248,4 +252,56 @@ fn a_full_delayed_write_copy_queue_makes_writes_wait_and_drops_none() {
         let (data, _) = read_following(&mut b, id);
         assert_eq!(data.as_deref(), Some(format!("value {last}").as_bytes()));
     }
+}
+
+#[test]
+fn delayed_write_sends_only_the_newest_copy_of_a_busy_session_and_a_destroy_after_its_writes() {
+    // Many writes of one session in a row: the backup gets only the newest version queued
+    // (`replications_coalesced` counts the copies a newer write replaced), never an older one
+    // after a newer one; a kill -9 of the master then finds the last acknowledged write on the
+    // backup. A Destroy queued behind writes of its session reaches the backup after them.
+    let mut c = Cluster::start(53, 2, &["--ha", "true", "--storage-model", "delayed-write"]);
+    let mut a = c.nodes[0].client();
+    let mut busy = a.create_id().unwrap();
+    let mut gone = a.create_id().unwrap();
+    let writes = 300u64;
+    for n in 1..=writes {
+        for id in [&mut busy, &mut gone] {
+            let r = a.read_lock(id, 5000, 30_000).unwrap();
+            if let Some(new) = r.new_id {
+                *id = new;
+            }
+            a.write_unlock(id, r.token, 600, format!("value {n}").as_bytes())
+                .unwrap();
+        }
+    }
+    let r = a.read_lock(&gone, 5000, 30_000).unwrap();
+    a.destroy(&gone, r.token).unwrap();
+    // Every write is accounted for: acknowledged by the backup, or replaced by a newer one.
+    common::eventually("every write copied or replaced by a newer copy", || {
+        c.nodes[0].stat("node.cluster_replications")
+            + c.nodes[0].stat("node.cluster_replications_coalesced")
+            >= 2 * writes
+    });
+    assert_eq!(c.nodes[0].stat("node.cluster_replication_failures"), 0);
+    let coalesced = c.nodes[0].stat("node.cluster_replications_coalesced");
+    assert!(
+        coalesced > 0,
+        "back-to-back writes of one session are coalesced"
+    );
+    assert!(c.nodes[0].stat("node.cluster_replications") < 2 * writes);
+    c.nodes[0].kill9();
+    let mut b = c.nodes[1].client();
+    let (data, _) = read_following(&mut b, &mut busy);
+    assert_eq!(
+        data.as_deref(),
+        Some(format!("value {writes}").as_bytes()),
+        "the backup serves the last acknowledged write"
+    );
+    assert_eq!(busy.master, c.relay(1));
+    let (data, _) = read_following(&mut b, &mut gone);
+    assert_eq!(
+        data, None,
+        "the destroyed session stays destroyed on the backup"
+    );
 }

@@ -4,7 +4,9 @@
 //! its master, fail over to its backup, replicate a write to the backup, fence a stale master,
 //! rejoin after a restart or a healed partition (RejoinNeeded), hand everything off on drain.
 //!
-//! The core threads send it every session request when clustering is on (`ClusterMsg::Request`);
+//! The core threads send it every session request they cannot serve on their own shards
+//! (`ClusterMsg::Request`), and the copies of HA writes they served themselves
+//! (`ClusterMsg::Copied`);
 //! it runs local work on the cores through their inboxes (`CoreMsg::Request`), exactly like a
 //! connection on another core would.
 //!
@@ -24,6 +26,7 @@ mod heartbeat;
 mod relay;
 mod route;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -46,6 +49,19 @@ pub enum ClusterMsg {
         owner: OwnerId,
         reply: ReplyTo,
     },
+    /// With HA, a WriteUnlock a core served itself (the session is plainly mastered here and
+    /// has a backup, `serve_directly`): its copy, for the backup. `done` (write-through) is told
+    /// when the backup acknowledged it: None, or why the client gets `Unavailable` instead (the
+    /// session was taken over meanwhile).
+    Copied {
+        id: SessionId,
+        version: u64,
+        lifetime_s: u32,
+        data: Vec<u8>,
+        done: Option<flume::Sender<Option<String>>>,
+    },
+    /// Delayed-write copies wait in `ClusterShared::dw_copies` (told once per batch).
+    CopiesWaiting,
     /// A local client connection closed: release the locks it holds on other nodes.
     OwnerGone(OwnerId),
     /// `scd drain`: hand every session to other nodes, then report on the channel.
@@ -68,6 +84,7 @@ pub struct Counters {
     pub relay_connections_refused: AtomicU64,
     pub replications: AtomicU64,
     pub replication_failures: AtomicU64,
+    pub replications_coalesced: AtomicU64,
     pub replicas_applied: AtomicU64,
     pub failovers: AtomicU64,
     pub fenced: AtomicU64,
@@ -104,6 +121,7 @@ impl Counters {
             g(&self.relay_connections_refused),
             g(&self.replications),
             g(&self.replication_failures),
+            g(&self.replications_coalesced),
             g(&self.replicas_applied),
             g(&self.failovers),
             g(&self.fenced),
@@ -134,6 +152,25 @@ pub struct ClusterShared {
     /// How many sessions `irregular` holds (set under its lock): while 0, which is the usual
     /// case, the cores serve without taking the lock.
     pub irregular_count: AtomicUsize,
+    /// Delayed-write copies of writes the cores served themselves, handed to the cluster thread
+    /// without waking it for each (it takes them all a few ms after the first).
+    pub dw_copies: Mutex<DwCopies>,
+}
+
+/// The copy of a write a core served itself.
+pub struct CoreCopy {
+    pub id: SessionId,
+    pub version: u64,
+    pub lifetime_s: u32,
+    pub data: Vec<u8>,
+}
+
+/// See `ClusterShared::dw_copies`: one copy per session, its newest version.
+#[derive(Default)]
+pub struct DwCopies {
+    pub copies: HashMap<[u8; 16], CoreCopy>,
+    /// The cluster thread was told there are copies, and has not taken them yet.
+    pub told: bool,
 }
 
 impl ClusterShared {
@@ -150,6 +187,38 @@ impl ClusterShared {
                     .lock()
                     .map(|s| !s.contains(&id.hash))
                     .unwrap_or(false))
+    }
+
+    /// Hands a delayed-write copy to the cluster thread: replaces the session's waiting copy if
+    /// there is one (the newest version stays). Ok(true): the caller tells the cluster thread
+    /// (`CopiesWaiting`). Err: `max` copies wait already; the caller sends it as `Copied` and
+    /// waits for room in the backup's queue.
+    pub fn put_dw_copy(&self, copy: CoreCopy, max: usize) -> Result<bool, CoreCopy> {
+        let Ok(mut w) = self.dw_copies.lock() else {
+            return Err(copy);
+        };
+        if let Some(old) = w.copies.get_mut(&copy.id.hash) {
+            Counters::bump(&self.counters.replications_coalesced);
+            if old.version <= copy.version {
+                *old = copy;
+            }
+        } else if w.copies.len() >= max {
+            return Err(copy);
+        } else {
+            w.copies.insert(copy.id.hash, copy);
+        }
+        Ok(!std::mem::replace(&mut w.told, true))
+    }
+
+    /// Takes every waiting delayed-write copy (cluster thread).
+    pub fn take_dw_copies(&self) -> Vec<CoreCopy> {
+        match self.dw_copies.lock() {
+            Ok(mut w) => {
+                w.told = false;
+                w.copies.drain().map(|(_, c)| c).collect()
+            }
+            Err(_) => Vec::new(),
+        }
     }
 
     /// The backup for a new session mastered by `me`: `scd_cluster::choose_backup` over the

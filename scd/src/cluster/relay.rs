@@ -5,7 +5,7 @@
 //! the key gets a closed connection and nothing else. After it every frame is sealed; any frame
 //! that fails its MAC, sequence or decoding closes the connection. Each request is handled in its
 //! own task, so a lock wait does not hold up the others; replies are sealed by the one writer task
-//! in the order they are sent.
+//! in the order they are sent, every answer ready at that moment in one write.
 //!
 //! Outbound: one pooled connection per peer address, opened on first use, multiplexed by request
 //! ID; a broken connection fails its pending calls (the caller decides: retry, fail over, error)
@@ -469,6 +469,58 @@ pub async fn accept(state: Rc<State>, listener: TcpListener) {
     }
 }
 
+/// A served connection's writer gathers ready answers into one write up to about this many bytes.
+const SERVED_WRITE_MAX: usize = 256 * 1024;
+
+/// Seals an encoded local reply frame as a ForwardReply. Err: the connection must close (a reply
+/// that does not decode is logged and skipped).
+fn seal_local(
+    sealer: &mut Sealer,
+    frame: &[u8],
+    limits: &Limits,
+    out: &mut Vec<u8>,
+) -> Result<(), ()> {
+    match decode_reply(frame, limits) {
+        Ok((f, _)) => {
+            let msg = RelayMessage::ForwardReply { reply: f.message };
+            sealer
+                .seal(&Frame::new(f.request_id, msg), out)
+                .map_err(|_| ())
+        }
+        Err(e) => {
+            warn!("cannot relay a reply back: {e:?}");
+            Ok(())
+        }
+    }
+}
+
+/// Seals a relay answer. Err: the connection must close.
+fn seal_out(sealer: &mut Sealer, id: u64, o: &Out, out: &mut Vec<u8>) -> Result<(), ()> {
+    let msg = match o {
+        Out::ReplicateAck { hash, version } => RelayMessage::ReplicateAck {
+            hash: *hash,
+            version: *version,
+        },
+        Out::Ack => RelayMessage::Ack,
+        Out::Error { code, message } => RelayMessage::Error {
+            code: *code,
+            message,
+        },
+        Out::SyncBegin { role, count } => RelayMessage::SyncBegin {
+            role: *role,
+            count_hint: *count,
+        },
+        Out::SyncItem(r) => RelayMessage::SyncItem(r.as_wire()),
+        Out::SyncEnd { count } => RelayMessage::SyncEnd { count: *count },
+        Out::Located(l) => RelayMessage::Located {
+            hash: l.hash,
+            live_nodes: l.live_nodes,
+            location: l.location,
+        },
+    };
+    sealer.seal(&Frame::new(id, msg), out).map_err(|_| ())
+}
+
 async fn serve(state: Rc<State>, stream: TcpStream, addr: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
@@ -526,34 +578,31 @@ async fn serve(state: Rc<State>, stream: TcpStream, addr: SocketAddr) {
             monoio::select! {
                 m = local_rx.recv_async() => {
                     let Ok(frame) = m else { break };
-                    match decode_reply(&frame, &limits) {
-                        Ok((f, _)) => {
-                            let msg = RelayMessage::ForwardReply { reply: f.message };
-                            if sealer.seal(&Frame::new(f.request_id, msg), &mut out).is_err() {
-                                break;
-                            }
-                        }
-                        Err(e) => {
-                            warn!("cannot relay a reply back: {e:?}");
-                            continue;
-                        }
+                    if seal_local(&mut sealer, &frame, &limits, &mut out).is_err() {
+                        break;
                     }
                 }
                 m = relay_rx.recv_async() => {
                     let Ok((id, o)) = m else { break };
-                    let msg = match &o {
-                        Out::ReplicateAck { hash, version } => RelayMessage::ReplicateAck { hash: *hash, version: *version },
-                        Out::Ack => RelayMessage::Ack,
-                        Out::Error { code, message } => RelayMessage::Error { code: *code, message },
-                        Out::SyncBegin { role, count } => RelayMessage::SyncBegin { role: *role, count_hint: *count },
-                        Out::SyncItem(r) => RelayMessage::SyncItem(r.as_wire()),
-                        Out::SyncEnd { count } => RelayMessage::SyncEnd { count: *count },
-                        Out::Located(l) => RelayMessage::Located { hash: l.hash, live_nodes: l.live_nodes, location: l.location },
-                    };
-                    if sealer.seal(&Frame::new(id, msg), &mut out).is_err() {
+                    if seal_out(&mut sealer, id, &o, &mut out).is_err() {
                         break;
                     }
                 }
+            }
+            // Whatever else is ready goes in the same write (answers of a batch of copies: one
+            // syscall, not one each).
+            let mut sealed = Ok(());
+            while sealed.is_ok() && out.len() < SERVED_WRITE_MAX {
+                if let Ok(frame) = local_rx.try_recv() {
+                    sealed = seal_local(&mut sealer, &frame, &limits, &mut out);
+                } else if let Ok((id, o)) = relay_rx.try_recv() {
+                    sealed = seal_out(&mut sealer, id, &o, &mut out);
+                } else {
+                    break;
+                }
+            }
+            if sealed.is_err() {
+                break;
             }
             let (res, back) = wr.write_all(std::mem::take(&mut out)).await;
             out = back;

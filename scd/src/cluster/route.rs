@@ -8,8 +8,11 @@
 //!   with HA on is then replicated to the backup; under write-through the copy is sent as soon as
 //!   the shard applied the write, while its flush runs, and the client's answer waits for both
 //!   the local flush and the backup's acknowledgement;
-//!   under delayed-write it goes out at once and the replication follows, at most
-//!   `replication_queue_max` per backup in flight (a write that finds the queue full waits).
+//!   under delayed-write it goes out at once and the copy waits in the backup's queue (one entry
+//!   per session, its newest version; at most `replication_queue_max` sessions queued or in
+//!   flight, a write that finds the queue full waits), sent in batches (`dw_sender`).
+//!   A WriteUnlock of a session the cores serve directly (`ClusterShared::serve_directly`) runs
+//!   on its core, and only its copy comes here (`ClusterMsg::Copied`).
 //!   Destroy drops the backup's copy.
 //! - **Master elsewhere**: relay to it. If it cannot be reached (refused, timeout, broken
 //!   connection) or is known down, go to the backup; the backup promotes itself (epoch + 1), picks
@@ -31,11 +34,11 @@
 //!   the session is and relays the request to the newest placement found.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use log::{debug, error, info, warn};
@@ -54,6 +57,7 @@ use super::{ClusterMsg, ClusterShared, ClusterStart, Counters};
 use crate::core::{CoreMsg, ShardRequest, clock_ms};
 use crate::daemon::Node;
 use crate::exec::{Op, ReplyTo};
+use crate::notify::Notify;
 use crate::proto;
 
 /// What this node knows of where one session lives.
@@ -107,8 +111,11 @@ pub struct State {
     /// Rejoins started since the start: a placement change that was in flight when one started
     /// (a new backup chosen on stale knowledge) is abandoned.
     rejoin_gen: Cell<u64>,
-    /// Delayed-write replications in flight per backup.
-    queued: RefCell<HashMap<SocketAddr, QueueSlots>>,
+    /// The delayed-write copy queue of each backup.
+    queued: RefCell<HashMap<SocketAddr, Rc<DwQueue>>>,
+    /// Tasks moving copies from the cores' hand-off into the queues (`take_core_copies`); a
+    /// Destroy waits for none to be left, so that no copy of its session enters a queue after it.
+    copies_moving: Cell<u32>,
 }
 
 /// A placement is kept at least this long after its session was last used (or its lifetime,
@@ -125,9 +132,137 @@ const RELAY_OWNER_BASE: u64 = 0xFFFF << 48;
 /// token).
 type RelayedLock = (SocketAddr, SessionId, u64);
 
-/// The delayed-write copies in flight to one backup, as the slots of a bounded channel: a
-/// copy takes a slot before it starts and frees it when done.
+/// The delayed-write copies queued for one backup or in flight, as the slots of a bounded
+/// channel: a session's entry takes a slot when it enters the queue and frees it when its copy
+/// is done (acknowledged, or handed to the repair path).
 type QueueSlots = (flume::Sender<()>, flume::Receiver<()>);
+
+/// How long the delayed-write sender lets a backup's queue fill before it sends a batch (at most
+/// the flush interval): writes of one session within it become one copy.
+const DW_LINGER_MS: u64 = 20;
+
+/// At most this many sessions, and about this many bytes of copies, per delayed-write batch.
+const DW_BATCH_MAX: usize = 512;
+const DW_BATCH_BYTES: usize = 4 << 20;
+
+/// A session's change waiting in a delayed-write queue: its newest copy, and whether a Destroy
+/// must reach the backup before it (`drop_waiters` are told when it did).
+#[derive(Default)]
+struct Pending {
+    drop: bool,
+    drop_waiters: Vec<flume::Sender<()>>,
+    copy: Option<(Placement, OwnedReplica)>,
+}
+
+/// What enters a delayed-write queue.
+enum DwChange {
+    Copy(Placement, OwnedReplica),
+    Drop(flume::Sender<()>),
+}
+
+/// What a batch sends for one session.
+enum Item {
+    Copy(Placement, OwnedReplica),
+    Drop(Vec<flume::Sender<()>>),
+}
+
+/// The delayed-write copies bound for one backup. A session is in `waiting` at most once, with
+/// only its newest version: a later write replaces the queued copy (it does not take another
+/// slot). One sender task per backup sends what waits in batches, one batch in flight at a time,
+/// so the changes of one session reach the backup in the order they were made.
+struct DwQueue {
+    backup: SocketAddr,
+    waiting: RefCell<HashMap<[u8; 16], Pending>>,
+    /// The sessions of `waiting`, oldest first.
+    order: RefCell<VecDeque<[u8; 16]>>,
+    slots: QueueSlots,
+    wake: Notify,
+}
+
+impl DwQueue {
+    /// Folds `change` into the session's waiting entry; gives it back when none waits.
+    fn merge(&self, hash: [u8; 16], change: DwChange, coalesced: &AtomicU64) -> Option<DwChange> {
+        let mut waiting = self.waiting.borrow_mut();
+        let Some(e) = waiting.get_mut(&hash) else {
+            return Some(change);
+        };
+        match change {
+            DwChange::Copy(p, copy) => {
+                let newer = e
+                    .copy
+                    .as_ref()
+                    .is_none_or(|(_, c)| c.version <= copy.version);
+                if e.copy.is_some() {
+                    Counters::bump(coalesced);
+                }
+                if newer {
+                    e.copy = Some((p, copy));
+                }
+            }
+            DwChange::Drop(waiter) => {
+                if e.copy.take().is_some() {
+                    Counters::bump(coalesced);
+                }
+                e.drop = true;
+                e.drop_waiters.push(waiter);
+            }
+        }
+        None
+    }
+
+    /// A new entry (its slot taken).
+    fn insert(&self, hash: [u8; 16], change: DwChange) {
+        let e = match change {
+            DwChange::Copy(p, copy) => Pending {
+                copy: Some((p, copy)),
+                ..Pending::default()
+            },
+            DwChange::Drop(waiter) => Pending {
+                drop: true,
+                drop_waiters: vec![waiter],
+                copy: None,
+            },
+        };
+        self.waiting.borrow_mut().insert(hash, e);
+        self.order.borrow_mut().push_back(hash);
+        self.wake.notify();
+    }
+
+    /// Takes the next batch: (session, what to send, whether its slot is freed when done). A
+    /// session with a Destroy and a newer copy sends the Destroy now and keeps the copy (and its
+    /// slot) for the next batch.
+    fn take_batch(&self) -> Vec<([u8; 16], Item, bool)> {
+        let mut waiting = self.waiting.borrow_mut();
+        let mut order = self.order.borrow_mut();
+        let mut batch = Vec::new();
+        let mut later = Vec::new();
+        let mut bytes = 0;
+        while batch.len() < DW_BATCH_MAX && bytes < DW_BATCH_BYTES {
+            let Some(hash) = order.pop_front() else { break };
+            let Some(mut e) = waiting.remove(&hash) else {
+                continue;
+            };
+            if e.drop {
+                let waiters = std::mem::take(&mut e.drop_waiters);
+                if e.copy.is_some() {
+                    e.drop = false;
+                    later.push((hash, e));
+                    batch.push((hash, Item::Drop(waiters), false));
+                } else {
+                    batch.push((hash, Item::Drop(waiters), true));
+                }
+            } else if let Some((p, copy)) = e.copy {
+                bytes += copy.data.len();
+                batch.push((hash, Item::Copy(p, copy), true));
+            }
+        }
+        for (hash, e) in later {
+            waiting.insert(hash, e);
+            order.push_back(hash);
+        }
+        batch
+    }
+}
 
 fn unavailable(message: impl Into<String>) -> OwnedReply {
     OwnedReply::Error {
@@ -1025,6 +1160,20 @@ impl State {
             Op::Destroy { token } if p.backup.is_some() => {
                 let r = self.local(hash, owner, Op::Destroy { token }).await;
                 if let (OwnedReply::Done { .. }, Some(b)) = (&r, p.backup) {
+                    if !self.write_through() {
+                        // Through the queue, after the session's queued copy (which it replaces):
+                        // the backup sees the changes of one session in order.
+                        self.take_core_copies().await;
+                        // Copies taken by another task may still wait for room in a queue.
+                        while self.copies_moving.get() > 0 {
+                            monoio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                        let (tx, rx) = flume::bounded(1);
+                        let q = self.dw_queue(b);
+                        self.dw_enqueue(&q, hash, DwChange::Drop(tx)).await;
+                        let _ = rx.recv_async().await;
+                        return answer(reply, &r, new_id);
+                    }
                     match self.call(b, RelayMessage::DropReplica { hash }, 0).await {
                         Ok(Incoming::Ack) => {}
                         other => debug!(
@@ -1084,6 +1233,70 @@ impl State {
         r
     }
 
+    /// The copy of a WriteUnlock a core served itself (`ClusterMsg::Copied`): to the backup, as
+    /// `write_replicated` sends it. `done` gets None, or why the client gets `Unavailable`.
+    async fn copied(
+        self: Rc<Self>,
+        id: SessionId,
+        version: u64,
+        lifetime_s: u32,
+        data: Vec<u8>,
+        done: Option<flume::Sender<Option<String>>>,
+    ) {
+        let hash = id.hash;
+        let p = match self.placement(&hash) {
+            Some(p) => {
+                self.keep(hash, lifetime_s);
+                p
+            }
+            None => {
+                let p = Placement {
+                    epoch: id.version,
+                    master: Some(self.me),
+                    backup: id.backup,
+                    prev: None,
+                };
+                self.set_placement(hash, p);
+                p
+            }
+        };
+        let r = if p.master != Some(self.me) {
+            // Taken over between the core's check and its write.
+            Err(unavailable(
+                "the session was taken over by another node; the write was not applied there; retry",
+            ))
+        } else {
+            let copy = OwnedReplica {
+                hash,
+                version,
+                epoch: p.epoch,
+                lifetime_s,
+                data,
+            };
+            self.replicate_write(p, copy).await
+        };
+        if let Some(done) = done {
+            let err = r.err().map(|e| match e {
+                OwnedReply::Error { message, .. } => message,
+                other => format!("{other:?}"),
+            });
+            let _ = done.send(err);
+        }
+    }
+
+    /// Moves the delayed-write copies the cores handed over (`ClusterShared::dw_copies`) into
+    /// the backups' queues.
+    async fn take_core_copies(self: &Rc<Self>) {
+        let copies = self.shared().take_dw_copies();
+        self.copies_moving.set(self.copies_moving.get() + 1);
+        for c in copies {
+            self.clone()
+                .copied(c.id, c.version, c.lifetime_s, c.data, None)
+                .await;
+        }
+        self.copies_moving.set(self.copies_moving.get() - 1);
+    }
+
     /// Builds the copy of a written session (from the write's data, or read back after a
     /// Touch) and gets it to the backup (see `replicate_write`).
     async fn copy_out(
@@ -1126,30 +1339,159 @@ impl State {
         let Some(backup) = p.backup else {
             return Ok(());
         };
-        let write_through = matches!(
-            self.node.settings.storage.model,
-            crate::settings::StorageModel::WriteThrough
-        );
-        if write_through {
+        if self.write_through() {
             return self.replicate_or_repair(p, backup, copy).await;
         }
-        let max = self.node.settings.cluster.replication_queue_max as usize;
-        let slots = self
-            .queued
-            .borrow_mut()
-            .entry(backup)
-            .or_insert_with(|| flume::bounded(max.max(1)))
-            .clone();
-        // A full queue makes the write wait (in arrival order) for a copy to finish; it is never
-        // dropped.
-        // (Cannot fail: `slots` holds the receiver.)
-        let _ = slots.0.send_async(()).await;
-        let me = self.clone();
-        monoio::spawn(async move {
-            let _ = me.replicate_or_repair(p, backup, copy).await;
-            let _ = slots.1.try_recv();
-        });
+        let q = self.dw_queue(backup);
+        self.dw_enqueue(&q, copy.hash, DwChange::Copy(p, copy))
+            .await;
         Ok(())
+    }
+
+    fn write_through(&self) -> bool {
+        matches!(
+            self.node.settings.storage.model,
+            crate::settings::StorageModel::WriteThrough
+        )
+    }
+
+    /// The delayed-write queue of `backup` (made, with its sender task, on first use).
+    fn dw_queue(self: &Rc<Self>, backup: SocketAddr) -> Rc<DwQueue> {
+        if let Some(q) = self.queued.borrow().get(&backup) {
+            return q.clone();
+        }
+        let max = self.node.settings.cluster.replication_queue_max as usize;
+        let q = Rc::new(DwQueue {
+            backup,
+            waiting: RefCell::new(HashMap::new()),
+            order: RefCell::new(VecDeque::new()),
+            slots: flume::bounded(max.max(1)),
+            wake: Notify::default(),
+        });
+        self.queued.borrow_mut().insert(backup, q.clone());
+        monoio::spawn(self.clone().dw_sender(q.clone()));
+        q
+    }
+
+    /// Puts a session's change in the queue: folded into the session's waiting entry when there
+    /// is one, else in a new entry once a slot is free (a full queue makes the write wait, in
+    /// arrival order; nothing is dropped).
+    async fn dw_enqueue(&self, q: &DwQueue, hash: [u8; 16], change: DwChange) {
+        let coalesced = &self.shared().counters.replications_coalesced;
+        let Some(change) = q.merge(hash, change, coalesced) else {
+            return;
+        };
+        // (Cannot fail: the queue holds the receiver.)
+        let _ = q.slots.0.send_async(()).await;
+        match q.merge(hash, change, coalesced) {
+            // Another write of the session queued it while this one waited.
+            None => {
+                let _ = q.slots.1.try_recv();
+            }
+            Some(change) => q.insert(hash, change),
+        }
+    }
+
+    /// Sends one backup's queued changes: waits for some, lets more gather for
+    /// `DW_LINGER_MS` (at most the flush interval), sends them as one batch (sealed into one
+    /// buffer: one write), and takes the next batch only once every answer of this one is in.
+    async fn dw_sender(self: Rc<Self>, q: Rc<DwQueue>) {
+        let linger = DW_LINGER_MS.min(self.node.settings.storage.flush_interval_ms);
+        loop {
+            while q.order.borrow().is_empty() {
+                q.wake.notified().await;
+            }
+            if q.order.borrow().len() < DW_BATCH_MAX {
+                monoio::time::sleep(Duration::from_millis(linger)).await;
+            }
+            let batch = q.take_batch();
+            if !batch.is_empty() {
+                self.dw_send_batch(&q, batch).await;
+            }
+        }
+    }
+
+    async fn dw_send_batch(self: &Rc<Self>, q: &Rc<DwQueue>, batch: Vec<([u8; 16], Item, bool)>) {
+        let backup = q.backup;
+        let conn = self.conn(backup).await;
+        let mut sent = Vec::with_capacity(batch.len());
+        for (hash, item, frees) in batch {
+            let call = match &conn {
+                Ok(c) => {
+                    let message = match &item {
+                        Item::Copy(_, copy) => RelayMessage::Replicate(copy.as_wire()),
+                        Item::Drop(_) => RelayMessage::DropReplica { hash },
+                    };
+                    c.send(message).ok().map(|(id, rx)| (c.clone(), id, rx))
+                }
+                Err(_) => None,
+            };
+            sent.push((hash, item, frees, call));
+        }
+        let deadline = std::time::Instant::now() + Duration::from_millis(self.timeout_ms);
+        let counters = &self.shared().counters;
+        for (hash, item, frees, call) in sent {
+            let answer = match call {
+                Some((c, id, rx)) => {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    let r = monoio::time::timeout(left, rx.recv_async()).await;
+                    c.forget(id);
+                    match r {
+                        Ok(Ok(m)) => Some(m),
+                        _ => None,
+                    }
+                }
+                None => None,
+            };
+            match (item, answer) {
+                (Item::Copy(..), Some(Incoming::ReplicateAck)) => {
+                    Counters::bump(&counters.replications);
+                    if frees {
+                        let _ = q.slots.1.try_recv();
+                    }
+                }
+                (
+                    Item::Copy(p, _),
+                    Some(Incoming::Error {
+                        code: ErrorCode::StaleEpoch,
+                        ..
+                    }),
+                ) => {
+                    Counters::bump(&counters.replication_failures);
+                    self.fenced(hash, p, backup).await;
+                    if frees {
+                        let _ = q.slots.1.try_recv();
+                    }
+                }
+                (Item::Copy(p, copy), other) => {
+                    // Unreachable, or an unexpected answer: retried, then a new backup (in the
+                    // background, as many at once as failed; each keeps its slot until done).
+                    Counters::bump(&counters.replication_failures);
+                    debug!("cluster: queued copy to {backup} failed: {other:?}");
+                    let me = self.clone();
+                    let q = q.clone();
+                    monoio::spawn(async move {
+                        let _ = me.replicate_or_repair(p, backup, copy).await;
+                        if frees {
+                            let _ = q.slots.1.try_recv();
+                        }
+                    });
+                }
+                (Item::Drop(waiters), answer) => {
+                    if !matches!(answer, Some(Incoming::Ack)) {
+                        debug!(
+                            "cluster: backup {backup} did not drop a destroyed session: {answer:?}"
+                        );
+                    }
+                    for w in waiters {
+                        let _ = w.send(());
+                    }
+                    if frees {
+                        let _ = q.slots.1.try_recv();
+                    }
+                }
+            }
+        }
     }
 
     async fn replicate_or_repair(
@@ -2014,6 +2356,7 @@ pub async fn main(start: ClusterStart) {
         alone: Cell::new(false),
         rejoin_gen: Cell::new(0),
         queued: RefCell::new(HashMap::new()),
+        copies_moving: Cell::new(0),
         node,
     });
     state.refresh_load().await;
@@ -2066,6 +2409,23 @@ pub async fn main(start: ClusterStart) {
                 reply,
             } => {
                 monoio::spawn(state.clone().handle(id, op, owner, reply, false));
+            }
+            ClusterMsg::Copied {
+                id,
+                version,
+                lifetime_s,
+                data,
+                done,
+            } => {
+                monoio::spawn(state.clone().copied(id, version, lifetime_s, data, done));
+            }
+            ClusterMsg::CopiesWaiting => {
+                let s = state.clone();
+                monoio::spawn(async move {
+                    let linger = DW_LINGER_MS.min(s.node.settings.storage.flush_interval_ms);
+                    monoio::time::sleep(Duration::from_millis(linger)).await;
+                    s.take_core_copies().await;
+                });
             }
             ClusterMsg::OwnerGone(owner) => {
                 monoio::spawn(state.clone().owner_gone(owner));

@@ -48,6 +48,8 @@ pub enum CoreMsg {
     Dump(flume::Sender<Vec<crate::exec::DumpItem>>),
     /// Cluster: the number of sessions this core's shards hold (heartbeat load).
     Sessions(flume::Sender<u64>),
+    /// Cluster: the HASH of every live session of this core's shards (rejoin).
+    Hashes(flume::Sender<Vec<[u8; 16]>>),
     /// Shutdown, phase 1: stop accepting, finish the connections, then report `Drained`.
     StopAccepting,
     /// Shutdown, phase 2: flush everything and end the event loop.
@@ -233,6 +235,14 @@ impl Core {
                 let mut out = Vec::new();
                 for slot in self.shards.borrow().iter() {
                     slot.dump(now, &mut out);
+                }
+                let _ = tx.send(out);
+            }
+            CoreMsg::Hashes(tx) => {
+                let now = self.refresh_now();
+                let mut out = Vec::new();
+                for slot in self.shards.borrow().iter() {
+                    slot.hashes(now, &mut out);
                 }
                 let _ = tx.send(out);
             }

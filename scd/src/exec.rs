@@ -633,6 +633,11 @@ impl ShardSlot {
         }
     }
 
+    /// The HASH of every live session of the shard (the rejoin's hash list).
+    pub fn hashes(&self, now_ms: u64, out: &mut Vec<[u8; 16]>) {
+        out.extend(self.shard.iter(now_ms).map(|(key, _)| key.0));
+    }
+
     /// Sessions held (the load heartbeats announce).
     pub fn sessions(&self) -> u64 {
         self.shard.stats().sessions

@@ -18,7 +18,9 @@
 //! - **Fencing**: a replica with an epoch lower than the receiver's is refused (StaleEpoch); the
 //!   master that gets it stops being master for that session and forgets its copy.
 //! - **Rejoin**: after a start, no session is served until this node has asked every live peer
-//!   (SyncRequest) for the copies that name it, and learned which of its sessions were taken over.
+//!   (SyncRequest) for the copies that name it, and learned which of its sessions were taken over;
+//!   then it lists every session it holds (SyncHashes) and follows the newest placement the
+//!   peers know of each (a session taken over elsewhere is routed there, its local copy removed).
 //!   The same happens, without a restart, when a peer that declared this node down hears it again
 //!   (a healed partition: it sends RejoinNeeded), or when this node hears a peer again after it
 //!   had lost sight of every peer (it may have been the one cut off). One rejoin at a time: a

@@ -33,7 +33,7 @@
 //!   the session is and relays the request to the newest placement found.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -58,6 +58,31 @@ use crate::core::{CoreMsg, ShardRequest, clock_ms};
 use crate::daemon::Node;
 use crate::exec::{Op, ReplyTo};
 use crate::proto;
+
+/// Adds one peer's answer about a session to the rejoin's hash-list results: the highest epoch
+/// wins, then the highest data version; answers at the highest epoch naming different masters
+/// mark a conflict; a backup one answer lacks is taken from another with the same placement.
+fn merge_place(best: &mut HashMap<[u8; 16], (Location, bool)>, hash: [u8; 16], l: Location) {
+    let Some((e, conflict)) = best.get_mut(&hash) else {
+        best.insert(hash, (l, false));
+        return;
+    };
+    if l.epoch > e.epoch {
+        *e = l;
+        *conflict = false;
+    } else if l.epoch == e.epoch {
+        if l.master != e.master {
+            *conflict = true;
+        }
+        let backup = e.backup.or(l.backup);
+        if l.version > e.version {
+            *e = l;
+        }
+        if l.master == e.master {
+            e.backup = e.backup.or(backup);
+        }
+    }
+}
 
 /// What a rejoin's hash list found out about a session held here.
 enum Known {
@@ -1695,9 +1720,21 @@ impl State {
     /// copy without a placement, epoch 0 with this node as "master" (it only says a copy is
     /// here: `wire.md`, SyncPlaces).
     async fn on_sync_hashes(self: &Rc<Self>, hashes: Vec<[u8; 16]>) -> Out {
+        // The versions of the copies held here, from every core at once (no data copied).
+        let (tx, rx) = flume::unbounded();
+        for c in &self.cores {
+            let _ = c
+                .send_async(CoreMsg::Versions(hashes.clone(), tx.clone()))
+                .await;
+        }
+        drop(tx);
+        let mut held: HashMap<[u8; 16], u64> = HashMap::new();
+        while let Ok(v) = rx.recv_async().await {
+            held.extend(v);
+        }
         let mut bytes = Vec::new();
         for hash in hashes {
-            let copy = self.peek(hash).await.map(|(version, _, _)| version);
+            let copy = held.get(&hash).copied();
             let location = match self.placement(&hash) {
                 Some(Placement {
                     master: Some(master),
@@ -1883,7 +1920,8 @@ impl State {
             .into_iter()
             .filter(|a| *a != self.me)
             .collect();
-        let mut best: HashMap<[u8; 16], Location> = HashMap::new();
+        let listed: HashSet<[u8; 16]> = hashes.iter().copied().collect();
+        let mut best: HashMap<[u8; 16], (Location, bool)> = HashMap::new();
         let mut silent = 0u32;
         for peer in peers {
             for part in hashes.chunks(chunk) {
@@ -1897,8 +1935,8 @@ impl State {
                 Counters::bump_by(&self.shared().counters.rejoin_hashes_listed, part.len());
                 let mut answered = false;
                 for attempt in 0..5 {
-                    // Up to 10 relay timeouts for the answer, as a sync stream's stall limit: the peer
-                    // looks up every listed session.
+                    // Up to 10 relay timeouts for the answer (a sync stream's stall limit):
+                    // the peer looks up every listed session.
                     let wait = self.timeout_ms * 9;
                     match self
                         .call(peer, RelayMessage::SyncHashes { hashes: list }, wait)
@@ -1907,20 +1945,18 @@ impl State {
                         Ok(Incoming::SyncPlaces(entries)) => {
                             for (hash, l) in entries {
                                 // Epoch 0: a copy without a placement, which decides nothing.
-                                if l.epoch == 0 || !part.contains(&hash) {
+                                if l.epoch == 0 || !listed.contains(&hash) {
                                     continue;
                                 }
-                                let e = best.entry(hash).or_insert(l);
-                                if (l.epoch, l.version) > (e.epoch, e.version) {
-                                    *e = l;
-                                }
+                                merge_place(&mut best, hash, l);
                             }
                             answered = true;
                             break;
                         }
                         other => {
                             warn!(
-                                "cluster: rejoin: {peer} did not answer the session list                                  (attempt {}): {other:?}",
+                                "cluster: rejoin: {peer} did not answer the session list \
+                                 (attempt {}): {other:?}",
                                 attempt + 1
                             );
                             if self.members.borrow().known_down(peer) {
@@ -1937,8 +1973,15 @@ impl State {
                 }
             }
         }
-        let (mut adopted, mut kept, mut moved) = (0u64, 0u64, 0u64);
-        for (hash, l) in best {
+        let (mut adopted, mut kept, mut moved, mut split) = (0u64, 0u64, 0u64, 0u64);
+        for (hash, (l, conflict)) in best {
+            if conflict {
+                // Two masters at the newest epoch (both sides of a partition changed the
+                // placement): the sync streams' tie rule and fencing at the next write decide,
+                // not this list (two nodes rejoining at once could each defer to the other).
+                split += 1;
+                continue;
+            }
             match self.apply_known_place(hash, l).await {
                 Some(Known::Master) => adopted += 1,
                 Some(Known::Backup) => kept += 1,
@@ -1947,7 +1990,9 @@ impl State {
             }
         }
         info!(
-            "cluster: rejoin: {} sessions listed to peers: {adopted} mastered here, {kept}              backed up here, {moved} taken over elsewhere (copies dropped){}",
+            "cluster: rejoin: {} sessions listed to peers: {adopted} mastered here, {kept} \
+             backed up here, {moved} taken over elsewhere (copies dropped), {split} with two \
+             masters at one epoch left as they were{}",
             hashes.len(),
             if silent > 0 {
                 format!("; {silent} peers did not answer")
@@ -1961,17 +2006,20 @@ impl State {
     /// (`sync_hashes`); None: what this node knows is as new or newer.
     async fn apply_known_place(self: &Rc<Self>, hash: [u8; 16], l: Location) -> Option<Known> {
         let known = self.placement(&hash);
-        if let Some(q) = known {
-            if q.epoch > l.epoch {
-                return None;
+        // Only a newer epoch than this node knows decides: at the same epoch, what the sync
+        // streams set (with their tie rule) stands.
+        if let Some(q) = known.filter(|q| q.epoch >= l.epoch) {
+            // The streams do not carry the backup: take it from the list.
+            if q.epoch == l.epoch && q.master == Some(l.master) && q.backup.is_none() {
+                self.set_placement(
+                    hash,
+                    Placement {
+                        backup: l.backup,
+                        ..q
+                    },
+                );
             }
-            // At the same epoch with the same master, what this node knows stands when it
-            // masters or backs the session up (the streams told it); a tie between "this node
-            // masters it" and another master goes to the other (as in `apply_sync_item`).
-            let same = q.epoch == l.epoch && q.master == Some(l.master);
-            if same && (l.master == self.me || q.backup == Some(self.me)) {
-                return None;
-            }
+            return None;
         }
         if l.master == self.me {
             self.set_placement(
@@ -2011,7 +2059,8 @@ impl State {
         let _ = self.local(hash, self.next_owner(), Op::Remove).await;
         Counters::bump(&self.shared().counters.rejoin_moved);
         info!(
-            "cluster: rejoin: a session held here was taken over by {} (epoch {}): requests              go there, the local copy is dropped",
+            "cluster: rejoin: a session held here was taken over by {} (epoch {}): requests \
+             go there, the local copy is dropped",
             l.master, l.epoch
         );
         Some(Known::Elsewhere)

@@ -48,6 +48,11 @@ pub enum CoreMsg {
     Dump(flume::Sender<Vec<crate::exec::DumpItem>>),
     /// Cluster: the number of sessions this core's shards hold (heartbeat load).
     Sessions(flume::Sender<u64>),
+    /// Cluster: the HASH of every live session of this core's shards (rejoin).
+    Hashes(flume::Sender<Vec<[u8; 16]>>),
+    /// Cluster: the data version of each listed session this core's shards hold (a peer's
+    /// rejoin asks); sessions held elsewhere or not at all are left out.
+    Versions(Vec<[u8; 16]>, flume::Sender<Vec<([u8; 16], u64)>>),
     /// Shutdown, phase 1: stop accepting, finish the connections, then report `Drained`.
     StopAccepting,
     /// Shutdown, phase 2: flush everything and end the event loop.
@@ -233,6 +238,23 @@ impl Core {
                 let mut out = Vec::new();
                 for slot in self.shards.borrow().iter() {
                     slot.dump(now, &mut out);
+                }
+                let _ = tx.send(out);
+            }
+            CoreMsg::Hashes(tx) => {
+                let now = self.refresh_now();
+                let mut out = Vec::new();
+                for slot in self.shards.borrow().iter() {
+                    slot.hashes(now, &mut out);
+                }
+                let _ = tx.send(out);
+            }
+            CoreMsg::Versions(hashes, tx) => {
+                let now = self.refresh_now();
+                let shards = self.shard_count() as usize;
+                let mut out = Vec::new();
+                for slot in self.shards.borrow_mut().iter_mut() {
+                    slot.versions(&hashes, shards, now, &mut out);
                 }
                 let _ = tx.send(out);
             }

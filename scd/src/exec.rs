@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use log::{error, warn};
 use scd_engine::{
     EngineError, Event, FlushPolicy, LockOutcome, LockToken, OwnerId, RecoveryReport,
-    ReplicaOutcome, SessionKey, Shard, ShardConfig, Ticket, WaitId, WriteAck,
+    ReplicaOutcome, SessionKey, Shard, ShardConfig, Ticket, WaitId, WriteAck, shard_for,
 };
 
 use crate::answer::{Answer, ErrCode};
@@ -630,6 +630,32 @@ impl ShardSlot {
                 lifetime_s: u32::try_from(left_s).unwrap_or(u32::MAX),
                 data: s.data().to_vec(),
             });
+        }
+    }
+
+    /// The HASH of every live session of the shard (the rejoin's hash list).
+    pub fn hashes(&self, now_ms: u64, out: &mut Vec<[u8; 16]>) {
+        out.extend(self.shard.iter(now_ms).map(|(key, _)| key.0));
+    }
+
+    /// The data version of each of `hashes` that this shard (of `shards`) holds, without
+    /// copying the data (counted as `version_of` lookups, not as reads).
+    pub fn versions(
+        &mut self,
+        hashes: &[[u8; 16]],
+        shards: usize,
+        now_ms: u64,
+        out: &mut Vec<([u8; 16], u64)>,
+    ) {
+        for hash in hashes {
+            let key = SessionKey(*hash);
+            if shard_for(&key, shards) as u32 != self.index {
+                continue;
+            }
+            let version = self.version_of(&key, now_ms);
+            if version != 0 {
+                out.push((*hash, version));
+            }
         }
     }
 

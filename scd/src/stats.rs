@@ -99,7 +99,7 @@ pub async fn gather(core: &Core) -> NodeStats {
 }
 
 /// The cluster's figures, shown with the node's (`node.cluster_*`); only when clustering is on.
-pub const CLUSTER_FIELDS: [(&str, &str, &str); 25] = [
+pub const CLUSTER_FIELDS: [(&str, &str, &str); 27] = [
     ("cluster_on", "gauge", "1: clustering is on."),
     (
         "cluster_ready",
@@ -220,6 +220,16 @@ pub const CLUSTER_FIELDS: [(&str, &str, &str); 25] = [
         "cluster_rejoins_requested",
         "counter",
         "RejoinNeeded messages sent to nodes heard again after they were declared down.",
+    ),
+    (
+        "cluster_rejoin_hashes_listed",
+        "counter",
+        "Session hashes this node listed to its peers at its rejoins (SyncHashes), to learn where they live now.",
+    ),
+    (
+        "cluster_rejoin_moved",
+        "counter",
+        "Sessions found taken over by another node at a rejoin (not naming this node): routed there, the local copy dropped.",
     ),
 ];
 

@@ -76,6 +76,8 @@ pub const HEARTBEAT_MTU_MAX: usize = 1400;
 pub const IP_UDP_HEADERS_MAX: usize = 48;
 /// Most senders a `HeartbeatVerifier` remembers (bounds its memory).
 pub const HEARTBEAT_SENDERS_MAX: usize = 4096;
+/// Most session hashes in one SyncHashes frame, and most entries in its SyncPlaces answer.
+pub const SYNC_HASHES_MAX: usize = 4096;
 
 const _: () = assert!(HEADER_LEN == 2 + 1 + 1 + 4 + 8 + 4);
 const _: () = assert!(SID_LEN == 2 * ADDR_LEN + 4 + SESSION_HASH_LEN);
@@ -94,3 +96,8 @@ const _: () = assert!(STATS_ENTRIES_MAX <= u16::MAX as usize);
 const _: () = assert!(2 + STATS_ENTRIES_MAX * (1 + STAT_NAME_MAX + 8) <= BODY_MAX_DEFAULT as usize);
 const _: () = assert!(PROTOCOL_VERSION_MIN <= PROTOCOL_VERSION_MAX);
 const _: () = assert!(PROTOCOL_VERSION_MIN <= PROTOCOL_VERSION_NEGOTIATION);
+// A full SyncPlaces answer (count, then hash + master + backup + epoch + version per entry) fits
+// the default body limit.
+const _: () = assert!(
+    4 + SYNC_HASHES_MAX * (SESSION_HASH_LEN + 2 * ADDR_LEN + 4 + 8) <= BODY_MAX_DEFAULT as usize
+);

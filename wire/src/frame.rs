@@ -69,6 +69,10 @@ pub mod kind {
     pub const LOCATED: u8 = 0x55;
     /// Relay: RejoinNeeded.
     pub const REJOIN_NEEDED: u8 = 0x56;
+    /// Relay: SyncHashes.
+    pub const SYNC_HASHES: u8 = 0x57;
+    /// Relay: SyncPlaces.
+    pub const SYNC_PLACES: u8 = 0x58;
     /// Relay: RelayError.
     pub const RELAY_ERROR: u8 = 0x5F;
 
@@ -108,7 +112,7 @@ pub mod kind {
             HELLO..=STATS => Some(Channel::LocalRequest),
             HELLO_OK..=STATS_REPLY | ERROR => Some(Channel::LocalReply),
             AUTH_CHALLENGE..=AUTH_ACCEPT => Some(Channel::Handshake),
-            FORWARD..=ACK | SYNC_REQUEST..=REJOIN_NEEDED | RELAY_ERROR => Some(Channel::Relay),
+            FORWARD..=ACK | SYNC_REQUEST..=SYNC_PLACES | RELAY_ERROR => Some(Channel::Relay),
             _ => None,
         }
     }

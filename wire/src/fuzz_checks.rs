@@ -12,8 +12,8 @@ use crate::heartbeat::{FLAG_DRAINING, FLAG_HA, Heartbeat, HeartbeatError, Heartb
 use crate::local::{ErrorCode, HelloOk, Reply, Request, StatEntries, decode_reply, decode_request};
 use crate::mac::ClusterKey;
 use crate::relay::{
-    ClientHandshake, Established, HandshakeMessage, Location, RelayMessage, Replica, Sealer,
-    ServerHandshake, SyncRole, decode_handshake, decode_unsealed,
+    ClientHandshake, Established, HandshakeMessage, HashList, Location, PlaceList, RelayMessage,
+    Replica, Sealer, ServerHandshake, SyncRole, decode_handshake, decode_unsealed,
 };
 use crate::session_id::{SessionId, php_valid_key};
 
@@ -428,7 +428,16 @@ pub fn round_trip(data: &[u8]) {
             check_round_trip!(Frame::new(request_id, reply), &limits, decode_reply);
         }
         2 => {
-            let message = match g.u8() % 15 {
+            // Lists for SyncHashes / SyncPlaces (built before the message that borrows them).
+            let hash_count = usize::from(g.u8() % 8);
+            let hash_bytes = g.bytes(16 * hash_count).to_vec();
+            let hash_bytes = &hash_bytes[..hash_bytes.len() / 16 * 16];
+            let mut place_bytes = Vec::new();
+            for _ in 0..g.u8() % 4 {
+                let hash: [u8; 16] = g.array();
+                PlaceList::push(&mut place_bytes, &hash, &g.location());
+            }
+            let message = match g.u8() % 17 {
                 0 => RelayMessage::Forward {
                     origin: g.u64(),
                     request: match g.request(data_max) {
@@ -467,6 +476,12 @@ pub fn round_trip(data: &[u8]) {
                     location: (g.u8() & 1 == 1).then(|| g.location()),
                 },
                 14 => RelayMessage::RejoinNeeded,
+                15 => RelayMessage::SyncHashes {
+                    hashes: HashList::new(hash_bytes).expect("whole hashes, under the maximum"),
+                },
+                16 => RelayMessage::SyncPlaces {
+                    places: PlaceList::new(&place_bytes).expect("entries written by push"),
+                },
                 _ => RelayMessage::Error {
                     code: g.error_code(),
                     message: g.text(256),

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 
 use crate::constants::{
     ADDR_LEN, AUTH_TAG_LEN, NONCE_LEN, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN, RELAY_TAG_LEN,
-    SESSION_HASH_LEN,
+    SESSION_HASH_LEN, SYNC_HASHES_MAX,
 };
 use crate::frame::{
     Body, DecodeError, Frame, Limits, Reader, Reason, kind, len_u32, misplaced_kind, private,
@@ -116,6 +116,132 @@ impl Location {
     }
 }
 
+/// Checks a list of `entry_len`-byte entries: a whole number of them, at most
+/// [`SYNC_HASHES_MAX`].
+fn check_entries(bytes: &[u8], entry_len: usize, field: &'static str) -> Result<(), Reason> {
+    let rem = bytes.len() % entry_len;
+    if rem != 0 {
+        return Err(Reason::TrailingBytes { count: rem });
+    }
+    let count = bytes.len() / entry_len;
+    if count > SYNC_HASHES_MAX {
+        return Err(Reason::TooLong {
+            field,
+            len: count,
+            max: SYNC_HASHES_MAX,
+        });
+    }
+    Ok(())
+}
+
+/// Reads `count` (u32, at most [`SYNC_HASHES_MAX`], checked before anything else) and the
+/// `count` entries of `entry_len` bytes that follow.
+fn read_entries<'a>(
+    r: &mut Reader<'a>,
+    entry_len: usize,
+    field: &'static str,
+) -> Result<&'a [u8], Reason> {
+    let count = r.u32("count")? as usize;
+    if count > SYNC_HASHES_MAX {
+        return Err(Reason::TooLong {
+            field,
+            len: count,
+            max: SYNC_HASHES_MAX,
+        });
+    }
+    r.take(count * entry_len, field)
+}
+
+/// The session hashes a SyncHashes frame carries: at most [`SYNC_HASHES_MAX`] of 16 bytes each,
+/// kept as their wire bytes (no copy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HashList<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> HashList<'a> {
+    /// The hashes in `bytes` (16 bytes each, one after the other). Refused: a length that is
+    /// not a multiple of 16, or more than [`SYNC_HASHES_MAX`] hashes.
+    pub fn new(bytes: &'a [u8]) -> Result<Self, Reason> {
+        check_entries(bytes, SESSION_HASH_LEN, "hashes")?;
+        Ok(HashList { bytes })
+    }
+
+    /// How many hashes.
+    pub fn len(&self) -> usize {
+        self.bytes.len() / SESSION_HASH_LEN
+    }
+
+    /// No hash at all.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The hashes, in order.
+    pub fn iter(&self) -> impl Iterator<Item = [u8; SESSION_HASH_LEN]> + 'a {
+        self.bytes.chunks_exact(SESSION_HASH_LEN).map(|c| {
+            let mut h = [0u8; SESSION_HASH_LEN];
+            h.copy_from_slice(c);
+            h
+        })
+    }
+}
+
+/// What a SyncPlaces frame carries: for some of the hashes a SyncHashes asked about, where the
+/// answering node knows the session to live (hash, then a [`Location`]); at most
+/// [`SYNC_HASHES_MAX`] entries, kept as their wire bytes, every entry checked when the list is
+/// made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlaceList<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> PlaceList<'a> {
+    /// Bytes of one entry: the hash, then the location.
+    pub const ENTRY_LEN: usize = SESSION_HASH_LEN + Location::LEN;
+
+    /// The entries in `bytes` (as [`PlaceList::push`] writes them). Refused: a length that is
+    /// not a whole number of entries, more than [`SYNC_HASHES_MAX`] of them, or an entry whose
+    /// location does not decode (a master of family 0, non-zero padding, ...).
+    pub fn new(bytes: &'a [u8]) -> Result<Self, Reason> {
+        check_entries(bytes, Self::ENTRY_LEN, "places")?;
+        for entry in bytes.chunks_exact(Self::ENTRY_LEN) {
+            let mut r = Reader::new(&entry[SESSION_HASH_LEN..]);
+            Location::read(&mut r)?;
+            r.finish()?;
+        }
+        Ok(PlaceList { bytes })
+    }
+
+    /// Appends one entry to `out` (the bytes a list is then made from).
+    pub fn push(out: &mut Vec<u8>, hash: &[u8; SESSION_HASH_LEN], location: &Location) {
+        out.extend_from_slice(hash);
+        location.write(out);
+    }
+
+    /// How many entries.
+    pub fn len(&self) -> usize {
+        self.bytes.len() / Self::ENTRY_LEN
+    }
+
+    /// No entry at all.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The entries, in order.
+    pub fn iter(&self) -> impl Iterator<Item = ([u8; SESSION_HASH_LEN], Location)> + 'a {
+        self.bytes.chunks_exact(Self::ENTRY_LEN).filter_map(|e| {
+            let mut hash = [0u8; SESSION_HASH_LEN];
+            hash.copy_from_slice(&e[..SESSION_HASH_LEN]);
+            // Checked by `new`: this does not fail.
+            Location::read(&mut Reader::new(&e[SESSION_HASH_LEN..]))
+                .ok()
+                .map(|l| (hash, l))
+        })
+    }
+}
+
 /// A sealed relay message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RelayMessage<'a> {
@@ -192,6 +318,19 @@ pub enum RelayMessage<'a> {
     /// receiver must stop serving and sync with every live node before it serves again, since
     /// its sessions may have been taken over meanwhile. Answered by `Ack`.
     RejoinNeeded,
+    /// A rejoining node lists sessions it holds copies of: for each one the receiver knows
+    /// (a placement in its table or a copy in its shards), it answers where the session lives
+    /// (`SyncPlaces`).
+    SyncHashes {
+        /// The sessions, at most [`SYNC_HASHES_MAX`].
+        hashes: HashList<'a>,
+    },
+    /// The answer to SyncHashes: one entry per listed session the sender knows, none for the
+    /// others.
+    SyncPlaces {
+        /// (hash, location) entries.
+        places: PlaceList<'a>,
+    },
     /// The request failed.
     Error {
         /// What went wrong.
@@ -220,6 +359,8 @@ impl Body for RelayMessage<'_> {
             RelayMessage::Locate { .. } => kind::LOCATE,
             RelayMessage::Located { .. } => kind::LOCATED,
             RelayMessage::RejoinNeeded => kind::REJOIN_NEEDED,
+            RelayMessage::SyncHashes { .. } => kind::SYNC_HASHES,
+            RelayMessage::SyncPlaces { .. } => kind::SYNC_PLACES,
             RelayMessage::Error { .. } => kind::RELAY_ERROR,
         }
     }
@@ -242,6 +383,8 @@ impl Body for RelayMessage<'_> {
             RelayMessage::Located { location, .. } => {
                 SESSION_HASH_LEN + 4 + 1 + location.map_or(0, |_| Location::LEN)
             }
+            RelayMessage::SyncHashes { hashes } => 4 + hashes.bytes.len(),
+            RelayMessage::SyncPlaces { places } => 4 + places.bytes.len(),
             RelayMessage::Error { message, .. } => error_body_len(message),
         }
     }
@@ -287,6 +430,8 @@ impl Body for RelayMessage<'_> {
                     l.write(out);
                 }
             }
+            RelayMessage::SyncHashes { hashes } => put_u32(out, len_u32(hashes.len())),
+            RelayMessage::SyncPlaces { places } => put_u32(out, len_u32(places.len())),
             RelayMessage::Error { code, message } => write_error(out, *code, message),
         }
     }
@@ -296,6 +441,8 @@ impl Body for RelayMessage<'_> {
             RelayMessage::Forward { request, .. } => request.data(),
             RelayMessage::ForwardReply { reply } => reply.data(),
             RelayMessage::Replicate(r) | RelayMessage::SyncItem(r) => r.data,
+            RelayMessage::SyncHashes { hashes } => hashes.bytes,
+            RelayMessage::SyncPlaces { places } => places.bytes,
             _ => &[],
         }
     }
@@ -368,6 +515,12 @@ impl<'a> RelayMessage<'a> {
                     location,
                 }
             }
+            kind::SYNC_HASHES => RelayMessage::SyncHashes {
+                hashes: HashList::new(read_entries(&mut r, SESSION_HASH_LEN, "hashes")?)?,
+            },
+            kind::SYNC_PLACES => RelayMessage::SyncPlaces {
+                places: PlaceList::new(read_entries(&mut r, PlaceList::ENTRY_LEN, "places")?)?,
+            },
             kind::RELAY_ERROR => {
                 let (code, message) = read_error(&mut r)?;
                 RelayMessage::Error { code, message }
@@ -887,8 +1040,114 @@ mod tests {
             kind::channel(kind::REJOIN_NEEDED),
             Some(kind::Channel::Relay)
         );
-        // The kinds after it are free until 0x5F (RelayError).
-        assert_eq!(kind::channel(kind::REJOIN_NEEDED + 1), None);
+        // The kinds after SyncPlaces are free until 0x5F (RelayError).
+        assert_eq!(kind::channel(kind::SYNC_PLACES + 1), None);
         assert_eq!(kind::channel(kind::RELAY_ERROR - 1), None);
+    }
+
+    fn v4(a: u8) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, a], 34567))
+    }
+
+    #[test]
+    fn sync_hashes_bodies_are_checked_before_use() {
+        let limits = Limits::default();
+        let hashes: Vec<u8> = (0..48u8).collect();
+        let mut body = 3u32.to_le_bytes().to_vec();
+        body.extend_from_slice(&hashes);
+        let m = RelayMessage::decode_body(kind::SYNC_HASHES, &body, &limits).unwrap();
+        let RelayMessage::SyncHashes { hashes: list } = m else {
+            panic!("{m:?}")
+        };
+        assert_eq!(list.len(), 3);
+        assert_eq!(list.iter().nth(1).unwrap()[0], 16);
+        // A count over the maximum is refused before the rest is looked at.
+        let mut big = u32::MAX.to_le_bytes().to_vec();
+        big.extend_from_slice(&hashes);
+        assert!(matches!(
+            RelayMessage::decode_body(kind::SYNC_HASHES, &big, &limits),
+            Err(Reason::TooLong {
+                field: "hashes",
+                ..
+            })
+        ));
+        // A count the body does not hold, and bytes past the last hash.
+        let mut short = 4u32.to_le_bytes().to_vec();
+        short.extend_from_slice(&hashes);
+        assert!(matches!(
+            RelayMessage::decode_body(kind::SYNC_HASHES, &short, &limits),
+            Err(Reason::Truncated { .. })
+        ));
+        let mut long = 2u32.to_le_bytes().to_vec();
+        long.extend_from_slice(&hashes);
+        assert_eq!(
+            RelayMessage::decode_body(kind::SYNC_HASHES, &long, &limits),
+            Err(Reason::TrailingBytes { count: 16 })
+        );
+        assert!(RelayMessage::decode_body(kind::SYNC_HASHES, &[1, 0], &limits).is_err());
+        // Building a list checks the same.
+        assert!(HashList::new(&hashes[..47]).is_err());
+        assert!(HashList::new(&vec![0u8; 16 * (SYNC_HASHES_MAX + 1)]).is_err());
+        assert_eq!(
+            HashList::new(&vec![0u8; 16 * SYNC_HASHES_MAX]).map(|l| l.len()),
+            Ok(SYNC_HASHES_MAX)
+        );
+    }
+
+    #[test]
+    fn sync_places_bodies_are_checked_before_use() {
+        let limits = Limits::default();
+        let l = Location {
+            master: v4(1),
+            backup: Some(v4(2)),
+            epoch: 3,
+            version: 9,
+        };
+        let mut entries = Vec::new();
+        PlaceList::push(&mut entries, &[7; 16], &l);
+        PlaceList::push(&mut entries, &[8; 16], &Location { backup: None, ..l });
+        let mut body = 2u32.to_le_bytes().to_vec();
+        body.extend_from_slice(&entries);
+        let m = RelayMessage::decode_body(kind::SYNC_PLACES, &body, &limits).unwrap();
+        let RelayMessage::SyncPlaces { places } = m else {
+            panic!("{m:?}")
+        };
+        let got: Vec<_> = places.iter().collect();
+        assert_eq!(
+            got,
+            vec![([7; 16], l), ([8; 16], Location { backup: None, ..l })]
+        );
+        // A master of family 0 (none) in any entry refuses the whole body.
+        let mut bad = body.clone();
+        bad[4 + PlaceList::ENTRY_LEN + 16] = 0;
+        assert!(RelayMessage::decode_body(kind::SYNC_PLACES, &bad, &limits).is_err());
+        // Non-zero padding of an IPv4 address.
+        let mut bad = body.clone();
+        bad[4 + 16 + 1] = 1;
+        assert!(RelayMessage::decode_body(kind::SYNC_PLACES, &bad, &limits).is_err());
+        // Counts: over the maximum, more than the body holds, fewer than it holds.
+        let mut big = (SYNC_HASHES_MAX as u32 + 1).to_le_bytes().to_vec();
+        big.extend_from_slice(&entries);
+        assert!(matches!(
+            RelayMessage::decode_body(kind::SYNC_PLACES, &big, &limits),
+            Err(Reason::TooLong {
+                field: "places",
+                ..
+            })
+        ));
+        let mut short = 3u32.to_le_bytes().to_vec();
+        short.extend_from_slice(&entries);
+        assert!(RelayMessage::decode_body(kind::SYNC_PLACES, &short, &limits).is_err());
+        let mut long = 1u32.to_le_bytes().to_vec();
+        long.extend_from_slice(&entries);
+        assert!(RelayMessage::decode_body(kind::SYNC_PLACES, &long, &limits).is_err());
+        assert!(PlaceList::new(&entries[..entries.len() - 1]).is_err());
+        // An empty answer is valid.
+        assert_eq!(
+            RelayMessage::decode_body(kind::SYNC_PLACES, &[0, 0, 0, 0], &limits),
+            Ok(RelayMessage::SyncPlaces {
+                places: PlaceList::new(&[]).unwrap()
+            })
+        );
     }
 }

@@ -12,15 +12,20 @@ use std::path::PathBuf;
 use scd_wire::constants::HEADER_LEN;
 use scd_wire::fuzz_checks::{TEST_SECRET, test_key, test_session};
 use scd_wire::{
-    ClientHandshake, ErrorCode, Frame, HandshakeMessage, Heartbeat, HelloOk, Limits, Location,
-    RelayMessage, Replica, Reply, Request, ServerHandshake, SessionId, StatEntries, SyncRole,
-    decode_handshake, decode_reply, decode_request,
+    ClientHandshake, ErrorCode, Frame, HandshakeMessage, HashList, Heartbeat, HelloOk, Limits,
+    Location, PlaceList, RelayMessage, Replica, Reply, Request, ServerHandshake, SessionId,
+    StatEntries, SyncRole, decode_handshake, decode_reply, decode_request,
 };
 
 const HASH: [u8; 16] = [
     0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff,
 ];
 const DATA: &[u8] = b"n|i:1;";
+/// HASH, then HASH reversed.
+const HASHES: [u8; 32] = [
+    0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff,
+    0xff, 0xee, 0xdd, 0xcc, 0xbb, 0xaa, 0x99, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, 0x00,
+];
 const STATS: &[(&str, u64)] = &[("total.reads", 10), ("shard.0.reads", 7)];
 
 const DESCRIPTIONS: &[(&str, &str)] = &[
@@ -149,6 +154,14 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
         "RejoinNeeded, request 3, sealed (seq 0, c2s): empty body; last 16 bytes: MAC",
     ),
     (
+        "sync_hashes",
+        "SyncHashes, request 3, sealed (seq 0, c2s): 2 hashes, 0011…ff and ffee…00; last 16 bytes: MAC",
+    ),
+    (
+        "sync_places",
+        "SyncPlaces, request 3, sealed (seq 0, c2s): 1 entry: hash 0011…ff, master 10.0.0.1:34567, backup 10.0.0.2:34567, epoch 3, version 2; last 16 bytes: MAC",
+    ),
+    (
         "relay_error",
         "RelayError, request 3, sealed (seq 0, c2s): StaleEpoch (12), empty message; last 16 bytes: MAC",
     ),
@@ -160,6 +173,25 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
 
 fn master() -> SocketAddr {
     SocketAddr::from(([10, 0, 0, 1], 34567))
+}
+
+/// The one entry of the SyncPlaces example (made once, kept for the test's lifetime).
+fn places_bytes() -> &'static [u8] {
+    static BYTES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    BYTES.get_or_init(|| {
+        let mut out = Vec::new();
+        PlaceList::push(
+            &mut out,
+            &HASH,
+            &Location {
+                master: master(),
+                backup: Some(SocketAddr::from(([10, 0, 0, 2], 34567))),
+                epoch: 3,
+                version: 2,
+            },
+        );
+        out
+    })
 }
 
 fn id() -> SessionId {
@@ -366,6 +398,18 @@ fn examples() -> Vec<(&'static str, Check)> {
             }),
         ),
         ("rejoin_needed", rel(RelayMessage::RejoinNeeded)),
+        (
+            "sync_hashes",
+            rel(RelayMessage::SyncHashes {
+                hashes: HashList::new(&HASHES).unwrap(),
+            }),
+        ),
+        (
+            "sync_places",
+            rel(RelayMessage::SyncPlaces {
+                places: PlaceList::new(places_bytes()).unwrap(),
+            }),
+        ),
         (
             "relay_error",
             rel(RelayMessage::Error {

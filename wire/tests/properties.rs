@@ -639,3 +639,86 @@ fn located_is_checked_field_by_field() {
         Reason::Truncated { field: "epoch" }
     );
 }
+
+#[test]
+fn sync_hash_lists_are_checked_before_use_and_round_trip() {
+    fn decode(f: &[u8]) -> Result<(Frame<RelayMessage<'_>>, usize), DecodeError> {
+        scd_wire::fuzz_checks::decode_unsealed_for_tests(f, &Limits::default())
+    }
+    let frame = |k: u8, body: &[u8]| {
+        let mut f = Vec::from(*b"SC");
+        f.extend_from_slice(&[1, k, 0, 0, 0, 0]);
+        f.extend_from_slice(&3u64.to_le_bytes());
+        f.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        f.extend_from_slice(body);
+        f
+    };
+    let hashes: Vec<u8> = (0..5 * 16).map(|i| i as u8).collect();
+    let mut places = Vec::new();
+    for i in 0..3u8 {
+        scd_wire::PlaceList::push(
+            &mut places,
+            &[i; 16],
+            &scd_wire::Location {
+                master: SocketAddr::from(([10, 0, 0, i + 1], 34567)),
+                backup: (i != 1).then(|| SocketAddr::from(([10, 0, 0, 9], 34567))),
+                epoch: u32::from(i) + 2,
+                version: u64::from(i) * 7,
+            },
+        );
+    }
+    for (k, entries, entry_len) in [
+        (kind::SYNC_HASHES, &hashes, 16),
+        (kind::SYNC_PLACES, &places, scd_wire::PlaceList::ENTRY_LEN),
+    ] {
+        let count = (entries.len() / entry_len) as u32;
+        let body = [count.to_le_bytes().as_slice(), entries].concat();
+        // The valid body decodes and encodes back to the same bytes.
+        let whole = frame(k, &body);
+        let (f, used) = decode(&whole).unwrap();
+        assert_eq!(used, whole.len());
+        assert_eq!(encode(&f), whole);
+        // Every shorter body, and every count but the right one (up to the maximum and one past
+        // it, and u32::MAX), is refused as invalid, never as "need more bytes".
+        for cut in 0..body.len() {
+            assert!(
+                matches!(
+                    decode(&frame(k, &body[..cut])),
+                    Err(DecodeError::Invalid(_))
+                ),
+                "kind {k:#x}, body cut at {cut}"
+            );
+        }
+        for wrong in (0..=count + 2).chain([4096, 4097, u32::MAX]) {
+            if wrong == count {
+                continue;
+            }
+            let bad = [wrong.to_le_bytes().as_slice(), entries].concat();
+            assert!(
+                matches!(decode(&frame(k, &bad)), Err(DecodeError::Invalid(_))),
+                "kind {k:#x}, count {wrong} for {count} entries"
+            );
+        }
+    }
+    // Arbitrary bodies (a fixed pseudo-random sequence): refused or decoded, never a panic, and
+    // whatever decodes encodes back to the same bytes.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for round in 0..2000 {
+        let len = (round % 300) as usize;
+        let mut body = Vec::with_capacity(len + 4);
+        body.extend_from_slice(&((round % 5) as u32).to_le_bytes());
+        for _ in 0..len {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            body.push(x as u8);
+        }
+        for k in [kind::SYNC_HASHES, kind::SYNC_PLACES] {
+            let f = frame(k, &body);
+            if let Ok((m, used)) = decode(&f) {
+                assert_eq!(used, f.len());
+                assert_eq!(encode(&m), f);
+            }
+        }
+    }
+}

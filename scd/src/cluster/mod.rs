@@ -96,12 +96,18 @@ pub struct Counters {
     pub locates_answered: AtomicU64,
     pub rejoins: AtomicU64,
     pub rejoins_requested: AtomicU64,
+    pub rejoin_hashes_listed: AtomicU64,
+    pub rejoin_moved: AtomicU64,
     pub ready: AtomicU64,
 }
 
 impl Counters {
     pub fn bump(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn bump_by(c: &AtomicU64, n: usize) {
+        c.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// `(name, value)` in the order of `stats::CLUSTER_FIELDS`.
@@ -133,6 +139,8 @@ impl Counters {
             g(&self.locates_answered),
             g(&self.rejoins),
             g(&self.rejoins_requested),
+            g(&self.rejoin_hashes_listed),
+            g(&self.rejoin_moved),
         ]
     }
 }

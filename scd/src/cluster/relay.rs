@@ -28,7 +28,8 @@ use scd_wire::constants::NONCE_LEN;
 use scd_wire::frame::{DecodeError, Frame, Limits};
 use scd_wire::local::{ErrorCode, decode_reply};
 use scd_wire::relay::{
-    ClientHandshake, Location, Opener, RelayMessage, Replica, Sealer, ServerHandshake, SyncRole,
+    ClientHandshake, Location, Opener, PlaceList, RelayMessage, Replica, Sealer, ServerHandshake,
+    SyncRole,
 };
 
 use super::Counters;
@@ -80,6 +81,7 @@ pub enum Incoming {
     SyncItem(OwnedReplica),
     SyncEnd,
     Located(Option<Location>),
+    SyncPlaces(Vec<([u8; 16], Location)>),
 }
 
 /// Why a call to a peer did not get an answer.
@@ -345,6 +347,9 @@ async fn client_reader<R: AsyncReadRent>(
                         }
                         RelayMessage::SyncEnd { .. } => Incoming::SyncEnd,
                         RelayMessage::Located { location, .. } => Incoming::Located(location),
+                        RelayMessage::SyncPlaces { places } => {
+                            Incoming::SyncPlaces(places.iter().collect())
+                        }
                         other => {
                             warn!(
                                 "relay peer {} sent {:?} as an answer; closing",
@@ -390,6 +395,8 @@ fn kind_name(m: &RelayMessage<'_>) -> &'static str {
         RelayMessage::Locate { .. } => "Locate",
         RelayMessage::Located { .. } => "Located",
         RelayMessage::RejoinNeeded => "RejoinNeeded",
+        RelayMessage::SyncHashes { .. } => "SyncHashes",
+        RelayMessage::SyncPlaces { .. } => "SyncPlaces",
         RelayMessage::Error { .. } => "Error",
     }
 }
@@ -403,6 +410,7 @@ pub enum Out {
     SyncItem(OwnedReplica),
     SyncEnd { count: u64 },
     Located(Located),
+    SyncPlaces(Vec<u8>),
 }
 
 /// A Locate's answer (`RelayMessage::Located`): the session, the nodes this one sees up
@@ -516,6 +524,14 @@ fn seal_out(sealer: &mut Sealer, id: u64, o: &Out, out: &mut Vec<u8>) -> Result<
             hash: l.hash,
             live_nodes: l.live_nodes,
             location: l.location,
+        },
+        // Entries written by `PlaceList::push`.
+        Out::SyncPlaces(b) => match PlaceList::new(b) {
+            Ok(places) => RelayMessage::SyncPlaces { places },
+            Err(_) => RelayMessage::Error {
+                code: ErrorCode::Internal,
+                message: "bad SyncPlaces entries",
+            },
         },
     };
     sealer.seal(&Frame::new(id, msg), out).map_err(|_| ())

@@ -21,7 +21,9 @@
 //! - **Fencing**: a replica with an epoch lower than the receiver's is refused (StaleEpoch); the
 //!   master that gets it stops being master for that session and forgets its copy.
 //! - **Rejoin**: after a start, no session is served until this node has asked every live peer
-//!   (SyncRequest) for the copies that name it, and learned which of its sessions were taken over.
+//!   (SyncRequest) for the copies that name it, and learned which of its sessions were taken over;
+//!   then it lists every session it holds (SyncHashes) and follows the newest placement the
+//!   peers know of each (a session taken over elsewhere is routed there, its local copy removed).
 //!   The same happens, without a restart, when a peer that declared this node down hears it again
 //!   (a healed partition: it sends RejoinNeeded), or when this node hears a peer again after it
 //!   had lost sight of every peer (it may have been the one cut off). One rejoin at a time: a
@@ -34,7 +36,7 @@
 //!   the session is and relays the request to the newest placement found.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -44,11 +46,12 @@ use std::time::Duration;
 use log::{debug, error, info, warn};
 use scd_client::OwnedReply;
 use scd_engine::{OwnerId, SessionKey, shard_for};
+use scd_wire::constants::SYNC_HASHES_MAX;
 use scd_wire::frame::{Frame, Limits};
 use scd_wire::heartbeat::Heartbeat;
 use scd_wire::local::{ErrorCode, Reply, Request, decode_reply};
 use scd_wire::mac::ClusterKey;
-use scd_wire::relay::{Location, RelayMessage, Replica, SyncRole};
+use scd_wire::relay::{HashList, Location, PlaceList, RelayMessage, Replica, SyncRole};
 use scd_wire::session_id::SessionId;
 
 use super::membership::{self, Change, Members};
@@ -59,6 +62,38 @@ use crate::daemon::Node;
 use crate::exec::{Op, ReplyTo};
 use crate::notify::Notify;
 use crate::proto;
+
+/// Adds one peer's answer about a session to the rejoin's hash-list results: the highest epoch
+/// wins, then the highest data version; answers at the highest epoch naming different masters
+/// mark a conflict; a backup one answer lacks is taken from another with the same placement.
+fn merge_place(best: &mut HashMap<[u8; 16], (Location, bool)>, hash: [u8; 16], l: Location) {
+    let Some((e, conflict)) = best.get_mut(&hash) else {
+        best.insert(hash, (l, false));
+        return;
+    };
+    if l.epoch > e.epoch {
+        *e = l;
+        *conflict = false;
+    } else if l.epoch == e.epoch {
+        if l.master != e.master {
+            *conflict = true;
+        }
+        let backup = e.backup.or(l.backup);
+        if l.version > e.version {
+            *e = l;
+        }
+        if l.master == e.master {
+            e.backup = e.backup.or(backup);
+        }
+    }
+}
+
+/// What a rejoin's hash list found out about a session held here.
+enum Known {
+    Master,
+    Backup,
+    Elsewhere,
+}
 
 /// What this node knows of where one session lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1852,6 +1887,15 @@ impl State {
                     let _ = conn.relay.send((rid, out));
                 });
             }
+            RelayMessage::SyncHashes { hashes } => {
+                // Answered whatever this node's state, as SyncRequest.
+                let hashes: Vec<[u8; 16]> = hashes.iter().collect();
+                let conn = conn.clone();
+                monoio::spawn(async move {
+                    let out = self.on_sync_hashes(hashes).await;
+                    let _ = conn.relay.send((rid, out));
+                });
+            }
             RelayMessage::RejoinNeeded => {
                 let out = match sender {
                     Some(from) => {
@@ -2013,6 +2057,53 @@ impl State {
         }
     }
 
+    /// A rejoining node lists sessions it holds copies of: for each one this node knows, where
+    /// it lives (its placement here, with the data version of the copy held here), or, for a
+    /// copy without a placement, epoch 0 with this node as "master" (it only says a copy is
+    /// here: `wire.md`, SyncPlaces).
+    async fn on_sync_hashes(self: &Rc<Self>, hashes: Vec<[u8; 16]>) -> Out {
+        // The versions of the copies held here, from every core at once (no data copied).
+        let (tx, rx) = flume::unbounded();
+        for c in &self.cores {
+            let _ = c
+                .send_async(CoreMsg::Versions(hashes.clone(), tx.clone()))
+                .await;
+        }
+        drop(tx);
+        let mut held: HashMap<[u8; 16], u64> = HashMap::new();
+        while let Ok(v) = rx.recv_async().await {
+            held.extend(v);
+        }
+        let mut bytes = Vec::new();
+        for hash in hashes {
+            let copy = held.get(&hash).copied();
+            let location = match self.placement(&hash) {
+                Some(Placement {
+                    master: Some(master),
+                    backup,
+                    epoch,
+                    ..
+                }) => Location {
+                    master,
+                    backup,
+                    epoch,
+                    version: copy.unwrap_or(0),
+                },
+                _ => match copy {
+                    Some(version) => Location {
+                        master: self.me,
+                        backup: None,
+                        epoch: 0,
+                        version,
+                    },
+                    None => continue,
+                },
+            };
+            PlaceList::push(&mut bytes, &hash, &location);
+        }
+        Out::SyncPlaces(bytes)
+    }
+
     // ----- rejoin and drain ------------------------------------------------------------------
 
     /// Stops serving and rejoins (a peer sent RejoinNeeded, or this node hears a peer again after
@@ -2117,6 +2208,10 @@ impl State {
                     }
                 }
             }
+            // Then where every session this node holds a copy of lives now (a takeover that
+            // the streams above cannot tell: one that moved on since, or whose new master
+            // restarted since).
+            self.sync_hashes().await;
             // Each extra round needs a new event (a RejoinNeeded, a peer heard again after it
             // was declared down), so this ends.
             if !self.rejoin_again.get() {
@@ -2134,6 +2229,183 @@ impl State {
             self.members.borrow().up_count()
         );
         self.add_missing_backups();
+    }
+
+    /// The rejoin's hash list (scd-cluster's SyncRequest hashes): lists the HASH of every
+    /// session in this node's shards to every live peer (SyncHashes, in chunks), and for each
+    /// session the newest placement any of them knows (highest epoch, then data version)
+    /// decides: this node masters it (adopted with its epoch and backup), backs it up (kept as
+    /// a replica), or neither — then requests for it are routed to its master, and the local
+    /// copy, older than the master's, is dropped so that it is never served again. A session
+    /// no peer knows is served by its ID, as before. A peer that does not answer a chunk is
+    /// asked again (as `sync_from`), then left out.
+    async fn sync_hashes(self: &Rc<Self>) {
+        let (tx, rx) = flume::unbounded();
+        for c in &self.cores {
+            let _ = c.send_async(CoreMsg::Hashes(tx.clone())).await;
+        }
+        drop(tx);
+        let mut hashes = Vec::new();
+        while let Ok(mut v) = rx.recv_async().await {
+            hashes.append(&mut v);
+        }
+        if hashes.is_empty() {
+            return;
+        }
+        // The answer to a chunk must fit the body limit too (68 bytes an entry).
+        let fit = (self.limits.body_max as usize).saturating_sub(4) / PlaceList::ENTRY_LEN;
+        let chunk = fit.clamp(1, SYNC_HASHES_MAX);
+        let peers: Vec<SocketAddr> = self
+            .members
+            .borrow()
+            .live()
+            .into_iter()
+            .filter(|a| *a != self.me)
+            .collect();
+        let listed: HashSet<[u8; 16]> = hashes.iter().copied().collect();
+        let mut best: HashMap<[u8; 16], (Location, bool)> = HashMap::new();
+        let mut silent = 0u32;
+        for peer in peers {
+            for part in hashes.chunks(chunk) {
+                let mut bytes = Vec::with_capacity(part.len() * 16);
+                for h in part {
+                    bytes.extend_from_slice(h);
+                }
+                let Ok(list) = HashList::new(&bytes) else {
+                    continue;
+                };
+                Counters::bump_by(&self.shared().counters.rejoin_hashes_listed, part.len());
+                let mut answered = false;
+                for attempt in 0..5 {
+                    // Up to 10 relay timeouts for the answer (a sync stream's stall limit):
+                    // the peer looks up every listed session.
+                    let wait = self.timeout_ms * 9;
+                    match self
+                        .call(peer, RelayMessage::SyncHashes { hashes: list }, wait)
+                        .await
+                    {
+                        Ok(Incoming::SyncPlaces(entries)) => {
+                            for (hash, l) in entries {
+                                // Epoch 0: a copy without a placement, which decides nothing.
+                                if l.epoch == 0 || !listed.contains(&hash) {
+                                    continue;
+                                }
+                                merge_place(&mut best, hash, l);
+                            }
+                            answered = true;
+                            break;
+                        }
+                        other => {
+                            warn!(
+                                "cluster: rejoin: {peer} did not answer the session list \
+                                 (attempt {}): {other:?}",
+                                attempt + 1
+                            );
+                            if self.members.borrow().known_down(peer) {
+                                break;
+                            }
+                            monoio::time::sleep(Duration::from_millis(cluster_retry_ms(self)))
+                                .await;
+                        }
+                    }
+                }
+                if !answered {
+                    silent += 1;
+                    break;
+                }
+            }
+        }
+        let (mut adopted, mut kept, mut moved, mut split) = (0u64, 0u64, 0u64, 0u64);
+        for (hash, (l, conflict)) in best {
+            if conflict {
+                // Two masters at the newest epoch (both sides of a partition changed the
+                // placement): the sync streams' tie rule and fencing at the next write decide,
+                // not this list (two nodes rejoining at once could each defer to the other).
+                split += 1;
+                continue;
+            }
+            match self.apply_known_place(hash, l).await {
+                Some(Known::Master) => adopted += 1,
+                Some(Known::Backup) => kept += 1,
+                Some(Known::Elsewhere) => moved += 1,
+                None => {}
+            }
+        }
+        info!(
+            "cluster: rejoin: {} sessions listed to peers: {adopted} mastered here, {kept} \
+             backed up here, {moved} taken over elsewhere (copies dropped), {split} with two \
+             masters at one epoch left as they were{}",
+            hashes.len(),
+            if silent > 0 {
+                format!("; {silent} peers did not answer")
+            } else {
+                String::new()
+            }
+        );
+    }
+
+    /// Applies the newest placement the peers know of a session this node holds a copy of
+    /// (`sync_hashes`); None: what this node knows is as new or newer.
+    async fn apply_known_place(self: &Rc<Self>, hash: [u8; 16], l: Location) -> Option<Known> {
+        let known = self.placement(&hash);
+        // Only a newer epoch than this node knows decides: at the same epoch, what the sync
+        // streams set (with their tie rule) stands.
+        if let Some(q) = known.filter(|q| q.epoch >= l.epoch) {
+            // The streams do not carry the backup: take it from the list.
+            if q.epoch == l.epoch && q.master == Some(l.master) && q.backup.is_none() {
+                self.set_placement(
+                    hash,
+                    Placement {
+                        backup: l.backup,
+                        ..q
+                    },
+                );
+            }
+            return None;
+        }
+        if l.master == self.me {
+            self.set_placement(
+                hash,
+                Placement {
+                    epoch: l.epoch,
+                    master: Some(self.me),
+                    backup: l.backup,
+                    prev: known.and_then(|q| q.prev),
+                },
+            );
+            return Some(Known::Master);
+        }
+        if l.backup == Some(self.me) {
+            self.set_placement(
+                hash,
+                Placement {
+                    epoch: l.epoch,
+                    master: Some(l.master),
+                    backup: Some(self.me),
+                    prev: None,
+                },
+            );
+            return Some(Known::Backup);
+        }
+        // Taken over by another node that does not name this one: route there, and drop the
+        // local copy (never served again, also once the placement is swept).
+        self.set_placement(
+            hash,
+            Placement {
+                epoch: l.epoch,
+                master: Some(l.master),
+                backup: l.backup,
+                prev: None,
+            },
+        );
+        let _ = self.local(hash, self.next_owner(), Op::Remove).await;
+        Counters::bump(&self.shared().counters.rejoin_moved);
+        info!(
+            "cluster: rejoin: a session held here was taken over by {} (epoch {}): requests \
+             go there, the local copy is dropped",
+            l.master, l.epoch
+        );
+        Some(Known::Elsewhere)
     }
 
     async fn sync_from(self: &Rc<Self>, peer: SocketAddr) -> Result<u64, String> {

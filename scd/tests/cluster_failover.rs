@@ -4,32 +4,8 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::{Cluster, blob};
-use scd_client::{Client, SessionId};
-
-/// Reads the session through `c` until it answers (bounded), following new IDs; returns the
-/// data, version and the ID to use from now on.
-fn read_following(c: &mut Client, id: &mut SessionId) -> (Option<Vec<u8>>, u64) {
-    let deadline = Instant::now() + common::READY_WAIT;
-    loop {
-        match c.read(id) {
-            Ok(r) => {
-                if let Some(n) = r.new_id {
-                    assert!(n.same_session(id), "a new ID names the same session");
-                    assert!(n.version > id.version, "placement epochs only grow");
-                    *id = n;
-                }
-                return (r.data, r.version);
-            }
-            Err(e) => {
-                assert!(Instant::now() < deadline, "no answer in time: {e}");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
+use common::{Cluster, blob, read_following};
+use scd_client::SessionId;
 
 #[test]
 fn kill_the_master_then_the_backup_serves_the_last_acknowledged_write_and_the_master_rejoins() {

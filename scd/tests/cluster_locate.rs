@@ -8,38 +8,8 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::{Cluster, blob};
-use scd_client::{Client, ClientError, ErrorCode, SessionId};
-
-/// Reads the session through `c` until it answers (bounded), following new IDs; returns the
-/// data and version.
-fn read_following(c: &mut Client, id: &mut SessionId) -> (Option<Vec<u8>>, u64) {
-    let deadline = Instant::now() + common::READY_WAIT;
-    loop {
-        match c.read(id) {
-            Ok(r) => {
-                if let Some(n) = r.new_id {
-                    assert!(n.same_session(id), "a new ID names the same session");
-                    assert!(n.version > id.version, "placement epochs only grow");
-                    *id = n;
-                }
-                return (r.data, r.version);
-            }
-            Err(e) => {
-                assert!(Instant::now() < deadline, "no answer in time: {e}");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
-
-fn index_of(c: &Cluster, addr: std::net::SocketAddr) -> usize {
-    (0..c.nodes.len())
-        .find(|&i| c.relay(i) == addr)
-        .expect("an address of the cluster")
-}
+use common::{Cluster, blob, index_of, read_following};
+use scd_client::{ClientError, ErrorCode, SessionId};
 
 #[test]
 fn a_session_whose_master_and_backup_both_moved_is_found_with_its_original_id() {

@@ -15,34 +15,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::netns::{Net, NsNode, WAIT, eventually, key_file, logs, skipped};
-use scd_client::{Client, SessionId};
+use common::netns::{Net, NsNode, eventually, key_file, logs, skipped};
+use common::read_following;
 
 const SUBNET: &str = "10.78.0";
-
-/// Reads through `c` until it answers (bounded), following new IDs; returns the data and the ID
-/// to use from now on.
-fn read_following(c: &mut Client, id: &mut SessionId) -> Option<Vec<u8>> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match c.read(id) {
-            Ok(r) => {
-                if let Some(n) = r.new_id {
-                    assert!(n.same_session(id), "a new ID names the same session");
-                    assert!(n.version > id.version, "placement epochs only grow");
-                    *id = n;
-                }
-                return r.data;
-            }
-            Err(e) => {
-                assert!(Instant::now() < deadline, "no answer in time: {e}");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Cut {
@@ -123,7 +99,7 @@ fn partition_and_heal(subnet: &str, cut: Cut) {
     let mut on_c = nodes[c as usize - 1].client();
     let mut id = original;
     assert_eq!(
-        read_following(&mut on_c, &mut id).as_deref(),
+        read_following(&mut on_c, &mut id).0.as_deref(),
         Some(&b"value 1"[..]),
         "the backup had the acknowledged write"
     );
@@ -200,7 +176,7 @@ fn partition_and_heal(subnet: &str, cut: Cut) {
         let mut cl = nodes[i as usize - 1].client();
         let mut stale = original;
         assert_eq!(
-            read_following(&mut cl, &mut stale).as_deref(),
+            read_following(&mut cl, &mut stale).0.as_deref(),
             Some(&b"value 2"[..]),
             "node {i} served the session's old value\n{}",
             logs(&nodes)

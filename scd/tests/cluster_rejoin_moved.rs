@@ -6,38 +6,8 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::{Cluster, blob};
-use scd_client::{Client, SessionId};
-
-/// Reads the session through `c` until it answers (bounded), following new IDs; returns the
-/// data.
-fn read_following(c: &mut Client, id: &mut SessionId) -> Option<Vec<u8>> {
-    let deadline = Instant::now() + common::READY_WAIT;
-    loop {
-        match c.read(id) {
-            Ok(r) => {
-                if let Some(n) = r.new_id {
-                    assert!(n.same_session(id), "a new ID names the same session");
-                    assert!(n.version > id.version, "placement epochs only grow");
-                    *id = n;
-                }
-                return r.data;
-            }
-            Err(e) => {
-                assert!(Instant::now() < deadline, "no answer in time: {e}");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
-
-fn index_of(c: &Cluster, addr: std::net::SocketAddr) -> usize {
-    (0..c.nodes.len())
-        .find(|&i| c.relay(i) == addr)
-        .expect("an address of the cluster")
-}
+use common::{Cluster, blob, index_of, read_following};
+use scd_client::SessionId;
 
 fn wait_all_see(c: &Cluster, up: u64) {
     for i in 0..c.nodes.len() {
@@ -70,7 +40,7 @@ fn moved_twice(net: u8) -> (Cluster, SessionId, SessionId, [usize; 4], Vec<u8>) 
     let r1 = (0..5).find(|&i| i != a && i != b).unwrap();
     let mut via_r1 = c.nodes[r1].client();
     let mut id = original;
-    assert_eq!(read_following(&mut via_r1, &mut id), Some(blob(2, 500)));
+    assert_eq!(read_following(&mut via_r1, &mut id).0, Some(blob(2, 500)));
     assert_eq!(id.master, c.relay(b), "B took the session over");
     let x = index_of(&c, id.backup.expect("B picked a new backup"));
     let r = via_r1.read_lock(&id, 1000, 30_000).unwrap();
@@ -84,7 +54,7 @@ fn moved_twice(net: u8) -> (Cluster, SessionId, SessionId, [usize; 4], Vec<u8>) 
     wait_all_see(&c, 2);
     let r2 = (0..5).find(|&i| i != a && i != b && i != x).unwrap();
     let mut via_r2 = c.nodes[r2].client();
-    assert_eq!(read_following(&mut via_r2, &mut id), Some(blob(5, 600)));
+    assert_eq!(read_following(&mut via_r2, &mut id).0, Some(blob(5, 600)));
     assert_eq!(id.master, c.relay(x), "X took the session over");
     let y = index_of(&c, id.backup.expect("X picked a new backup"));
     let w = (0..5)
@@ -103,7 +73,7 @@ fn moved_twice(net: u8) -> (Cluster, SessionId, SessionId, [usize; 4], Vec<u8>) 
 fn reads_current(c: &Cluster, via: usize, old: SessionId, current: SessionId, last: &[u8]) {
     let mut client = c.nodes[via].client();
     let mut id = old;
-    let data = read_following(&mut client, &mut id);
+    let data = read_following(&mut client, &mut id).0;
     assert!(
         data.as_deref() == Some(last),
         "node {via}, ID of epoch {}: the current value ({} bytes), never the old copy (got {:?} \
@@ -173,7 +143,7 @@ fn a_restarted_master_does_not_serve_a_session_whose_new_master_restarted_meanwh
     let r1 = (0..4).find(|&i| i != a && i != b).unwrap();
     let mut via_r1 = c.nodes[r1].client();
     let mut id = original;
-    assert_eq!(read_following(&mut via_r1, &mut id), Some(blob(1, 400)));
+    assert_eq!(read_following(&mut via_r1, &mut id).0, Some(blob(1, 400)));
     assert_eq!(id.master, c.relay(b), "B took the session over");
     let x = index_of(&c, id.backup.expect("B picked a new backup"));
     let last = blob(9, 700);

@@ -393,3 +393,33 @@ impl Daemon {
         self.stats().get(name).copied().unwrap_or(0)
     }
 }
+
+/// Reads the session through `c` until it answers (bounded by `READY_WAIT`), following new IDs
+/// (checking each names the same session under a higher epoch); returns the data and version,
+/// and leaves in `id` the ID to use from now on.
+pub fn read_following(c: &mut Client, id: &mut SessionId) -> (Option<Vec<u8>>, u64) {
+    let deadline = Instant::now() + READY_WAIT;
+    loop {
+        match c.read(id) {
+            Ok(r) => {
+                if let Some(n) = r.new_id {
+                    assert!(n.same_session(id), "a new ID names the same session");
+                    assert!(n.version > id.version, "placement epochs only grow");
+                    *id = n;
+                }
+                return (r.data, r.version);
+            }
+            Err(e) => {
+                assert!(Instant::now() < deadline, "no answer in time: {e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// The index in `c.nodes` of the node whose relay address is `addr`.
+pub fn index_of(c: &Cluster, addr: SocketAddr) -> usize {
+    (0..c.nodes.len())
+        .find(|&i| c.relay(i) == addr)
+        .expect("an address of this cluster")
+}

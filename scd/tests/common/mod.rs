@@ -49,18 +49,7 @@ impl Daemon {
             .tempdir()
             .expect("temp dir");
         let socket = dir.path().join("scd.sock");
-        let mut args: Vec<String> = vec![
-            "--data-dir".into(),
-            dir.path().join("data").display().to_string(),
-            "--unix-socket".into(),
-            socket.display().to_string(),
-            "--tcp-listen".into(),
-            "127.0.0.1:0".into(),
-            "--metrics-listen".into(),
-            "127.0.0.1:0".into(),
-            "--log-level".into(),
-            "debug".into(),
-        ];
+        let mut args = base_args(dir.path(), &socket);
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut d = Daemon {
             child: None,
@@ -422,4 +411,21 @@ pub fn index_of(c: &Cluster, addr: SocketAddr) -> usize {
     (0..c.nodes.len())
         .find(|&i| c.relay(i) == addr)
         .expect("an address of this cluster")
+}
+
+/// The flags every test daemon gets: its data folder in `dir`, its Unix socket, TCP and metrics
+/// on loopback ports the kernel picks, debug logging.
+pub fn base_args(dir: &Path, socket: &Path) -> Vec<String> {
+    vec![
+        "--data-dir".into(),
+        dir.join("data").display().to_string(),
+        "--unix-socket".into(),
+        socket.display().to_string(),
+        "--tcp-listen".into(),
+        "127.0.0.1:0".into(),
+        "--metrics-listen".into(),
+        "127.0.0.1:0".into(),
+        "--log-level".into(),
+        "debug".into(),
+    ]
 }

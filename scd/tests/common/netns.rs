@@ -202,16 +202,9 @@ impl NsNode {
             "exec".into(),
             net.nodes[i as usize - 1].clone(),
             env!("CARGO_BIN_EXE_scd").into(),
-            "--data-dir".into(),
-            dir.path().join("data").display().to_string(),
-            "--unix-socket".into(),
-            socket.display().to_string(),
-            "--tcp-listen".into(),
-            "127.0.0.1:0".into(),
-            "--metrics-listen".into(),
-            "127.0.0.1:0".into(),
-            "--log-level".into(),
-            "debug".into(),
+        ];
+        args.extend(super::base_args(dir.path(), &socket));
+        args.extend([
             "--advertise-address".into(),
             net.addr(i),
             "--cluster-key-file".into(),
@@ -220,7 +213,7 @@ impl NsNode {
             "100".into(),
             "--relay-timeout-ms".into(),
             "1000".into(),
-        ];
+        ]);
         args.extend(extra.iter().cloned());
         // `ip netns exec` enters the namespace and execs scd: the child's PID is scd's.
         let mut child = Command::new("ip")

@@ -428,16 +428,23 @@ impl State {
 
     /// Sessions held (heartbeat load), asked of every core.
     pub async fn refresh_load(&self) {
+        let n = self.ask_cores(CoreMsg::Sessions).await.into_iter().sum();
+        self.sessions_held.set(n);
+    }
+
+    /// Sends every core the message `make` builds around a reply channel and gathers their
+    /// answers (one per core that is still running).
+    async fn ask_cores<T>(&self, make: impl Fn(flume::Sender<T>) -> CoreMsg) -> Vec<T> {
         let (tx, rx) = flume::bounded(self.cores.len());
         for c in &self.cores {
-            let _ = c.send_async(CoreMsg::Sessions(tx.clone())).await;
+            let _ = c.send_async(make(tx.clone())).await;
         }
         drop(tx);
-        let mut n = 0;
+        let mut answers = Vec::with_capacity(self.cores.len());
         while let Ok(v) = rx.recv_async().await {
-            n += v;
+            answers.push(v);
         }
-        self.sessions_held.set(n);
+        answers
     }
 
     /// A verified heartbeat.
@@ -2063,17 +2070,12 @@ impl State {
     /// here: `wire.md`, SyncPlaces).
     async fn on_sync_hashes(self: &Rc<Self>, hashes: Vec<[u8; 16]>) -> Out {
         // The versions of the copies held here, from every core at once (no data copied).
-        let (tx, rx) = flume::unbounded();
-        for c in &self.cores {
-            let _ = c
-                .send_async(CoreMsg::Versions(hashes.clone(), tx.clone()))
-                .await;
-        }
-        drop(tx);
-        let mut held: HashMap<[u8; 16], u64> = HashMap::new();
-        while let Ok(v) = rx.recv_async().await {
-            held.extend(v);
-        }
+        let held: HashMap<[u8; 16], u64> = self
+            .ask_cores(|tx| CoreMsg::Versions(hashes.clone(), tx))
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
         let mut bytes = Vec::new();
         for hash in hashes {
             let copy = held.get(&hash).copied();
@@ -2240,15 +2242,12 @@ impl State {
     /// no peer knows is served by its ID, as before. A peer that does not answer a chunk is
     /// asked again (as `sync_from`), then left out.
     async fn sync_hashes(self: &Rc<Self>) {
-        let (tx, rx) = flume::unbounded();
-        for c in &self.cores {
-            let _ = c.send_async(CoreMsg::Hashes(tx.clone())).await;
-        }
-        drop(tx);
-        let mut hashes = Vec::new();
-        while let Ok(mut v) = rx.recv_async().await {
-            hashes.append(&mut v);
-        }
+        let hashes: Vec<[u8; 16]> = self
+            .ask_cores(CoreMsg::Hashes)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
         if hashes.is_empty() {
             return;
         }
@@ -2504,15 +2503,12 @@ impl State {
     async fn drain(self: Rc<Self>, done: std::sync::mpsc::Sender<String>) {
         self.shared().draining.store(true, Ordering::Relaxed);
         info!("cluster: draining: handing every session to other nodes");
-        let (tx, rx) = flume::unbounded();
-        for c in &self.cores {
-            let _ = c.send_async(CoreMsg::Dump(tx.clone())).await;
-        }
-        drop(tx);
-        let mut items = Vec::new();
-        while let Ok(mut v) = rx.recv_async().await {
-            items.append(&mut v);
-        }
+        let items: Vec<_> = self
+            .ask_cores(CoreMsg::Dump)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
         let mut moved = 0u64;
         let mut failed = 0u64;
         for item in items {

@@ -427,13 +427,12 @@ impl ShardSlot {
                     .shard
                     .apply_replica(key, version, expires, data, now_ms)
                 {
-                    // A backup acknowledges a copy once it holds it, without waiting for its
-                    // own flush (which the pass submits at once under write-through): the write
-                    // is already durable on the master, so one failure loses nothing, and the
-                    // client's write pays one fsync, not two in a row.
-                    Ok(ReplicaOutcome::Applied(_)) => {
-                        let version = self.version_of(&key, now_ms);
-                        reply.send(Answer::Done { version });
+                    // Under write-through a backup acknowledges a copy once it is durable here
+                    // too (this pass's group-committed flush), so an acknowledged write is on
+                    // both disks. The copy left the master while the master's own flush ran,
+                    // so the two flushes overlap rather than follow each other.
+                    Ok(ReplicaOutcome::Applied(ack)) => {
+                        self.acknowledge(key, now_ms, Ok(ack), reply)
                     }
                     Ok(ReplicaOutcome::Stale) => {
                         let version = self.version_of(&key, now_ms);
@@ -675,5 +674,106 @@ pub fn error_code(e: &EngineError) -> ErrCode {
         | EngineError::Corrupt { .. }
         | EngineError::Io { .. } => ErrCode::Storage,
         _ => ErrCode::Internal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, AtomicUsize};
+
+    use scd_wire::frame::Frame;
+    use scd_wire::local::{Reply, decode_reply};
+
+    use super::*;
+    use crate::settings::Settings;
+
+    fn slot(dir: &std::path::Path, model: StorageModel) -> (Node, ShardSlot) {
+        let mut settings = Settings::default();
+        settings.node.data_dir = dir.to_path_buf();
+        settings.node.advertise_address = "127.0.0.1".into();
+        settings.node.cores = 1;
+        settings.node.shards = 1;
+        settings.storage.model = model;
+        let resolved = settings.validate().expect("valid settings");
+        let node = Node {
+            relay_addr: "127.0.0.1:7000".parse().unwrap(),
+            settings,
+            resolved,
+            node_id: 1,
+            connections_open: AtomicU32::new(0),
+            next_core: AtomicUsize::new(0),
+            cluster: None,
+        };
+        let (slot, _) = ShardSlot::open(&node, 0).expect("shard opens");
+        (node, slot)
+    }
+
+    fn done_version(frame: &[u8], node: &Node) -> u64 {
+        let limits = proto::limits(node.settings.storage.session_size_max);
+        match decode_reply(frame, &limits) {
+            Ok((
+                Frame {
+                    message: Reply::Done { version },
+                    ..
+                },
+                _,
+            )) => version,
+            other => panic!("expected Done, got {other:?}"),
+        }
+    }
+
+    fn apply(slot: &mut ShardSlot, now: u64, version: u64) -> flume::Receiver<Vec<u8>> {
+        let (tx, rx) = flume::bounded(1);
+        let op = Op::ApplyReplica {
+            version,
+            lifetime_s: 600,
+            data: &b"copy"[..],
+        };
+        slot.execute(
+            now,
+            SessionKey([7; 16]),
+            OwnerId(1),
+            op,
+            ReplyTo::new(tx, 1),
+        );
+        rx
+    }
+
+    /// Under write-through a backup acknowledges a copy only once it is durable on its own disk
+    /// (so an acknowledged write is on both disks); copies applied in one pass share its flush.
+    #[test]
+    fn a_write_through_backup_acknowledges_a_copy_once_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, mut slot) = slot(dir.path(), StorageModel::WriteThrough);
+        let now = 1_000;
+        let first = apply(&mut slot, now, 1);
+        let second = apply(&mut slot, now, 2);
+        assert!(first.try_recv().is_err(), "acknowledged before its flush");
+        assert!(second.try_recv().is_err(), "acknowledged before its flush");
+        assert_eq!(slot.pending_durable(), 2);
+        // Passes until the flush completes (generous bound; no timing asserted).
+        let mut answers = Vec::new();
+        for _ in 0..10_000 {
+            slot.pass(now, false);
+            if let (Ok(a), Ok(b)) = (first.try_recv(), second.try_recv()) {
+                answers = vec![a, b];
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(answers.len(), 2, "the flush never completed");
+        assert_eq!(done_version(&answers[0], &node), 1);
+        assert_eq!(done_version(&answers[1], &node), 2);
+        assert_eq!(slot.pending_durable(), 0);
+    }
+
+    /// Under delayed-write a copy is acknowledged at once (it is on disk within the interval).
+    #[test]
+    fn a_delayed_write_backup_acknowledges_a_copy_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, mut slot) = slot(dir.path(), StorageModel::DelayedWrite);
+        let rx = apply(&mut slot, 1_000, 3);
+        let frame = rx.try_recv().expect("answered at once");
+        assert_eq!(done_version(&frame, &node), 3);
     }
 }

@@ -53,12 +53,14 @@ pub enum Op<D> {
         backup: Option<std::net::SocketAddr>,
     },
     /// Cluster: hold this copy from the session's master (kept only if `version` is newer than
-    /// the copy here). Answered `Done` with the version now held, once durable under
-    /// write-through.
+    /// the copy here). Answered `Done` with the version now held: with `durable`, under
+    /// write-through only once the copy is on disk (the master's write waits for that); without,
+    /// at once (a rejoin's sync; the pass's flush follows).
     ApplyReplica {
         version: u64,
         lifetime_s: u32,
         data: D,
+        durable: bool,
     },
     /// Cluster: the session's data for copying elsewhere: answered `Data` whose token field
     /// carries the seconds it has left to live (no lock is taken), or `NotFound`.
@@ -91,10 +93,12 @@ impl Op<&[u8]> {
                 version,
                 lifetime_s,
                 data,
+                durable,
             } => Op::ApplyReplica {
                 version,
                 lifetime_s,
                 data: data.to_vec(),
+                durable,
             },
             Op::Remove => Op::Remove,
             Op::Peek => Op::Peek,
@@ -131,10 +135,12 @@ impl Op<Vec<u8>> {
                 version,
                 lifetime_s,
                 data,
+                durable,
             } => Op::ApplyReplica {
                 version: *version,
                 lifetime_s: *lifetime_s,
                 data: data.as_slice(),
+                durable: *durable,
             },
             Op::Remove => Op::Remove,
             Op::Peek => Op::Peek,
@@ -421,18 +427,25 @@ impl ShardSlot {
                 version,
                 lifetime_s,
                 data,
+                durable,
             } => {
                 let expires = now_ms.saturating_add(u64::from(lifetime_s) * 1000);
                 match self
                     .shard
                     .apply_replica(key, version, expires, data, now_ms)
                 {
-                    // Under write-through a backup acknowledges a copy once it is durable here
-                    // too (this pass's group-committed flush), so an acknowledged write is on
-                    // both disks. The copy left the master while the master's own flush ran,
-                    // so the two flushes overlap rather than follow each other.
-                    Ok(ReplicaOutcome::Applied(ack)) => {
+                    // Under write-through a backup acknowledges a master's copy once it is
+                    // durable here too (this pass's group-committed flush), so an acknowledged
+                    // write is on both disks. The copy left the master while the master's own
+                    // flush ran, so the two flushes overlap rather than follow each other.
+                    Ok(ReplicaOutcome::Applied(ack)) if durable => {
                         self.acknowledge(key, now_ms, Ok(ack), reply)
+                    }
+                    // A sync item: answered at once (its flush follows in this pass), so a
+                    // rejoin does not wait for one flush per session in turn.
+                    Ok(ReplicaOutcome::Applied(_)) => {
+                        let version = self.version_of(&key, now_ms);
+                        reply.send(Answer::Done { version });
                     }
                     Ok(ReplicaOutcome::Stale) => {
                         let version = self.version_of(&key, now_ms);
@@ -723,11 +736,21 @@ mod tests {
     }
 
     fn apply(slot: &mut ShardSlot, now: u64, version: u64) -> flume::Receiver<Vec<u8>> {
+        apply_as(slot, now, version, true)
+    }
+
+    fn apply_as(
+        slot: &mut ShardSlot,
+        now: u64,
+        version: u64,
+        durable: bool,
+    ) -> flume::Receiver<Vec<u8>> {
         let (tx, rx) = flume::bounded(1);
         let op = Op::ApplyReplica {
             version,
             lifetime_s: 600,
             data: &b"copy"[..],
+            durable,
         };
         slot.execute(
             now,
@@ -775,5 +798,16 @@ mod tests {
         let rx = apply(&mut slot, 1_000, 3);
         let frame = rx.try_recv().expect("answered at once");
         assert_eq!(done_version(&frame, &node), 3);
+    }
+
+    /// A rejoin's sync item (`durable: false`) is answered at once even under write-through.
+    #[test]
+    fn a_sync_item_is_acknowledged_at_once_under_write_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, mut slot) = slot(dir.path(), StorageModel::WriteThrough);
+        let rx = apply_as(&mut slot, 1_000, 4, false);
+        let frame = rx.try_recv().expect("answered at once");
+        assert_eq!(done_version(&frame, &node), 4);
+        assert_eq!(slot.pending_durable(), 0);
     }
 }

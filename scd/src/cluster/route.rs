@@ -1900,6 +1900,7 @@ impl State {
                     version: copy.version,
                     lifetime_s: copy.lifetime_s,
                     data: copy.data,
+                    durable: true,
                 },
             )
             .await;
@@ -2190,6 +2191,7 @@ impl State {
                     version: item.version,
                     lifetime_s: item.lifetime_s,
                     data: item.data,
+                    durable: false,
                 },
             )
             .await;

@@ -237,6 +237,9 @@ struct PendingWrite {
     /// The answer once durable: the written version (Done) or Done with the current version.
     version: u64,
     reply: ReplyTo,
+    /// Answers that wait for the same flush: copies refused as stale (a newer version is held)
+    /// while that version may not be on disk yet; each gets Done with its version.
+    followers: Vec<(u64, ReplyTo)>,
 }
 
 /// One engine shard and the requests waiting inside it.
@@ -449,7 +452,14 @@ impl ShardSlot {
                     }
                     Ok(ReplicaOutcome::Stale) => {
                         let version = self.version_of(&key, now_ms);
-                        reply.send(Answer::Done { version });
+                        // The newer version held may still wait for its flush: a master's copy
+                        // is then answered with the newest write pending here (flushes complete
+                        // in order, so that covers it).
+                        let newest = self.writes.keys().max().copied();
+                        match newest.and_then(|t| self.writes.get_mut(&t)) {
+                            Some(p) if durable => p.followers.push((version, reply)),
+                            _ => reply.send(Answer::Done { version }),
+                        }
                     }
                     Err(e) => self.fail(reply, &e),
                 }
@@ -511,7 +521,14 @@ impl ShardSlot {
                 if let Some(applied) = reply.applied.take() {
                     let _ = applied.send(version);
                 }
-                self.writes.insert(ticket, PendingWrite { version, reply });
+                self.writes.insert(
+                    ticket,
+                    PendingWrite {
+                        version,
+                        reply,
+                        followers: Vec::new(),
+                    },
+                );
             }
             Err(e) => self.fail(reply, &e),
         }
@@ -619,11 +636,17 @@ impl ShardSlot {
                 Event::Durable { ticket } => {
                     if let Some(p) = self.writes.remove(&ticket) {
                         p.reply.send(Answer::Done { version: p.version });
+                        for (version, reply) in p.followers {
+                            reply.send(Answer::Done { version });
+                        }
                     }
                 }
                 Event::WriteFailed { ticket, error } => {
                     if let Some(p) = self.writes.remove(&ticket) {
                         self.fail(p.reply, &error);
+                        for (_, reply) in p.followers {
+                            self.fail(reply, &error);
+                        }
                     }
                 }
             }
@@ -809,5 +832,35 @@ mod tests {
         let frame = rx.try_recv().expect("answered at once");
         assert_eq!(done_version(&frame, &node), 4);
         assert_eq!(slot.pending_durable(), 0);
+    }
+
+    /// A master's copy refused as stale while the newer version held here waits for its flush
+    /// is answered only with that flush.
+    #[test]
+    fn a_stale_copy_waits_for_the_newer_version_s_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, mut slot) = slot(dir.path(), StorageModel::WriteThrough);
+        let now = 1_000;
+        let newer = apply(&mut slot, now, 5);
+        let older = apply(&mut slot, now, 4);
+        assert!(
+            older.try_recv().is_err(),
+            "stale copy acknowledged before the flush"
+        );
+        let mut answers = Vec::new();
+        for _ in 0..10_000 {
+            slot.pass(now, false);
+            if let (Ok(a), Ok(b)) = (newer.try_recv(), older.try_recv()) {
+                answers = vec![a, b];
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(answers.len(), 2, "the flush never completed");
+        assert_eq!(done_version(&answers[0], &node), 5);
+        assert_eq!(done_version(&answers[1], &node), 5);
+        // Nothing pending: a stale copy is answered at once.
+        let again = apply(&mut slot, now, 3);
+        assert_eq!(done_version(&again.try_recv().expect("at once"), &node), 5);
     }
 }

@@ -53,12 +53,14 @@ pub enum Op<D> {
         backup: Option<std::net::SocketAddr>,
     },
     /// Cluster: hold this copy from the session's master (kept only if `version` is newer than
-    /// the copy here). Answered `Done` with the version now held, once durable under
-    /// write-through.
+    /// the copy here). Answered `Done` with the version now held: with `durable`, under
+    /// write-through only once the copy is on disk (the master's write waits for that); without,
+    /// at once (a rejoin's sync; the pass's flush follows).
     ApplyReplica {
         version: u64,
         lifetime_s: u32,
         data: D,
+        durable: bool,
     },
     /// Cluster: the session's data for copying elsewhere: answered `Data` whose token field
     /// carries the seconds it has left to live (no lock is taken), or `NotFound`.
@@ -91,10 +93,12 @@ impl Op<&[u8]> {
                 version,
                 lifetime_s,
                 data,
+                durable,
             } => Op::ApplyReplica {
                 version,
                 lifetime_s,
                 data: data.to_vec(),
+                durable,
             },
             Op::Remove => Op::Remove,
             Op::Peek => Op::Peek,
@@ -131,10 +135,12 @@ impl Op<Vec<u8>> {
                 version,
                 lifetime_s,
                 data,
+                durable,
             } => Op::ApplyReplica {
                 version: *version,
                 lifetime_s: *lifetime_s,
                 data: data.as_slice(),
+                durable: *durable,
             },
             Op::Remove => Op::Remove,
             Op::Peek => Op::Peek,
@@ -231,6 +237,9 @@ struct PendingWrite {
     /// The answer once durable: the written version (Done) or Done with the current version.
     version: u64,
     reply: ReplyTo,
+    /// Answers that wait for the same flush: copies refused as stale (a newer version is held)
+    /// while that version may not be on disk yet; each gets Done with its version.
+    followers: Vec<(u64, ReplyTo)>,
 }
 
 /// One engine shard and the requests waiting inside it.
@@ -421,23 +430,36 @@ impl ShardSlot {
                 version,
                 lifetime_s,
                 data,
+                durable,
             } => {
                 let expires = now_ms.saturating_add(u64::from(lifetime_s) * 1000);
                 match self
                     .shard
                     .apply_replica(key, version, expires, data, now_ms)
                 {
-                    // A backup acknowledges a copy once it holds it, without waiting for its
-                    // own flush (which the pass submits at once under write-through): the write
-                    // is already durable on the master, so one failure loses nothing, and the
-                    // client's write pays one fsync, not two in a row.
+                    // Under write-through a backup acknowledges a master's copy once it is
+                    // durable here too (this pass's group-committed flush), so an acknowledged
+                    // write is on both disks. The copy left the master while the master's own
+                    // flush ran, so the two flushes overlap rather than follow each other.
+                    Ok(ReplicaOutcome::Applied(ack)) if durable => {
+                        self.acknowledge(key, now_ms, Ok(ack), reply)
+                    }
+                    // A sync item: answered at once (its flush follows in this pass), so a
+                    // rejoin does not wait for one flush per session in turn.
                     Ok(ReplicaOutcome::Applied(_)) => {
                         let version = self.version_of(&key, now_ms);
                         reply.send(Answer::Done { version });
                     }
                     Ok(ReplicaOutcome::Stale) => {
                         let version = self.version_of(&key, now_ms);
-                        reply.send(Answer::Done { version });
+                        // The newer version held may still wait for its flush: a master's copy
+                        // is then answered with the newest write pending here (flushes complete
+                        // in order, so that covers it).
+                        let newest = self.writes.keys().max().copied();
+                        match newest.and_then(|t| self.writes.get_mut(&t)) {
+                            Some(p) if durable => p.followers.push((version, reply)),
+                            _ => reply.send(Answer::Done { version }),
+                        }
                     }
                     Err(e) => self.fail(reply, &e),
                 }
@@ -499,7 +521,14 @@ impl ShardSlot {
                 if let Some(applied) = reply.applied.take() {
                     let _ = applied.send(version);
                 }
-                self.writes.insert(ticket, PendingWrite { version, reply });
+                self.writes.insert(
+                    ticket,
+                    PendingWrite {
+                        version,
+                        reply,
+                        followers: Vec::new(),
+                    },
+                );
             }
             Err(e) => self.fail(reply, &e),
         }
@@ -607,11 +636,17 @@ impl ShardSlot {
                 Event::Durable { ticket } => {
                     if let Some(p) = self.writes.remove(&ticket) {
                         p.reply.send(Answer::Done { version: p.version });
+                        for (version, reply) in p.followers {
+                            reply.send(Answer::Done { version });
+                        }
                     }
                 }
                 Event::WriteFailed { ticket, error } => {
                     if let Some(p) = self.writes.remove(&ticket) {
                         self.fail(p.reply, &error);
+                        for (_, reply) in p.followers {
+                            self.fail(reply, &error);
+                        }
                     }
                 }
             }
@@ -701,5 +736,157 @@ pub fn error_code(e: &EngineError) -> ErrCode {
         | EngineError::Corrupt { .. }
         | EngineError::Io { .. } => ErrCode::Storage,
         _ => ErrCode::Internal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, AtomicUsize};
+
+    use scd_wire::frame::Frame;
+    use scd_wire::local::{Reply, decode_reply};
+
+    use super::*;
+    use crate::settings::Settings;
+
+    fn slot(dir: &std::path::Path, model: StorageModel) -> (Node, ShardSlot) {
+        let mut settings = Settings::default();
+        settings.node.data_dir = dir.to_path_buf();
+        settings.node.advertise_address = "127.0.0.1".into();
+        settings.node.cores = 1;
+        settings.node.shards = 1;
+        settings.storage.model = model;
+        let resolved = settings.validate().expect("valid settings");
+        let node = Node {
+            relay_addr: "127.0.0.1:7000".parse().unwrap(),
+            settings,
+            resolved,
+            node_id: 1,
+            connections_open: AtomicU32::new(0),
+            next_core: AtomicUsize::new(0),
+            cluster: None,
+        };
+        let (slot, _) = ShardSlot::open(&node, 0).expect("shard opens");
+        (node, slot)
+    }
+
+    fn done_version(frame: &[u8], node: &Node) -> u64 {
+        let limits = proto::limits(node.settings.storage.session_size_max);
+        match decode_reply(frame, &limits) {
+            Ok((
+                Frame {
+                    message: Reply::Done { version },
+                    ..
+                },
+                _,
+            )) => version,
+            other => panic!("expected Done, got {other:?}"),
+        }
+    }
+
+    fn apply(slot: &mut ShardSlot, now: u64, version: u64) -> flume::Receiver<Vec<u8>> {
+        apply_as(slot, now, version, true)
+    }
+
+    fn apply_as(
+        slot: &mut ShardSlot,
+        now: u64,
+        version: u64,
+        durable: bool,
+    ) -> flume::Receiver<Vec<u8>> {
+        let (tx, rx) = flume::bounded(1);
+        let op = Op::ApplyReplica {
+            version,
+            lifetime_s: 600,
+            data: &b"copy"[..],
+            durable,
+        };
+        slot.execute(
+            now,
+            SessionKey([7; 16]),
+            OwnerId(1),
+            op,
+            ReplyTo::new(tx, 1),
+        );
+        rx
+    }
+
+    /// Under write-through a backup acknowledges a copy only once it is durable on its own disk
+    /// (so an acknowledged write is on both disks); copies applied in one pass share its flush.
+    #[test]
+    fn a_write_through_backup_acknowledges_a_copy_once_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, mut slot) = slot(dir.path(), StorageModel::WriteThrough);
+        let now = 1_000;
+        let first = apply(&mut slot, now, 1);
+        let second = apply(&mut slot, now, 2);
+        assert!(first.try_recv().is_err(), "acknowledged before its flush");
+        assert!(second.try_recv().is_err(), "acknowledged before its flush");
+        assert_eq!(slot.pending_durable(), 2);
+        // Passes until the flush completes (generous bound; no timing asserted).
+        let mut answers = Vec::new();
+        for _ in 0..10_000 {
+            slot.pass(now, false);
+            if let (Ok(a), Ok(b)) = (first.try_recv(), second.try_recv()) {
+                answers = vec![a, b];
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(answers.len(), 2, "the flush never completed");
+        assert_eq!(done_version(&answers[0], &node), 1);
+        assert_eq!(done_version(&answers[1], &node), 2);
+        assert_eq!(slot.pending_durable(), 0);
+    }
+
+    /// Under delayed-write a copy is acknowledged at once (it is on disk within the interval).
+    #[test]
+    fn a_delayed_write_backup_acknowledges_a_copy_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, mut slot) = slot(dir.path(), StorageModel::DelayedWrite);
+        let rx = apply(&mut slot, 1_000, 3);
+        let frame = rx.try_recv().expect("answered at once");
+        assert_eq!(done_version(&frame, &node), 3);
+    }
+
+    /// A rejoin's sync item (`durable: false`) is answered at once even under write-through.
+    #[test]
+    fn a_sync_item_is_acknowledged_at_once_under_write_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, mut slot) = slot(dir.path(), StorageModel::WriteThrough);
+        let rx = apply_as(&mut slot, 1_000, 4, false);
+        let frame = rx.try_recv().expect("answered at once");
+        assert_eq!(done_version(&frame, &node), 4);
+        assert_eq!(slot.pending_durable(), 0);
+    }
+
+    /// A master's copy refused as stale while the newer version held here waits for its flush
+    /// is answered only with that flush.
+    #[test]
+    fn a_stale_copy_waits_for_the_newer_version_s_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, mut slot) = slot(dir.path(), StorageModel::WriteThrough);
+        let now = 1_000;
+        let newer = apply(&mut slot, now, 5);
+        let older = apply(&mut slot, now, 4);
+        assert!(
+            older.try_recv().is_err(),
+            "stale copy acknowledged before the flush"
+        );
+        let mut answers = Vec::new();
+        for _ in 0..10_000 {
+            slot.pass(now, false);
+            if let (Ok(a), Ok(b)) = (newer.try_recv(), older.try_recv()) {
+                answers = vec![a, b];
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(answers.len(), 2, "the flush never completed");
+        assert_eq!(done_version(&answers[0], &node), 5);
+        assert_eq!(done_version(&answers[1], &node), 5);
+        // Nothing pending: a stale copy is answered at once.
+        let again = apply(&mut slot, now, 3);
+        assert_eq!(done_version(&again.try_recv().expect("at once"), &node), 5);
     }
 }

@@ -1951,6 +1951,7 @@ impl State {
                     version: copy.version,
                     lifetime_s: copy.lifetime_s,
                     data: copy.data,
+                    durable: true,
                 },
             )
             .await;
@@ -2461,6 +2462,7 @@ impl State {
                     version: item.version,
                     lifetime_s: item.lifetime_s,
                     data: item.data,
+                    durable: false,
                 },
             )
             .await;

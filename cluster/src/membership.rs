@@ -5,7 +5,7 @@
 //! for every authenticated relay message. Time is the `now_ms` argument; nothing here reads a
 //! clock.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::Addr;
 
@@ -283,9 +283,16 @@ impl Membership {
             .map(|(a, p)| (*a, p.load))
     }
 
+    /// Every node we know of: us and every peer ever heard of (this incarnation), up or down.
+    pub fn known(&self) -> BTreeSet<Addr> {
+        let mut known: BTreeSet<Addr> = self.peers.keys().copied().collect();
+        known.insert(self.me);
+        known
+    }
+
     /// Nodes ever heard of, plus us: the cluster size as far as we know.
     pub fn known_nodes(&self) -> usize {
-        self.peers.len() + 1
+        self.known().len()
     }
 }
 

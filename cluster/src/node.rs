@@ -78,8 +78,8 @@ enum Stage {
         best: Option<Placement>,
         /// Every node we know of was asked.
         everyone: bool,
-        /// How many were asked.
-        total: usize,
+        /// Every node asked (`asked` holds those yet to answer).
+        all: BTreeSet<Addr>,
     },
 }
 
@@ -435,14 +435,14 @@ impl<S: Store> Node<S> {
                     .get(&hash)
                     .map(|c| c.placement)
                     .or_else(|| self.moved.get(&hash).copied());
-                let live_nodes = (self.members.live_peers().count() + 1) as u32;
+                let known = self.members.known().into_iter().collect();
                 self.send(
                     from,
                     Msg::Located {
                         loc,
                         hash,
                         placement,
-                        live_nodes,
+                        known,
                     },
                 );
             }
@@ -450,8 +450,8 @@ impl<S: Store> Node<S> {
                 loc,
                 hash: _,
                 placement,
-                live_nodes,
-            } => self.on_located(from, loc, placement, live_nodes, now_ms),
+                known,
+            } => self.on_located(from, loc, placement, &known, now_ms),
         }
         self.take()
     }
@@ -1953,17 +1953,19 @@ impl<S: Store> Node<S> {
                 }
                 let hash = f.request.hash();
                 f.target = None;
-                // Everyone we know of, including the nodes the ID names (a node restarted
-                // during a partition may not know them).
+                // Everyone we know of (heard of, up or down), including the nodes
+                // the ID names (a node restarted during a partition may not know them).
+                let me = self.cfg.me;
                 let named = [Some(f.placement.master), f.placement.backup];
-                let everyone = peers.len() + 1 == self.members.known_nodes()
-                    && named
-                        .iter()
-                        .flatten()
-                        .all(|n| *n == self.cfg.me || peers.contains(n));
+                let everyone = self
+                    .members
+                    .known()
+                    .iter()
+                    .chain(named.iter().flatten())
+                    .all(|n| *n == me || peers.contains(n));
                 f.stage = Stage::Locate {
                     loc,
-                    total: peers.len(),
+                    all: peers.clone(),
                     asked: peers.clone(),
                     best: None,
                     everyone,
@@ -1986,7 +1988,7 @@ impl<S: Store> Node<S> {
                 asked: BTreeSet::new(),
                 best: None,
                 everyone: false,
-                total: 0,
+                all: BTreeSet::new(),
             },
             Stage::Locate { .. } => {
                 let f = self.fwds.remove(&fid).expect("present");
@@ -2027,9 +2029,10 @@ impl<S: Store> Node<S> {
         from: Addr,
         loc: u64,
         placement: Option<Placement>,
-        live_nodes: u32,
+        known: &[Addr],
         now_ms: u64,
     ) {
+        let me = self.cfg.me;
         let Some(f) = self.fwds.get_mut(&loc) else {
             return;
         };
@@ -2037,7 +2040,7 @@ impl<S: Store> Node<S> {
             asked,
             best,
             everyone,
-            total,
+            all,
             ..
         } = &mut f.stage
         else {
@@ -2046,8 +2049,9 @@ impl<S: Store> Node<S> {
         if !asked.remove(&from) {
             return;
         }
-        if live_nodes as usize > *total + 1 {
-            // The answering node knows nodes we did not ask.
+        if known.iter().any(|n| *n != me && !all.contains(n)) {
+            // The answering node knows a node we did not ask (up or down there: a node down
+            // now may hold the only copy).
             *everyone = false;
         }
         if let Some(p) = placement

@@ -441,10 +441,11 @@ pub enum Msg {
         hash: Hash,
         /// The placement known there.
         placement: Option<Placement>,
-        /// How many nodes the answering node sees up, itself included: an asker that asked
-        /// fewer may not conclude "not found" (it may not know every node, e.g. restarted
-        /// during a partition).
-        live_nodes: u32,
+        /// Every node the answering node knows (heard of, up or down), itself
+        /// included: an asker that did not ask one of them may not conclude "not found" (it
+        /// may not know every node, e.g. restarted during a partition, and a node down now may
+        /// hold the only copy).
+        known: Vec<Addr>,
     },
 }
 

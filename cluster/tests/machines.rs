@@ -770,3 +770,89 @@ fn a_handover_left_unanswered_is_asked_again_after_a_restart() {
         "{r:?}"
     );
 }
+
+/// A cluster of `n` nodes with HA off.
+fn ha_off_cluster(n: usize) -> Cluster {
+    let mut c = Cluster::new(n, FlushPolicy::WriteThrough);
+    for i in 0..n {
+        let mut cfg = config(i, c.ids[i], FlushPolicy::WriteThrough);
+        cfg.ha = false;
+        c.nodes[i] = Some(Node::new_cluster(cfg, MemStore::default(), c.now));
+    }
+    c.advance(HB * 2);
+    c
+}
+
+/// A node that replaces node `i` on a new machine (empty disk).
+fn replace_ha_off(c: &mut Cluster, i: usize) {
+    c.ids[i] += 0x100;
+    let mut cfg = config(i, c.ids[i], FlushPolicy::WriteThrough);
+    cfg.ha = false;
+    let now = c.now;
+    c.nodes[i] = Some(Node::new(cfg, MemStore::default(), now));
+}
+
+/// A session created and written at node 1, which then drains: the session goes to node 0
+/// (the least loaded, lowest address). The client keeps the old ID, which names node 1.
+fn written_then_handed_to_node_0(c: &mut Cluster) -> SessionId {
+    let id = c.create(1);
+    assert_eq!(id.backup, None);
+    let (id, t, _) = c.lock(1, id);
+    assert!(matches!(
+        c.write(1, id, t, b"v"),
+        Some(Reply::Written { .. })
+    ));
+    let now = c.now;
+    let a = c.node(1).start_drain(now);
+    c.run(1, a);
+    c.advance(HB * 4);
+    assert!(c.serves(0, &id.hash), "handed over to node 0");
+    assert!(c.node(1).store().get(&id.hash).is_none());
+    id
+}
+
+fn read_at(c: &mut Cluster, at: usize, id: SessionId) -> Reply {
+    match c.client(at, Request::Read { id }) {
+        Some(r) => r,
+        None => c.wait_reply(c.req, 3000),
+    }
+}
+
+/// Soak seed 358: the only copy lives on a node that a partition cut off; the node the client's
+/// ID names handed it over and was replaced meanwhile (it never heard of the holder), and the
+/// node it asks sees the holder down. The answer counted only the
+/// nodes it sees *up*, so the search looked complete and said NotFound for an acknowledged
+/// write-through session. An answer now names every node the answerer knows, up or down.
+#[test]
+fn a_search_is_not_complete_while_an_answerer_knows_a_node_not_asked() {
+    let mut c = ha_off_cluster(3);
+    let id = written_then_handed_to_node_0(&mut c);
+    c.isolate(0);
+    c.advance(T + HB);
+    // Node 1 is replaced during the partition: it never hears node 0.
+    replace_ha_off(&mut c, 1);
+    c.advance(T + HB * 4);
+    assert!(
+        c.node(1).phase() == Phase::Serving,
+        "{:?}",
+        c.node(1).phase()
+    );
+    let r = read_at(&mut c, 1, id);
+    assert!(
+        matches!(
+            r,
+            Reply::Error {
+                code: ErrorCode::Unavailable,
+                ..
+            }
+        ),
+        "node 2 knows node 0 (down): not a complete search: {r:?}"
+    );
+    c.cut.clear();
+    c.advance(T + HB * 6);
+    let r = read_at(&mut c, 1, id);
+    assert!(
+        matches!(&r, Reply::Data { data, .. } if data == b"v"),
+        "{r:?}"
+    );
+}

@@ -883,8 +883,10 @@ const REGRESSIONS: &[u64] = &[
 ];
 
 /// Long-history (`SCD_SIM_SOAK=1`) seeds that found bugs: 782 (a backup granted a lease to a
-/// master it was promoting away from: two masters serving at once).
-const SOAK_REGRESSIONS: &[u64] = &[782];
+/// master it was promoting away from: two masters serving at once), 358 (NotFound for an acked
+/// write-through session: its only holder was cut off, the asker had been replaced meanwhile
+/// and never heard of it, and the node it asked counted only the nodes it saw *up*).
+const SOAK_REGRESSIONS: &[u64] = &[358, 782];
 
 #[test]
 fn regressions() {

@@ -235,8 +235,10 @@ impl<S: Store> Node<S> {
     }
 
     fn bare(cfg: Config, store: S, now_ms: u64) -> Self {
+        let mut members = Membership::new(cfg.me, cfg.membership, now_ms);
+        members.configure(cfg.peers.iter().copied());
         Node {
-            members: Membership::new(cfg.me, cfg.membership, now_ms),
+            members,
             mode: Mode::Starting {
                 until_ms: now_ms + cfg.membership.node_timeout_ms,
             },
@@ -1953,7 +1955,7 @@ impl<S: Store> Node<S> {
                 }
                 let hash = f.request.hash();
                 f.target = None;
-                // Everyone we know of (heard of, up or down), including the nodes
+                // Everyone we know of (heard of or configured, up or down), including the nodes
                 // the ID names (a node restarted during a partition may not know them).
                 let me = self.cfg.me;
                 let named = [Some(f.placement.master), f.placement.backup];

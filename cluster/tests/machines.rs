@@ -771,23 +771,29 @@ fn a_handover_left_unanswered_is_asked_again_after_a_restart() {
     );
 }
 
-/// A cluster of `n` nodes with HA off.
-fn ha_off_cluster(n: usize) -> Cluster {
+/// A cluster of `n` nodes with HA off; `configured`: each lists every node in `Config::peers`.
+fn ha_off_cluster(n: usize, configured: bool) -> Cluster {
     let mut c = Cluster::new(n, FlushPolicy::WriteThrough);
     for i in 0..n {
         let mut cfg = config(i, c.ids[i], FlushPolicy::WriteThrough);
         cfg.ha = false;
+        if configured {
+            cfg.peers = (0..n).map(addr).collect();
+        }
         c.nodes[i] = Some(Node::new_cluster(cfg, MemStore::default(), c.now));
     }
     c.advance(HB * 2);
     c
 }
 
-/// A node that replaces node `i` on a new machine (empty disk).
-fn replace_ha_off(c: &mut Cluster, i: usize) {
+/// A node that replaces node `i` on a new machine (empty disk), configured like the others.
+fn replace_ha_off(c: &mut Cluster, i: usize, configured: bool) {
     c.ids[i] += 0x100;
     let mut cfg = config(i, c.ids[i], FlushPolicy::WriteThrough);
     cfg.ha = false;
+    if configured {
+        cfg.peers = (0..c.nodes.len()).map(addr).collect();
+    }
     let now = c.now;
     c.nodes[i] = Some(Node::new(cfg, MemStore::default(), now));
 }
@@ -825,12 +831,12 @@ fn read_at(c: &mut Cluster, at: usize, id: SessionId) -> Reply {
 /// write-through session. An answer now names every node the answerer knows, up or down.
 #[test]
 fn a_search_is_not_complete_while_an_answerer_knows_a_node_not_asked() {
-    let mut c = ha_off_cluster(3);
+    let mut c = ha_off_cluster(3, false);
     let id = written_then_handed_to_node_0(&mut c);
     c.isolate(0);
     c.advance(T + HB);
     // Node 1 is replaced during the partition: it never hears node 0.
-    replace_ha_off(&mut c, 1);
+    replace_ha_off(&mut c, 1, false);
     c.advance(T + HB * 4);
     assert!(
         c.node(1).phase() == Phase::Serving,
@@ -847,6 +853,50 @@ fn a_search_is_not_complete_while_an_answerer_knows_a_node_not_asked() {
             }
         ),
         "node 2 knows node 0 (down): not a complete search: {r:?}"
+    );
+    c.cut.clear();
+    c.advance(T + HB * 6);
+    let r = read_at(&mut c, 1, id);
+    assert!(
+        matches!(&r, Reply::Data { data, .. } if data == b"v"),
+        "{r:?}"
+    );
+}
+
+/// Seed 76382: the only copy lives on a node that a partition cut off, and every other node
+/// was replaced meanwhile (the one the client's ID names had handed the session over): no live
+/// node has heard of the holder. Only the
+/// configured membership (`Config::peers`) still names it, and a search that did not reach it
+/// is not complete.
+#[test]
+fn configured_peers_not_reached_make_a_search_incomplete() {
+    let mut c = ha_off_cluster(3, true);
+    let id = written_then_handed_to_node_0(&mut c);
+    c.isolate(0);
+    c.advance(T + HB);
+    replace_ha_off(&mut c, 1, true);
+    replace_ha_off(&mut c, 2, true);
+    c.advance(T + HB * 4);
+    assert!(
+        c.node(1).phase() == Phase::Serving,
+        "{:?}",
+        c.node(1).phase()
+    );
+    assert_eq!(
+        c.node(1).membership().live_peers().count(),
+        1,
+        "node 0 was never heard"
+    );
+    let r = read_at(&mut c, 1, id);
+    assert!(
+        matches!(
+            r,
+            Reply::Error {
+                code: ErrorCode::Unavailable,
+                ..
+            }
+        ),
+        "node 0 is configured and was not asked: {r:?}"
     );
     c.cut.clear();
     c.advance(T + HB * 6);

@@ -1077,6 +1077,12 @@ impl<S: Store> Node<S> {
         if self.refused.get(&hash).is_some_and(|r| *r >= epoch) {
             return self.refuse(from, hash, epoch);
         }
+        // Nor do we accept an epoch we proposed ourselves (or one below): that proposal's
+        // target may hold it, and a placement it holds at a higher epoch than the one we would
+        // accept now would later win over every write made under ours.
+        if self.sessions.get(&hash).is_some_and(|l| l.floor >= epoch) {
+            return self.refuse(from, hash, epoch);
+        }
         if !copy.placement.names(me)
             || copy.placement.master != from && !matches!(change, Change::Handover { .. })
         {

@@ -906,3 +906,87 @@ fn configured_peers_not_reached_make_a_search_incomplete() {
         "{r:?}"
     );
 }
+
+/// Seed 120712: a backup's failover proposal reached its witness, whose answer was lost before
+/// the witness went down (it shadows the session). The old master restarted and proposed a
+/// Resume at an epoch not above that proposal (the backup's first proposal had been refused,
+/// so its last one was two epochs up), and the backup accepted it: writes were then
+/// acknowledged under an epoch lower than the placement the witness held, which won on heal
+/// and lost them. A node now refuses a proposal at an epoch it proposed itself (or below).
+#[test]
+fn a_node_refuses_a_proposal_not_above_its_own_unanswered_one() {
+    let mut c = Cluster::new(3, FlushPolicy::WriteThrough);
+    let id = c.create(2);
+    assert_eq!(id.backup, Some(addr(0)));
+    let (id, t, _) = c.lock(2, id);
+    c.write(2, id, t, b"v1").unwrap();
+    // The backup stops hearing the master; the witness still hears it and refuses.
+    c.cut.insert((2, 0));
+    c.advance(T + HB);
+    let r = match c.client(0, Request::Read { id }) {
+        Some(r) => r,
+        None => c.wait_reply(c.req, 3000),
+    };
+    assert!(
+        matches!(
+            r,
+            Reply::Error {
+                code: ErrorCode::Unavailable,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    // The master crashes; the backup asks again (a higher epoch): the witness accepts, but
+    // its answer is lost and it is then cut off.
+    let store = c.crash(2);
+    c.cut.clear();
+    c.advance(T + HB);
+    c.cut.insert((1, 0));
+    assert_eq!(
+        c.client(0, Request::Read { id }),
+        None,
+        "waits for the witness"
+    );
+    let proposed = c
+        .node(1)
+        .store()
+        .get(&id.hash)
+        .expect("the witness accepted")
+        .placement;
+    assert_eq!(proposed.master, addr(0));
+    assert!(proposed.epoch > id.version + 1, "{proposed:?}");
+    c.isolate(1);
+    c.advance(T + HB);
+    // The old master restarts and resumes the session with node 0 as witness: never at an
+    // epoch the witness's own proposal may hold.
+    c.restart(2, store);
+    let mut resumed = None;
+    for _ in 0..40 {
+        c.advance(HB);
+        if c.serves(2, &id.hash) {
+            resumed = c.node(2).store().get(&id.hash).map(|c| c.placement);
+            break;
+        }
+    }
+    let resumed = resumed.expect("resumed");
+    assert!(
+        resumed.epoch > proposed.epoch,
+        "resumed at epoch {} under the shadowed proposal's {}",
+        resumed.epoch,
+        proposed.epoch
+    );
+    let (id2, t, _) = c.lock(2, resumed.id(id.hash));
+    assert!(matches!(
+        c.write(2, id2, t, b"v2"),
+        Some(Reply::Written { .. })
+    ));
+    // Heal: whatever moves, the acknowledged write stays.
+    c.cut.clear();
+    c.advance(6 * T);
+    let r = read_at(&mut c, 1, id2);
+    assert!(
+        matches!(&r, Reply::Data { data, .. } if data == b"v2"),
+        "{r:?}"
+    );
+}

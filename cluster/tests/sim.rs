@@ -880,10 +880,12 @@ fn env_u64(name: &str) -> Option<u64> {
 /// 13157 (a proposal accepted but unanswered, then a restart of the proposer: the intent is now
 /// durable), 76382 (NotFound for an acked write-through session: its only holder was cut off
 /// and every other node was replaced or restarted meanwhile, so no live node had heard of it;
-/// configured members now count as known).
+/// configured members now count as known), 120712 (a backup accepted a Resume at an epoch
+/// below its own unanswered failover proposal, whose witness then won on heal: an acked
+/// write-through write was lost).
 const REGRESSIONS: &[u64] = &[
     5, 18, 71, 93, 96, 117, 155, 212, 348, 371, 680, 1031, 1403, 2063, 2149, 3263, 4592, 4829,
-    4854, 13108, 13157, 76382,
+    4854, 13108, 13157, 76382, 120712,
 ];
 
 /// Long-history (`SCD_SIM_SOAK=1`) seeds that found bugs: 782 (a backup granted a lease to a

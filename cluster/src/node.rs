@@ -1581,6 +1581,16 @@ impl<S: Store> Node<S> {
 
     /// A rejoined master takes its session back under a new epoch, witnessed by its backup.
     fn resume(&mut self, hash: Hash, copy: Copy, now_ms: u64) {
+        if self
+            .sessions
+            .get(&hash)
+            .is_some_and(|l| l.pending.is_some())
+        {
+            // A proposal is in flight (e.g. a handover left unanswered across the rejoin): its
+            // target may serve the session now. Resume only once it is answered (or, for
+            // anything but a handover, its target went down and shadows the session).
+            return;
+        }
         let me = self.cfg.me;
         let mut next = copy.clone();
         next.placement.epoch = copy.placement.epoch + 1;

@@ -990,3 +990,65 @@ fn a_node_refuses_a_proposal_not_above_its_own_unanswered_one() {
         "{r:?}"
     );
 }
+
+/// Soak seed 1886: a draining master's handover was accepted but never answered, and the new
+/// master acknowledged writes. The old master, cut off from everyone, rejoined on heal and
+/// resumed the session at a new epoch (alone: HA off) over its pending handover; the new
+/// master then dropped its copy as taken over, losing the writes. A session with a proposal in
+/// flight is now resumed only once it is answered.
+#[test]
+fn a_rejoin_does_not_resume_a_session_whose_handover_is_unanswered() {
+    let mut c = ha_off_cluster(3, true);
+    let id = c.create(1);
+    let (id, t, _) = c.lock(1, id);
+    assert!(matches!(
+        c.write(1, id, t, b"v1"),
+        Some(Reply::Written { .. })
+    ));
+    c.advance(T + HB);
+    // Node 1 drains; node 0 takes the session over, but its answers to node 1 are lost.
+    c.cut.insert((0, 1));
+    let now = c.now;
+    let a = c.node(1).start_drain(now);
+    c.run(1, a);
+    c.advance(HB);
+    assert!(c.serves(0, &id.hash), "handed over to node 0");
+    let handed = c.node(0).store().get(&id.hash).expect("held").placement;
+    let (id2, t, _) = c.lock(0, handed.id(id.hash));
+    assert!(matches!(
+        c.write(0, id2, t, b"v2"),
+        Some(Reply::Written { .. })
+    ));
+    // Node 1 loses sight of everyone, then hears node 2 again: it rejoins, with the handover
+    // still unanswered (node 0 stays cut off from it).
+    c.isolate(1);
+    c.advance(T + HB);
+    c.cut.clear();
+    c.isolate(0);
+    c.cut.remove(&(0, 2));
+    c.cut.remove(&(2, 0));
+    c.advance(4 * T);
+    assert!(
+        c.node(1).phase() == Phase::Serving,
+        "{:?}",
+        c.node(1).phase()
+    );
+    let kept = c
+        .node(1)
+        .store()
+        .get(&id.hash)
+        .expect("not handed over yet");
+    assert!(
+        kept.placement.epoch < handed.epoch && !c.serves(1, &id.hash),
+        "resumed over a pending handover: {:?}",
+        kept.placement
+    );
+    c.cut.clear();
+    c.advance(4 * T);
+    assert!(c.node(1).store().get(&id.hash).is_none(), "handed over");
+    let r = read_at(&mut c, 2, id2);
+    assert!(
+        matches!(&r, Reply::Data { data, .. } if data == b"v2"),
+        "{r:?}"
+    );
+}

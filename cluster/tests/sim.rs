@@ -891,8 +891,10 @@ const REGRESSIONS: &[u64] = &[
 /// Long-history (`SCD_SIM_SOAK=1`) seeds that found bugs: 782 (a backup granted a lease to a
 /// master it was promoting away from: two masters serving at once), 358 (NotFound for an acked
 /// write-through session: its only holder was cut off, the asker had been replaced meanwhile
-/// and never heard of it, and the node it asked counted only the nodes it saw *up*).
-const SOAK_REGRESSIONS: &[u64] = &[358, 782];
+/// and never heard of it, and the node it asked counted only the nodes it saw *up*), 1886 (a
+/// drained master cut off from everyone rejoined and resumed, alone, a session whose handover
+/// was accepted but unanswered: the new master's acked writes were lost).
+const SOAK_REGRESSIONS: &[u64] = &[358, 782, 1886];
 
 #[test]
 fn regressions() {

@@ -237,6 +237,9 @@ impl<S: Store> Node<S> {
     fn bare(cfg: Config, store: S, now_ms: u64) -> Self {
         let mut members = Membership::new(cfg.me, cfg.membership, now_ms);
         members.configure(cfg.peers.iter().copied());
+        // Like lock tokens, correlation numbers carry our node ID's low 32 bits: a late answer
+        // to a previous incarnation never matches a request of this one.
+        let next_id = u64::from(cfg.node_id as u32) << 32;
         Node {
             members,
             mode: Mode::Starting {
@@ -260,7 +263,7 @@ impl<S: Store> Node<S> {
             sync_seen: BTreeMap::new(),
             refused: BTreeMap::new(),
             alone: false,
-            next_id: 1,
+            next_id,
             token_counter: 0,
             stats: Stats::default(),
             out: Vec::new(),

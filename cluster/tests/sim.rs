@@ -882,10 +882,12 @@ fn env_u64(name: &str) -> Option<u64> {
 /// and every other node was replaced or restarted meanwhile, so no live node had heard of it;
 /// configured members now count as known), 120712 (a backup accepted a Resume at an epoch
 /// below its own unanswered failover proposal, whose witness then won on heal: an acked
-/// write-through write was lost).
+/// write-through write was lost), 136684 (a restarted node numbered its relayed requests from
+/// the same start as its previous incarnation: a late `Written` for an old write answered a
+/// new client's ReadLock).
 const REGRESSIONS: &[u64] = &[
     5, 18, 71, 93, 96, 117, 155, 212, 348, 371, 680, 1031, 1403, 2063, 2149, 3263, 4592, 4829,
-    4854, 13108, 13157, 76382, 120712,
+    4854, 13108, 13157, 76382, 120712, 136684,
 ];
 
 /// Long-history (`SCD_SIM_SOAK=1`) seeds that found bugs: 782 (a backup granted a lease to a

@@ -521,7 +521,8 @@ impl<S: Store> Node<S> {
     }
 
     fn id(&mut self) -> u64 {
-        self.next_id += 1;
+        // Wrapping: the count starts at `node_id(low 32 bits) << 32`, which may be near the top.
+        self.next_id = self.next_id.wrapping_add(1);
         self.next_id
     }
 

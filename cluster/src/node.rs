@@ -169,8 +169,10 @@ pub struct Node<S: Store> {
     moved: BTreeMap<Hash, Placement>,
     /// Mastered sessions that need a new epoch (rejoin) before they are served.
     unconfirmed: BTreeSet<Hash>,
-    /// Replicas held since before a rejoin and not confirmed since by their master: they may
-    /// have been replaced while we were away, so they are never promoted.
+    /// Replicas not confirmed by their master at their current placement — held since before
+    /// a rejoin, or taken as the witness of a placement change whose commit we have not seen
+    /// (the proposer may have abandoned it and committed a later placement elsewhere): they
+    /// are never promoted.
     doubtful: BTreeSet<Hash>,
     fwds: BTreeMap<u64, Fwd>,
     /// Rejoin: per peer, the hashes received in its sync stream and the count it announced.
@@ -940,12 +942,13 @@ impl<S: Store> Node<S> {
         }
         let old_master = copy.placement.master;
         if self.doubtful.contains(&hash) {
-            // Our copy predates our rejoin and its master never confirmed it since: it may
-            // have replaced us as its backup while we were away.
+            // Our master never confirmed this copy at its placement (it predates our rejoin,
+            // or the proposal that made us its backup may have been abandoned): it may have
+            // replaced us as its backup meanwhile.
             return self.error(
                 to,
                 ErrorCode::Unavailable,
-                "replica not confirmed since rejoin",
+                "replica not confirmed by its master",
             );
         }
         if !self.members.silent_long(old_master, now_ms) {
@@ -1051,7 +1054,9 @@ impl<S: Store> Node<S> {
                     return self.send(from, Msg::StaleEpoch { hash, epoch });
                 }
                 let version = cur.version.max(copy.version);
-                if from == cur.placement.master {
+                if from == cur.placement.master && matches!(change, Change::Update) {
+                    // Confirmed by the master (a resent proposal confirms nothing: it may
+                    // still abandon it).
                     self.doubtful.remove(&hash);
                 }
                 if copy.version > cur.version {
@@ -1127,7 +1132,14 @@ impl<S: Store> Node<S> {
         }
         let version = copy.version;
         let handed = copy.placement.master == me;
-        self.doubtful.remove(&hash);
+        if handed || matches!(change, Change::Update) {
+            self.doubtful.remove(&hash);
+        } else {
+            // We are the backup of a proposed placement: our answer may be lost and the
+            // proposer may commit a later one elsewhere. Promotable only once the master
+            // confirms this one (its next Replicate at this epoch; it sends one on commit).
+            self.doubtful.insert(hash);
+        }
         self.refused.remove(&hash);
         self.store.put(hash, copy);
         if handed {
@@ -1239,6 +1251,18 @@ impl<S: Store> Node<S> {
         debug_assert_eq!(new.placement.master, me);
         let acked = new.version;
         self.store.put(hash, new.clone());
+        if let Some(b) = new.placement.backup {
+            // Confirms the placement to the backup, which may promote only from a confirmed
+            // copy (a write resends it too).
+            self.send(
+                b,
+                Msg::Replicate {
+                    hash,
+                    copy: new.clone(),
+                    change: Change::Update,
+                },
+            );
+        }
         self.unconfirmed.remove(&hash);
         self.live(hash).shadow = None;
         if let Some(b) = new.placement.backup

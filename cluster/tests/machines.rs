@@ -1100,3 +1100,73 @@ fn correlation_numbers_of_two_incarnations_never_collide() {
         used[0].intersection(&used[1]).collect::<Vec<_>>()
     );
 }
+
+/// Soak seeds 3254 and 3454, seed 153960: a node accepted a placement change as the new
+/// backup, but its answer was lost; the proposer committed a later placement elsewhere (or
+/// crashed), and the node later promoted its copy of the abandoned placement: two masters at
+/// one epoch. A backup made by a proposal now promotes only once its master confirmed the
+/// placement (the master sends a confirming Replicate on commit).
+#[test]
+fn a_backup_made_by_an_unconfirmed_proposal_does_not_promote() {
+    for ack_lost in [true, false] {
+        let mut c = Cluster::new(4, FlushPolicy::WriteThrough);
+        let id = c.create(0);
+        assert_eq!(id.backup, Some(addr(1)));
+        let (id, t, _) = c.lock(0, id);
+        c.write(0, id, t, b"v1").unwrap();
+        c.advance(T + HB);
+        // The backup crashes; the master rehomes the session to a new backup, whose answer
+        // may be lost.
+        c.crash(1);
+        let mut witness = None;
+        for _ in 0..60 {
+            c.hold = true;
+            c.advance(25);
+            while let Some((from, to, msg)) = c.held.pop_front() {
+                let lost = ack_lost && to == 0 && matches!(msg, Msg::ReplicateAck { .. });
+                if lost || c.nodes[to].is_none() {
+                    continue;
+                }
+                let now = c.now;
+                let a = c.node(to).on_message(addr(from), msg, now);
+                c.run(to, a);
+            }
+            c.hold = false;
+            witness = [2, 3].into_iter().find(|w| {
+                c.nodes[*w]
+                    .as_ref()
+                    .and_then(|n| n.store().get(&id.hash))
+                    .is_some_and(|k| k.placement.backup == Some(addr(*w)))
+            });
+            if witness.is_some() {
+                break;
+            }
+        }
+        let w = witness.expect("a new backup witnessed the rehome");
+        if !ack_lost {
+            c.advance(HB);
+        }
+        let placement = c.node(w).store().get(&id.hash).expect("held").placement;
+        // The master crashes before (or after) it heard the answer.
+        c.crash(0);
+        c.advance(T + HB);
+        let r = read_at(&mut c, w, placement.id(id.hash));
+        if ack_lost {
+            assert!(
+                matches!(
+                    r,
+                    Reply::Error {
+                        code: ErrorCode::Unavailable,
+                        ..
+                    }
+                ),
+                "promoted an unconfirmed placement: {r:?}"
+            );
+        } else {
+            assert!(
+                matches!(&r, Reply::Data { data, .. } if data == b"v1"),
+                "{r:?}"
+            );
+        }
+    }
+}

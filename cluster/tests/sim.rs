@@ -884,10 +884,11 @@ fn env_u64(name: &str) -> Option<u64> {
 /// below its own unanswered failover proposal, whose witness then won on heal: an acked
 /// write-through write was lost), 136684 (a restarted node numbered its relayed requests from
 /// the same start as its previous incarnation: a late `Written` for an old write answered a
-/// new client's ReadLock).
+/// new client's ReadLock), 153960 (a node that witnessed an AddBackup whose answer was lost
+/// promoted its copy of that abandoned placement: two masters at one epoch).
 const REGRESSIONS: &[u64] = &[
     5, 18, 71, 93, 96, 117, 155, 212, 348, 371, 680, 1031, 1403, 2063, 2149, 3263, 4592, 4829,
-    4854, 13108, 13157, 76382, 120712, 136684,
+    4854, 13108, 13157, 76382, 120712, 136684, 153960,
 ];
 
 /// Long-history (`SCD_SIM_SOAK=1`) seeds that found bugs: 782 (a backup granted a lease to a
@@ -895,8 +896,10 @@ const REGRESSIONS: &[u64] = &[
 /// write-through session: its only holder was cut off, the asker had been replaced meanwhile
 /// and never heard of it, and the node it asked counted only the nodes it saw *up*), 1886 (a
 /// drained master cut off from everyone rejoined and resumed, alone, a session whose handover
-/// was accepted but unanswered: the new master's acked writes were lost).
-const SOAK_REGRESSIONS: &[u64] = &[358, 782, 1886];
+/// was accepted but unanswered: the new master's acked writes were lost), 3254 and 3454 (a
+/// node that witnessed a Rehome whose answer was lost promoted its copy of the abandoned
+/// placement: two masters at one epoch).
+const SOAK_REGRESSIONS: &[u64] = &[358, 782, 1886, 3254, 3454];
 
 #[test]
 fn regressions() {

@@ -1463,8 +1463,12 @@ impl<S: Store> Node<S> {
             if !serving {
                 continue;
             }
+            // A session waiting for its Resume sends no Update: its copy may be stale (taken
+            // over meanwhile), and a node without a copy would take it as a new replica, then
+            // witness the Resume with it. The Resume carries the copy.
+            let confirmed = !self.unconfirmed.contains(&hash);
             // Write-through: resend the unacked write.
-            if let Some(b) = copy.placement.backup {
+            if let Some(b) = copy.placement.backup.filter(|_| confirmed) {
                 let resend = self
                     .sessions
                     .get(&hash)
@@ -1490,6 +1494,7 @@ impl<S: Store> Node<S> {
             }
             // Delayed-write: replicate dirty sessions each flush interval.
             if self.cfg.policy == FlushPolicy::DelayedWrite
+                && confirmed
                 && let Some(b) = copy.placement.backup
                 && now_ms >= self.last_flush_ms + self.cfg.flush_interval_ms
             {

@@ -6,8 +6,8 @@ use std::collections::{BTreeSet, VecDeque};
 use std::net::SocketAddr;
 
 use scd_cluster::{
-    Action, Config, FlushPolicy, MemStore, MembershipConfig, Msg, Node, PeerBeat, Phase, Reply,
-    Request, Store,
+    Action, Change, Config, FlushPolicy, MemStore, MembershipConfig, Msg, Node, PeerBeat, Phase,
+    Reply, Request, Store,
 };
 use scd_wire::{ErrorCode, SessionId};
 
@@ -1169,4 +1169,47 @@ fn a_backup_made_by_an_unconfirmed_proposal_does_not_promote() {
             );
         }
     }
+}
+
+/// Soak seed 3363: a restarted master waiting to resume a session (its copy possibly taken
+/// over meanwhile) flushed it (delayed-write) to its backup, which no longer held it and took
+/// it as a new replica; that replica then witnessed the stale master's Resume: two nodes
+/// served the session. A session waiting for its Resume now sends no Update.
+#[test]
+fn a_session_waiting_for_its_resume_sends_no_update() {
+    let mut c = Cluster::new(3, FlushPolicy::DelayedWrite);
+    let id = c.create(0);
+    assert_eq!(id.backup, Some(addr(1)));
+    let (id, t, _) = c.lock(0, id);
+    c.write(0, id, t, b"v1").unwrap();
+    c.advance(T + HB);
+    // A write not flushed yet, then the backup is replaced by an empty machine: the master
+    // must resume the session before serving it again.
+    let (id, t, _) = c.lock(0, id);
+    assert!(matches!(
+        c.write(0, id, t, b"v2"),
+        Some(Reply::Written { version: 2, .. })
+    ));
+    c.crash(1);
+    c.ids[1] += 0x100;
+    let now = c.now;
+    c.nodes[1] = Some(Node::new(
+        config(1, c.ids[1], FlushPolicy::DelayedWrite),
+        MemStore::default(),
+        now,
+    ));
+    let first = c.sent.len();
+    c.advance(4 * T);
+    assert!(
+        !c.serves(0, &id.hash),
+        "not resumed: the new backup holds nothing"
+    );
+    let updates = c.sent[first..]
+        .iter()
+        .filter(|(from, _, m)| {
+            *from == 0
+                && matches!(m, Msg::Replicate { hash, change: Change::Update, .. } if *hash == id.hash)
+        })
+        .count();
+    assert_eq!(updates, 0, "an unconfirmed session was replicated");
 }

@@ -5,7 +5,7 @@
 //! for every authenticated relay message. Time is the `now_ms` argument; nothing here reads a
 //! clock.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::Addr;
 
@@ -118,6 +118,8 @@ pub struct Membership {
     started_ms: u64,
     config: MembershipConfig,
     peers: BTreeMap<Addr, Peer>,
+    /// Nodes configured as members: known even before (or without) being heard.
+    configured: BTreeSet<Addr>,
 }
 
 impl Membership {
@@ -128,7 +130,16 @@ impl Membership {
             started_ms: now_ms,
             config,
             peers: BTreeMap::new(),
+            configured: BTreeSet::new(),
         }
+    }
+
+    /// Adds configured members (our own address is ignored): they count as known (see
+    /// [`Membership::known`]) from now on, heard or not. They are not up until heard.
+    pub fn configure(&mut self, peers: impl IntoIterator<Item = Addr>) {
+        let me = self.me;
+        self.configured
+            .extend(peers.into_iter().filter(|a| *a != me));
     }
 
     /// Our relay address.
@@ -283,9 +294,18 @@ impl Membership {
             .map(|(a, p)| (*a, p.load))
     }
 
-    /// Nodes ever heard of, plus us: the cluster size as far as we know.
+    /// Every node we know of: us, the configured members and every peer ever heard of (this
+    /// incarnation), up or down.
+    pub fn known(&self) -> BTreeSet<Addr> {
+        let mut known = self.configured.clone();
+        known.extend(self.peers.keys().copied());
+        known.insert(self.me);
+        known
+    }
+
+    /// Nodes ever heard of or configured, plus us: the cluster size as far as we know.
     pub fn known_nodes(&self) -> usize {
-        self.peers.len() + 1
+        self.known().len()
     }
 }
 
@@ -407,6 +427,20 @@ mod tests {
         assert_eq!(m.silent_for(addr(3), 4000), 1000);
         // A peer never heard counts as silent since our start.
         assert_eq!(m.silent_for(addr(9), 4000), 4000);
+    }
+
+    #[test]
+    fn configured_members_are_known_before_they_are_heard() {
+        let mut m = Membership::new(addr(1), MembershipConfig::with_interval(1000), 0);
+        m.configure([addr(1), addr(2), addr(3)]);
+        assert_eq!(m.known_nodes(), 3, "us and two configured peers");
+        assert_eq!(m.live_peers().count(), 0, "configured is not up");
+        m.on_heartbeat(&beat(4, 4, 0), 10);
+        assert_eq!(
+            m.known().into_iter().collect::<Vec<_>>(),
+            vec![addr(1), addr(2), addr(3), addr(4)],
+            "a peer heard but not configured is known too"
+        );
     }
 
     #[test]

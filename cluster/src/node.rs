@@ -78,8 +78,8 @@ enum Stage {
         best: Option<Placement>,
         /// Every node we know of was asked.
         everyone: bool,
-        /// How many were asked.
-        total: usize,
+        /// Every node asked (`asked` holds those yet to answer).
+        all: BTreeSet<Addr>,
     },
 }
 
@@ -169,8 +169,10 @@ pub struct Node<S: Store> {
     moved: BTreeMap<Hash, Placement>,
     /// Mastered sessions that need a new epoch (rejoin) before they are served.
     unconfirmed: BTreeSet<Hash>,
-    /// Replicas held since before a rejoin and not confirmed since by their master: they may
-    /// have been replaced while we were away, so they are never promoted.
+    /// Replicas not confirmed by their master at their current placement — held since before
+    /// a rejoin, or taken as the witness of a placement change whose commit we have not seen
+    /// (the proposer may have abandoned it and committed a later placement elsewhere): they
+    /// are never promoted.
     doubtful: BTreeSet<Hash>,
     fwds: BTreeMap<u64, Fwd>,
     /// Rejoin: per peer, the hashes received in its sync stream and the count it announced.
@@ -235,8 +237,13 @@ impl<S: Store> Node<S> {
     }
 
     fn bare(cfg: Config, store: S, now_ms: u64) -> Self {
+        let mut members = Membership::new(cfg.me, cfg.membership, now_ms);
+        members.configure(cfg.peers.iter().copied());
+        // Like lock tokens, correlation numbers carry our node ID's low 32 bits: a late answer
+        // to a previous incarnation never matches a request of this one.
+        let next_id = u64::from(cfg.node_id as u32) << 32;
         Node {
-            members: Membership::new(cfg.me, cfg.membership, now_ms),
+            members,
             mode: Mode::Starting {
                 until_ms: now_ms + cfg.membership.node_timeout_ms,
             },
@@ -258,7 +265,7 @@ impl<S: Store> Node<S> {
             sync_seen: BTreeMap::new(),
             refused: BTreeMap::new(),
             alone: false,
-            next_id: 1,
+            next_id,
             token_counter: 0,
             stats: Stats::default(),
             out: Vec::new(),
@@ -435,14 +442,14 @@ impl<S: Store> Node<S> {
                     .get(&hash)
                     .map(|c| c.placement)
                     .or_else(|| self.moved.get(&hash).copied());
-                let live_nodes = (self.members.live_peers().count() + 1) as u32;
+                let known = self.members.known().into_iter().collect();
                 self.send(
                     from,
                     Msg::Located {
                         loc,
                         hash,
                         placement,
-                        live_nodes,
+                        known,
                     },
                 );
             }
@@ -450,8 +457,8 @@ impl<S: Store> Node<S> {
                 loc,
                 hash: _,
                 placement,
-                live_nodes,
-            } => self.on_located(from, loc, placement, live_nodes, now_ms),
+                known,
+            } => self.on_located(from, loc, placement, &known, now_ms),
         }
         self.take()
     }
@@ -516,7 +523,8 @@ impl<S: Store> Node<S> {
     }
 
     fn id(&mut self) -> u64 {
-        self.next_id += 1;
+        // Wrapping: the count starts at `node_id(low 32 bits) << 32`, which may be near the top.
+        self.next_id = self.next_id.wrapping_add(1);
         self.next_id
     }
 
@@ -934,12 +942,13 @@ impl<S: Store> Node<S> {
         }
         let old_master = copy.placement.master;
         if self.doubtful.contains(&hash) {
-            // Our copy predates our rejoin and its master never confirmed it since: it may
-            // have replaced us as its backup while we were away.
+            // Our master never confirmed this copy at its placement (it predates our rejoin,
+            // or the proposal that made us its backup may have been abandoned): it may have
+            // replaced us as its backup meanwhile.
             return self.error(
                 to,
                 ErrorCode::Unavailable,
-                "replica not confirmed since rejoin",
+                "replica not confirmed by its master",
             );
         }
         if !self.members.silent_long(old_master, now_ms) {
@@ -1045,7 +1054,9 @@ impl<S: Store> Node<S> {
                     return self.send(from, Msg::StaleEpoch { hash, epoch });
                 }
                 let version = cur.version.max(copy.version);
-                if from == cur.placement.master {
+                if from == cur.placement.master && matches!(change, Change::Update) {
+                    // Confirmed by the master (a resent proposal confirms nothing: it may
+                    // still abandon it).
                     self.doubtful.remove(&hash);
                 }
                 if copy.version > cur.version {
@@ -1073,6 +1084,12 @@ impl<S: Store> Node<S> {
         // refused stays refused (a late duplicate must not be accepted after the proposer
         // took our refusal and went on serving).
         if self.refused.get(&hash).is_some_and(|r| *r >= epoch) {
+            return self.refuse(from, hash, epoch);
+        }
+        // Nor do we accept an epoch we proposed ourselves (or one below): that proposal's
+        // target may hold it, and a placement it holds at a higher epoch than the one we would
+        // accept now would later win over every write made under ours.
+        if self.sessions.get(&hash).is_some_and(|l| l.floor >= epoch) {
             return self.refuse(from, hash, epoch);
         }
         if !copy.placement.names(me)
@@ -1115,7 +1132,14 @@ impl<S: Store> Node<S> {
         }
         let version = copy.version;
         let handed = copy.placement.master == me;
-        self.doubtful.remove(&hash);
+        if handed || matches!(change, Change::Update) {
+            self.doubtful.remove(&hash);
+        } else {
+            // We are the backup of a proposed placement: our answer may be lost and the
+            // proposer may commit a later one elsewhere. Promotable only once the master
+            // confirms this one (its next Replicate at this epoch; it sends one on commit).
+            self.doubtful.insert(hash);
+        }
         self.refused.remove(&hash);
         self.store.put(hash, copy);
         if handed {
@@ -1227,6 +1251,18 @@ impl<S: Store> Node<S> {
         debug_assert_eq!(new.placement.master, me);
         let acked = new.version;
         self.store.put(hash, new.clone());
+        if let Some(b) = new.placement.backup {
+            // Confirms the placement to the backup, which may promote only from a confirmed
+            // copy (a write resends it too).
+            self.send(
+                b,
+                Msg::Replicate {
+                    hash,
+                    copy: new.clone(),
+                    change: Change::Update,
+                },
+            );
+        }
         self.unconfirmed.remove(&hash);
         self.live(hash).shadow = None;
         if let Some(b) = new.placement.backup
@@ -1427,8 +1463,12 @@ impl<S: Store> Node<S> {
             if !serving {
                 continue;
             }
+            // A session waiting for its Resume sends no Update: its copy may be stale (taken
+            // over meanwhile), and a node without a copy would take it as a new replica, then
+            // witness the Resume with it. The Resume carries the copy.
+            let confirmed = !self.unconfirmed.contains(&hash);
             // Write-through: resend the unacked write.
-            if let Some(b) = copy.placement.backup {
+            if let Some(b) = copy.placement.backup.filter(|_| confirmed) {
                 let resend = self
                     .sessions
                     .get(&hash)
@@ -1454,6 +1494,7 @@ impl<S: Store> Node<S> {
             }
             // Delayed-write: replicate dirty sessions each flush interval.
             if self.cfg.policy == FlushPolicy::DelayedWrite
+                && confirmed
                 && let Some(b) = copy.placement.backup
                 && now_ms >= self.last_flush_ms + self.cfg.flush_interval_ms
             {
@@ -1573,6 +1614,16 @@ impl<S: Store> Node<S> {
 
     /// A rejoined master takes its session back under a new epoch, witnessed by its backup.
     fn resume(&mut self, hash: Hash, copy: Copy, now_ms: u64) {
+        if self
+            .sessions
+            .get(&hash)
+            .is_some_and(|l| l.pending.is_some())
+        {
+            // A proposal is in flight (e.g. a handover left unanswered across the rejoin): its
+            // target may serve the session now. Resume only once it is answered (or, for
+            // anything but a handover, its target went down and shadows the session).
+            return;
+        }
         let me = self.cfg.me;
         let mut next = copy.clone();
         next.placement.epoch = copy.placement.epoch + 1;
@@ -1953,17 +2004,19 @@ impl<S: Store> Node<S> {
                 }
                 let hash = f.request.hash();
                 f.target = None;
-                // Everyone we know of, including the nodes the ID names (a node restarted
-                // during a partition may not know them).
+                // Everyone we know of (heard of or configured, up or down), including the nodes
+                // the ID names (a node restarted during a partition may not know them).
+                let me = self.cfg.me;
                 let named = [Some(f.placement.master), f.placement.backup];
-                let everyone = peers.len() + 1 == self.members.known_nodes()
-                    && named
-                        .iter()
-                        .flatten()
-                        .all(|n| *n == self.cfg.me || peers.contains(n));
+                let everyone = self
+                    .members
+                    .known()
+                    .iter()
+                    .chain(named.iter().flatten())
+                    .all(|n| *n == me || peers.contains(n));
                 f.stage = Stage::Locate {
                     loc,
-                    total: peers.len(),
+                    all: peers.clone(),
                     asked: peers.clone(),
                     best: None,
                     everyone,
@@ -1986,7 +2039,7 @@ impl<S: Store> Node<S> {
                 asked: BTreeSet::new(),
                 best: None,
                 everyone: false,
-                total: 0,
+                all: BTreeSet::new(),
             },
             Stage::Locate { .. } => {
                 let f = self.fwds.remove(&fid).expect("present");
@@ -2027,9 +2080,10 @@ impl<S: Store> Node<S> {
         from: Addr,
         loc: u64,
         placement: Option<Placement>,
-        live_nodes: u32,
+        known: &[Addr],
         now_ms: u64,
     ) {
+        let me = self.cfg.me;
         let Some(f) = self.fwds.get_mut(&loc) else {
             return;
         };
@@ -2037,7 +2091,7 @@ impl<S: Store> Node<S> {
             asked,
             best,
             everyone,
-            total,
+            all,
             ..
         } = &mut f.stage
         else {
@@ -2046,8 +2100,9 @@ impl<S: Store> Node<S> {
         if !asked.remove(&from) {
             return;
         }
-        if live_nodes as usize > *total + 1 {
-            // The answering node knows nodes we did not ask.
+        if known.iter().any(|n| *n != me && !all.contains(n)) {
+            // The answering node knows a node we did not ask (up or down there: a node down
+            // now may hold the only copy).
             *everyone = false;
         }
         if let Some(p) = placement

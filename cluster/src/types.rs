@@ -19,7 +19,7 @@ pub enum FlushPolicy {
 }
 
 /// A node's settings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     /// Our relay address (IP:relay_port): our identity in session IDs.
     pub me: Addr,
@@ -46,12 +46,18 @@ pub struct Config {
     /// symmetric partition then gives two masters (split brain). Off by default: with it off,
     /// a session whose backup (or master) is lost waits until a witness is up.
     pub allow_alone: bool,
+    /// The other nodes of the cluster as configured (the daemon's `peers`, by relay address;
+    /// our own address is ignored). They count as known from the start, heard or not: a search
+    /// for a session says `NotFound` only once each of them answered, so that nodes restarted
+    /// during a partition, which never heard the far side, cannot call a session that lives
+    /// there missing. Empty (e.g. broadcast discovery): only the nodes heard of count.
+    pub peers: Vec<Addr>,
 }
 
 impl Config {
     /// Defaults: heartbeat 1000 ms, node timeout 3500 ms, lease margin 500 ms, HA on,
     /// write-through, flush interval 1000 ms, queue 1024, request timeout 10 s, no acting
-    /// alone.
+    /// alone, no configured peers.
     pub fn new(me: Addr, node_id: u64) -> Self {
         Config {
             me,
@@ -64,6 +70,7 @@ impl Config {
             replication_queue_max: 1024,
             request_timeout_ms: 10_000,
             allow_alone: false,
+            peers: Vec::new(),
         }
     }
 }
@@ -441,10 +448,11 @@ pub enum Msg {
         hash: Hash,
         /// The placement known there.
         placement: Option<Placement>,
-        /// How many nodes the answering node sees up, itself included: an asker that asked
-        /// fewer may not conclude "not found" (it may not know every node, e.g. restarted
-        /// during a partition).
-        live_nodes: u32,
+        /// Every node the answering node knows (heard of or configured, up or down), itself
+        /// included: an asker that did not ask one of them may not conclude "not found" (it
+        /// may not know every node, e.g. restarted during a partition, and a node down now may
+        /// hold the only copy).
+        known: Vec<Addr>,
     },
 }
 

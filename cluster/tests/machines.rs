@@ -6,8 +6,8 @@ use std::collections::{BTreeSet, VecDeque};
 use std::net::SocketAddr;
 
 use scd_cluster::{
-    Action, Config, FlushPolicy, MemStore, MembershipConfig, Msg, Node, PeerBeat, Phase, Reply,
-    Request, Store,
+    Action, Change, Config, FlushPolicy, MemStore, MembershipConfig, Msg, Node, PeerBeat, Phase,
+    Reply, Request, Store,
 };
 use scd_wire::{ErrorCode, SessionId};
 
@@ -769,4 +769,447 @@ fn a_handover_left_unanswered_is_asked_again_after_a_restart() {
         matches!(&r, Reply::Data { data, .. } if data == b"v1"),
         "{r:?}"
     );
+}
+
+/// A cluster of `n` nodes with HA off; `configured`: each lists every node in `Config::peers`.
+fn ha_off_cluster(n: usize, configured: bool) -> Cluster {
+    let mut c = Cluster::new(n, FlushPolicy::WriteThrough);
+    for i in 0..n {
+        let mut cfg = config(i, c.ids[i], FlushPolicy::WriteThrough);
+        cfg.ha = false;
+        if configured {
+            cfg.peers = (0..n).map(addr).collect();
+        }
+        c.nodes[i] = Some(Node::new_cluster(cfg, MemStore::default(), c.now));
+    }
+    c.advance(HB * 2);
+    c
+}
+
+/// A node that replaces node `i` on a new machine (empty disk), configured like the others.
+fn replace_ha_off(c: &mut Cluster, i: usize, configured: bool) {
+    c.ids[i] += 0x100;
+    let mut cfg = config(i, c.ids[i], FlushPolicy::WriteThrough);
+    cfg.ha = false;
+    if configured {
+        cfg.peers = (0..c.nodes.len()).map(addr).collect();
+    }
+    let now = c.now;
+    c.nodes[i] = Some(Node::new(cfg, MemStore::default(), now));
+}
+
+/// A session created and written at node 1, which then drains: the session goes to node 0
+/// (the least loaded, lowest address). The client keeps the old ID, which names node 1.
+fn written_then_handed_to_node_0(c: &mut Cluster) -> SessionId {
+    let id = c.create(1);
+    assert_eq!(id.backup, None);
+    let (id, t, _) = c.lock(1, id);
+    assert!(matches!(
+        c.write(1, id, t, b"v"),
+        Some(Reply::Written { .. })
+    ));
+    let now = c.now;
+    let a = c.node(1).start_drain(now);
+    c.run(1, a);
+    c.advance(HB * 4);
+    assert!(c.serves(0, &id.hash), "handed over to node 0");
+    assert!(c.node(1).store().get(&id.hash).is_none());
+    id
+}
+
+fn read_at(c: &mut Cluster, at: usize, id: SessionId) -> Reply {
+    match c.client(at, Request::Read { id }) {
+        Some(r) => r,
+        None => c.wait_reply(c.req, 3000),
+    }
+}
+
+/// Soak seed 358: the only copy lives on a node that a partition cut off; the node the client's
+/// ID names handed it over and was replaced meanwhile (it never heard of the holder), and the
+/// node it asks sees the holder down. The answer counted only the
+/// nodes it sees *up*, so the search looked complete and said NotFound for an acknowledged
+/// write-through session. An answer now names every node the answerer knows, up or down.
+#[test]
+fn a_search_is_not_complete_while_an_answerer_knows_a_node_not_asked() {
+    let mut c = ha_off_cluster(3, false);
+    let id = written_then_handed_to_node_0(&mut c);
+    c.isolate(0);
+    c.advance(T + HB);
+    // Node 1 is replaced during the partition: it never hears node 0.
+    replace_ha_off(&mut c, 1, false);
+    c.advance(T + HB * 4);
+    assert!(
+        c.node(1).phase() == Phase::Serving,
+        "{:?}",
+        c.node(1).phase()
+    );
+    let r = read_at(&mut c, 1, id);
+    assert!(
+        matches!(
+            r,
+            Reply::Error {
+                code: ErrorCode::Unavailable,
+                ..
+            }
+        ),
+        "node 2 knows node 0 (down): not a complete search: {r:?}"
+    );
+    c.cut.clear();
+    c.advance(T + HB * 6);
+    let r = read_at(&mut c, 1, id);
+    assert!(
+        matches!(&r, Reply::Data { data, .. } if data == b"v"),
+        "{r:?}"
+    );
+}
+
+/// Seed 76382: the only copy lives on a node that a partition cut off, and every other node
+/// was replaced meanwhile (the one the client's ID names had handed the session over): no live
+/// node has heard of the holder. Only the
+/// configured membership (`Config::peers`) still names it, and a search that did not reach it
+/// is not complete.
+#[test]
+fn configured_peers_not_reached_make_a_search_incomplete() {
+    let mut c = ha_off_cluster(3, true);
+    let id = written_then_handed_to_node_0(&mut c);
+    c.isolate(0);
+    c.advance(T + HB);
+    replace_ha_off(&mut c, 1, true);
+    replace_ha_off(&mut c, 2, true);
+    c.advance(T + HB * 4);
+    assert!(
+        c.node(1).phase() == Phase::Serving,
+        "{:?}",
+        c.node(1).phase()
+    );
+    assert_eq!(
+        c.node(1).membership().live_peers().count(),
+        1,
+        "node 0 was never heard"
+    );
+    let r = read_at(&mut c, 1, id);
+    assert!(
+        matches!(
+            r,
+            Reply::Error {
+                code: ErrorCode::Unavailable,
+                ..
+            }
+        ),
+        "node 0 is configured and was not asked: {r:?}"
+    );
+    c.cut.clear();
+    c.advance(T + HB * 6);
+    let r = read_at(&mut c, 1, id);
+    assert!(
+        matches!(&r, Reply::Data { data, .. } if data == b"v"),
+        "{r:?}"
+    );
+}
+
+/// Seed 120712: a backup's failover proposal reached its witness, whose answer was lost before
+/// the witness went down (it shadows the session). The old master restarted and proposed a
+/// Resume at an epoch not above that proposal (the backup's first proposal had been refused,
+/// so its last one was two epochs up), and the backup accepted it: writes were then
+/// acknowledged under an epoch lower than the placement the witness held, which won on heal
+/// and lost them. A node now refuses a proposal at an epoch it proposed itself (or below).
+#[test]
+fn a_node_refuses_a_proposal_not_above_its_own_unanswered_one() {
+    let mut c = Cluster::new(3, FlushPolicy::WriteThrough);
+    let id = c.create(2);
+    assert_eq!(id.backup, Some(addr(0)));
+    let (id, t, _) = c.lock(2, id);
+    c.write(2, id, t, b"v1").unwrap();
+    // The backup stops hearing the master; the witness still hears it and refuses.
+    c.cut.insert((2, 0));
+    c.advance(T + HB);
+    let r = match c.client(0, Request::Read { id }) {
+        Some(r) => r,
+        None => c.wait_reply(c.req, 3000),
+    };
+    assert!(
+        matches!(
+            r,
+            Reply::Error {
+                code: ErrorCode::Unavailable,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    // The master crashes; the backup asks again (a higher epoch): the witness accepts, but
+    // its answer is lost and it is then cut off.
+    let store = c.crash(2);
+    c.cut.clear();
+    c.advance(T + HB);
+    c.cut.insert((1, 0));
+    assert_eq!(
+        c.client(0, Request::Read { id }),
+        None,
+        "waits for the witness"
+    );
+    let proposed = c
+        .node(1)
+        .store()
+        .get(&id.hash)
+        .expect("the witness accepted")
+        .placement;
+    assert_eq!(proposed.master, addr(0));
+    assert!(proposed.epoch > id.version + 1, "{proposed:?}");
+    c.isolate(1);
+    c.advance(T + HB);
+    // The old master restarts and resumes the session with node 0 as witness: never at an
+    // epoch the witness's own proposal may hold.
+    c.restart(2, store);
+    let mut resumed = None;
+    for _ in 0..40 {
+        c.advance(HB);
+        if c.serves(2, &id.hash) {
+            resumed = c.node(2).store().get(&id.hash).map(|c| c.placement);
+            break;
+        }
+    }
+    let resumed = resumed.expect("resumed");
+    assert!(
+        resumed.epoch > proposed.epoch,
+        "resumed at epoch {} under the shadowed proposal's {}",
+        resumed.epoch,
+        proposed.epoch
+    );
+    let (id2, t, _) = c.lock(2, resumed.id(id.hash));
+    assert!(matches!(
+        c.write(2, id2, t, b"v2"),
+        Some(Reply::Written { .. })
+    ));
+    // Heal: whatever moves, the acknowledged write stays.
+    c.cut.clear();
+    c.advance(6 * T);
+    let r = read_at(&mut c, 1, id2);
+    assert!(
+        matches!(&r, Reply::Data { data, .. } if data == b"v2"),
+        "{r:?}"
+    );
+}
+
+/// Soak seed 1886: a draining master's handover was accepted but never answered, and the new
+/// master acknowledged writes. The old master, cut off from everyone, rejoined on heal and
+/// resumed the session at a new epoch (alone: HA off) over its pending handover; the new
+/// master then dropped its copy as taken over, losing the writes. A session with a proposal in
+/// flight is now resumed only once it is answered.
+#[test]
+fn a_rejoin_does_not_resume_a_session_whose_handover_is_unanswered() {
+    let mut c = ha_off_cluster(3, true);
+    let id = c.create(1);
+    let (id, t, _) = c.lock(1, id);
+    assert!(matches!(
+        c.write(1, id, t, b"v1"),
+        Some(Reply::Written { .. })
+    ));
+    c.advance(T + HB);
+    // Node 1 drains; node 0 takes the session over, but its answers to node 1 are lost.
+    c.cut.insert((0, 1));
+    let now = c.now;
+    let a = c.node(1).start_drain(now);
+    c.run(1, a);
+    c.advance(HB);
+    assert!(c.serves(0, &id.hash), "handed over to node 0");
+    let handed = c.node(0).store().get(&id.hash).expect("held").placement;
+    let (id2, t, _) = c.lock(0, handed.id(id.hash));
+    assert!(matches!(
+        c.write(0, id2, t, b"v2"),
+        Some(Reply::Written { .. })
+    ));
+    // Node 1 loses sight of everyone, then hears node 2 again: it rejoins, with the handover
+    // still unanswered (node 0 stays cut off from it).
+    c.isolate(1);
+    c.advance(T + HB);
+    c.cut.clear();
+    c.isolate(0);
+    c.cut.remove(&(0, 2));
+    c.cut.remove(&(2, 0));
+    c.advance(4 * T);
+    assert!(
+        c.node(1).phase() == Phase::Serving,
+        "{:?}",
+        c.node(1).phase()
+    );
+    let kept = c
+        .node(1)
+        .store()
+        .get(&id.hash)
+        .expect("not handed over yet");
+    assert!(
+        kept.placement.epoch < handed.epoch && !c.serves(1, &id.hash),
+        "resumed over a pending handover: {:?}",
+        kept.placement
+    );
+    c.cut.clear();
+    c.advance(4 * T);
+    assert!(c.node(1).store().get(&id.hash).is_none(), "handed over");
+    let r = read_at(&mut c, 2, id2);
+    assert!(
+        matches!(&r, Reply::Data { data, .. } if data == b"v2"),
+        "{r:?}"
+    );
+}
+
+/// The correlation number a message carries (forward, sync, search, lease), if any.
+fn correlation(msg: &Msg) -> Option<u64> {
+    match msg {
+        Msg::Forward { fwd, .. } => Some(*fwd),
+        Msg::SyncRequest { sync, .. } => Some(*sync),
+        Msg::Locate { loc, .. } => Some(*loc),
+        Msg::LeaseRequest { nonce } => Some(*nonce),
+        _ => None,
+    }
+}
+
+/// Seed 136684: a write relayed through node 1 waited at its master; node 1 restarted, and
+/// the new incarnation numbered its requests from the same start, so the late answer to the
+/// old write (`Written`) was taken as the answer to a new client's ReadLock. Correlation
+/// numbers now carry the node ID's low 32 bits, like lock tokens.
+#[test]
+fn correlation_numbers_of_two_incarnations_never_collide() {
+    let mut c = Cluster::new(3, FlushPolicy::WriteThrough);
+    let mut used = Vec::new();
+    let mut first = 0;
+    for round in 0..2 {
+        let id = c.create(0);
+        let (id, t, _) = c.lock(1, id);
+        c.write(1, id, t, b"v").unwrap();
+        let _ = c.client(1, Request::Read { id });
+        c.advance(T);
+        let ids: BTreeSet<u64> = c.sent[first..]
+            .iter()
+            .filter(|(from, _, _)| *from == 1)
+            .filter_map(|(_, _, m)| correlation(m))
+            .collect();
+        assert!(!ids.is_empty());
+        used.push(ids);
+        if round == 0 {
+            let store = c.crash(1);
+            first = c.sent.len();
+            c.restart(1, store);
+            c.advance(3 * T);
+            assert!(c.node(1).phase() == Phase::Serving);
+        }
+    }
+    assert!(
+        used[0].is_disjoint(&used[1]),
+        "reused: {:?}",
+        used[0].intersection(&used[1]).collect::<Vec<_>>()
+    );
+}
+
+/// Soak seeds 3254 and 3454, seed 153960: a node accepted a placement change as the new
+/// backup, but its answer was lost; the proposer committed a later placement elsewhere (or
+/// crashed), and the node later promoted its copy of the abandoned placement: two masters at
+/// one epoch. A backup made by a proposal now promotes only once its master confirmed the
+/// placement (the master sends a confirming Replicate on commit).
+#[test]
+fn a_backup_made_by_an_unconfirmed_proposal_does_not_promote() {
+    for ack_lost in [true, false] {
+        let mut c = Cluster::new(4, FlushPolicy::WriteThrough);
+        let id = c.create(0);
+        assert_eq!(id.backup, Some(addr(1)));
+        let (id, t, _) = c.lock(0, id);
+        c.write(0, id, t, b"v1").unwrap();
+        c.advance(T + HB);
+        // The backup crashes; the master rehomes the session to a new backup, whose answer
+        // may be lost.
+        c.crash(1);
+        let mut witness = None;
+        for _ in 0..60 {
+            c.hold = true;
+            c.advance(25);
+            while let Some((from, to, msg)) = c.held.pop_front() {
+                let lost = ack_lost && to == 0 && matches!(msg, Msg::ReplicateAck { .. });
+                if lost || c.nodes[to].is_none() {
+                    continue;
+                }
+                let now = c.now;
+                let a = c.node(to).on_message(addr(from), msg, now);
+                c.run(to, a);
+            }
+            c.hold = false;
+            witness = [2, 3].into_iter().find(|w| {
+                c.nodes[*w]
+                    .as_ref()
+                    .and_then(|n| n.store().get(&id.hash))
+                    .is_some_and(|k| k.placement.backup == Some(addr(*w)))
+            });
+            if witness.is_some() {
+                break;
+            }
+        }
+        let w = witness.expect("a new backup witnessed the rehome");
+        if !ack_lost {
+            c.advance(HB);
+        }
+        let placement = c.node(w).store().get(&id.hash).expect("held").placement;
+        // The master crashes before (or after) it heard the answer.
+        c.crash(0);
+        c.advance(T + HB);
+        let r = read_at(&mut c, w, placement.id(id.hash));
+        if ack_lost {
+            assert!(
+                matches!(
+                    r,
+                    Reply::Error {
+                        code: ErrorCode::Unavailable,
+                        ..
+                    }
+                ),
+                "promoted an unconfirmed placement: {r:?}"
+            );
+        } else {
+            assert!(
+                matches!(&r, Reply::Data { data, .. } if data == b"v1"),
+                "{r:?}"
+            );
+        }
+    }
+}
+
+/// Soak seed 3363: a restarted master waiting to resume a session (its copy possibly taken
+/// over meanwhile) flushed it (delayed-write) to its backup, which no longer held it and took
+/// it as a new replica; that replica then witnessed the stale master's Resume: two nodes
+/// served the session. A session waiting for its Resume now sends no Update.
+#[test]
+fn a_session_waiting_for_its_resume_sends_no_update() {
+    let mut c = Cluster::new(3, FlushPolicy::DelayedWrite);
+    let id = c.create(0);
+    assert_eq!(id.backup, Some(addr(1)));
+    let (id, t, _) = c.lock(0, id);
+    c.write(0, id, t, b"v1").unwrap();
+    c.advance(T + HB);
+    // A write not flushed yet, then the backup is replaced by an empty machine: the master
+    // must resume the session before serving it again.
+    let (id, t, _) = c.lock(0, id);
+    assert!(matches!(
+        c.write(0, id, t, b"v2"),
+        Some(Reply::Written { version: 2, .. })
+    ));
+    c.crash(1);
+    c.ids[1] += 0x100;
+    let now = c.now;
+    c.nodes[1] = Some(Node::new(
+        config(1, c.ids[1], FlushPolicy::DelayedWrite),
+        MemStore::default(),
+        now,
+    ));
+    let first = c.sent.len();
+    c.advance(4 * T);
+    assert!(
+        !c.serves(0, &id.hash),
+        "not resumed: the new backup holds nothing"
+    );
+    let updates = c.sent[first..]
+        .iter()
+        .filter(|(from, _, m)| {
+            *from == 0
+                && matches!(m, Msg::Replicate { hash, change: Change::Update, .. } if *hash == id.hash)
+        })
+        .count();
+    assert_eq!(updates, 0, "an unconfirmed session was replicated");
 }

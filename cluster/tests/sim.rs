@@ -819,6 +819,8 @@ fn config(i: usize, node_id: u64, p: Params) -> Config {
     cfg.flush_interval_ms = 2 * HB_MS;
     cfg.replication_queue_max = 2;
     cfg.request_timeout_ms = 4000;
+    // The cluster's members are configured, as the daemon's `peers` list does.
+    cfg.peers = (0..p.nodes).map(addr).collect();
     cfg
 }
 
@@ -876,15 +878,30 @@ fn env_u64(name: &str) -> Option<u64> {
 /// a witness that no longer held it: a write-through write was lost), 2149 (a late StaleEpoch
 /// answering an old update cancelled a handover that the target then accepted), 13108 and
 /// 13157 (a proposal accepted but unanswered, then a restart of the proposer: the intent is now
-/// durable).
+/// durable), 76382 (NotFound for an acked write-through session: its only holder was cut off
+/// and every other node was replaced or restarted meanwhile, so no live node had heard of it;
+/// configured members now count as known), 120712 (a backup accepted a Resume at an epoch
+/// below its own unanswered failover proposal, whose witness then won on heal: an acked
+/// write-through write was lost), 136684 (a restarted node numbered its relayed requests from
+/// the same start as its previous incarnation: a late `Written` for an old write answered a
+/// new client's ReadLock), 153960 (a node that witnessed an AddBackup whose answer was lost
+/// promoted its copy of that abandoned placement: two masters at one epoch).
 const REGRESSIONS: &[u64] = &[
     5, 18, 71, 93, 96, 117, 155, 212, 348, 371, 680, 1031, 1403, 2063, 2149, 3263, 4592, 4829,
-    4854, 13108, 13157,
+    4854, 13108, 13157, 76382, 120712, 136684, 153960,
 ];
 
 /// Long-history (`SCD_SIM_SOAK=1`) seeds that found bugs: 782 (a backup granted a lease to a
-/// master it was promoting away from: two masters serving at once).
-const SOAK_REGRESSIONS: &[u64] = &[782];
+/// master it was promoting away from: two masters serving at once), 358 (NotFound for an acked
+/// write-through session: its only holder was cut off, the asker had been replaced meanwhile
+/// and never heard of it, and the node it asked counted only the nodes it saw *up*), 1886 (a
+/// drained master cut off from everyone rejoined and resumed, alone, a session whose handover
+/// was accepted but unanswered: the new master's acked writes were lost), 3254 and 3454 (a
+/// node that witnessed a Rehome whose answer was lost promoted its copy of the abandoned
+/// placement: two masters at one epoch), 3363 (a restarted master waiting to resume flushed its
+/// stale copy to a backup that no longer held it, which took it as a new replica and then
+/// witnessed the Resume: two nodes served the session).
+const SOAK_REGRESSIONS: &[u64] = &[358, 782, 1886, 3254, 3363, 3454];
 
 #[test]
 fn regressions() {

@@ -9,6 +9,9 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use common::{Cluster, Daemon};
+use scd_wire::constants::NONCE_LEN;
+use scd_wire::local::ErrorCode;
+use scd_wire::{ClientHandshake, ClusterKey, DecodeError, Frame, HashList, Limits, RelayMessage};
 
 /// Reads until end of stream (bounded); returns what came.
 fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
@@ -161,4 +164,79 @@ fn hosts_outside_allowed_hosts_are_not_heard_or_answered() {
         "A relays to B"
     );
     drop(outsider);
+}
+
+/// Reads from `s` into `buf` until `decode` gets something out of it; drops the bytes it used.
+fn read_until<T>(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    mut decode: impl FnMut(&[u8]) -> Result<(T, usize), DecodeError>,
+) -> T {
+    loop {
+        match decode(buf) {
+            Ok((v, used)) => {
+                buf.drain(..used);
+                return v;
+            }
+            Err(DecodeError::Incomplete { .. }) => {
+                let mut chunk = [0u8; 4096];
+                let n = s.read(&mut chunk).expect("read");
+                assert!(n > 0, "the node closed the connection");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            Err(e) => panic!("undecodable answer: {e:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_key_holder_no_heartbeat_named_gets_no_session_list_answer_and_cannot_make_a_node_rejoin() {
+    let c = Cluster::start(49, 2, &["--ha", "true"]);
+    let id = c.nodes[0].client().create_id().unwrap();
+    // The key file's bytes are the secret (as the daemon reads it).
+    let secret = std::fs::read(c.key_dir.path().join("cluster.key")).unwrap();
+    let key = ClusterKey::from_secret(secret.trim_ascii_end()).unwrap();
+
+    // The right key, but a node ID no heartbeat ever named.
+    let mut s = TcpStream::connect(c.relay(0)).unwrap();
+    s.set_read_timeout(Some(common::READY_WAIT)).unwrap();
+    let mut hs = ClientHandshake::new(&key, 0x5eed_0000_0000_0001, [7u8; NONCE_LEN]);
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    read_until(&mut s, &mut buf, |b| {
+        hs.on_challenge(b, &mut out).map(|used| ((), used))
+    });
+    s.write_all(&out).unwrap();
+    let est = read_until(&mut s, &mut buf, |b| hs.on_accept(b));
+    let (mut sealer, mut opener) = (est.sealer, est.opener);
+    let limits = Limits::default();
+
+    let asks = [
+        RelayMessage::SyncHashes {
+            hashes: HashList::new(&id.hash).unwrap(),
+        },
+        RelayMessage::RejoinNeeded,
+    ];
+    for (n, ask) in asks.into_iter().enumerate() {
+        let what = format!("{ask:?}");
+        let mut wire = Vec::new();
+        sealer
+            .seal(&Frame::new(n as u64 + 1, ask), &mut wire)
+            .unwrap();
+        s.write_all(&wire).unwrap();
+        let (code, text) = read_until(&mut s, &mut buf, |b| {
+            opener.open(b, &limits).map(|(f, used)| {
+                let got = match f.message {
+                    RelayMessage::Error { code, message } => (Some(code), message.to_string()),
+                    other => (None, format!("{other:?}")),
+                };
+                (got, used)
+            })
+        });
+        assert_eq!(code, Some(ErrorCode::Unavailable), "{what}: {text}");
+    }
+    // Nothing changed: the node serves, and never rejoined.
+    assert_eq!(c.nodes[0].stat("node.cluster_rejoins"), 0);
+    assert_eq!(c.nodes[0].stat("node.cluster_ready"), 1);
+    assert!(c.nodes[0].client().read(&id).is_ok());
 }

@@ -1895,7 +1895,16 @@ impl State {
                 });
             }
             RelayMessage::SyncHashes { hashes } => {
-                // Answered whatever this node's state, as SyncRequest.
+                // Answered whatever this node's state, as SyncRequest; and, as SyncRequest, only
+                // to a node one of whose heartbeats was heard (the asker retries).
+                if sender.is_none() {
+                    let out = Out::Error {
+                        code: ErrorCode::Unavailable,
+                        message: "no heartbeat from you yet".into(),
+                    };
+                    let _ = conn.relay.send((rid, out));
+                    return true;
+                }
                 let hashes: Vec<[u8; 16]> = hashes.iter().collect();
                 let conn = conn.clone();
                 monoio::spawn(async move {

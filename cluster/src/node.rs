@@ -1465,8 +1465,11 @@ impl<S: Store> Node<S> {
             }
             // A session waiting for its Resume sends no Update: its copy may be stale (taken
             // over meanwhile), and a node without a copy would take it as a new replica, then
-            // witness the Resume with it. The Resume carries the copy.
-            let confirmed = !self.unconfirmed.contains(&hash);
+            // witness the Resume with it. The Resume carries the copy. Nor does a session
+            // whose backup is down: the first Update after a heal would reach the backup
+            // before we hear it return (which makes the session wait for its Resume).
+            let confirmed = !self.unconfirmed.contains(&hash)
+                && copy.placement.backup.is_none_or(|b| self.members.is_up(b));
             // Write-through: resend the unacked write.
             if let Some(b) = copy.placement.backup.filter(|_| confirmed) {
                 let resend = self

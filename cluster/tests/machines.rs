@@ -1213,3 +1213,68 @@ fn a_session_waiting_for_its_resume_sends_no_update() {
         .count();
     assert_eq!(updates, 0, "an unconfirmed session was replicated");
 }
+
+/// Soak seed 9131: a master cut off from everyone kept flushing (delayed-write) its unflushed
+/// write to its backup, which it saw down. On heal, that flush reached the backup (restarted
+/// meanwhile, its copy dropped as taken over) before the master heard it return, so the
+/// session was not yet waiting for its Resume; the backup took the stale copy as a new replica
+/// and then witnessed the stale master's Resume at an epoch already used elsewhere: two
+/// masters at one epoch. A master sends no Update to a backup it sees down.
+#[test]
+fn a_master_sends_no_update_to_a_backup_it_sees_down() {
+    let mut c = Cluster::new(3, FlushPolicy::DelayedWrite);
+    let id = c.create(0);
+    assert_eq!(id.backup, Some(addr(1)));
+    let (id, t, _) = c.lock(0, id);
+    c.write(0, id, t, b"v1").unwrap();
+    c.advance(T + HB);
+    // A write not flushed yet, then the master is cut off from everyone and its backup is
+    // replaced by an empty machine.
+    let (id, t, _) = c.lock(0, id);
+    assert!(matches!(
+        c.write(0, id, t, b"v2"),
+        Some(Reply::Written { version: 2, .. })
+    ));
+    c.isolate(0);
+    c.crash(1);
+    c.ids[1] += 0x100;
+    let now = c.now;
+    c.nodes[1] = Some(Node::new(
+        config(1, c.ids[1], FlushPolicy::DelayedWrite),
+        MemStore::default(),
+        now,
+    ));
+    c.advance(T + 2 * HB);
+    assert!(!c.node(0).membership().is_up(addr(1)), "backup seen down");
+    let first = c.sent.len();
+    c.advance(2 * T);
+    let updates = |c: &Cluster, first: usize| {
+        c.sent[first..]
+            .iter()
+            .filter(|(from, _, m)| {
+                *from == 0
+                    && matches!(m, Msg::Replicate { hash, change: Change::Update, .. } if *hash == id.hash)
+            })
+            .count()
+    };
+    assert_eq!(updates(&c, first), 0, "replicated to a backup seen down");
+    assert_eq!(c.node(1).phase(), Phase::Serving, "the new backup serves");
+    // Heal; the master ticks (a flush interval and more) before it hears anyone again.
+    c.cut.clear();
+    let first = c.sent.len();
+    for _ in 0..12 {
+        c.now += 25;
+        let now = c.now;
+        let a = c.node(0).tick(now);
+        c.run(0, a);
+    }
+    assert_eq!(
+        updates(&c, first),
+        0,
+        "replicated before hearing the backup return"
+    );
+    assert!(
+        c.node(1).store().get(&id.hash).is_none(),
+        "the new backup took the stale copy as a replica"
+    );
+}

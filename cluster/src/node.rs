@@ -1465,11 +1465,13 @@ impl<S: Store> Node<S> {
             }
             // A session waiting for its Resume sends no Update: its copy may be stale (taken
             // over meanwhile), and a node without a copy would take it as a new replica, then
-            // witness the Resume with it. The Resume carries the copy. Nor does a session
-            // whose backup is down: the first Update after a heal would reach the backup
-            // before we hear it return (which makes the session wait for its Resume).
-            let confirmed = !self.unconfirmed.contains(&hash)
-                && copy.placement.backup.is_none_or(|b| self.members.is_up(b));
+            // witness the Resume with it. The Resume carries the copy.
+            let confirmed = !self.unconfirmed.contains(&hash);
+            // Nor does a delayed-write flush go to a backup seen down: the first flush after a
+            // heal would reach the backup before we hear it return (which makes the session
+            // wait for its Resume). (A write-through resend still goes: the unacked write's
+            // client waits for it; seed 51700 lost an acked write when resends stopped too.)
+            let backup_up = copy.placement.backup.is_none_or(|b| self.members.is_up(b));
             // Write-through: resend the unacked write.
             if let Some(b) = copy.placement.backup.filter(|_| confirmed) {
                 let resend = self
@@ -1498,6 +1500,7 @@ impl<S: Store> Node<S> {
             // Delayed-write: replicate dirty sessions each flush interval.
             if self.cfg.policy == FlushPolicy::DelayedWrite
                 && confirmed
+                && backup_up
                 && let Some(b) = copy.placement.backup
                 && now_ms >= self.last_flush_ms + self.cfg.flush_interval_ms
             {

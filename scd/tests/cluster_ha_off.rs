@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::{Cluster, blob, eventually};
 use scd_client::{Client, SessionId};
 use scd_wire::local::ErrorCode;
@@ -54,8 +52,9 @@ fn run(net: u8, policy: &str) {
     c.nodes[0].kill9();
     for via in [1, 2] {
         let mut cl = c.nodes[via].client();
+        // A hang would end in an I/O error here, not in the Unavailable asserted below.
+        cl.set_timeout(Some(common::READY_WAIT)).unwrap();
         for id in &ids {
-            let started = Instant::now();
             let e = cl.read(id).expect_err("the only copy is on a dead node");
             assert_eq!(
                 e.code(),
@@ -66,8 +65,6 @@ fn run(net: u8, policy: &str) {
                 e.to_string().contains(&c.relay(0).to_string()),
                 "the error names the dead master: {e}"
             );
-            // A bound on a hang, not a timing claim: far above any relay timeout in use.
-            assert!(started.elapsed() < Duration::from_secs(30));
         }
     }
     assert_eq!(c.nodes[1].stat("node.cluster_failovers"), 0);

@@ -178,7 +178,8 @@ impl Members {
         (self.table.known_nodes() - 1).saturating_sub(self.up_count())
     }
 
-    /// Live peers' relay addresses, in address order.
+    /// Live peers' relay addresses, in address order (never this node: `heard` ignores its own
+    /// heartbeats).
     pub fn live(&self) -> Vec<SocketAddr> {
         self.table.live_peers().map(|(a, _)| a).collect()
     }

@@ -1039,13 +1039,7 @@ impl State {
     /// Asks every live peer where session `hash` lives (in parallel): the places they know, and
     /// how many peers did not answer (unreachable, or not within the relay timeout).
     async fn locate(self: &Rc<Self>, hash: [u8; 16]) -> (Vec<Location>, usize) {
-        let peers: Vec<SocketAddr> = self
-            .members
-            .borrow()
-            .live()
-            .into_iter()
-            .filter(|a| *a != self.me)
-            .collect();
+        let peers = self.members.borrow().live();
         let (tx, rx) = flume::unbounded();
         for peer in peers {
             let me = self.clone();
@@ -2264,13 +2258,7 @@ impl State {
         // The answer to a chunk must fit the body limit too (68 bytes an entry).
         let fit = (self.limits.body_max as usize).saturating_sub(4) / PlaceList::ENTRY_LEN;
         let chunk = fit.clamp(1, SYNC_HASHES_MAX);
-        let peers: Vec<SocketAddr> = self
-            .members
-            .borrow()
-            .live()
-            .into_iter()
-            .filter(|a| *a != self.me)
-            .collect();
+        let peers = self.members.borrow().live();
         let listed: HashSet<[u8; 16]> = hashes.iter().copied().collect();
         let mut best: HashMap<[u8; 16], (Location, bool)> = HashMap::new();
         let mut silent = 0u32;

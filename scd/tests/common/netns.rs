@@ -115,29 +115,23 @@ impl Net {
     /// Drops what node `i` sends to nodes `to` (blackhole routes in `i`'s namespace), while it
     /// still receives from them: a one-way partition. Its sends fail or vanish; theirs arrive.
     pub fn mute(&self, i: u8, to: &[u8]) -> Result<(), String> {
-        for &j in to {
-            let dst = format!("{}/32", self.addr(j));
-            ip(&[
-                "-n",
-                &self.nodes[i as usize - 1],
-                "route",
-                "add",
-                "blackhole",
-                &dst,
-            ])?;
-        }
-        Ok(())
+        self.blackholes(i, to, "add")
     }
 
     /// Undoes [`Net::mute`].
     pub fn unmute(&self, i: u8, to: &[u8]) -> Result<(), String> {
+        self.blackholes(i, to, "del")
+    }
+
+    /// Adds or deletes (`action`) blackhole routes from node `i` to nodes `to`.
+    fn blackholes(&self, i: u8, to: &[u8], action: &str) -> Result<(), String> {
         for &j in to {
             let dst = format!("{}/32", self.addr(j));
             ip(&[
                 "-n",
                 &self.nodes[i as usize - 1],
                 "route",
-                "del",
+                action,
                 "blackhole",
                 &dst,
             ])?;

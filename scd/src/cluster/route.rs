@@ -432,6 +432,16 @@ impl State {
         self.sessions_held.set(n);
     }
 
+    /// The data versions of the copies held here of `hashes` (those held), from the shards'
+    /// indexes: no session data is read or copied.
+    async fn versions(&self, hashes: &[[u8; 16]]) -> HashMap<[u8; 16], u64> {
+        self.ask_cores(|tx| CoreMsg::Versions(hashes.to_vec(), tx))
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
     /// Sends every core the message `make` builds around a reply channel and gathers their
     /// answers (one per core that is still running).
     async fn ask_cores<T>(&self, make: impl Fn(flume::Sender<T>) -> CoreMsg) -> Vec<T> {
@@ -1067,7 +1077,7 @@ impl State {
     /// in a shard is a session this node masters and that never moved (epoch 1; its backup, if
     /// any, is not recorded).
     async fn where_is(&self, hash: [u8; 16]) -> Option<Location> {
-        let copy = self.peek(hash).await.map(|(version, _, _)| version);
+        let copy = self.versions(&[hash]).await.get(&hash).copied();
         match self.placement(&hash) {
             Some(Placement {
                 master: Some(master),
@@ -2074,12 +2084,7 @@ impl State {
     /// here: `wire.md`, SyncPlaces).
     async fn on_sync_hashes(self: &Rc<Self>, hashes: Vec<[u8; 16]>) -> Out {
         // The versions of the copies held here, from every core at once (no data copied).
-        let held: HashMap<[u8; 16], u64> = self
-            .ask_cores(|tx| CoreMsg::Versions(hashes.clone(), tx))
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
+        let held = self.versions(&hashes).await;
         let mut bytes = Vec::new();
         for hash in hashes {
             let copy = held.get(&hash).copied();

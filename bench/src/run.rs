@@ -651,17 +651,7 @@ fn run_target(
             check_clean("prefill", &result)?;
             prefill_s = started.elapsed().as_secs_f64();
             if target.handler() == Handler::Scd {
-                let mut ids = vec![None; w.sessions];
-                for (i, id) in result.created {
-                    if let Some(slot) = ids.get_mut(i) {
-                        *slot = Some(id);
-                    }
-                }
-                keys.ids = ids
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, id)| id.with_context(|| format!("prefill made no session {i}")))
-                    .collect::<anyhow::Result<_>>()?;
+                keys.ids = prefilled_ids(result.created, w.sessions)?;
             }
         }
         _ => {}
@@ -807,17 +797,7 @@ fn run_cluster_target(
             let result = run_load(prefill, &mut || cluster.stop())?;
             check_clean("prefill", &result).map_err(|e| e.context(cluster.log_tails()))?;
             prefill_s = started.elapsed().as_secs_f64();
-            let mut ids = vec![None; w.sessions];
-            for (i, id) in result.created {
-                if let Some(slot) = ids.get_mut(i) {
-                    *slot = Some(id);
-                }
-            }
-            keys.ids = ids
-                .into_iter()
-                .enumerate()
-                .map(|(i, id)| id.with_context(|| format!("prefill made no session {i}")))
-                .collect::<anyhow::Result<_>>()?;
+            keys.ids = prefilled_ids(result.created, w.sessions)?;
         }
         *cache = Some(ClusterRun {
             policy,
@@ -925,6 +905,23 @@ fn measure_cluster(
             .collect(),
     });
     Ok(r)
+}
+
+/// The session IDs a prefill created, in session order; every one of the `sessions` must be there.
+fn prefilled_ids(
+    created: Vec<(usize, scd_client::SessionId)>,
+    sessions: usize,
+) -> anyhow::Result<Vec<scd_client::SessionId>> {
+    let mut ids = vec![None; sessions];
+    for (i, id) in created {
+        if let Some(slot) = ids.get_mut(i) {
+            *slot = Some(id);
+        }
+    }
+    ids.into_iter()
+        .enumerate()
+        .map(|(i, id)| id.with_context(|| format!("prefill made no session {i}")))
+        .collect()
 }
 
 fn check_clean(phase: &str, r: &LoadResult) -> anyhow::Result<()> {

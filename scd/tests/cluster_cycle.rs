@@ -75,6 +75,12 @@ fn session_cycles_per_second_through_master_and_relayed_ha_off_and_on() {
             let c = Cluster::start(net, 2, &["--ha", ha, "--storage-model", policy]);
             let master = cycles(&c.nodes[0], &c.nodes[0]);
             let relayed = cycles(&c.nodes[0], &c.nodes[1]);
+            // The rows are what their names say: relayed requests went through node 2, and HA
+            // writes were copied to the backup (none without HA).
+            assert!(c.nodes[1].stat("node.cluster_relayed_out") > 0);
+            let copies = c.nodes[0].stat("node.cluster_replications")
+                + c.nodes[0].stat("node.cluster_replications_coalesced");
+            assert_eq!(copies > 0, ha == "true", "HA {ha}: {copies} copies");
             println!(
                 "FIGURES {policy}: 2 nodes, HA {ha}: through the master {master:.0} cycles/s, \
                  relayed through the other node {relayed:.0} cycles/s"

@@ -169,10 +169,14 @@ fn a_session_created_alone_gets_a_backup_once_another_node_is_up() {
     common::eventually("the session copied to B", || {
         c.nodes[1].stat("node.cluster_replicas_applied") >= 1
     });
+    // B counts the copy when it applied it; A records the new placement when B's answer
+    // arrives, a moment later: a read then hands out the ID naming B.
     let mut now = id;
-    let (data, _) = read_following(&mut a, &mut now);
-    assert_eq!(data.as_deref(), Some(&b"made alone"[..]));
-    assert_eq!(now.backup, Some(c.relay(1)));
+    common::eventually("A hands out the ID naming B as backup", || {
+        let (data, _) = read_following(&mut a, &mut now);
+        assert_eq!(data.as_deref(), Some(&b"made alone"[..]));
+        now.backup == Some(c.relay(1))
+    });
     // And B really holds it: A dies, B serves it.
     c.nodes[0].kill9();
     let mut b = c.nodes[1].client();

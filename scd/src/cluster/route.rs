@@ -1956,6 +1956,19 @@ impl State {
                 };
             }
         }
+        // The placement is recorded before the copy reaches the shard, not after: the apply
+        // waits for its flush, and meanwhile this node's rejoin may list the hash (it is in the
+        // shard) and learn an older placement from the master (one sent before this copy's
+        // epoch was committed there), which, with no placement known here, would drop the
+        // copy as taken over elsewhere while this node acknowledges it.
+        let before = self.placement(&hash);
+        let tentative = Placement {
+            epoch: copy.epoch,
+            master: sender,
+            backup: Some(self.me),
+            prev: None,
+        };
+        self.set_placement(hash, tentative);
         let r = self
             .local(
                 hash,
@@ -1972,22 +1985,25 @@ impl State {
             OwnedReply::Done { version } => {
                 Counters::bump(&self.shared().counters.replicas_applied);
                 self.keep(hash, copy.lifetime_s);
-                self.set_placement(
-                    hash,
-                    Placement {
-                        epoch: copy.epoch,
-                        master: sender,
-                        backup: Some(self.me),
-                        prev: None,
-                    },
-                );
+                // A newer placement learnt meanwhile stands.
                 Out::ReplicateAck { hash, version }
             }
-            OwnedReply::Error { code, message } => Out::Error { code, message },
-            other => Out::Error {
-                code: ErrorCode::Internal,
-                message: format!("unexpected local answer {other:?}"),
-            },
+            failed => {
+                // Not held: the placement known before stands (unless a newer one came).
+                if self.placement(&hash) == Some(tentative) {
+                    match before {
+                        Some(b) => self.set_placement(hash, b),
+                        None => self.forget_placement(&hash),
+                    }
+                }
+                match failed {
+                    OwnedReply::Error { code, message } => Out::Error { code, message },
+                    other => Out::Error {
+                        code: ErrorCode::Internal,
+                        message: format!("unexpected local answer {other:?}"),
+                    },
+                }
+            }
         }
     }
 

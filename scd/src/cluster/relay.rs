@@ -397,6 +397,9 @@ fn kind_name(m: &RelayMessage<'_>) -> &'static str {
         RelayMessage::RejoinNeeded => "RejoinNeeded",
         RelayMessage::SyncHashes { .. } => "SyncHashes",
         RelayMessage::SyncPlaces { .. } => "SyncPlaces",
+        RelayMessage::LeaseRequest { .. } => "LeaseRequest",
+        RelayMessage::LeaseGrant { .. } => "LeaseGrant",
+        RelayMessage::LeaseDenied { .. } => "LeaseDenied",
         RelayMessage::Error { .. } => "Error",
     }
 }

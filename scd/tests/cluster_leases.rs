@@ -250,3 +250,64 @@ fn without_the_refused_fast_path_a_killed_master_fails_over_once_declared_down()
         "B promoted before A was down:\n{b_log}"
     );
 }
+
+/// A master stopped (SIGSTOP) for longer than the node timeout is taken over by its backup; when
+/// it continues, its lease from the backup has lapsed and the backup denies it a new one (it
+/// took the session over), so the old master never serves its old value: its client gets
+/// Unavailable until it has rejoined, then the new value. Loopback addresses `127.0.62.x`.
+#[test]
+fn a_master_paused_past_the_node_timeout_never_serves_its_old_value_when_it_continues() {
+    use common::Cluster;
+    let c = Cluster::start(62, 3, &["--ha", "true", "--storage-model", "write-through"]);
+    let mut a = c.nodes[0].client();
+    a.set_timeout(Some(Duration::from_secs(60))).unwrap();
+    let original = a.create_id().unwrap();
+    let r = a.read_lock(&original, 1000, 30_000).unwrap();
+    a.write_unlock(&original, r.token, 600, b"value 1").unwrap();
+    let backup = original.backup.expect("HA on: the ID names a backup");
+    let bi = common::index_of(&c, backup);
+    let other = 3 - bi;
+    common::eventually("A holds a lease from its backup", || {
+        c.nodes[0].stat("node.cluster_leases_granted") >= 2
+    });
+
+    common::signal(c.nodes[0].pid(), "STOP");
+    common::eventually("B and C see A down", || {
+        [bi, other]
+            .iter()
+            .all(|&i| c.nodes[i].stat("node.cluster_peers_down") == 1)
+    });
+    // Through the third node: B takes the session over, and value 2 is written there.
+    let mut via = c.nodes[other].client();
+    let mut id = original;
+    assert_eq!(
+        read_following(&mut via, &mut id).0.as_deref(),
+        Some(&b"value 1"[..])
+    );
+    assert_eq!(id.master, backup);
+    let r = via.read_lock(&id, 1000, 30_000).unwrap();
+    if let Some(n) = r.new_id {
+        id = n;
+    }
+    via.write_unlock(&id, r.token, 600, b"value 2").unwrap();
+
+    // A continues: whatever its own client gets is Unavailable or value 2, never value 1.
+    common::signal(c.nodes[0].pid(), "CONT");
+    common::eventually("A serves value 2", || match a.read(&original) {
+        Ok(r) => {
+            assert_eq!(
+                r.data.as_deref(),
+                Some(&b"value 2"[..]),
+                "A served its old value after it continued\nA's log:\n{}",
+                c.nodes[0].log_text()
+            );
+            true
+        }
+        Err(e) => {
+            assert_eq!(e.code(), Some(ErrorCode::Unavailable), "{e}");
+            false
+        }
+    });
+    assert!(c.nodes[0].stat("node.cluster_rejoins") >= 1, "A rejoined");
+    assert_eq!(c.nodes[bi].stat("node.cluster_failovers"), 1);
+}

@@ -311,3 +311,32 @@ fn a_master_paused_past_the_node_timeout_never_serves_its_old_value_when_it_cont
     assert!(c.nodes[0].stat("node.cluster_rejoins") >= 1, "A rejoined");
     assert_eq!(c.nodes[bi].stat("node.cluster_failovers"), 1);
 }
+
+/// A backup whose process is gone (its connection refused) does not hold up its master: in a
+/// two-node cluster, after `kill -9` of the backup, the master's next request finds no valid
+/// lease, sees the refusal, and goes on without a backup (no other node could take the copy),
+/// without waiting for the node timeout. Loopback addresses `127.0.63.x`.
+#[test]
+fn a_master_goes_on_without_a_killed_backup_that_refuses_connections() {
+    use common::Cluster;
+    let mut c = Cluster::start(63, 2, &["--ha", "true", "--storage-model", "write-through"]);
+    let mut a = c.nodes[0].client();
+    a.set_timeout(Some(Duration::from_secs(60))).unwrap();
+    let id = a.create_id().unwrap();
+    assert_eq!(id.backup, Some(c.relay(1)));
+    let r = a.read_lock(&id, 1000, 30_000).unwrap();
+    a.write_unlock(&id, r.token, 600, b"value 1").unwrap();
+    c.nodes[1].kill9();
+    // Served throughout (under the lease B granted before it died, then without a backup); the
+    // client learns the new ID.
+    let mut now = id;
+    common::eventually("the session goes on without a backup", || {
+        let (data, _) = read_following(&mut a, &mut now);
+        assert_eq!(data.as_deref(), Some(&b"value 1"[..]));
+        now.backup.is_none()
+    });
+    let r = a.read_lock(&now, 1000, 30_000).unwrap();
+    a.write_unlock(&now, r.token, 600, b"value 2").unwrap();
+    assert_eq!(a.read(&now).unwrap().data.as_deref(), Some(&b"value 2"[..]));
+    assert!(c.nodes[0].stat("node.cluster_backups_replaced") >= 1);
+}

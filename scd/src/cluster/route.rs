@@ -1954,7 +1954,8 @@ impl State {
     /// only while it holds a valid read lease from B (B then cannot have taken it over). With
     /// no valid lease, it asks B at once and waits for a grant, at most the relay timeout (half
     /// of it for a peer's relayed request, which must be answered within the peer's timeout); a
-    /// backup known down is replaced first (`move_backup`), and the new backup's lease counts.
+    /// backup known down, or refusing connections, is replaced first (`move_backup`), and the
+    /// new backup's lease counts.
     /// Ok: the placement to serve under. Err: the Unavailable answer, naming the backup.
     async fn await_lease(
         self: &Rc<Self>,
@@ -1982,9 +1983,11 @@ impl State {
                 return Ok(p);
             }
             let down = self.members.borrow().known_down(b);
-            if down && !replaced.contains(&b) {
-                // Down in this node's view: give the session a new backup (which holds a copy
-                // and whose lease then counts), or none if `b` is known dead (refused).
+            if !replaced.contains(&b) && (down || self.refuses(b).await) {
+                // Down in this node's view, or its process is gone (refused: no need to wait
+                // for the node timeout): give the session a new backup (which holds a copy and
+                // whose lease then counts), or none if no other node can take it and `b` is
+                // known dead.
                 replaced.push(b);
                 self.move_backup(hash, p, b, None).await;
             } else if down || membership::now_ms() >= deadline {

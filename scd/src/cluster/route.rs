@@ -169,6 +169,9 @@ pub struct State {
     /// When the current rejoin's sync round started (`membership::now_ms`): a denial of a lease
     /// request sent before it is answered by that round's sync, not by another round.
     round_started_ms: Cell<u64>,
+    /// Sessions whose Replicate is being applied here (count per session): their copy is in a
+    /// shard before their placement is recorded.
+    applying: RefCell<HashMap<[u8; 16], u32>>,
 }
 
 /// A placement is kept at least this long after its session was last used (or its lifetime,
@@ -1904,6 +1907,17 @@ impl State {
         p
     }
 
+    /// One Replicate of `hash` finished applying (see `applying`).
+    fn applying_done(&self, hash: [u8; 16]) {
+        let mut a = self.applying.borrow_mut();
+        if let Some(n) = a.get_mut(&hash) {
+            *n -= 1;
+            if *n == 0 {
+                a.remove(&hash);
+            }
+        }
+    }
+
     // ----- read leases ---------------------------------------------------------------------
 
     /// Asks `peer` for a read lease, in the background (at most one request in flight to each
@@ -2221,6 +2235,9 @@ impl State {
                 };
             }
         }
+        // Visible in the shard before this answer (and the placement below): a rejoin's hash
+        // list must not take it meanwhile for a copy its master moved away (`applying`).
+        *self.applying.borrow_mut().entry(hash).or_insert(0) += 1;
         let r = self
             .local(
                 hash,
@@ -2233,6 +2250,8 @@ impl State {
                 },
             )
             .await;
+        // (The placement is set below without an await in between.)
+        self.applying_done(hash);
         match r {
             OwnedReply::Done { version } => {
                 Counters::bump(&self.shared().counters.replicas_applied);
@@ -2620,6 +2639,14 @@ impl State {
     /// Applies the newest placement the peers know of a session this node holds a copy of
     /// (`sync_hashes`); None: what this node knows is as new or newer.
     async fn apply_known_place(self: &Rc<Self>, hash: [u8; 16], l: Location) -> Option<Known> {
+        if self.applying.borrow().contains_key(&hash) {
+            // A master is copying this session here right now: the peer's answer may predate
+            // that copy (seen: a master adding this node as backup at a new epoch answered the
+            // list with its old placement, and the copy it was sending was removed); the copy's
+            // own placement decides.
+            debug!("cluster: rejoin: a session being copied here now is left to its copy");
+            return None;
+        }
         let known = self.placement(&hash);
         // Only a newer epoch than this node knows decides: at the same epoch, what the sync
         // streams set (with their tie rule) stands.
@@ -2906,6 +2933,7 @@ pub async fn main(start: ClusterStart) {
         lease_grants: RefCell::new(Grants::default()),
         lease_inflight: RefCell::new(HashSet::new()),
         round_started_ms: Cell::new(0),
+        applying: RefCell::new(HashMap::new()),
         node,
     });
     state.refresh_load().await;

@@ -161,6 +161,7 @@ pub fn run(settings: Settings, resolved: Resolved) -> Result<(), StartError> {
                 irregular: std::sync::Mutex::new(std::collections::HashSet::new()),
                 irregular_count: std::sync::atomic::AtomicUsize::new(0),
                 dw_copies: Default::default(),
+                leases: Default::default(),
             })
         }
         None => None,

@@ -186,6 +186,15 @@ pub struct ClusterSettings {
     /// Delayed-write with HA: most replications waiting for one backup; a write that finds the
     /// queue full waits for room (never dropped).
     pub replication_queue_max: u32,
+    /// Read leases: a master's lease from a backup lasts `node_timeout_ms − lease_margin_ms`
+    /// after its request left, so that it ends before the backup may promote (after the node
+    /// timeout without hearing the master). The margin covers clock-rate differences and
+    /// processing delays; 0 < margin < node timeout.
+    pub lease_margin_ms: u64,
+    /// A backup whose connection to the session's master is refused (nothing listens: the
+    /// master's process is gone) promotes at once, without waiting for the node timeout.
+    /// Assumes firewalls between nodes drop rather than reject; turn off where they reject.
+    pub failover_on_refused: bool,
 }
 
 impl Default for ClusterSettings {
@@ -203,6 +212,8 @@ impl Default for ClusterSettings {
             heartbeat_bind: String::new(),
             relay_timeout_ms: 2000,
             replication_queue_max: 10_000,
+            lease_margin_ms: 500,
+            failover_on_refused: true,
         }
     }
 }
@@ -319,6 +330,12 @@ pub struct SettingsArgs {
     /// cluster.replication_queue_max: delayed-write replications queued per backup [default: 10000]
     #[arg(long, value_name = "N")]
     pub replication_queue_max: Option<u32>,
+    /// cluster.lease_margin_ms: a read lease lasts node timeout minus this [default: 500]
+    #[arg(long, value_name = "MS")]
+    pub lease_margin_ms: Option<u64>,
+    /// cluster.failover_on_refused: a backup refused by the master's address promotes at once [default: true]
+    #[arg(long, value_name = "BOOL")]
+    pub failover_on_refused: Option<bool>,
     /// stats.metrics_listen: IP:PORT for Prometheus GET /metrics; "" = off [default: ""]
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
@@ -429,6 +446,11 @@ impl Settings {
         set(
             &mut self.cluster.replication_queue_max,
             &a.replication_queue_max,
+        );
+        set(&mut self.cluster.lease_margin_ms, &a.lease_margin_ms);
+        set(
+            &mut self.cluster.failover_on_refused,
+            &a.failover_on_refused,
         );
         set(&mut self.stats.metrics_listen, &a.metrics_listen);
         set(&mut self.log.level, &a.log_level);
@@ -667,6 +689,16 @@ impl Settings {
                     "more than two heartbeat intervals ({} ms) and at most 3600000 (0 = 3 × \
                      interval + 500)",
                     c.heartbeat_interval_ms * 2
+                ),
+            ));
+        }
+        if c.lease_margin_ms == 0 || c.lease_margin_ms >= node_timeout_ms {
+            return Err(invalid(
+                "cluster.lease_margin_ms",
+                c.lease_margin_ms,
+                format!(
+                    "more than 0 and less than the node timeout ({node_timeout_ms} ms): a read \
+                     lease lasts the node timeout minus this margin"
                 ),
             ));
         }
@@ -1080,6 +1112,22 @@ mod tests {
             (
                 "cluster.replication_queue_max",
                 Box::new(|s| s.cluster.replication_queue_max = 0),
+            ),
+            (
+                "cluster.lease_margin_ms",
+                Box::new(|s| s.cluster.lease_margin_ms = 0),
+            ),
+            (
+                "cluster.lease_margin_ms",
+                // The default node timeout is 3 × 1000 + 500.
+                Box::new(|s| s.cluster.lease_margin_ms = 3500),
+            ),
+            (
+                "cluster.lease_margin_ms",
+                Box::new(|s| {
+                    s.cluster.node_timeout_ms = 2500;
+                    s.cluster.lease_margin_ms = 2600;
+                }),
             ),
             ("locks.lease_max_ms", Box::new(|s| s.locks.lease_max_ms = 0)),
         ];

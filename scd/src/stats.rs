@@ -99,7 +99,7 @@ pub async fn gather(core: &Core) -> NodeStats {
 }
 
 /// The cluster's figures, shown with the node's (`node.cluster_*`); only when clustering is on.
-pub const CLUSTER_FIELDS: [(&str, &str, &str); 27] = [
+pub const CLUSTER_FIELDS: [(&str, &str, &str); 31] = [
     ("cluster_on", "gauge", "1: clustering is on."),
     (
         "cluster_ready",
@@ -230,6 +230,26 @@ pub const CLUSTER_FIELDS: [(&str, &str, &str); 27] = [
         "cluster_rejoin_moved",
         "counter",
         "Sessions found taken over by another node at a rejoin (not naming this node): routed there, the local copy dropped.",
+    ),
+    (
+        "cluster_leases_requested",
+        "counter",
+        "Read lease requests (LeaseRequest) this node sent to its peers.",
+    ),
+    (
+        "cluster_leases_granted",
+        "counter",
+        "Read leases peers granted this node (LeaseGrant received).",
+    ),
+    (
+        "cluster_leases_denied",
+        "counter",
+        "Read leases peers refused this node (LeaseDenied received: they took over or replaced it; it rejoins).",
+    ),
+    (
+        "cluster_leases_missing",
+        "counter",
+        "Session requests this node masters that found no valid read lease from the session's backup (then waited for one, replaced a backup that is down, or answered Unavailable).",
     ),
 ];
 

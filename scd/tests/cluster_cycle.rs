@@ -114,5 +114,21 @@ fn ha_cost_through_the_master_alternating_ha_off_and_on() {
         let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
         println!("FIGURES {policy}: HA on ÷ HA off, mean of {ROUNDS} rounds: {mean:.2}");
         assert!(on.nodes[0].stat("node.cluster_replications") > 0);
+        // Read leases: how many requests of the HA run found no valid lease on the master (they
+        // went through the cluster thread and waited for a grant) out of all it served.
+        let stats = on.nodes[0].stats();
+        let missing = stats
+            .get("node.cluster_leases_missing")
+            .copied()
+            .unwrap_or(0);
+        let granted = stats
+            .get("node.cluster_leases_granted")
+            .copied()
+            .unwrap_or(0);
+        let served = stats.get("node.requests").copied().unwrap_or(0);
+        println!(
+            "FIGURES {policy}: HA on master: {missing} of {served} requests found no valid read \
+             lease ({granted} leases granted)"
+        );
     }
 }

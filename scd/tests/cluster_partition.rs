@@ -9,9 +9,8 @@
 //! down makes it rejoin).
 //!
 //! Needs root and iproute2's `ip` (namespaces): without them the test prints a `SKIPPED` line.
-//! No request is made on the cut-off node's side during the partition: without read leases it
-//! may serve its old copy meanwhile (a known, documented gap: ARCHITECTURE.md, "The daemon
-//! today").
+//! No request is made on the cut-off node's side during the partition here; what it answers
+//! meanwhile (read leases: Unavailable, never its old copy) is `cluster_leases.rs`'s subject.
 
 mod common;
 

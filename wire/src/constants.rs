@@ -39,6 +39,8 @@ pub const PHP_ID_MAX: usize = 256;
 pub const CLIENT_NAME_MAX: usize = 64;
 /// Longest message in an Error/RelayError body.
 pub const ERROR_MESSAGE_MAX: usize = 256;
+/// Longest reason in a LeaseDenied body.
+pub const LEASE_REASON_MAX: usize = 256;
 /// Longest statistics entry name.
 pub const STAT_NAME_MAX: usize = 64;
 /// Most entries in one StatsReply.
@@ -91,6 +93,7 @@ const _: () = assert!(HEARTBEAT_LEN + IP_UDP_HEADERS_MAX <= HEARTBEAT_MTU_MAX);
 const _: () = assert!(CLIENT_NAME_MAX <= u8::MAX as usize);
 const _: () = assert!(STAT_NAME_MAX <= u8::MAX as usize);
 const _: () = assert!(ERROR_MESSAGE_MAX <= u16::MAX as usize);
+const _: () = assert!(LEASE_REASON_MAX <= u16::MAX as usize);
 const _: () = assert!(STATS_ENTRIES_MAX <= u16::MAX as usize);
 // The largest stats reply fits the default body limit, so a daemon never has to truncate it.
 const _: () = assert!(2 + STATS_ENTRIES_MAX * (1 + STAT_NAME_MAX + 8) <= BODY_MAX_DEFAULT as usize);

@@ -73,6 +73,12 @@ pub mod kind {
     pub const SYNC_HASHES: u8 = 0x57;
     /// Relay: SyncPlaces.
     pub const SYNC_PLACES: u8 = 0x58;
+    /// Relay: LeaseRequest.
+    pub const LEASE_REQUEST: u8 = 0x59;
+    /// Relay: LeaseGrant.
+    pub const LEASE_GRANT: u8 = 0x5A;
+    /// Relay: LeaseDenied.
+    pub const LEASE_DENIED: u8 = 0x5B;
     /// Relay: RelayError.
     pub const RELAY_ERROR: u8 = 0x5F;
 
@@ -112,7 +118,7 @@ pub mod kind {
             HELLO..=STATS => Some(Channel::LocalRequest),
             HELLO_OK..=STATS_REPLY | ERROR => Some(Channel::LocalReply),
             AUTH_CHALLENGE..=AUTH_ACCEPT => Some(Channel::Handshake),
-            FORWARD..=ACK | SYNC_REQUEST..=SYNC_PLACES | RELAY_ERROR => Some(Channel::Relay),
+            FORWARD..=ACK | SYNC_REQUEST..=LEASE_DENIED | RELAY_ERROR => Some(Channel::Relay),
             _ => None,
         }
     }

@@ -437,7 +437,7 @@ pub fn round_trip(data: &[u8]) {
                 let hash: [u8; 16] = g.array();
                 PlaceList::push(&mut place_bytes, &hash, &g.location());
             }
-            let message = match g.u8() % 17 {
+            let message = match g.u8() % 20 {
                 0 => RelayMessage::Forward {
                     origin: g.u64(),
                     request: match g.request(data_max) {
@@ -481,6 +481,12 @@ pub fn round_trip(data: &[u8]) {
                 },
                 16 => RelayMessage::SyncPlaces {
                     places: PlaceList::new(&place_bytes).expect("entries written by push"),
+                },
+                17 => RelayMessage::LeaseRequest { sent_ms: g.u64() },
+                18 => RelayMessage::LeaseGrant { sent_ms: g.u64() },
+                19 => RelayMessage::LeaseDenied {
+                    sent_ms: g.u64(),
+                    reason: g.text(crate::constants::LEASE_REASON_MAX),
                 },
                 _ => RelayMessage::Error {
                     code: g.error_code(),

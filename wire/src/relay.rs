@@ -9,14 +9,16 @@
 use std::net::SocketAddr;
 
 use crate::constants::{
-    ADDR_LEN, AUTH_TAG_LEN, NONCE_LEN, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN, RELAY_TAG_LEN,
-    SESSION_HASH_LEN, SYNC_HASHES_MAX,
+    ADDR_LEN, AUTH_TAG_LEN, LEASE_REASON_MAX, NONCE_LEN, PROTOCOL_VERSION_MAX,
+    PROTOCOL_VERSION_MIN, RELAY_TAG_LEN, SESSION_HASH_LEN, SYNC_HASHES_MAX,
 };
 use crate::frame::{
     Body, DecodeError, Frame, Limits, Reader, Reason, kind, len_u32, misplaced_kind, private,
-    put_u8, put_u32, put_u64, split_frame,
+    put_u8, put_u16, put_u32, put_u64, split_frame,
 };
-use crate::local::{ErrorCode, Reply, Request, error_body_len, negotiate, read_error, write_error};
+use crate::local::{
+    ErrorCode, Reply, Request, clamp_str, error_body_len, negotiate, read_error, write_error,
+};
 use crate::mac::{ClusterKey, ct_eq_16, ct_eq_32, keyed};
 use crate::session_id::{read_addr, write_addr};
 
@@ -331,6 +333,29 @@ pub enum RelayMessage<'a> {
         /// (hash, location) entries.
         places: PlaceList<'a>,
     },
+    /// Master → a peer that backs up (or may back up) its sessions: may this node go on serving
+    /// them? Sent every heartbeat interval; answered by `LeaseGrant` or `LeaseDenied`, or
+    /// `RelayError` Unavailable when the receiver has heard no heartbeat of the sender.
+    LeaseRequest {
+        /// When the sender sent it, in ms on the sender's own monotonic clock (echoed back: a
+        /// grant makes the lease valid until this time + the lease length).
+        sent_ms: u64,
+    },
+    /// The answer to LeaseRequest: granted (the receiver will not take over the sender's
+    /// sessions before it has not heard the sender for the node timeout).
+    LeaseGrant {
+        /// The request's `sent_ms`, echoed.
+        sent_ms: u64,
+    },
+    /// The answer to LeaseRequest: refused, because the receiver took over a session from the
+    /// sender (or replaced it) since the sender last synced with it: the sender must rejoin.
+    LeaseDenied {
+        /// The request's `sent_ms`, echoed.
+        sent_ms: u64,
+        /// Why, for logs: at most [`LEASE_REASON_MAX`] bytes of UTF-8 (the encoder truncates
+        /// longer text at a character boundary).
+        reason: &'a str,
+    },
     /// The request failed.
     Error {
         /// What went wrong.
@@ -361,6 +386,9 @@ impl Body for RelayMessage<'_> {
             RelayMessage::RejoinNeeded => kind::REJOIN_NEEDED,
             RelayMessage::SyncHashes { .. } => kind::SYNC_HASHES,
             RelayMessage::SyncPlaces { .. } => kind::SYNC_PLACES,
+            RelayMessage::LeaseRequest { .. } => kind::LEASE_REQUEST,
+            RelayMessage::LeaseGrant { .. } => kind::LEASE_GRANT,
+            RelayMessage::LeaseDenied { .. } => kind::LEASE_DENIED,
             RelayMessage::Error { .. } => kind::RELAY_ERROR,
         }
     }
@@ -385,6 +413,10 @@ impl Body for RelayMessage<'_> {
             }
             RelayMessage::SyncHashes { hashes } => 4 + hashes.bytes.len(),
             RelayMessage::SyncPlaces { places } => 4 + places.bytes.len(),
+            RelayMessage::LeaseRequest { .. } | RelayMessage::LeaseGrant { .. } => 8,
+            RelayMessage::LeaseDenied { reason, .. } => {
+                8 + 2 + clamp_str(reason, LEASE_REASON_MAX).len()
+            }
             RelayMessage::Error { message, .. } => error_body_len(message),
         }
     }
@@ -432,6 +464,15 @@ impl Body for RelayMessage<'_> {
             }
             RelayMessage::SyncHashes { hashes } => put_u32(out, len_u32(hashes.len())),
             RelayMessage::SyncPlaces { places } => put_u32(out, len_u32(places.len())),
+            RelayMessage::LeaseRequest { sent_ms } | RelayMessage::LeaseGrant { sent_ms } => {
+                put_u64(out, *sent_ms)
+            }
+            RelayMessage::LeaseDenied { sent_ms, reason } => {
+                let reason = clamp_str(reason, LEASE_REASON_MAX);
+                put_u64(out, *sent_ms);
+                put_u16(out, reason.len() as u16);
+                out.extend_from_slice(reason.as_bytes());
+            }
             RelayMessage::Error { code, message } => write_error(out, *code, message),
         }
     }
@@ -521,6 +562,18 @@ impl<'a> RelayMessage<'a> {
             kind::SYNC_PLACES => RelayMessage::SyncPlaces {
                 places: PlaceList::new(read_entries(&mut r, PlaceList::ENTRY_LEN, "places")?)?,
             },
+            kind::LEASE_REQUEST => RelayMessage::LeaseRequest {
+                sent_ms: r.u64("sent_ms")?,
+            },
+            kind::LEASE_GRANT => RelayMessage::LeaseGrant {
+                sent_ms: r.u64("sent_ms")?,
+            },
+            kind::LEASE_DENIED => {
+                let sent_ms = r.u64("sent_ms")?;
+                let len = usize::from(r.u16("reason_len")?);
+                let reason = r.str(len, LEASE_REASON_MAX, "reason")?;
+                RelayMessage::LeaseDenied { sent_ms, reason }
+            }
             kind::RELAY_ERROR => {
                 let (code, message) = read_error(&mut r)?;
                 RelayMessage::Error { code, message }
@@ -1040,9 +1093,98 @@ mod tests {
             kind::channel(kind::REJOIN_NEEDED),
             Some(kind::Channel::Relay)
         );
-        // The kinds after SyncPlaces are free until 0x5F (RelayError).
-        assert_eq!(kind::channel(kind::SYNC_PLACES + 1), None);
+        // The kinds after LeaseDenied are free until 0x5F (RelayError).
+        assert_eq!(kind::channel(kind::LEASE_DENIED + 1), None);
         assert_eq!(kind::channel(kind::RELAY_ERROR - 1), None);
+    }
+
+    #[test]
+    fn lease_bodies_are_checked_before_use() {
+        let limits = Limits::default();
+        for k in [kind::LEASE_REQUEST, kind::LEASE_GRANT, kind::LEASE_DENIED] {
+            assert_eq!(kind::channel(k), Some(kind::Channel::Relay));
+        }
+        let t = 0x0102_0304_0506_0708u64.to_le_bytes();
+        assert_eq!(
+            RelayMessage::decode_body(kind::LEASE_REQUEST, &t, &limits),
+            Ok(RelayMessage::LeaseRequest {
+                sent_ms: 0x0102_0304_0506_0708
+            })
+        );
+        assert_eq!(
+            RelayMessage::decode_body(kind::LEASE_GRANT, &t, &limits),
+            Ok(RelayMessage::LeaseGrant {
+                sent_ms: 0x0102_0304_0506_0708
+            })
+        );
+        // Short and long bodies.
+        for k in [kind::LEASE_REQUEST, kind::LEASE_GRANT] {
+            assert!(matches!(
+                RelayMessage::decode_body(k, &t[..7], &limits),
+                Err(Reason::Truncated { .. })
+            ));
+            let mut long = t.to_vec();
+            long.push(0);
+            assert_eq!(
+                RelayMessage::decode_body(k, &long, &limits),
+                Err(Reason::TrailingBytes { count: 1 })
+            );
+        }
+        // LeaseDenied: time, u16 length, UTF-8 reason of at most LEASE_REASON_MAX bytes.
+        let denied = |len: u16, reason: &[u8]| {
+            let mut b = t.to_vec();
+            b.extend_from_slice(&len.to_le_bytes());
+            b.extend_from_slice(reason);
+            b
+        };
+        assert_eq!(
+            RelayMessage::decode_body(kind::LEASE_DENIED, &denied(3, b"why"), &limits),
+            Ok(RelayMessage::LeaseDenied {
+                sent_ms: 0x0102_0304_0506_0708,
+                reason: "why"
+            })
+        );
+        assert!(matches!(
+            RelayMessage::decode_body(kind::LEASE_DENIED, &denied(4, b"why"), &limits),
+            Err(Reason::Truncated { .. })
+        ));
+        assert_eq!(
+            RelayMessage::decode_body(kind::LEASE_DENIED, &denied(2, b"why"), &limits),
+            Err(Reason::TrailingBytes { count: 1 })
+        );
+        assert!(matches!(
+            RelayMessage::decode_body(kind::LEASE_DENIED, &denied(2, &[0xff, 0xfe]), &limits),
+            Err(Reason::BadUtf8 { field: "reason" })
+        ));
+        // A length over the bound is refused before the bytes are looked at.
+        let big = vec![b'x'; LEASE_REASON_MAX + 1];
+        assert!(matches!(
+            RelayMessage::decode_body(kind::LEASE_DENIED, &denied(big.len() as u16, &big), &limits),
+            Err(Reason::TooLong {
+                field: "reason",
+                ..
+            })
+        ));
+        assert!(matches!(
+            RelayMessage::decode_body(kind::LEASE_DENIED, &denied(u16::MAX, b""), &limits),
+            Err(Reason::TooLong { .. })
+        ));
+        assert!(RelayMessage::decode_body(kind::LEASE_DENIED, &t, &limits).is_err());
+        // The encoder truncates a long reason at a character boundary.
+        let long = "é".repeat(LEASE_REASON_MAX);
+        let m = RelayMessage::LeaseDenied {
+            sent_ms: 1,
+            reason: &long,
+        };
+        let mut out = Vec::new();
+        m.write_body_head(&mut out);
+        assert_eq!(out.len(), m.body_len());
+        let decoded = RelayMessage::decode_body(kind::LEASE_DENIED, &out, &limits).unwrap();
+        let RelayMessage::LeaseDenied { reason, .. } = decoded else {
+            panic!("{decoded:?}")
+        };
+        assert_eq!(reason.len(), LEASE_REASON_MAX);
+        assert!(long.starts_with(reason));
     }
 
     fn v4(a: u8) -> SocketAddr {

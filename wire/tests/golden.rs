@@ -162,6 +162,18 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
         "SyncPlaces, request 3, sealed (seq 0, c2s): 1 entry: hash 0011…ff, master 10.0.0.1:34567, backup 10.0.0.2:34567, epoch 3, version 2; last 16 bytes: MAC",
     ),
     (
+        "lease_request",
+        "LeaseRequest, request 3, sealed (seq 0, c2s): sent at 1000 ms; last 16 bytes: MAC",
+    ),
+    (
+        "lease_grant",
+        "LeaseGrant, request 3, sealed (seq 0, c2s): for the request sent at 1000 ms; last 16 bytes: MAC",
+    ),
+    (
+        "lease_denied",
+        "LeaseDenied, request 3, sealed (seq 0, c2s): for the request sent at 1000 ms, reason \"took over\"; last 16 bytes: MAC",
+    ),
+    (
         "relay_error",
         "RelayError, request 3, sealed (seq 0, c2s): StaleEpoch (12), empty message; last 16 bytes: MAC",
     ),
@@ -408,6 +420,21 @@ fn examples() -> Vec<(&'static str, Check)> {
             "sync_places",
             rel(RelayMessage::SyncPlaces {
                 places: PlaceList::new(places_bytes()).unwrap(),
+            }),
+        ),
+        (
+            "lease_request",
+            rel(RelayMessage::LeaseRequest { sent_ms: 1000 }),
+        ),
+        (
+            "lease_grant",
+            rel(RelayMessage::LeaseGrant { sent_ms: 1000 }),
+        ),
+        (
+            "lease_denied",
+            rel(RelayMessage::LeaseDenied {
+                sent_ms: 1000,
+                reason: "took over",
             }),
         ),
         (

@@ -18,11 +18,13 @@
 //!   (allowed hosts, MAC, replay check; never answered).
 //! - `relay`: the listener (allowed hosts before anything, handshake, then sealed frames) and the
 //!   pool of outbound connections.
+//! - `lease`: read leases (the table of leases held, the grant/deny rule, the promotion rule).
 //! - `route`: what happens to one request, replication, promotion, sync and drain.
 
 pub mod membership;
 
 mod heartbeat;
+mod lease;
 mod relay;
 mod route;
 
@@ -39,6 +41,7 @@ use scd_wire::session_id::SessionId;
 use crate::core::CoreMsg;
 use crate::daemon::Node;
 use crate::exec::{Op, ReplyTo};
+pub use lease::Leases;
 
 /// What the core threads (and the main thread) send the cluster thread.
 pub enum ClusterMsg {
@@ -98,6 +101,10 @@ pub struct Counters {
     pub rejoins_requested: AtomicU64,
     pub rejoin_hashes_listed: AtomicU64,
     pub rejoin_moved: AtomicU64,
+    pub leases_requested: AtomicU64,
+    pub leases_granted: AtomicU64,
+    pub leases_denied: AtomicU64,
+    pub leases_missing: AtomicU64,
     pub ready: AtomicU64,
 }
 
@@ -141,6 +148,10 @@ impl Counters {
             g(&self.rejoins_requested),
             g(&self.rejoin_hashes_listed),
             g(&self.rejoin_moved),
+            g(&self.leases_requested),
+            g(&self.leases_granted),
+            g(&self.leases_denied),
+            g(&self.leases_missing),
         ]
     }
 }
@@ -163,6 +174,9 @@ pub struct ClusterShared {
     /// Delayed-write copies of writes the cores served themselves, handed to the cluster thread
     /// without waking it for each (it takes them all a few ms after the first).
     pub dw_copies: Mutex<DwCopies>,
+    /// The read leases this node holds from its peers (as a master): written by the cluster
+    /// thread, read by the cores for every request of a session with a backup.
+    pub leases: Leases,
 }
 
 /// The copy of a write a core served itself.
@@ -183,12 +197,16 @@ pub struct DwCopies {
 
 impl ClusterShared {
     /// Whether a core may serve this request on its own shard, without the cluster thread: the
-    /// node has rejoined, the ID names it master, and nothing newer is known about the session
-    /// here. The caller sends writes of sessions with a backup to the cluster thread anyway
-    /// (replication).
+    /// node has rejoined, the ID names it master, nothing newer is known about the session
+    /// here, and, when the ID names a backup, this node holds a valid read lease from it (else
+    /// the cluster thread waits a bounded time for one, or answers Unavailable). The caller
+    /// sends writes of sessions with a backup to the cluster thread anyway (replication).
     pub fn serve_directly(&self, me: SocketAddr, id: &SessionId) -> bool {
         id.master == me
             && self.counters.ready.load(Ordering::Relaxed) == 1
+            && id
+                .backup
+                .is_none_or(|b| self.leases.valid(b, membership::now_ms()))
             && (self.irregular_count.load(Ordering::Acquire) == 0
                 || self
                     .irregular

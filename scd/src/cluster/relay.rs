@@ -76,12 +76,19 @@ pub enum Incoming {
     Reply(OwnedReply),
     ReplicateAck,
     Ack,
-    Error { code: ErrorCode, message: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
     SyncBegin(SyncRole),
     SyncItem(OwnedReplica),
     SyncEnd,
     Located(Option<Location>),
     SyncPlaces(Vec<([u8; 16], Location)>),
+    /// A read lease granted, for the request sent at this time.
+    LeaseGrant(u64),
+    /// A read lease refused (for the request sent at this time), and why.
+    LeaseDenied(u64, String),
 }
 
 /// Why a call to a peer did not get an answer.
@@ -89,12 +96,21 @@ pub enum Incoming {
 pub enum CallError {
     /// Could not connect, the handshake failed, the connection broke, or no answer in time.
     Unreachable(String),
+    /// The connection attempt was refused: nothing listens on the peer's relay address (its
+    /// process is gone, or a firewall rejects rather than drops: `cluster.failover_on_refused`).
+    Refused(String),
+}
+
+impl CallError {
+    pub fn refused(&self) -> bool {
+        matches!(self, CallError::Refused(_))
+    }
 }
 
 impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CallError::Unreachable(why) => f.write_str(why),
+            CallError::Unreachable(why) | CallError::Refused(why) => f.write_str(why),
         }
     }
 }
@@ -229,9 +245,31 @@ async fn connect_from(ip: std::net::IpAddr, to: SocketAddr) -> io::Result<TcpStr
     let std: std::net::TcpStream = socket.into();
     let stream = TcpStream::from_std(std)?;
     stream.writable(false).await?;
-    // A refused or failed connect shows as "not connected".
-    stream.peer_addr()?;
+    // A refused or failed connect shows as "not connected"; the socket's pending error says
+    // which (a refusal is told apart: `cluster.failover_on_refused`).
+    if let Err(e) = stream.peer_addr() {
+        return Err(socket_error(&stream).unwrap_or(e));
+    }
     Ok(stream)
+}
+
+/// The pending error of a socket (SO_ERROR), if it has one.
+fn socket_error(stream: &TcpStream) -> Option<io::Error> {
+    use std::os::fd::AsRawFd;
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the descriptor is the stream's own, open for the call; `err` and `len` are valid
+    // for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && err != 0).then(|| io::Error::from_raw_os_error(err))
 }
 
 /// Opens and authenticates a connection to `addr` (client side of the handshake).
@@ -240,7 +278,12 @@ pub async fn connect(state: &Rc<State>, addr: SocketAddr) -> Result<Rc<PeerConn>
     let unreachable = |e: io::Error| CallError::Unreachable(format!("{addr}: {e}"));
     let stream = with_timeout(ms, "connect", connect_from(state.me.ip(), addr))
         .await
-        .map_err(unreachable)?;
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::ConnectionRefused => {
+                CallError::Refused(format!("{addr}: connection refused"))
+            }
+            _ => unreachable(e),
+        })?;
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let mut nonce = [0u8; NONCE_LEN];
@@ -350,6 +393,10 @@ async fn client_reader<R: AsyncReadRent>(
                         RelayMessage::SyncPlaces { places } => {
                             Incoming::SyncPlaces(places.iter().collect())
                         }
+                        RelayMessage::LeaseGrant { sent_ms } => Incoming::LeaseGrant(sent_ms),
+                        RelayMessage::LeaseDenied { sent_ms, reason } => {
+                            Incoming::LeaseDenied(sent_ms, reason.to_string())
+                        }
                         other => {
                             warn!(
                                 "relay peer {} sent {:?} as an answer; closing",
@@ -397,6 +444,9 @@ fn kind_name(m: &RelayMessage<'_>) -> &'static str {
         RelayMessage::RejoinNeeded => "RejoinNeeded",
         RelayMessage::SyncHashes { .. } => "SyncHashes",
         RelayMessage::SyncPlaces { .. } => "SyncPlaces",
+        RelayMessage::LeaseRequest { .. } => "LeaseRequest",
+        RelayMessage::LeaseGrant { .. } => "LeaseGrant",
+        RelayMessage::LeaseDenied { .. } => "LeaseDenied",
         RelayMessage::Error { .. } => "Error",
     }
 }
@@ -411,6 +461,8 @@ pub enum Out {
     SyncEnd { count: u64 },
     Located(Located),
     SyncPlaces(Vec<u8>),
+    LeaseGrant(u64),
+    LeaseDenied(u64, String),
 }
 
 /// A Locate's answer (`RelayMessage::Located`): the session, the nodes this one sees up
@@ -524,6 +576,11 @@ fn seal_out(sealer: &mut Sealer, id: u64, o: &Out, out: &mut Vec<u8>) -> Result<
             hash: l.hash,
             live_nodes: l.live_nodes,
             location: l.location,
+        },
+        Out::LeaseGrant(sent_ms) => RelayMessage::LeaseGrant { sent_ms: *sent_ms },
+        Out::LeaseDenied(sent_ms, reason) => RelayMessage::LeaseDenied {
+            sent_ms: *sent_ms,
+            reason,
         },
         // Entries written by `PlaceList::push`.
         Out::SyncPlaces(b) => match PlaceList::new(b) {

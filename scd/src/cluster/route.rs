@@ -14,10 +14,16 @@
 //!   A WriteUnlock of a session the cores serve directly (`ClusterShared::serve_directly`) runs
 //!   on its core, and only its copy comes here (`ClusterMsg::Copied`).
 //!   Destroy drops the backup's copy.
+//!   Under a **read lease** only: a session with a backup is served while this node holds a
+//!   valid lease from that backup (`await_lease`; `lease.rs`), else it waits a bounded time for
+//!   one, replaces a backup that is down, or answers Unavailable.
 //! - **Master elsewhere**: relay to it. If it cannot be reached (refused, timeout, broken
 //!   connection) or is known down, go to the backup; the backup promotes itself (epoch + 1), picks
 //!   a new backup, copies the session there (before answering, under write-through), serves the
-//!   request, and the reply carries the new ID.
+//!   request, and the reply carries the new ID — but only when the master is down in the
+//!   backup's own view or refused the backup's connection (`lease::may_promote`); after a relay
+//!   timeout alone it answers Unavailable. It then denies the old master leases until that node
+//!   has synced with it (rejoined).
 //! - **Fencing**: a replica with an epoch lower than the receiver's is refused (StaleEpoch); the
 //!   master that gets it stops being master for that session and forgets its copy.
 //! - **Rejoin**: after a start, no session is served until this node has asked every live peer
@@ -54,6 +60,7 @@ use scd_wire::mac::ClusterKey;
 use scd_wire::relay::{HashList, Location, PlaceList, RelayMessage, Replica, SyncRole};
 use scd_wire::session_id::SessionId;
 
+use super::lease::{Grants, LeaseAnswer, MasterView};
 use super::membership::{self, Change, Members};
 use super::relay::{self, CallError, Incoming, Located, Out, OwnedReplica, PeerConn, ServedConn};
 use super::{ClusterMsg, ClusterShared, ClusterStart, Counters};
@@ -151,6 +158,17 @@ pub struct State {
     /// Tasks moving copies from the cores' hand-off into the queues (`take_core_copies`); a
     /// Destroy waits for none to be left, so that no copy of its session enters a queue after it.
     copies_moving: Cell<u32>,
+    /// How long a granted read lease lasts after its request left: node timeout − lease margin.
+    lease_ms: u64,
+    /// Peers this node took a session over from (failover) or replaced as a backup after it
+    /// declared them down, since they last synced with it (SyncRequest / SyncHashes): their
+    /// lease requests are denied, with this reason, and they rejoin.
+    lease_grants: RefCell<Grants>,
+    /// Peers a lease request is in flight to (at most one each).
+    lease_inflight: RefCell<HashSet<SocketAddr>>,
+    /// When the current rejoin's sync round started (`membership::now_ms`): a denial of a lease
+    /// request sent before it is answered by that round's sync, not by another round.
+    round_started_ms: Cell<u64>,
 }
 
 /// A placement is kept at least this long after its session was last used (or its lifetime,
@@ -494,6 +512,8 @@ impl State {
                     if let Some(conn) = self.pool.borrow_mut().remove(&a) {
                         drop(conn);
                     }
+                    // (Its lease has lapsed by now anyway: it was not heard for longer.)
+                    self.shared().leases.revoke(a);
                     lost.push(a);
                     if self.ready.get()
                         && !self.alone.get()
@@ -509,6 +529,8 @@ impl State {
                 Change::Restarted(a) => {
                     info!("cluster: node {a} restarted");
                     self.pool.borrow_mut().remove(&a);
+                    // A new incarnation grants its own leases (it rejoins before serving).
+                    self.shared().leases.revoke(a);
                     self.add_missing_backups();
                 }
                 Change::Returned(a) => {
@@ -872,13 +894,13 @@ impl State {
         let mut moved_to: Option<SessionId> = None;
         if let Some(p) = self.placement(&hash) {
             if p.master == Some(self.me) && p.epoch >= id.version {
-                return self.serve_master(p, id, op, owner, reply).await;
+                return self.serve_master(p, id, op, owner, reply, forwarded).await;
             }
             if p.epoch > id.version || (p.epoch == id.version && id.master == self.me) {
                 // This node knows a newer home: route by it, and hand the client its new ID.
                 if let Some(newer) = p.id(hash) {
                     if newer.master == self.me {
-                        return self.serve_master(p, id, op, owner, reply).await;
+                        return self.serve_master(p, id, op, owner, reply, forwarded).await;
                     }
                     id = newer;
                     moved_to = Some(newer);
@@ -893,7 +915,7 @@ impl State {
                 prev: None,
             };
             self.set_placement(hash, p);
-            return self.serve_master(p, id, op, owner, reply).await;
+            return self.serve_master(p, id, op, owner, reply, forwarded).await;
         }
         // The master is elsewhere. A forwarded request goes on only from the session's backup
         // to its master (the origin could not reach the master; maybe the backup can).
@@ -903,11 +925,15 @@ impl State {
         // find it elsewhere; if it does not, this is the answer).
         let mut absent: Option<(SocketAddr, OwnedReply)> = None;
         let mut why = format!("the session's master {} cannot be reached", id.master);
+        // The connection to the master was refused (nothing listens there): the promotion
+        // rule's fast path.
+        let mut refused = false;
         if onward && !down {
             match self.forward(id.master, id, &op, owner).await {
                 Ok(r) if forwarded || !not_held(&r) => return answer(reply, &r, moved_to),
                 Ok(r) => absent = Some((id.master, r)),
                 Err(e) => {
+                    refused = e.refused();
                     warn!(
                         "cluster: master {} of a session unreachable: {e}",
                         id.master
@@ -926,7 +952,20 @@ impl State {
                 }
                 None => why.push_str(" and the session has no backup"),
                 Some(b) if b == self.me => {
-                    return self.promote_and_serve(id, op, owner, reply).await;
+                    if !self.may_promote(id.master, refused) {
+                        return answer(
+                            reply,
+                            &unavailable(format!(
+                                "{why}, but it is not down in the view of its backup (this \
+                                 node: heard within the node timeout) and did not refuse the \
+                                 connection, so it may be alive and serving; retry"
+                            )),
+                            None,
+                        );
+                    }
+                    return self
+                        .promote_and_serve(id, op, owner, reply, forwarded)
+                        .await;
                 }
                 Some(_) if forwarded => {
                     return answer(
@@ -1099,8 +1138,9 @@ impl State {
         }
     }
 
-    /// This node is the master: run it here, replicate writes. A token refused on a session that
-    /// moved here says why (the lock stayed on the old master).
+    /// This node is the master: run it here (under a valid read lease from the session's
+    /// backup: `await_lease`), replicate writes. A token refused on a session that moved here
+    /// says why (the lock stayed on the old master).
     async fn serve_master(
         self: &Rc<Self>,
         p: Placement,
@@ -1108,7 +1148,12 @@ impl State {
         op: Op<Vec<u8>>,
         owner: OwnerId,
         reply: ReplyTo,
+        forwarded: bool,
     ) {
+        let p = match self.await_lease(id.hash, p, forwarded).await {
+            Ok(p) => p,
+            Err(r) => return answer(reply, &r, None),
+        };
         let token_op = matches!(
             op,
             Op::WriteUnlock { .. }
@@ -1572,8 +1617,14 @@ impl State {
                     }
                     return Ok(());
                 }
-                self.move_backup(hash, now, backup, Some(copy)).await;
-                Ok(())
+                if self.move_backup(hash, now, backup, Some(copy)).await {
+                    Ok(())
+                } else {
+                    Err(unavailable(format!(
+                        "the session's backup {backup} did not take the copy ({e}) and no other \
+                         node could: the write is applied here but not held by a backup; retry"
+                    )))
+                }
             }
         }
     }
@@ -1600,14 +1651,18 @@ impl State {
 
     /// Picks a new backup for a session this node masters (the old one is gone or draining),
     /// copies it there under a new epoch, and records it. The client learns the new ID on its
-    /// next read.
+    /// next read. When no other node takes the copy, the session goes on without a backup only
+    /// if `gone` refuses connections (its process is gone, `cluster.failover_on_refused`);
+    /// otherwise `gone` may be alive behind a partition and may have taken the session over, so
+    /// the placement stays as it is (no lease from `gone`: the session waits) and this returns
+    /// false. True: the placement changed (or another change overtook this one).
     async fn move_backup(
         self: &Rc<Self>,
         hash: [u8; 16],
         p: Placement,
         gone: SocketAddr,
         copy: Option<OwnedReplica>,
-    ) {
+    ) -> bool {
         let generation = self.rejoin_gen.get();
         let exclude = [self.me, gone];
         let nb = self.members.borrow().choose_backup(&exclude);
@@ -1626,12 +1681,25 @@ impl State {
                 }),
         };
         let mut placed = None;
-        if let (Some(nb), Some(copy)) = (nb, copy) {
-            let copy = OwnedReplica { epoch, ..copy };
-            match self.replicate(nb, copy.as_wire()).await {
-                Ok(()) => placed = Some(nb),
-                Err(_) => warn!("cluster: new backup {nb} did not take the copy either"),
+        match (nb, copy) {
+            (Some(nb), Some(copy)) => {
+                let copy = OwnedReplica { epoch, ..copy };
+                match self.replicate(nb, copy.as_wire()).await {
+                    Ok(()) => placed = Some(nb),
+                    Err(_) => warn!("cluster: new backup {nb} did not take the copy either"),
+                }
             }
+            // Nothing written yet (or nothing left): the first write goes there.
+            (Some(nb), None) => placed = Some(nb),
+            (None, _) => {}
+        }
+        if placed.is_none() && !self.refuses(gone).await {
+            warn!(
+                "cluster: no other node took the copy of a session whose backup {gone} is gone, \
+                 and {gone} does not refuse connections (it may be alive behind a partition and \
+                 may have taken the session over): the session keeps it as backup and waits"
+            );
+            return false;
         }
         if self.rejoin_gen.get() != generation || self.placement(&hash) != Some(p) {
             // A rejoin started meanwhile (this node may not be the master any more), or the
@@ -1640,7 +1708,18 @@ impl State {
                 "cluster: backup replacement of a session abandoned (a rejoin started or its \
                  placement changed meanwhile)"
             );
-            return;
+            return true;
+        }
+        if self.members.borrow().known_down(gone) {
+            // Replaced after it was declared down: when it is heard again it must rejoin before
+            // it serves (it may hold a stale copy of this session as a backup).
+            self.lease_grants.borrow_mut().took_over(
+                gone,
+                format!(
+                    "{} replaced you as a backup after declaring you down",
+                    self.me
+                ),
+            );
         }
         Counters::bump(&self.shared().counters.backups_replaced);
         info!(
@@ -1656,6 +1735,7 @@ impl State {
                 prev: p.prev,
             },
         );
+        true
     }
 
     /// A node went down or is draining: every session this node masters with it as backup gets
@@ -1677,6 +1757,18 @@ impl State {
         );
         let me = self.clone();
         monoio::spawn(async move {
+            let alone = me.members.borrow().choose_backup(&[me.me, gone]).is_none();
+            if alone && !me.refuses(gone).await {
+                // No node to copy to, and `gone` may be alive behind a partition: the sessions
+                // keep it as backup and wait for its lease (or for another node to come up:
+                // their next request replaces it then).
+                warn!(
+                    "cluster: no other node can back up the {} sessions {gone} backed up, and \
+                     {gone} does not refuse connections: they wait for it",
+                    list.len()
+                );
+                return;
+            }
             for (hash, p) in list {
                 // Skip those a write already repaired meanwhile.
                 if me.placement(&hash) == Some(p) {
@@ -1752,10 +1844,21 @@ impl State {
         op: Op<Vec<u8>>,
         owner: OwnerId,
         reply: ReplyTo,
+        forwarded: bool,
     ) {
         let hash = id.hash;
         let known = self.placement(&hash).map_or(0, |p| p.epoch);
         let epoch = id.version.max(known) + 1;
+        // From now on the old master is denied read leases here until it has synced (rejoined):
+        // it must not serve this session again. (Before the takeover's first await: a request
+        // heard meanwhile must not be granted.)
+        self.lease_grants.borrow_mut().took_over(
+            id.master,
+            format!(
+                "{} took over a session from you (failover to epoch {epoch})",
+                self.me
+            ),
+        );
         let p = self.take_over(hash, epoch, id.master).await;
         Counters::bump(&self.shared().counters.failovers);
         info!(
@@ -1763,7 +1866,7 @@ impl State {
             id.master,
             p.backup.map_or("none".to_string(), |b| b.to_string())
         );
-        self.serve_master(p, id, op, owner, reply).await
+        self.serve_master(p, id, op, owner, reply, forwarded).await
     }
 
     /// Becomes master of `hash` at `epoch`, with a new backup holding a copy.
@@ -1799,6 +1902,146 @@ impl State {
             self.set_placement(hash, p);
         }
         p
+    }
+
+    // ----- read leases ---------------------------------------------------------------------
+
+    /// Asks `peer` for a read lease, in the background (at most one request in flight to each
+    /// peer). A grant for the request sent at `t` (this node's monotonic clock) makes the lease
+    /// valid until `t + lease_ms`; a denial ends it and makes this node rejoin.
+    fn request_lease(self: &Rc<Self>, peer: SocketAddr) {
+        if !self.lease_inflight.borrow_mut().insert(peer) {
+            return;
+        }
+        let me = self.clone();
+        monoio::spawn(async move {
+            let sent_ms = membership::now_ms();
+            Counters::bump(&me.shared().counters.leases_requested);
+            let r = me
+                .call(peer, RelayMessage::LeaseRequest { sent_ms }, 0)
+                .await;
+            me.lease_inflight.borrow_mut().remove(&peer);
+            let shared = me.shared();
+            match r {
+                Ok(Incoming::LeaseGrant(t)) if t == sent_ms => {
+                    Counters::bump(&shared.counters.leases_granted);
+                    shared.leases.grant(peer, sent_ms + me.lease_ms);
+                }
+                Ok(Incoming::LeaseDenied(t, reason)) if t == sent_ms => {
+                    Counters::bump(&shared.counters.leases_denied);
+                    shared.leases.revoke(peer);
+                    me.lease_denied_by(peer, sent_ms, &reason);
+                }
+                Ok(other) => debug!("cluster: lease request to {peer} answered {other:?}"),
+                Err(e) => debug!("cluster: lease request to {peer} failed: {e}"),
+            }
+        });
+    }
+
+    /// `peer` denied a lease requested at `sent_ms`: it took over a session from this node (or
+    /// replaced it) since this node last synced with it. Rejoin (the sync tells this node what
+    /// moved, and clears the denial there), unless the request left before the current rejoin
+    /// round began: that round's sync answers it.
+    fn lease_denied_by(self: &Rc<Self>, peer: SocketAddr, sent_ms: u64, reason: &str) {
+        if self.rejoining.get() && sent_ms < self.round_started_ms.get() {
+            debug!("cluster: {peer} denied a lease requested before this rejoin round: {reason}");
+            return;
+        }
+        self.request_rejoin(format!("{peer} denied this node a read lease ({reason})"));
+    }
+
+    /// The serving rule's lease half: this node serves a session it masters whose backup is B
+    /// only while it holds a valid read lease from B (B then cannot have taken it over). With
+    /// no valid lease, it asks B at once and waits for a grant, at most the relay timeout (half
+    /// of it for a peer's relayed request, which must be answered within the peer's timeout); a
+    /// backup known down, or refusing connections, is replaced first (`move_backup`), and the
+    /// new backup's lease counts.
+    /// Ok: the placement to serve under. Err: the Unavailable answer, naming the backup.
+    async fn await_lease(
+        self: &Rc<Self>,
+        hash: [u8; 16],
+        p: Placement,
+        forwarded: bool,
+    ) -> Result<Placement, OwnedReply> {
+        let shared = self.shared();
+        match p.backup {
+            None => return Ok(p),
+            Some(b) if shared.leases.valid(b, membership::now_ms()) => return Ok(p),
+            Some(_) => Counters::bump(&shared.counters.leases_missing),
+        }
+        let wait = if forwarded {
+            self.timeout_ms / 2
+        } else {
+            self.timeout_ms
+        };
+        let deadline = membership::now_ms() + wait;
+        let mut p = p;
+        let mut replaced: Vec<SocketAddr> = Vec::new();
+        loop {
+            let Some(b) = p.backup else { return Ok(p) };
+            if shared.leases.valid(b, membership::now_ms()) {
+                return Ok(p);
+            }
+            let down = self.members.borrow().known_down(b);
+            if !replaced.contains(&b) && (down || self.refuses(b).await) {
+                // Down in this node's view, or its process is gone (refused: no need to wait
+                // for the node timeout): give the session a new backup (which holds a copy and
+                // whose lease then counts), or none if no other node can take it and `b` is
+                // known dead.
+                replaced.push(b);
+                self.move_backup(hash, p, b, None).await;
+            } else if down || membership::now_ms() >= deadline {
+                return Err(unavailable(format!(
+                    "this node holds no valid read lease from the session's backup {b}{}, which \
+                     may have taken the session over; retry",
+                    if down {
+                        " (down in this node's view, and no other node could take its copy)"
+                    } else {
+                        ""
+                    }
+                )));
+            } else {
+                self.request_lease(b);
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+            match self.placement(&hash) {
+                Some(now) if now.master == Some(self.me) => p = now,
+                Some(_) => {
+                    return Err(unavailable(
+                        "the session moved to another node while this one waited for a read \
+                         lease; retry",
+                    ));
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Whether `addr` refuses relay connections (nothing listens: its process is gone). A
+    /// pooled connection that still works, a timeout or any other error is not a refusal.
+    /// Always false with `cluster.failover_on_refused` off.
+    async fn refuses(self: &Rc<Self>, addr: SocketAddr) -> bool {
+        if !self.node.settings.cluster.failover_on_refused {
+            return false;
+        }
+        matches!(self.conn(addr).await, Err(CallError::Refused(_)))
+    }
+
+    /// The promotion rule: this node, the session's backup, may take it over from `master` only
+    /// when `master` is down in its own view (not heard for the node timeout, which also means
+    /// that every lease it granted `master` has ended), or when its connection to `master` was
+    /// just refused (`refused`, counted only with `cluster.failover_on_refused`). A relay
+    /// timeout alone is not enough: the master may be alive behind a partition, and serving.
+    fn may_promote(&self, master: SocketAddr, refused: bool) -> bool {
+        let m = self.members.borrow();
+        let view = MasterView {
+            up: m.table().is_up(master),
+            known_down: m.known_down(master),
+            // (`now_ms` counts from the cluster thread's start.)
+            ran_node_timeout: membership::now_ms() >= m.table().config().node_timeout_ms,
+            refused,
+        };
+        super::lease::may_promote(view, self.node.settings.cluster.failover_on_refused)
     }
 
     // ----- relay frames from peers -----------------------------------------------------------
@@ -1909,12 +2152,34 @@ impl State {
                     let _ = conn.relay.send((rid, out));
                     return true;
                 }
+                if let Some(from) = sender {
+                    // Its rejoin: it learns here where its sessions went, so it may have
+                    // leases again.
+                    self.lease_grants.borrow_mut().synced(from);
+                }
                 let hashes: Vec<[u8; 16]> = hashes.iter().collect();
                 let conn = conn.clone();
                 monoio::spawn(async move {
                     let out = self.on_sync_hashes(hashes).await;
                     let _ = conn.relay.send((rid, out));
                 });
+            }
+            RelayMessage::LeaseRequest { sent_ms } => {
+                // Granted unless this node took a session over from the sender (or replaced
+                // it) since it last synced here. A grant is safe by itself: this node promotes
+                // none of the sender's sessions before it has not heard the sender for the
+                // node timeout (this request counts as hearing it), or its connection is
+                // refused (its process is gone).
+                let answer = self.lease_grants.borrow().answer(sender);
+                let out = match answer {
+                    LeaseAnswer::Grant => Out::LeaseGrant(sent_ms),
+                    LeaseAnswer::Denied(why) => Out::LeaseDenied(sent_ms, why),
+                    LeaseAnswer::NotHeard => Out::Error {
+                        code: ErrorCode::Unavailable,
+                        message: "no heartbeat from you yet".into(),
+                    },
+                };
+                let _ = conn.relay.send((rid, out));
             }
             RelayMessage::RejoinNeeded => {
                 let out = match sender {
@@ -2049,6 +2314,11 @@ impl State {
             ));
             return;
         };
+        // Its rejoin: the streams below tell it every session taken over from it until now, so
+        // it may have leases again (a takeover after this denies them anew).
+        if self.lease_grants.borrow_mut().synced(peer) {
+            info!("cluster: {peer} syncs (rejoins): it is granted read leases again");
+        }
         let all: Vec<([u8; 16], Placement)> = self
             .placements
             .borrow()
@@ -2211,6 +2481,7 @@ impl State {
         let mut rounds = 0u32;
         loop {
             self.rejoin_again.set(false);
+            self.round_started_ms.set(membership::now_ms());
             rounds += 1;
             let live = self.members.borrow().live();
             for peer in live {
@@ -2645,6 +2916,12 @@ pub async fn main(start: ClusterStart) {
         rejoin_gen: Cell::new(0),
         queued: RefCell::new(HashMap::new()),
         copies_moving: Cell::new(0),
+        lease_ms: cluster
+            .node_timeout_ms
+            .saturating_sub(node.settings.cluster.lease_margin_ms),
+        lease_grants: RefCell::new(Grants::default()),
+        lease_inflight: RefCell::new(HashSet::new()),
+        round_started_ms: Cell::new(0),
         node,
     });
     state.refresh_load().await;
@@ -2684,6 +2961,22 @@ pub async fn main(start: ClusterStart) {
                     .borrow_mut()
                     .tick(membership::now_ms(), &mut changes);
                 s.apply_changes(changes);
+            }
+        });
+    }
+    {
+        // Read leases: every heartbeat interval, one request to every live peer (a peer that
+        // backs up none of this node's sessions answers too: the table stays warm for the
+        // sessions a new backup choice gives it).
+        let s = state.clone();
+        monoio::spawn(async move {
+            let interval = s.node.settings.cluster.heartbeat_interval_ms;
+            loop {
+                let peers = s.members.borrow().live();
+                for peer in peers {
+                    s.request_lease(peer);
+                }
+                monoio::time::sleep(Duration::from_millis(interval)).await;
             }
         });
     }

@@ -397,6 +397,8 @@ fn kind_name(m: &RelayMessage<'_>) -> &'static str {
         RelayMessage::RejoinNeeded => "RejoinNeeded",
         RelayMessage::SyncHashes { .. } => "SyncHashes",
         RelayMessage::SyncPlaces { .. } => "SyncPlaces",
+        RelayMessage::ReplicateBatch { .. } => "ReplicateBatch",
+        RelayMessage::ReplicateBatchAck { .. } => "ReplicateBatchAck",
         RelayMessage::Error { .. } => "Error",
     }
 }

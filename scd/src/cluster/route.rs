@@ -1590,8 +1590,9 @@ impl State {
             let entries = &copies[group.clone()];
             let call = if let [(_, _, copy, _)] = entries {
                 if 4 + copy.as_wire().encoded_len() > self.limits.batch_body_max as usize {
-                    // Larger than a batch may be (a receiver with a smaller limit than a session
-                    // may be): sent alone, as before batches.
+                    // Larger than a batch may be: not with this node's own limits (a batch
+                    // holds one largest session), but never refuse a copy for its framing; it
+                    // goes alone, as before batches.
                     send(RelayMessage::Replicate(copy.as_wire()))
                 } else {
                     self.send_batch(&send, entries)

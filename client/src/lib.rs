@@ -278,9 +278,11 @@ impl Client {
         })?;
         match reply {
             OwnedReply::HelloOk(h) => {
+                // Relay batches never reach a local client: no wider limit for them.
                 c.limits = Limits {
                     body_max: h.body_max,
                     data_max: h.data_max,
+                    batch_body_max: h.body_max,
                 };
                 c.hello = h;
                 Ok(c)

@@ -243,9 +243,12 @@ impl Conn {
         // Accept what this daemon accepts, but never more than the module's own bound: the
         // receive buffer grows up to body_max.
         let data_max = h.data_max.min(SESSION_DATA_MAX);
+        let body_max = h.body_max.min(data_max.saturating_add(BODY_OVERHEAD_MAX));
+        // Relay batches never reach a local client: no wider limit for them.
         self.limits = Limits {
             data_max,
-            body_max: h.body_max.min(data_max.saturating_add(BODY_OVERHEAD_MAX)),
+            body_max,
+            batch_body_max: body_max,
         };
         self.hello = h;
         Ok(())

@@ -362,6 +362,7 @@ fn too_large(buf: &[u8], reason: Reason) -> Option<TooLarge> {
     let unlimited = Limits {
         body_max: u32::MAX,
         data_max: u32::MAX,
+        batch_body_max: u32::MAX,
     };
     let header = Header::decode(buf, &unlimited).ok()?;
     Some(TooLarge {

@@ -38,6 +38,10 @@ use crate::stats::{CoreCounters, CoreStats};
 pub enum CoreMsg {
     /// A request for one of this core's shards, from a connection on another core.
     Request(ShardRequest),
+    /// Several requests for this core's shards in one message (the cluster thread's batch of
+    /// delayed-write copies: one message and one wake-up per core per batch, not one per copy).
+    /// Each is run as if it came alone, in order; their `ReplyTo`s usually answer one batch.
+    Batch(Vec<ShardRequest>),
     /// A client connection closed: drop every lock and queued wait it had on this core's shards.
     ReleaseOwner(OwnerId),
     /// A connection another core accepted, for this core to serve (spreads connections evenly).
@@ -220,6 +224,12 @@ impl Core {
                 } = r;
                 self.refresh_now();
                 self.execute_local(shard, key, owner, op.as_ref(), reply);
+            }
+            CoreMsg::Batch(requests) => {
+                self.refresh_now();
+                for r in requests {
+                    self.execute_local(r.shard, r.key, r.owner, r.op.as_ref(), r.reply);
+                }
             }
             CoreMsg::ReleaseOwner(owner) => {
                 let now = self.refresh_now();

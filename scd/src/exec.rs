@@ -9,6 +9,7 @@
 //! error (so a bug costs one request an error, never a client hung for ever).
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use log::{error, warn};
 use scd_engine::{
@@ -149,9 +150,9 @@ impl Op<Vec<u8>> {
 }
 
 /// Where a request's reply goes: its connection's writer (on whichever core), under its request
-/// ID. `Send`, so a shard on another core can answer directly.
+/// ID, or one entry of a batch. `Send`, so a shard on another core can answer directly.
 pub struct ReplyTo {
-    tx: flume::Sender<Vec<u8>>,
+    sink: Sink,
     request_id: u64,
     answered: bool,
     /// Told the written version as soon as a write-through write is applied in memory and waits
@@ -160,10 +161,32 @@ pub struct ReplyTo {
     applied: Option<flume::Sender<u64>>,
 }
 
+/// Where a `ReplyTo` delivers its encoded reply frame.
+enum Sink {
+    /// A connection's writer (or any single waiter).
+    One(flume::Sender<Vec<u8>>),
+    /// Entry `index` of a batch: the batch is answered once, when its last entry is.
+    Batch {
+        batch: Arc<BatchAnswers>,
+        index: usize,
+    },
+}
+
+/// The answers of one batch of requests sent to a core in one message (`CoreMsg::Batch`): each
+/// entry's reply frame is kept in its place, and the whole list goes back in one message when the
+/// last entry is answered (at once under delayed-write; a write-through entry waits for its
+/// flush, as any write does).
+pub struct BatchAnswers {
+    /// (reply frame of each entry, entries not answered yet). Only ever locked by the core
+    /// thread answering, so never contended.
+    state: Mutex<(Vec<Vec<u8>>, usize)>,
+    done: flume::Sender<Vec<Vec<u8>>>,
+}
+
 impl ReplyTo {
     pub fn new(tx: flume::Sender<Vec<u8>>, request_id: u64) -> ReplyTo {
         ReplyTo {
-            tx,
+            sink: Sink::One(tx),
             request_id,
             answered: false,
             applied: None,
@@ -177,10 +200,54 @@ impl ReplyTo {
         applied: flume::Sender<u64>,
     ) -> ReplyTo {
         ReplyTo {
-            tx,
+            sink: Sink::One(tx),
             request_id,
             answered: false,
             applied: Some(applied),
+        }
+    }
+
+    /// One `ReplyTo` per entry of a batch of `count` requests: `done` gets every entry's reply
+    /// frame, in entry order, in one message once the last one is answered (every `ReplyTo` is
+    /// answered exactly once, by its request or by its drop, so that always happens).
+    pub fn batch(count: usize, done: flume::Sender<Vec<Vec<u8>>>) -> Vec<ReplyTo> {
+        let batch = Arc::new(BatchAnswers {
+            state: Mutex::new((vec![Vec::new(); count], count)),
+            done,
+        });
+        (0..count)
+            .map(|index| ReplyTo {
+                sink: Sink::Batch {
+                    batch: batch.clone(),
+                    index,
+                },
+                request_id: 0,
+                answered: false,
+                applied: None,
+            })
+            .collect()
+    }
+
+    /// Hands the reply frame to its sink.
+    fn deliver(&self, frame: Vec<u8>) {
+        match &self.sink {
+            // The connection may be gone; then nobody needs the reply.
+            Sink::One(tx) => {
+                let _ = tx.send(frame);
+            }
+            Sink::Batch { batch, index } => {
+                // A poisoned lock means a panic elsewhere on this thread, which aborts: recover
+                // the data rather than lose the batch's answer.
+                let mut state = batch.state.lock().unwrap_or_else(|e| e.into_inner());
+                let (frames, left) = &mut *state;
+                if let Some(slot) = frames.get_mut(*index) {
+                    *slot = frame;
+                }
+                *left = left.saturating_sub(1);
+                if *left == 0 {
+                    let _ = batch.done.send(std::mem::take(frames));
+                }
+            }
         }
     }
 
@@ -192,14 +259,13 @@ impl ReplyTo {
         let mut out = Vec::new();
         proto::encode_answer(self.request_id, &answer, &mut out);
         self.answered = true;
-        // The connection may be gone; then nobody needs the reply.
-        let _ = self.tx.send(out);
+        self.deliver(out);
     }
 
     /// An already encoded reply frame.
     pub fn send_frame(mut self, frame: Vec<u8>) {
         self.answered = true;
-        let _ = self.tx.send(frame);
+        self.deliver(frame);
     }
 
     pub fn internal(self, what: &str) {
@@ -213,7 +279,7 @@ impl Drop for ReplyTo {
             let mut out = Vec::new();
             let answer = Answer::error(ErrCode::Internal, "request dropped without an answer");
             proto::encode_answer(self.request_id, &answer, &mut out);
-            let _ = self.tx.send(out);
+            self.deliver(out);
         }
     }
 }
@@ -888,5 +954,135 @@ mod tests {
         // Nothing pending: a stale copy is answered at once.
         let again = apply(&mut slot, now, 3);
         assert_eq!(done_version(&again.try_recv().expect("at once"), &node), 5);
+    }
+
+    /// Two shards, as two cores would own them (`cores = 2`: shard 0 on core 0, shard 1 on
+    /// core 1), opened on this thread.
+    fn two_slots(dir: &std::path::Path, model: StorageModel) -> (Node, ShardSlot, ShardSlot) {
+        let mut settings = Settings::default();
+        settings.node.data_dir = dir.to_path_buf();
+        settings.node.advertise_address = "127.0.0.1".into();
+        settings.node.cores = 2;
+        settings.node.shards = 2;
+        settings.storage.model = model;
+        let resolved = settings.validate().expect("valid settings");
+        let node = Node {
+            relay_addr: "127.0.0.1:7000".parse().unwrap(),
+            settings,
+            resolved,
+            node_id: 1,
+            connections_open: AtomicU32::new(0),
+            next_core: AtomicUsize::new(0),
+            cluster: None,
+        };
+        let (s0, _) = ShardSlot::open(&node, 0).expect("shard 0 opens");
+        let (s1, _) = ShardSlot::open(&node, 1).expect("shard 1 opens");
+        (node, s0, s1)
+    }
+
+    /// A key of shard `shard` of 2.
+    fn key_of(shard: u8, n: u8) -> SessionKey {
+        let mut hash = [n; 16];
+        hash[7] = if shard == 0 { 0x10 } else { 0xf0 };
+        let key = SessionKey(hash);
+        assert_eq!(shard_for(&key, 2), usize::from(shard));
+        key
+    }
+
+    /// Runs one core's part of a batch of copies `(key, version)` on `slot`, as
+    /// `CoreMsg::Batch` does: one `ReplyTo` per entry, all answering one message.
+    fn apply_batch(
+        slot: &mut ShardSlot,
+        now: u64,
+        entries: &[(SessionKey, u64)],
+    ) -> flume::Receiver<Vec<Vec<u8>>> {
+        let (tx, rx) = flume::bounded(1);
+        let replies = ReplyTo::batch(entries.len(), tx);
+        for (&(key, version), reply) in entries.iter().zip(replies) {
+            let op = Op::ApplyReplica {
+                version,
+                lifetime_s: 600,
+                data: &b"batched"[..],
+                durable: true,
+            };
+            // Any owner: a copy takes no lock.
+            slot.execute(now, key, OwnerId(9), op, reply);
+        }
+        rx
+    }
+
+    /// A batch of copies over two cores' shards under delayed-write: each core answers its part
+    /// once, with every entry's outcome in order; an entry older than the copy held (stale) is
+    /// answered with the newer version held, alone, and the fresh ones are applied.
+    #[test]
+    fn a_batch_of_copies_is_answered_once_per_core_with_each_entry_s_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, mut s0, mut s1) = two_slots(dir.path(), StorageModel::DelayedWrite);
+        let now = 1_000;
+        // Shard 0 already holds version 5 of one session.
+        let held = key_of(0, 1);
+        let rx = apply_batch(&mut s0, now, &[(held, 5)]);
+        assert_eq!(rx.try_recv().expect("answered").len(), 1);
+
+        let part0 = apply_batch(&mut s0, now, &[(held, 3), (key_of(0, 2), 1)]);
+        let part1 = apply_batch(&mut s1, now, &[(key_of(1, 3), 2), (key_of(1, 4), 7)]);
+        let answers0 = part0.try_recv().expect("core 0's part answered at once");
+        let answers1 = part1.try_recv().expect("core 1's part answered at once");
+        assert!(part0.try_recv().is_err(), "one answer per part");
+        assert!(part1.try_recv().is_err(), "one answer per part");
+        let versions = |frames: &[Vec<u8>]| -> Vec<u64> {
+            frames.iter().map(|f| done_version(f, &node)).collect()
+        };
+        // The stale entry is answered with the version held (5), the fresh one applied.
+        assert_eq!(versions(&answers0), vec![5, 1]);
+        assert_eq!(versions(&answers1), vec![2, 7]);
+        assert_eq!(
+            s0.version_of(&held, now),
+            5,
+            "the stale copy changed nothing"
+        );
+        assert_eq!(s0.version_of(&key_of(0, 2), now), 1);
+        assert_eq!(s1.version_of(&key_of(1, 4), now), 7);
+    }
+
+    /// Under write-through, a batch part is answered once every entry is durable (each entry
+    /// keeps ApplyReplica's rule); an entry dropped unanswered still lets the part answer, with
+    /// an error in its place.
+    #[test]
+    fn a_write_through_batch_part_is_answered_once_all_its_entries_are_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, mut s0, _s1) = two_slots(dir.path(), StorageModel::WriteThrough);
+        let now = 1_000;
+        let part = apply_batch(&mut s0, now, &[(key_of(0, 1), 4), (key_of(0, 2), 6)]);
+        assert!(part.try_recv().is_err(), "answered before the flush");
+        let mut answers = None;
+        for _ in 0..10_000 {
+            s0.pass(now, false);
+            if let Ok(a) = part.try_recv() {
+                answers = Some(a);
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let answers = answers.expect("the flush never completed");
+        assert_eq!(done_version(&answers[0], &node), 4);
+        assert_eq!(done_version(&answers[1], &node), 6);
+
+        let (tx, rx) = flume::bounded(1);
+        let mut replies = ReplyTo::batch(2, tx);
+        replies.pop();
+        replies.pop().unwrap().send(Answer::Done { version: 9 });
+        let frames = rx.try_recv().expect("answered once both entries were");
+        assert_eq!(done_version(&frames[0], &node), 9);
+        assert!(matches!(
+            decode_reply(&frames[1], &proto::limits(1 << 20)),
+            Ok((
+                Frame {
+                    message: Reply::Error { .. },
+                    ..
+                },
+                _
+            ))
+        ));
     }
 }

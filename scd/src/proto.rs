@@ -3,18 +3,22 @@
 
 use std::net::SocketAddr;
 
-use scd_wire::constants::BODY_OVERHEAD_MAX;
+use scd_wire::constants::{BODY_OVERHEAD_MAX, REPLICATE_BATCH_BYTES};
 use scd_wire::frame::{Frame, Limits};
 use scd_wire::local::{ErrorCode, Reply};
 use scd_wire::session_id::SessionId;
 
 use crate::answer::{Answer, ErrCode};
 
-/// The frame limits for a daemon that accepts sessions of up to `session_size_max` bytes.
+/// The frame limits for a daemon that accepts sessions of up to `session_size_max` bytes. A
+/// ReplicateBatch (relays only) may hold `REPLICATE_BATCH_BYTES` of copies plus one largest body,
+/// so the copy that crosses a sender's byte budget still fits.
 pub fn limits(session_size_max: u32) -> Limits {
+    let body_max = session_size_max.saturating_add(BODY_OVERHEAD_MAX);
     Limits {
-        body_max: session_size_max.saturating_add(BODY_OVERHEAD_MAX),
+        body_max,
         data_max: session_size_max,
+        batch_body_max: body_max.saturating_add(REPLICATE_BATCH_BYTES),
     }
 }
 

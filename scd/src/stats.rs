@@ -99,7 +99,7 @@ pub async fn gather(core: &Core) -> NodeStats {
 }
 
 /// The cluster's figures, shown with the node's (`node.cluster_*`); only when clustering is on.
-pub const CLUSTER_FIELDS: [(&str, &str, &str); 31] = [
+pub const CLUSTER_FIELDS: [(&str, &str, &str); 32] = [
     ("cluster_on", "gauge", "1: clustering is on."),
     (
         "cluster_ready",
@@ -165,6 +165,11 @@ pub const CLUSTER_FIELDS: [(&str, &str, &str); 31] = [
         "cluster_replications_coalesced",
         "counter",
         "Delayed-write copies replaced in the queue by a newer write (or a Destroy) of the same session before they were sent.",
+    ),
+    (
+        "cluster_replicate_batches",
+        "counter",
+        "ReplicateBatch frames sent (delayed-write copies to a backup, many per frame).",
     ),
     (
         "cluster_replicas_applied",

@@ -178,6 +178,7 @@ fn replies(bytes: &[u8]) -> Vec<OwnedReply> {
     let limits = Limits {
         body_max: u32::MAX,
         data_max: u32::MAX,
+        batch_body_max: u32::MAX,
     };
     let mut out = Vec::new();
     let mut pos = 0;

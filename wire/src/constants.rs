@@ -23,6 +23,13 @@ pub const DATA_MAX_DEFAULT: u32 = 1 << 20;
 pub const BODY_OVERHEAD_MAX: u32 = 1024;
 /// Default largest frame body.
 pub const BODY_MAX_DEFAULT: u32 = DATA_MAX_DEFAULT + BODY_OVERHEAD_MAX;
+/// Bytes of copies a delayed-write sender aims to put in one ReplicateBatch; the batch body limit
+/// adds one largest body on top, so the entry that crosses this budget still fits.
+pub const REPLICATE_BATCH_BYTES: u32 = 4 << 20;
+/// Default largest ReplicateBatch body (its own limit: every other kind is held to `body_max`).
+pub const BATCH_BODY_MAX_DEFAULT: u32 = REPLICATE_BATCH_BYTES + BODY_MAX_DEFAULT;
+/// Most copies in one ReplicateBatch, and most entries in its ReplicateBatchAck.
+pub const REPLICATE_BATCH_MAX: usize = 512;
 
 /// Binary session ID (SID) size.
 pub const SID_LEN: usize = 60;
@@ -98,6 +105,16 @@ const _: () = assert!(STATS_ENTRIES_MAX <= u16::MAX as usize);
 // The largest stats reply fits the default body limit, so a daemon never has to truncate it.
 const _: () = assert!(2 + STATS_ENTRIES_MAX * (1 + STAT_NAME_MAX + 8) <= BODY_MAX_DEFAULT as usize);
 const _: () = assert!(PROTOCOL_VERSION_MIN <= PROTOCOL_VERSION_MAX);
+// A batch holds at least one largest copy (count + entry head + data).
+const _: () = assert!(
+    4 + SESSION_HASH_LEN + 8 + 4 + 4 + 4 + DATA_MAX_DEFAULT as usize
+        <= BATCH_BODY_MAX_DEFAULT as usize
+);
+const _: () = assert!(BODY_MAX_DEFAULT <= BATCH_BODY_MAX_DEFAULT);
+// A full ReplicateBatchAck (count, then hash + status + version per entry) fits the default body
+// limit.
+const _: () =
+    assert!(4 + REPLICATE_BATCH_MAX * (SESSION_HASH_LEN + 2 + 8) <= BODY_MAX_DEFAULT as usize);
 const _: () = assert!(PROTOCOL_VERSION_MIN <= PROTOCOL_VERSION_NEGOTIATION);
 // A full SyncPlaces answer (count, then hash + master + backup + epoch + version per entry) fits
 // the default body limit.

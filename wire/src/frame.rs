@@ -8,8 +8,8 @@
 use core::fmt;
 
 use crate::constants::{
-    BODY_MAX_DEFAULT, DATA_MAX_DEFAULT, FRAME_MAGIC, HEADER_LEN, PROTOCOL_VERSION_MAX,
-    PROTOCOL_VERSION_MIN, PROTOCOL_VERSION_NEGOTIATION,
+    BATCH_BODY_MAX_DEFAULT, BODY_MAX_DEFAULT, DATA_MAX_DEFAULT, FRAME_MAGIC, HEADER_LEN,
+    PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN, PROTOCOL_VERSION_NEGOTIATION,
 };
 
 /// Message kinds (the header's `kind` byte). See the table in docs/wire.md.
@@ -79,6 +79,10 @@ pub mod kind {
     pub const LEASE_GRANT: u8 = 0x5A;
     /// Relay: LeaseDenied.
     pub const LEASE_DENIED: u8 = 0x5B;
+    /// Relay: ReplicateBatch.
+    pub const REPLICATE_BATCH: u8 = 0x5C;
+    /// Relay: ReplicateBatchAck.
+    pub const REPLICATE_BATCH_ACK: u8 = 0x5D;
     /// Relay: RelayError.
     pub const RELAY_ERROR: u8 = 0x5F;
 
@@ -118,7 +122,11 @@ pub mod kind {
             HELLO..=STATS => Some(Channel::LocalRequest),
             HELLO_OK..=STATS_REPLY | ERROR => Some(Channel::LocalReply),
             AUTH_CHALLENGE..=AUTH_ACCEPT => Some(Channel::Handshake),
-            FORWARD..=ACK | SYNC_REQUEST..=LEASE_DENIED | RELAY_ERROR => Some(Channel::Relay),
+            FORWARD..=ACK
+            | SYNC_REQUEST..=LEASE_DENIED
+            | REPLICATE_BATCH
+            | REPLICATE_BATCH_ACK
+            | RELAY_ERROR => Some(Channel::Relay),
             _ => None,
         }
     }
@@ -127,10 +135,24 @@ pub mod kind {
 /// Caller-chosen limits, checked before anything is allocated or waited for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Largest frame body accepted (MAC not included).
+    /// Largest frame body accepted (MAC not included), for every kind but ReplicateBatch.
     pub body_max: u32,
     /// Largest session data (BLOB) accepted.
     pub data_max: u32,
+    /// Largest ReplicateBatch body accepted (MAC not included): a batch of copies has its own
+    /// limit, since it holds many sessions.
+    pub batch_body_max: u32,
+}
+
+impl Limits {
+    /// The largest body accepted for a frame of kind `k`.
+    pub const fn body_max_for(&self, k: u8) -> u32 {
+        if k == kind::REPLICATE_BATCH {
+            self.batch_body_max
+        } else {
+            self.body_max
+        }
+    }
 }
 
 impl Default for Limits {
@@ -138,6 +160,7 @@ impl Default for Limits {
         Limits {
             body_max: BODY_MAX_DEFAULT,
             data_max: DATA_MAX_DEFAULT,
+            batch_body_max: BATCH_BODY_MAX_DEFAULT,
         }
     }
 }
@@ -185,7 +208,8 @@ pub enum Reason {
     UnknownKind(u8),
     /// A known kind on the wrong channel (a reply sent as a request, a relay kind locally, …).
     WrongChannel(u8),
-    /// The body length is over `Limits::body_max`.
+    /// The body length is over `Limits::body_max` (`Limits::batch_body_max` for a
+    /// ReplicateBatch).
     BodyTooLarge {
         /// Length in the header.
         len: u32,
@@ -430,10 +454,11 @@ impl Header {
             request_id: u64::from_le_bytes(le_array(&buf[OFFSET_REQUEST_ID..OFFSET_BODY_LEN])),
             body_len: u32::from_le_bytes(le_array(&buf[OFFSET_BODY_LEN..HEADER_LEN])),
         };
-        if header.body_len > limits.body_max {
+        let max = limits.body_max_for(header.kind);
+        if header.body_len > max {
             return Err(Reason::BodyTooLarge {
                 len: header.body_len,
-                max: limits.body_max,
+                max,
             }
             .into());
         }

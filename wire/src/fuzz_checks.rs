@@ -12,8 +12,9 @@ use crate::heartbeat::{FLAG_DRAINING, FLAG_HA, Heartbeat, HeartbeatError, Heartb
 use crate::local::{ErrorCode, HelloOk, Reply, Request, StatEntries, decode_reply, decode_request};
 use crate::mac::ClusterKey;
 use crate::relay::{
-    ClientHandshake, Established, HandshakeMessage, HashList, Location, PlaceList, RelayMessage,
-    Replica, Sealer, ServerHandshake, SyncRole, decode_handshake, decode_unsealed,
+    BatchOutcome, ClientHandshake, Established, HandshakeMessage, HashList, Location, OutcomeList,
+    PlaceList, RelayMessage, Replica, ReplicaList, Sealer, ServerHandshake, SyncRole,
+    decode_handshake, decode_unsealed,
 };
 use crate::session_id::{SessionId, php_valid_key};
 
@@ -59,6 +60,7 @@ fn limit_sets() -> [Limits; 2] {
         Limits {
             body_max: 200,
             data_max: 64,
+            batch_body_max: 400,
         },
     ]
 }
@@ -67,7 +69,8 @@ fn check_incomplete(result: &DecodeError, have: usize, limits: &Limits, trailer:
     if let DecodeError::Incomplete { needed } = *result {
         assert!(needed >= 1, "Incomplete must ask for at least one byte");
         assert!(
-            have + needed <= HEADER_LEN + limits.body_max as usize + trailer,
+            have + needed
+                <= HEADER_LEN + limits.body_max.max(limits.batch_body_max) as usize + trailer,
             "Incomplete must never ask beyond the limit (have {have}, needed {needed})"
         );
     }
@@ -437,7 +440,23 @@ pub fn round_trip(data: &[u8]) {
                 let hash: [u8; 16] = g.array();
                 PlaceList::push(&mut place_bytes, &hash, &g.location());
             }
-            let message = match g.u8() % 20 {
+            // A ReplicateBatch of 1 to 4 copies, and a ReplicateBatchAck of 0 to 3 outcomes.
+            let copy_count = usize::from(g.u8() % 4) + 1;
+            let mut copy_bytes = Vec::new();
+            for _ in 0..copy_count {
+                ReplicaList::push(&mut copy_bytes, &g.replica(data_max / 4));
+            }
+            let mut outcome_bytes = Vec::new();
+            for _ in 0..g.u8() % 4 {
+                let hash: [u8; 16] = g.array();
+                let outcome = if g.u8() & 1 == 0 {
+                    BatchOutcome::Held { version: g.u64() }
+                } else {
+                    BatchOutcome::Refused(g.error_code())
+                };
+                OutcomeList::push(&mut outcome_bytes, &hash, outcome);
+            }
+            let message = match g.u8() % 22 {
                 0 => RelayMessage::Forward {
                     origin: g.u64(),
                     request: match g.request(data_max) {
@@ -487,6 +506,13 @@ pub fn round_trip(data: &[u8]) {
                 19 => RelayMessage::LeaseDenied {
                     sent_ms: g.u64(),
                     reason: g.text(crate::constants::LEASE_REASON_MAX),
+                },
+                20 => RelayMessage::ReplicateBatch {
+                    copies: ReplicaList::new(&copy_bytes, copy_count, &limits)
+                        .expect("entries written by push, within the limits"),
+                },
+                21 => RelayMessage::ReplicateBatchAck {
+                    outcomes: OutcomeList::new(&outcome_bytes).expect("entries written by push"),
                 },
                 _ => RelayMessage::Error {
                     code: g.error_code(),

@@ -44,7 +44,8 @@ pub use local::{
 };
 pub use mac::{ClusterKey, KeyError};
 pub use relay::{
-    ClientHandshake, Established, HandshakeMessage, HashList, Location, Opener, PlaceList,
-    RelayMessage, Replica, Sealer, ServerHandshake, SyncRole, decode_handshake,
+    BatchOutcome, ClientHandshake, Established, HandshakeMessage, HashList, Location, Opener,
+    OutcomeList, PlaceList, RelayMessage, Replica, ReplicaList, Sealer, ServerHandshake, SyncRole,
+    decode_handshake,
 };
 pub use session_id::{IdBuf, IdError, IdField, IdProblem, SessionId, php_valid_key};

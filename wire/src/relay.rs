@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 
 use crate::constants::{
     ADDR_LEN, AUTH_TAG_LEN, LEASE_REASON_MAX, NONCE_LEN, PROTOCOL_VERSION_MAX,
-    PROTOCOL_VERSION_MIN, RELAY_TAG_LEN, SESSION_HASH_LEN, SYNC_HASHES_MAX,
+    PROTOCOL_VERSION_MIN, RELAY_TAG_LEN, REPLICATE_BATCH_MAX, SESSION_HASH_LEN, SYNC_HASHES_MAX,
 };
 use crate::frame::{
     Body, DecodeError, Frame, Limits, Reader, Reason, kind, len_u32, misplaced_kind, private,
@@ -58,7 +58,13 @@ pub struct Replica<'a> {
 }
 
 impl<'a> Replica<'a> {
-    const HEAD_LEN: usize = SESSION_HASH_LEN + 8 + 4 + 4 + 4;
+    /// Bytes of the fields before the data.
+    pub const HEAD_LEN: usize = SESSION_HASH_LEN + 8 + 4 + 4 + 4;
+
+    /// Bytes of this copy as a Replicate body (and as one ReplicateBatch entry).
+    pub fn encoded_len(&self) -> usize {
+        Self::HEAD_LEN + self.data.len()
+    }
 
     fn write_head(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.hash);
@@ -118,37 +124,42 @@ impl Location {
     }
 }
 
-/// Checks a list of `entry_len`-byte entries: a whole number of them, at most
-/// [`SYNC_HASHES_MAX`].
-fn check_entries(bytes: &[u8], entry_len: usize, field: &'static str) -> Result<(), Reason> {
+/// Checks a list of `entry_len`-byte entries: a whole number of them, at most `max`.
+fn check_entries(
+    bytes: &[u8],
+    entry_len: usize,
+    max: usize,
+    field: &'static str,
+) -> Result<(), Reason> {
     let rem = bytes.len() % entry_len;
     if rem != 0 {
         return Err(Reason::TrailingBytes { count: rem });
     }
     let count = bytes.len() / entry_len;
-    if count > SYNC_HASHES_MAX {
+    if count > max {
         return Err(Reason::TooLong {
             field,
             len: count,
-            max: SYNC_HASHES_MAX,
+            max,
         });
     }
     Ok(())
 }
 
-/// Reads `count` (u32, at most [`SYNC_HASHES_MAX`], checked before anything else) and the
-/// `count` entries of `entry_len` bytes that follow.
+/// Reads `count` (u32, at most `max`, checked before anything else) and the `count` entries of
+/// `entry_len` bytes that follow.
 fn read_entries<'a>(
     r: &mut Reader<'a>,
     entry_len: usize,
+    max: usize,
     field: &'static str,
 ) -> Result<&'a [u8], Reason> {
     let count = r.u32("count")? as usize;
-    if count > SYNC_HASHES_MAX {
+    if count > max {
         return Err(Reason::TooLong {
             field,
             len: count,
-            max: SYNC_HASHES_MAX,
+            max,
         });
     }
     r.take(count * entry_len, field)
@@ -165,7 +176,7 @@ impl<'a> HashList<'a> {
     /// The hashes in `bytes` (16 bytes each, one after the other). Refused: a length that is
     /// not a multiple of 16, or more than [`SYNC_HASHES_MAX`] hashes.
     pub fn new(bytes: &'a [u8]) -> Result<Self, Reason> {
-        check_entries(bytes, SESSION_HASH_LEN, "hashes")?;
+        check_entries(bytes, SESSION_HASH_LEN, SYNC_HASHES_MAX, "hashes")?;
         Ok(HashList { bytes })
     }
 
@@ -206,7 +217,7 @@ impl<'a> PlaceList<'a> {
     /// not a whole number of entries, more than [`SYNC_HASHES_MAX`] of them, or an entry whose
     /// location does not decode (a master of family 0, non-zero padding, ...).
     pub fn new(bytes: &'a [u8]) -> Result<Self, Reason> {
-        check_entries(bytes, Self::ENTRY_LEN, "places")?;
+        check_entries(bytes, Self::ENTRY_LEN, SYNC_HASHES_MAX, "places")?;
         for entry in bytes.chunks_exact(Self::ENTRY_LEN) {
             let mut r = Reader::new(&entry[SESSION_HASH_LEN..]);
             Location::read(&mut r)?;
@@ -241,6 +252,156 @@ impl<'a> PlaceList<'a> {
                 .ok()
                 .map(|l| (hash, l))
         })
+    }
+}
+
+/// The copies a ReplicateBatch carries: 1 to [`REPLICATE_BATCH_MAX`] entries, each laid out as a
+/// Replicate body, kept as their wire bytes (no copy); every entry is checked when the list is
+/// made, so a bad entry refuses the whole frame before any copy is used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicaList<'a> {
+    bytes: &'a [u8],
+    count: usize,
+}
+
+impl<'a> ReplicaList<'a> {
+    /// Appends one entry to `out` (the bytes a list is then made from).
+    pub fn push(out: &mut Vec<u8>, copy: &Replica<'_>) {
+        out.reserve(copy.encoded_len());
+        copy.write_head(out);
+        out.extend_from_slice(copy.data);
+    }
+
+    /// The `count` entries in `bytes` (as [`ReplicaList::push`] writes them). Refused: no entry,
+    /// more than [`REPLICATE_BATCH_MAX`], an entry whose data is over `limits.data_max`, a
+    /// `bytes` that ends inside an entry or holds bytes after the last one.
+    pub fn new(bytes: &'a [u8], count: usize, limits: &Limits) -> Result<Self, Reason> {
+        if count == 0 {
+            return Err(Reason::Empty { field: "copies" });
+        }
+        if count > REPLICATE_BATCH_MAX {
+            return Err(Reason::TooLong {
+                field: "copies",
+                len: count,
+                max: REPLICATE_BATCH_MAX,
+            });
+        }
+        let mut r = Reader::new(bytes);
+        for _ in 0..count {
+            Replica::read(&mut r, limits)?;
+        }
+        r.finish()?;
+        Ok(ReplicaList { bytes, count })
+    }
+
+    /// How many copies.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// No copy at all (never true of a list that was made: a batch holds at least one).
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The copies, in order.
+    pub fn iter(&self) -> impl Iterator<Item = Replica<'a>> + 'a {
+        let mut r = Reader::new(self.bytes);
+        // Checked by `new` (with limits at least as wide as each entry): this does not fail.
+        let wide = Limits {
+            body_max: u32::MAX,
+            data_max: u32::MAX,
+            batch_body_max: u32::MAX,
+        };
+        (0..self.count).map_while(move |_| Replica::read(&mut r, &wide).ok())
+    }
+}
+
+/// What a backup did with one copy of a ReplicateBatch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchOutcome {
+    /// The copy is held: this data version is now the backup's (it may be newer than the copy's
+    /// when the backup already held a newer one).
+    Held {
+        /// The version now held.
+        version: u64,
+    },
+    /// The copy was refused, alone (the other copies of the batch are unaffected).
+    Refused(ErrorCode),
+}
+
+/// The per-copy answers of a ReplicateBatchAck: at most [`REPLICATE_BATCH_MAX`] entries of
+/// hash, status and version, kept as their wire bytes, every entry checked when the list is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutcomeList<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> OutcomeList<'a> {
+    /// Bytes of one entry: hash, status (u16: 0 = held, else an error code), version.
+    pub const ENTRY_LEN: usize = SESSION_HASH_LEN + 2 + 8;
+
+    /// The entries in `bytes` (as [`OutcomeList::push`] writes them). Refused: a length that is
+    /// not a whole number of entries, more than [`REPLICATE_BATCH_MAX`] of them, a status that
+    /// is neither 0 nor an error code, or a refused entry whose version is not 0.
+    pub fn new(bytes: &'a [u8]) -> Result<Self, Reason> {
+        check_entries(bytes, Self::ENTRY_LEN, REPLICATE_BATCH_MAX, "outcomes")?;
+        for entry in bytes.chunks_exact(Self::ENTRY_LEN) {
+            Self::read(entry)?;
+        }
+        Ok(OutcomeList { bytes })
+    }
+
+    fn read(entry: &[u8]) -> Result<([u8; SESSION_HASH_LEN], BatchOutcome), Reason> {
+        let mut r = Reader::new(entry);
+        let hash = r.array("hash")?;
+        let status = r.u16("status")?;
+        let version = r.u64("version")?;
+        r.finish()?;
+        let outcome = match status {
+            0 => BatchOutcome::Held { version },
+            code => {
+                let code = ErrorCode::from_u16(code).ok_or(Reason::BadErrorCode(code))?;
+                if version != 0 {
+                    return Err(Reason::NotZero { field: "version" });
+                }
+                BatchOutcome::Refused(code)
+            }
+        };
+        Ok((hash, outcome))
+    }
+
+    /// Appends one entry to `out` (the bytes a list is then made from).
+    pub fn push(out: &mut Vec<u8>, hash: &[u8; SESSION_HASH_LEN], outcome: BatchOutcome) {
+        out.extend_from_slice(hash);
+        match outcome {
+            BatchOutcome::Held { version } => {
+                put_u16(out, 0);
+                put_u64(out, version);
+            }
+            BatchOutcome::Refused(code) => {
+                put_u16(out, code as u16);
+                put_u64(out, 0);
+            }
+        }
+    }
+
+    /// How many entries.
+    pub fn len(&self) -> usize {
+        self.bytes.len() / Self::ENTRY_LEN
+    }
+
+    /// No entry at all.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The entries, in order.
+    pub fn iter(&self) -> impl Iterator<Item = ([u8; SESSION_HASH_LEN], BatchOutcome)> + 'a {
+        // Checked by `new`: this does not fail.
+        self.bytes
+            .chunks_exact(Self::ENTRY_LEN)
+            .filter_map(|e| Self::read(e).ok())
     }
 }
 
@@ -356,6 +517,17 @@ pub enum RelayMessage<'a> {
         /// longer text at a character boundary).
         reason: &'a str,
     },
+    /// Master → backup: hold these copies (each as one Replicate would carry it); answered by
+    /// one ReplicateBatchAck with an outcome per copy.
+    ReplicateBatch {
+        /// The copies, 1 to [`REPLICATE_BATCH_MAX`].
+        copies: ReplicaList<'a>,
+    },
+    /// Backup → master: what became of each copy of a ReplicateBatch, in its order.
+    ReplicateBatchAck {
+        /// (hash, outcome) entries.
+        outcomes: OutcomeList<'a>,
+    },
     /// The request failed.
     Error {
         /// What went wrong.
@@ -389,6 +561,8 @@ impl Body for RelayMessage<'_> {
             RelayMessage::LeaseRequest { .. } => kind::LEASE_REQUEST,
             RelayMessage::LeaseGrant { .. } => kind::LEASE_GRANT,
             RelayMessage::LeaseDenied { .. } => kind::LEASE_DENIED,
+            RelayMessage::ReplicateBatch { .. } => kind::REPLICATE_BATCH,
+            RelayMessage::ReplicateBatchAck { .. } => kind::REPLICATE_BATCH_ACK,
             RelayMessage::Error { .. } => kind::RELAY_ERROR,
         }
     }
@@ -417,6 +591,8 @@ impl Body for RelayMessage<'_> {
             RelayMessage::LeaseDenied { reason, .. } => {
                 8 + 2 + clamp_str(reason, LEASE_REASON_MAX).len()
             }
+            RelayMessage::ReplicateBatch { copies } => 4 + copies.bytes.len(),
+            RelayMessage::ReplicateBatchAck { outcomes } => 4 + outcomes.bytes.len(),
             RelayMessage::Error { message, .. } => error_body_len(message),
         }
     }
@@ -473,6 +649,8 @@ impl Body for RelayMessage<'_> {
                 put_u16(out, reason.len() as u16);
                 out.extend_from_slice(reason.as_bytes());
             }
+            RelayMessage::ReplicateBatch { copies } => put_u32(out, len_u32(copies.len())),
+            RelayMessage::ReplicateBatchAck { outcomes } => put_u32(out, len_u32(outcomes.len())),
             RelayMessage::Error { code, message } => write_error(out, *code, message),
         }
     }
@@ -484,6 +662,8 @@ impl Body for RelayMessage<'_> {
             RelayMessage::Replicate(r) | RelayMessage::SyncItem(r) => r.data,
             RelayMessage::SyncHashes { hashes } => hashes.bytes,
             RelayMessage::SyncPlaces { places } => places.bytes,
+            RelayMessage::ReplicateBatch { copies } => copies.bytes,
+            RelayMessage::ReplicateBatchAck { outcomes } => outcomes.bytes,
             _ => &[],
         }
     }
@@ -557,10 +737,35 @@ impl<'a> RelayMessage<'a> {
                 }
             }
             kind::SYNC_HASHES => RelayMessage::SyncHashes {
-                hashes: HashList::new(read_entries(&mut r, SESSION_HASH_LEN, "hashes")?)?,
+                hashes: HashList::new(read_entries(
+                    &mut r,
+                    SESSION_HASH_LEN,
+                    SYNC_HASHES_MAX,
+                    "hashes",
+                )?)?,
             },
             kind::SYNC_PLACES => RelayMessage::SyncPlaces {
-                places: PlaceList::new(read_entries(&mut r, PlaceList::ENTRY_LEN, "places")?)?,
+                places: PlaceList::new(read_entries(
+                    &mut r,
+                    PlaceList::ENTRY_LEN,
+                    SYNC_HASHES_MAX,
+                    "places",
+                )?)?,
+            },
+            kind::REPLICATE_BATCH => {
+                // The count is checked before any entry is read; `new` checks every entry and
+                // that the body ends exactly after the last one.
+                let count = r.u32("count")? as usize;
+                let copies = ReplicaList::new(r.rest(), count, limits)?;
+                return Ok(RelayMessage::ReplicateBatch { copies });
+            }
+            kind::REPLICATE_BATCH_ACK => RelayMessage::ReplicateBatchAck {
+                outcomes: OutcomeList::new(read_entries(
+                    &mut r,
+                    OutcomeList::ENTRY_LEN,
+                    REPLICATE_BATCH_MAX,
+                    "outcomes",
+                )?)?,
             },
             kind::LEASE_REQUEST => RelayMessage::LeaseRequest {
                 sent_ms: r.u64("sent_ms")?,
@@ -804,6 +1009,7 @@ pub fn decode_handshake(buf: &[u8]) -> Result<(HandshakeMessage, usize), DecodeE
     let limits = Limits {
         body_max: (PROOF_UNTAGGED_LEN + AUTH_TAG_LEN) as u32,
         data_max: 0,
+        batch_body_max: (PROOF_UNTAGGED_LEN + AUTH_TAG_LEN) as u32,
     };
     let (header, body) = split_frame(buf, &limits, &[kind::Channel::Handshake], 0)?;
     if header.request_id != 0 {
@@ -1093,8 +1299,9 @@ mod tests {
             kind::channel(kind::REJOIN_NEEDED),
             Some(kind::Channel::Relay)
         );
-        // The kinds after LeaseDenied are free until 0x5F (RelayError).
-        assert_eq!(kind::channel(kind::LEASE_DENIED + 1), None);
+        // The kinds after ReplicateBatchAck are free until 0x5F (RelayError).
+        assert_eq!(kind::channel(kind::LEASE_DENIED + 1), Some(kind::Channel::Relay));
+        assert_eq!(kind::channel(kind::REPLICATE_BATCH_ACK + 1), None);
         assert_eq!(kind::channel(kind::RELAY_ERROR - 1), None);
     }
 
@@ -1291,5 +1498,191 @@ mod tests {
                 places: PlaceList::new(&[]).unwrap()
             })
         );
+    }
+
+    fn copy(hash: u8, version: u64, data: &[u8]) -> Replica<'_> {
+        Replica {
+            hash: [hash; 16],
+            version,
+            epoch: 2,
+            lifetime_s: 600,
+            data,
+        }
+    }
+
+    #[test]
+    fn replicate_batch_bodies_are_checked_before_use() {
+        let limits = Limits {
+            body_max: 200,
+            data_max: 64,
+            batch_body_max: 1000,
+        };
+        let mut entries = Vec::new();
+        ReplicaList::push(&mut entries, &copy(1, 5, b"one"));
+        ReplicaList::push(&mut entries, &copy(2, 6, b""));
+        ReplicaList::push(&mut entries, &copy(3, 7, &[9; 64]));
+        let mut body = 3u32.to_le_bytes().to_vec();
+        body.extend_from_slice(&entries);
+        let m = RelayMessage::decode_body(kind::REPLICATE_BATCH, &body, &limits).unwrap();
+        let RelayMessage::ReplicateBatch { copies } = m else {
+            panic!("{m:?}")
+        };
+        let got: Vec<_> = copies.iter().collect();
+        assert_eq!(
+            got,
+            vec![copy(1, 5, b"one"), copy(2, 6, b""), copy(3, 7, &[9; 64])]
+        );
+        assert_eq!(m.body_len(), body.len());
+        // No copy at all.
+        assert_eq!(
+            RelayMessage::decode_body(kind::REPLICATE_BATCH, &[0, 0, 0, 0], &limits),
+            Err(Reason::Empty { field: "copies" })
+        );
+        // A count over the maximum is refused before any entry is read.
+        let mut big = (REPLICATE_BATCH_MAX as u32 + 1).to_le_bytes().to_vec();
+        big.extend_from_slice(&entries);
+        assert!(matches!(
+            RelayMessage::decode_body(kind::REPLICATE_BATCH, &big, &limits),
+            Err(Reason::TooLong {
+                field: "copies",
+                ..
+            })
+        ));
+        // More entries than the body holds, and bytes after the last one.
+        let mut short = 4u32.to_le_bytes().to_vec();
+        short.extend_from_slice(&entries);
+        assert!(matches!(
+            RelayMessage::decode_body(kind::REPLICATE_BATCH, &short, &limits),
+            Err(Reason::Truncated { .. })
+        ));
+        let mut long = 2u32.to_le_bytes().to_vec();
+        long.extend_from_slice(&entries);
+        assert!(matches!(
+            RelayMessage::decode_body(kind::REPLICATE_BATCH, &long, &limits),
+            Err(Reason::TrailingBytes { .. })
+        ));
+        // One entry's data over data_max refuses the whole batch (checked from its length,
+        // before its bytes are looked at).
+        let mut over = Vec::new();
+        ReplicaList::push(&mut over, &copy(1, 5, b"one"));
+        ReplicaList::push(&mut over, &copy(4, 8, &[0; 65]));
+        assert_eq!(
+            ReplicaList::new(&over, 2, &limits),
+            Err(Reason::DataTooLarge { len: 65, max: 64 })
+        );
+        // A data length that runs past the body.
+        let mut cut = entries.clone();
+        cut.truncate(entries.len() - 1);
+        assert!(ReplicaList::new(&cut, 3, &limits).is_err());
+    }
+
+    #[test]
+    fn a_replicate_batch_has_its_own_body_limit() {
+        let limits = Limits {
+            body_max: 200,
+            data_max: 64,
+            batch_body_max: 1000,
+        };
+        let header = |k: u8, len: u32| {
+            crate::frame::Header {
+                version: 1,
+                kind: k,
+                flags: 0,
+                request_id: 1,
+                body_len: len,
+            }
+            .to_bytes()
+        };
+        // Over body_max but within batch_body_max: only a batch may be that long.
+        assert!(
+            crate::frame::Header::decode(&header(kind::REPLICATE_BATCH, 1000), &limits).is_ok()
+        );
+        assert_eq!(
+            crate::frame::Header::decode(&header(kind::REPLICATE_BATCH, 1001), &limits),
+            Err(DecodeError::Invalid(Reason::BodyTooLarge {
+                len: 1001,
+                max: 1000
+            }))
+        );
+        assert_eq!(
+            crate::frame::Header::decode(&header(kind::REPLICATE, 201), &limits),
+            Err(DecodeError::Invalid(Reason::BodyTooLarge {
+                len: 201,
+                max: 200
+            }))
+        );
+        assert_eq!(
+            crate::frame::Header::decode(&header(kind::REPLICATE_BATCH_ACK, 201), &limits),
+            Err(DecodeError::Invalid(Reason::BodyTooLarge {
+                len: 201,
+                max: 200
+            }))
+        );
+        // A batch on the local protocol is refused by its kind, whatever its length.
+        let mut local = header(kind::REPLICATE_BATCH, 10).to_vec();
+        local.extend_from_slice(&[0; 10]);
+        assert!(matches!(
+            crate::local::decode_request(&local, &limits),
+            Err(DecodeError::Invalid(Reason::WrongChannel(
+                kind::REPLICATE_BATCH
+            )))
+        ));
+    }
+
+    #[test]
+    fn replicate_batch_ack_bodies_are_checked_before_use() {
+        let limits = Limits::default();
+        let mut entries = Vec::new();
+        OutcomeList::push(&mut entries, &[1; 16], BatchOutcome::Held { version: 9 });
+        OutcomeList::push(
+            &mut entries,
+            &[2; 16],
+            BatchOutcome::Refused(ErrorCode::StaleEpoch),
+        );
+        let mut body = 2u32.to_le_bytes().to_vec();
+        body.extend_from_slice(&entries);
+        let m = RelayMessage::decode_body(kind::REPLICATE_BATCH_ACK, &body, &limits).unwrap();
+        let RelayMessage::ReplicateBatchAck { outcomes } = m else {
+            panic!("{m:?}")
+        };
+        let got: Vec<_> = outcomes.iter().collect();
+        assert_eq!(
+            got,
+            vec![
+                ([1; 16], BatchOutcome::Held { version: 9 }),
+                ([2; 16], BatchOutcome::Refused(ErrorCode::StaleEpoch))
+            ]
+        );
+        // A status that is no error code, and a refused entry with a version.
+        let mut bad = body.clone();
+        bad[4 + OutcomeList::ENTRY_LEN + 16] = 99;
+        assert_eq!(
+            RelayMessage::decode_body(kind::REPLICATE_BATCH_ACK, &bad, &limits),
+            Err(Reason::BadErrorCode(99))
+        );
+        let mut bad = body.clone();
+        bad[4 + 2 * OutcomeList::ENTRY_LEN - 1] = 1;
+        assert_eq!(
+            RelayMessage::decode_body(kind::REPLICATE_BATCH_ACK, &bad, &limits),
+            Err(Reason::NotZero { field: "version" })
+        );
+        // Counts: over the maximum, more than the body holds, fewer than it holds.
+        let mut big = (REPLICATE_BATCH_MAX as u32 + 1).to_le_bytes().to_vec();
+        big.extend_from_slice(&entries);
+        assert!(matches!(
+            RelayMessage::decode_body(kind::REPLICATE_BATCH_ACK, &big, &limits),
+            Err(Reason::TooLong {
+                field: "outcomes",
+                ..
+            })
+        ));
+        let mut short = 3u32.to_le_bytes().to_vec();
+        short.extend_from_slice(&entries);
+        assert!(RelayMessage::decode_body(kind::REPLICATE_BATCH_ACK, &short, &limits).is_err());
+        let mut long = 1u32.to_le_bytes().to_vec();
+        long.extend_from_slice(&entries);
+        assert!(RelayMessage::decode_body(kind::REPLICATE_BATCH_ACK, &long, &limits).is_err());
+        assert!(OutcomeList::new(&entries[..entries.len() - 1]).is_err());
+        assert!(OutcomeList::new(&vec![0u8; 26 * (REPLICATE_BATCH_MAX + 1)]).is_err());
     }
 }

@@ -12,9 +12,10 @@ use std::path::PathBuf;
 use scd_wire::constants::HEADER_LEN;
 use scd_wire::fuzz_checks::{TEST_SECRET, test_key, test_session};
 use scd_wire::{
-    ClientHandshake, ErrorCode, Frame, HandshakeMessage, HashList, Heartbeat, HelloOk, Limits,
-    Location, PlaceList, RelayMessage, Replica, Reply, Request, ServerHandshake, SessionId,
-    StatEntries, SyncRole, decode_handshake, decode_reply, decode_request,
+    BatchOutcome, ClientHandshake, ErrorCode, Frame, HandshakeMessage, HashList, Heartbeat,
+    HelloOk, Limits, Location, OutcomeList, PlaceList, RelayMessage, Replica, ReplicaList, Reply,
+    Request, ServerHandshake, SessionId, StatEntries, SyncRole, decode_handshake, decode_reply,
+    decode_request,
 };
 
 const HASH: [u8; 16] = [
@@ -174,6 +175,14 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
         "LeaseDenied, request 3, sealed (seq 0, c2s): for the request sent at 1000 ms, reason \"took over\"; last 16 bytes: MAC",
     ),
     (
+        "replicate_batch",
+        "ReplicateBatch, request 3, sealed (seq 0, c2s): 2 copies: hash 0011…ff, version 2, epoch 1, lifetime 1440 s, data \"n|i:1;\"; hash ffee…00, version 5, epoch 1, lifetime 1440 s, empty data; last 16 bytes: MAC",
+    ),
+    (
+        "replicate_batch_ack",
+        "ReplicateBatchAck, request 3, sealed (seq 0, c2s): 2 outcomes: hash 0011…ff held at version 2; hash ffee…00 refused StaleEpoch (12); last 16 bytes: MAC",
+    ),
+    (
         "relay_error",
         "RelayError, request 3, sealed (seq 0, c2s): StaleEpoch (12), empty message; last 16 bytes: MAC",
     ),
@@ -201,6 +210,57 @@ fn places_bytes() -> &'static [u8] {
                 epoch: 3,
                 version: 2,
             },
+        );
+        out
+    })
+}
+
+/// The second hash of the examples (HASH reversed).
+fn hash_reversed() -> [u8; 16] {
+    let mut h = [0u8; 16];
+    h.copy_from_slice(&HASHES[16..]);
+    h
+}
+
+/// The two copies of the ReplicateBatch example (made once, kept for the test's lifetime).
+fn batch_bytes() -> &'static [u8] {
+    static BYTES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    BYTES.get_or_init(|| {
+        let mut out = Vec::new();
+        ReplicaList::push(
+            &mut out,
+            &Replica {
+                hash: HASH,
+                version: 2,
+                epoch: 1,
+                lifetime_s: 1440,
+                data: DATA,
+            },
+        );
+        ReplicaList::push(
+            &mut out,
+            &Replica {
+                hash: hash_reversed(),
+                version: 5,
+                epoch: 1,
+                lifetime_s: 1440,
+                data: b"",
+            },
+        );
+        out
+    })
+}
+
+/// The two outcomes of the ReplicateBatchAck example.
+fn outcome_bytes() -> &'static [u8] {
+    static BYTES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    BYTES.get_or_init(|| {
+        let mut out = Vec::new();
+        OutcomeList::push(&mut out, &HASH, BatchOutcome::Held { version: 2 });
+        OutcomeList::push(
+            &mut out,
+            &hash_reversed(),
+            BatchOutcome::Refused(ErrorCode::StaleEpoch),
         );
         out
     })
@@ -435,6 +495,18 @@ fn examples() -> Vec<(&'static str, Check)> {
             rel(RelayMessage::LeaseDenied {
                 sent_ms: 1000,
                 reason: "took over",
+            }),
+        ),
+        (
+            "replicate_batch",
+            rel(RelayMessage::ReplicateBatch {
+                copies: ReplicaList::new(batch_bytes(), 2, &Limits::default()).unwrap(),
+            }),
+        ),
+        (
+            "replicate_batch_ack",
+            rel(RelayMessage::ReplicateBatchAck {
+                outcomes: OutcomeList::new(outcome_bytes()).unwrap(),
             }),
         ),
         (

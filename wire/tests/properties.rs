@@ -49,6 +49,7 @@ fn oversized_length_is_refused_as_soon_as_the_header_is_there() {
     let limits = Limits {
         body_max: 1000,
         data_max: 500,
+        batch_body_max: 1000,
     };
     let frame = write_unlock(&[0; 2000]);
     // Only the 20 header bytes have arrived: the length is already refused, nothing waited for.

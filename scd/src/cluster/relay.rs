@@ -28,8 +28,8 @@ use scd_wire::constants::NONCE_LEN;
 use scd_wire::frame::{DecodeError, Frame, Limits};
 use scd_wire::local::{ErrorCode, decode_reply};
 use scd_wire::relay::{
-    ClientHandshake, Location, Opener, PlaceList, RelayMessage, Replica, Sealer, ServerHandshake,
-    SyncRole,
+    BatchOutcome, ClientHandshake, Location, Opener, OutcomeList, PlaceList, RelayMessage, Replica,
+    Sealer, ServerHandshake, SyncRole,
 };
 
 use super::Counters;
@@ -49,7 +49,7 @@ pub struct OwnedReplica {
 }
 
 impl OwnedReplica {
-    fn from_wire(r: &Replica<'_>) -> Self {
+    pub fn from_wire(r: &Replica<'_>) -> Self {
         OwnedReplica {
             hash: r.hash,
             version: r.version,
@@ -89,6 +89,8 @@ pub enum Incoming {
     LeaseGrant(u64),
     /// A read lease refused (for the request sent at this time), and why.
     LeaseDenied(u64, String),
+    /// A ReplicateBatch's answer: each copy's outcome, in the batch's order.
+    ReplicateBatchAck(Vec<([u8; 16], BatchOutcome)>),
 }
 
 /// Why a call to a peer did not get an answer.
@@ -397,6 +399,9 @@ async fn client_reader<R: AsyncReadRent>(
                         RelayMessage::LeaseDenied { sent_ms, reason } => {
                             Incoming::LeaseDenied(sent_ms, reason.to_string())
                         }
+                        RelayMessage::ReplicateBatchAck { outcomes } => {
+                            Incoming::ReplicateBatchAck(outcomes.iter().collect())
+                        }
                         other => {
                             warn!(
                                 "relay peer {} sent {:?} as an answer; closing",
@@ -447,22 +452,37 @@ fn kind_name(m: &RelayMessage<'_>) -> &'static str {
         RelayMessage::LeaseRequest { .. } => "LeaseRequest",
         RelayMessage::LeaseGrant { .. } => "LeaseGrant",
         RelayMessage::LeaseDenied { .. } => "LeaseDenied",
+        RelayMessage::ReplicateBatch { .. } => "ReplicateBatch",
+        RelayMessage::ReplicateBatchAck { .. } => "ReplicateBatchAck",
         RelayMessage::Error { .. } => "Error",
     }
 }
 
 /// What a served relay connection sends back (sealed by its writer, in this order).
 pub enum Out {
-    ReplicateAck { hash: [u8; 16], version: u64 },
+    ReplicateAck {
+        hash: [u8; 16],
+        version: u64,
+    },
     Ack,
-    Error { code: ErrorCode, message: String },
-    SyncBegin { role: SyncRole, count: u64 },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+    SyncBegin {
+        role: SyncRole,
+        count: u64,
+    },
     SyncItem(OwnedReplica),
-    SyncEnd { count: u64 },
+    SyncEnd {
+        count: u64,
+    },
     Located(Located),
     SyncPlaces(Vec<u8>),
     LeaseGrant(u64),
     LeaseDenied(u64, String),
+    /// A ReplicateBatch's answer: entries written by `OutcomeList::push`.
+    ReplicateBatchAck(Vec<u8>),
 }
 
 /// A Locate's answer (`RelayMessage::Located`): the session, the nodes this one sees up
@@ -588,6 +608,14 @@ fn seal_out(sealer: &mut Sealer, id: u64, o: &Out, out: &mut Vec<u8>) -> Result<
             Err(_) => RelayMessage::Error {
                 code: ErrorCode::Internal,
                 message: "bad SyncPlaces entries",
+            },
+        },
+        // Entries written by `OutcomeList::push`.
+        Out::ReplicateBatchAck(b) => match OutcomeList::new(b) {
+            Ok(outcomes) => RelayMessage::ReplicateBatchAck { outcomes },
+            Err(_) => RelayMessage::Error {
+                code: ErrorCode::Internal,
+                message: "bad ReplicateBatchAck entries",
             },
         },
     };

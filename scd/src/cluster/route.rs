@@ -52,12 +52,15 @@ use std::time::Duration;
 use log::{debug, error, info, warn};
 use scd_client::OwnedReply;
 use scd_engine::{OwnerId, SessionKey, shard_for};
-use scd_wire::constants::SYNC_HASHES_MAX;
+use scd_wire::constants::{REPLICATE_BATCH_MAX, SYNC_HASHES_MAX};
 use scd_wire::frame::{Frame, Limits};
 use scd_wire::heartbeat::Heartbeat;
 use scd_wire::local::{ErrorCode, Reply, Request, decode_reply};
 use scd_wire::mac::ClusterKey;
-use scd_wire::relay::{HashList, Location, PlaceList, RelayMessage, Replica, SyncRole};
+use scd_wire::relay::{
+    BatchOutcome, HashList, Location, OutcomeList, PlaceList, RelayMessage, Replica, ReplicaList,
+    SyncRole,
+};
 use scd_wire::session_id::SessionId;
 
 use super::lease::{Grants, LeaseAnswer, MasterView};
@@ -100,6 +103,14 @@ enum Known {
     Master,
     Backup,
     Elsewhere,
+}
+
+/// A master's copy on its way into a shard (`State::copy_arriving`): the placement known
+/// before it, and the one recorded for it.
+#[derive(Clone, Copy, Debug)]
+struct Arriving {
+    before: Option<Placement>,
+    tentative: Placement,
 }
 
 /// What this node knows of where one session lives.
@@ -314,6 +325,106 @@ impl DwQueue {
             order.push_back(hash);
         }
         batch
+    }
+}
+
+/// A received batch's copies: the outcome of each (StaleEpoch for those `stale` refuses, alone;
+/// a placeholder for the others), and the others grouped by the core that owns their shard, as
+/// (index in the batch, shard, copy), in batch order.
+#[allow(clippy::type_complexity)]
+fn split_batch(
+    copies: Vec<OwnedReplica>,
+    shards: usize,
+    cores: usize,
+    stale: impl Fn(&OwnedReplica) -> bool,
+) -> (Vec<BatchOutcome>, Vec<Vec<(usize, u32, OwnedReplica)>>) {
+    let mut outcomes = vec![BatchOutcome::Refused(ErrorCode::Internal); copies.len()];
+    let mut by_core: Vec<Vec<(usize, u32, OwnedReplica)>> =
+        (0..cores.max(1)).map(|_| Vec::new()).collect();
+    for (i, copy) in copies.into_iter().enumerate() {
+        if stale(&copy) {
+            outcomes[i] = BatchOutcome::Refused(ErrorCode::StaleEpoch);
+            continue;
+        }
+        let shard = shard_for(&SessionKey(copy.hash), shards) as u32;
+        by_core[shard as usize % cores.max(1)].push((i, shard, copy));
+    }
+    (outcomes, by_core)
+}
+
+/// What became of one delayed-write copy sent in a batch.
+#[derive(Debug, PartialEq, Eq)]
+enum CopyAnswer {
+    /// The backup holds it.
+    Held,
+    /// The backup knows a newer placement (StaleEpoch): this node is no longer the master.
+    Stale,
+    /// No answer, or another refusal: retried, then repaired, as a failed single copy.
+    Failed(String),
+}
+
+/// The ranges of `copies` that go out as one ReplicateBatch each: in order, at most
+/// `REPLICATE_BATCH_MAX` copies and `limits.batch_body_max` body bytes per frame (a copy too large
+/// for any batch is a range of its own).
+fn batch_groups(
+    copies: &[([u8; 16], Placement, OwnedReplica, bool)],
+    limits: &Limits,
+) -> Vec<std::ops::Range<usize>> {
+    let max = limits.batch_body_max as usize;
+    let mut groups = Vec::new();
+    let mut start = 0;
+    let mut body = 4;
+    for (i, (_, _, copy, _)) in copies.iter().enumerate() {
+        let len = copy.as_wire().encoded_len();
+        if i > start && (i - start >= REPLICATE_BATCH_MAX || body + len > max) {
+            groups.push(start..i);
+            start = i;
+            body = 4;
+        }
+        body += len;
+    }
+    if start < copies.len() {
+        groups.push(start..copies.len());
+    }
+    groups
+}
+
+/// Each copy's answer from the answer to the frame that carried them (`hashes`, in order): a
+/// ReplicateBatchAck gives one outcome per copy (it must list exactly these sessions, in this
+/// order, or none is trusted); a ReplicateAck or an error answers a lone Replicate or the whole
+/// frame.
+fn copy_answers(
+    hashes: impl ExactSizeIterator<Item = [u8; 16]>,
+    answer: Option<Incoming>,
+) -> Vec<CopyAnswer> {
+    let n = hashes.len();
+    let all = |a: &dyn Fn() -> CopyAnswer| (0..n).map(|_| a()).collect();
+    match answer {
+        Some(Incoming::ReplicateBatchAck(outcomes)) => {
+            let hashes: Vec<[u8; 16]> = hashes.collect();
+            if outcomes.len() != n || outcomes.iter().zip(&hashes).any(|((h, _), w)| h != w) {
+                return all(&|| {
+                    CopyAnswer::Failed("the batch's answer does not list its copies".into())
+                });
+            }
+            outcomes
+                .into_iter()
+                .map(|(_, o)| match o {
+                    BatchOutcome::Held { .. } => CopyAnswer::Held,
+                    BatchOutcome::Refused(ErrorCode::StaleEpoch) => CopyAnswer::Stale,
+                    BatchOutcome::Refused(code) => CopyAnswer::Failed(format!("refused: {code}")),
+                })
+                .collect()
+        }
+        Some(Incoming::ReplicateAck) if n == 1 => vec![CopyAnswer::Held],
+        Some(Incoming::Error {
+            code: ErrorCode::StaleEpoch,
+            ..
+        }) => all(&|| CopyAnswer::Stale),
+        other => {
+            let why = format!("{other:?}");
+            all(&|| CopyAnswer::Failed(why.clone()))
+        }
     }
 }
 
@@ -1505,60 +1616,83 @@ impl State {
     async fn dw_send_batch(self: &Rc<Self>, q: &Rc<DwQueue>, batch: Vec<([u8; 16], Item, bool)>) {
         let backup = q.backup;
         let conn = self.conn(backup).await;
-        let mut sent = Vec::with_capacity(batch.len());
+        let counters = &self.shared().counters;
+        // Copies go as ReplicateBatch frames (as few as the limits allow), Destroys as single
+        // DropReplica frames; a session is in a batch at most once, so their order does not
+        // matter. Everything is sealed into the connection's buffer before its writer runs: one
+        // write.
+        let mut copies: Vec<([u8; 16], Placement, OwnedReplica, bool)> = Vec::new();
+        let mut drops = Vec::new();
         for (hash, item, frees) in batch {
-            let call = match &conn {
-                Ok(c) => {
-                    let message = match &item {
-                        Item::Copy(_, copy) => RelayMessage::Replicate(copy.as_wire()),
-                        Item::Drop(_) => RelayMessage::DropReplica { hash },
-                    };
-                    c.send(message).ok().map(|(id, rx)| (c.clone(), id, rx))
+            match item {
+                Item::Copy(p, copy) => copies.push((hash, p, copy, frees)),
+                Item::Drop(waiters) => drops.push((hash, waiters, frees)),
+            }
+        }
+        let send = |message: RelayMessage<'_>| match &conn {
+            Ok(c) => c.send(message).ok().map(|(id, rx)| (c.clone(), id, rx)),
+            Err(_) => None,
+        };
+        let mut sent_drops = Vec::with_capacity(drops.len());
+        for (hash, waiters, frees) in drops {
+            let call = send(RelayMessage::DropReplica { hash });
+            sent_drops.push((waiters, frees, call));
+        }
+        let mut frames = Vec::new();
+        for group in batch_groups(&copies, &self.limits) {
+            let entries = &copies[group.clone()];
+            let call = if let [(_, _, copy, _)] = entries {
+                if 4 + copy.as_wire().encoded_len() > self.limits.batch_body_max as usize {
+                    // Larger than a batch may be: not with this node's own limits (a batch
+                    // holds one largest session), but never refuse a copy for its framing; it
+                    // goes alone, as before batches.
+                    send(RelayMessage::Replicate(copy.as_wire()))
+                } else {
+                    self.send_batch(&send, entries)
                 }
-                Err(_) => None,
+            } else {
+                self.send_batch(&send, entries)
             };
-            sent.push((hash, item, frees, call));
+            frames.push((group, call));
         }
         let deadline = std::time::Instant::now() + Duration::from_millis(self.timeout_ms);
-        let counters = &self.shared().counters;
-        for (hash, item, frees, call) in sent {
-            let answer = match call {
-                Some((c, id, rx)) => {
-                    let left = deadline.saturating_duration_since(std::time::Instant::now());
-                    let r = monoio::time::timeout(left, rx.recv_async()).await;
-                    c.forget(id);
-                    match r {
-                        Ok(Ok(m)) => Some(m),
-                        _ => None,
-                    }
-                }
-                None => None,
-            };
-            match (item, answer) {
-                (Item::Copy(..), Some(Incoming::ReplicateAck)) => {
+        let answer_of = |call: Option<(Rc<PeerConn>, u64, flume::Receiver<Incoming>)>| async move {
+            let (c, id, rx) = call?;
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let r = monoio::time::timeout(left, rx.recv_async()).await;
+            c.forget(id);
+            match r {
+                Ok(Ok(m)) => Some(m),
+                _ => None,
+            }
+        };
+        // One answer per copy, whichever frame carried it.
+        let mut answers: Vec<CopyAnswer> = Vec::with_capacity(copies.len());
+        for (group, call) in frames {
+            let answer = answer_of(call).await;
+            let hashes = copies[group].iter().map(|(hash, ..)| *hash);
+            answers.extend(copy_answers(hashes, answer));
+        }
+        for ((hash, p, copy, frees), answer) in copies.into_iter().zip(answers) {
+            match answer {
+                CopyAnswer::Held => {
                     Counters::bump(&counters.replications);
                     if frees {
                         let _ = q.slots.1.try_recv();
                     }
                 }
-                (
-                    Item::Copy(p, _),
-                    Some(Incoming::Error {
-                        code: ErrorCode::StaleEpoch,
-                        ..
-                    }),
-                ) => {
+                CopyAnswer::Stale => {
                     Counters::bump(&counters.replication_failures);
                     self.fenced(hash, p, backup).await;
                     if frees {
                         let _ = q.slots.1.try_recv();
                     }
                 }
-                (Item::Copy(p, copy), other) => {
+                CopyAnswer::Failed(why) => {
                     // Unreachable, or an unexpected answer: retried, then a new backup (in the
                     // background, as many at once as failed; each keeps its slot until done).
                     Counters::bump(&counters.replication_failures);
-                    debug!("cluster: queued copy to {backup} failed: {other:?}");
+                    debug!("cluster: queued copy to {backup} failed: {why}");
                     let me = self.clone();
                     let q = q.clone();
                     monoio::spawn(async move {
@@ -1568,21 +1702,47 @@ impl State {
                         }
                     });
                 }
-                (Item::Drop(waiters), answer) => {
-                    if !matches!(answer, Some(Incoming::Ack)) {
-                        debug!(
-                            "cluster: backup {backup} did not drop a destroyed session: {answer:?}"
-                        );
-                    }
-                    for w in waiters {
-                        let _ = w.send(());
-                    }
-                    if frees {
-                        let _ = q.slots.1.try_recv();
-                    }
-                }
             }
         }
+        for (waiters, frees, call) in sent_drops {
+            let answer = answer_of(call).await;
+            if !matches!(answer, Some(Incoming::Ack)) {
+                debug!("cluster: backup {backup} did not drop a destroyed session: {answer:?}");
+            }
+            for w in waiters {
+                let _ = w.send(());
+            }
+            if frees {
+                let _ = q.slots.1.try_recv();
+            }
+        }
+    }
+
+    /// Seals one ReplicateBatch of `entries` (which `batch_groups` sized to the limits).
+    fn send_batch(
+        &self,
+        send: &impl Fn(RelayMessage<'_>) -> Option<(Rc<PeerConn>, u64, flume::Receiver<Incoming>)>,
+        entries: &[([u8; 16], Placement, OwnedReplica, bool)],
+    ) -> Option<(Rc<PeerConn>, u64, flume::Receiver<Incoming>)> {
+        let mut bytes = Vec::with_capacity(
+            entries
+                .iter()
+                .map(|(_, _, c, _)| c.as_wire().encoded_len())
+                .sum(),
+        );
+        for (_, _, copy, _) in entries {
+            ReplicaList::push(&mut bytes, &copy.as_wire());
+        }
+        let copies = match ReplicaList::new(&bytes, entries.len(), &self.limits) {
+            Ok(copies) => copies,
+            Err(e) => {
+                // The entries come from this node's shards, within its limits: a bug.
+                error!("cluster: cannot build a batch of copies: {e}");
+                return None;
+            }
+        };
+        Counters::bump(&self.shared().counters.replicate_batches);
+        send(RelayMessage::ReplicateBatch { copies })
     }
 
     async fn replicate_or_repair(
@@ -2095,6 +2255,15 @@ impl State {
                     let _ = conn.relay.send((rid, out));
                 });
             }
+            RelayMessage::ReplicateBatch { copies } => {
+                let copies: Vec<OwnedReplica> =
+                    copies.iter().map(|r| OwnedReplica::from_wire(&r)).collect();
+                let conn = conn.clone();
+                monoio::spawn(async move {
+                    let out = self.on_replicate_batch(copies, sender).await;
+                    let _ = conn.relay.send((rid, out));
+                });
+            }
             RelayMessage::DropReplica { hash } => {
                 let conn = conn.clone();
                 monoio::spawn(async move {
@@ -2203,73 +2372,179 @@ impl State {
 
     async fn on_replicate(self: &Rc<Self>, copy: OwnedReplica, sender: Option<SocketAddr>) -> Out {
         let hash = copy.hash;
-        if let Some(p) = self.placement(&hash) {
-            // At the same epoch, only the master this node knows may send copies: two nodes
-            // that changed the placement to the same epoch on either side of a partition (a
-            // takeover on one side, a new backup on the other) must not both be taken for the
-            // master; the first one heard keeps it.
-            let other_master = sender.is_some() && p.master.is_some() && p.master != sender;
-            if p.epoch > copy.epoch
-                || (p.epoch == copy.epoch && (p.master == Some(self.me) || other_master))
-            {
-                return Out::Error {
-                    code: ErrorCode::StaleEpoch,
-                    message: format!(
-                        "this node holds the session under epoch {} (got {})",
-                        p.epoch, copy.epoch
-                    ),
-                };
-            }
+        if let Some(message) = self.stale_copy(hash, copy.epoch, sender) {
+            return Out::Error {
+                code: ErrorCode::StaleEpoch,
+                message,
+            };
         }
-        // The placement is recorded before the copy reaches the shard, not after: the apply
-        // waits for its flush, and meanwhile this node's rejoin may list the hash (it is in the
-        // shard) and learn an older placement from the master (one sent before this copy's
-        // epoch was committed there), which, with no placement known here, would drop the
-        // copy as taken over elsewhere while this node acknowledges it.
+        let lifetime_s = copy.lifetime_s;
+        let arriving = self.copy_arriving(hash, copy.epoch, sender);
+        let r = self
+            .local(hash, self.next_owner(), Self::apply_op(copy))
+            .await;
+        match self.copy_applied(hash, lifetime_s, arriving, r) {
+            Ok(version) => Out::ReplicateAck { hash, version },
+            Err((code, message)) => Out::Error { code, message },
+        }
+    }
+
+    /// Why a copy from `sender` at `epoch` must be refused (StaleEpoch), if it must: the rule of
+    /// every copy a master sends (Replicate, and each entry of a ReplicateBatch).
+    fn stale_copy(&self, hash: [u8; 16], epoch: u32, sender: Option<SocketAddr>) -> Option<String> {
+        let p = self.placement(&hash)?;
+        // At the same epoch, only the master this node knows may send copies: two nodes that
+        // changed the placement to the same epoch on either side of a partition (a takeover on
+        // one side, a new backup on the other) must not both be taken for the master; the first
+        // one heard keeps it.
+        let other_master = sender.is_some() && p.master.is_some() && p.master != sender;
+        if p.epoch > epoch || (p.epoch == epoch && (p.master == Some(self.me) || other_master)) {
+            return Some(format!(
+                "this node holds the session under epoch {} (got {epoch})",
+                p.epoch
+            ));
+        }
+        None
+    }
+
+    /// The shard operation that stores a master's copy (acknowledged once durable under
+    /// write-through, see `Op::ApplyReplica`).
+    fn apply_op(copy: OwnedReplica) -> Op<Vec<u8>> {
+        Op::ApplyReplica {
+            version: copy.version,
+            lifetime_s: copy.lifetime_s,
+            data: copy.data,
+            durable: true,
+        }
+    }
+
+    /// A master's copy (not stale) is about to be applied: its placement is recorded now, before
+    /// the copy reaches the shard, not once it is held. The apply waits for its flush, and
+    /// meanwhile this node's rejoin may list the hash (it is in the shard) and learn an older
+    /// placement from the master (one it had before this copy's epoch was committed there),
+    /// which, with no placement known here, would drop the copy as taken over elsewhere while
+    /// this node acknowledges it (the alone-then-backup test in `cluster_failover.rs`).
+    fn copy_arriving(&self, hash: [u8; 16], epoch: u32, sender: Option<SocketAddr>) -> Arriving {
         let before = self.placement(&hash);
         let tentative = Placement {
-            epoch: copy.epoch,
+            epoch,
             master: sender,
             backup: Some(self.me),
             prev: None,
         };
         self.set_placement(hash, tentative);
-        let r = self
-            .local(
-                hash,
-                self.next_owner(),
-                Op::ApplyReplica {
-                    version: copy.version,
-                    lifetime_s: copy.lifetime_s,
-                    data: copy.data,
-                    durable: true,
-                },
-            )
-            .await;
-        match r {
-            OwnedReply::Done { version } => {
-                Counters::bump(&self.shared().counters.replicas_applied);
-                self.keep(hash, copy.lifetime_s);
-                // A newer placement learnt meanwhile stands.
-                Out::ReplicateAck { hash, version }
-            }
-            failed => {
-                // Not held: the placement known before stands (unless a newer one came).
-                if self.placement(&hash) == Some(tentative) {
-                    match before {
-                        Some(b) => self.set_placement(hash, b),
-                        None => self.forget_placement(&hash),
-                    }
-                }
-                match failed {
-                    OwnedReply::Error { code, message } => Out::Error { code, message },
-                    other => Out::Error {
-                        code: ErrorCode::Internal,
-                        message: format!("unexpected local answer {other:?}"),
-                    },
-                }
+        Arriving { before, tentative }
+    }
+
+    /// Records a master's copy the shard answered `r` for: held (the version now held; the
+    /// placement `copy_arriving` recorded stands, or a newer one learnt meanwhile), or why not
+    /// (the placement known before stands again, unless a newer one came meanwhile).
+    fn copy_applied(
+        &self,
+        hash: [u8; 16],
+        lifetime_s: u32,
+        arriving: Arriving,
+        r: OwnedReply,
+    ) -> Result<u64, (ErrorCode, String)> {
+        if let OwnedReply::Done { version } = r {
+            Counters::bump(&self.shared().counters.replicas_applied);
+            self.keep(hash, lifetime_s);
+            return Ok(version);
+        }
+        if self.placement(&hash) == Some(arriving.tentative) {
+            match arriving.before {
+                Some(b) => self.set_placement(hash, b),
+                None => self.forget_placement(&hash),
             }
         }
+        match r {
+            OwnedReply::Error { code, message } => Err((code, message)),
+            other => Err((
+                ErrorCode::Internal,
+                format!("unexpected local answer {other:?}"),
+            )),
+        }
+    }
+
+    /// A ReplicateBatch: each copy under the rules of a single Replicate (`on_replicate`), a
+    /// stale one refused alone; the others applied with one message to each core that owns some
+    /// of them (`CoreMsg::Batch`) and one answer back from it. Answers one outcome per copy, in
+    /// the batch's order.
+    async fn on_replicate_batch(
+        self: &Rc<Self>,
+        copies: Vec<OwnedReplica>,
+        sender: Option<SocketAddr>,
+    ) -> Out {
+        // (hash, epoch, lifetime) of each copy, for recording it once applied.
+        let meta: Vec<([u8; 16], u32, u32)> = copies
+            .iter()
+            .map(|c| (c.hash, c.epoch, c.lifetime_s))
+            .collect();
+        let (mut outcomes, by_core) = split_batch(
+            copies,
+            self.node.resolved.shards as usize,
+            self.cores.len(),
+            |c| self.stale_copy(c.hash, c.epoch, sender).is_some(),
+        );
+        // Every copy that goes to a core has its placement recorded first (`copy_arriving`).
+        let mut arriving: Vec<Option<Arriving>> = vec![None; meta.len()];
+        for entries in &by_core {
+            for (i, _, _) in entries {
+                let (hash, epoch, _) = meta[*i];
+                arriving[*i] = Some(self.copy_arriving(hash, epoch, sender));
+            }
+        }
+        let mut waits = Vec::new();
+        for (core, entries) in by_core.into_iter().enumerate() {
+            if entries.is_empty() {
+                continue;
+            }
+            let (tx, rx) = flume::bounded(1);
+            let replies = ReplyTo::batch(entries.len(), tx);
+            let mut indexes = Vec::with_capacity(entries.len());
+            let requests: Vec<ShardRequest> = entries
+                .into_iter()
+                .zip(replies)
+                .map(|((i, shard, copy), reply)| {
+                    indexes.push(i);
+                    ShardRequest {
+                        shard,
+                        key: SessionKey(copy.hash),
+                        owner: self.next_owner(),
+                        op: Self::apply_op(copy),
+                        reply,
+                    }
+                })
+                .collect();
+            // A core that is gone drops the requests: each reply then answers Internal.
+            let _ = self.cores[core].send_async(CoreMsg::Batch(requests)).await;
+            waits.push((indexes, rx));
+        }
+        for (indexes, rx) in waits {
+            let frames = rx.recv_async().await.unwrap_or_default();
+            for (n, i) in indexes.into_iter().enumerate() {
+                let r = match frames.get(n).map(|f| decode_reply(f, &self.limits)) {
+                    Some(Ok((f, _))) => OwnedReply::from_wire(&f.message),
+                    _ => unavailable("the daemon is stopping"),
+                };
+                let (hash, _, lifetime_s) = meta[i];
+                let Some(arrived) = arriving[i].take() else {
+                    continue;
+                };
+                outcomes[i] = match self.copy_applied(hash, lifetime_s, arrived, r) {
+                    Ok(version) => BatchOutcome::Held { version },
+                    Err((code, message)) => {
+                        debug!("cluster: a batched copy was not applied: {message}");
+                        BatchOutcome::Refused(code)
+                    }
+                };
+            }
+        }
+        let mut bytes = Vec::with_capacity(outcomes.len() * OutcomeList::ENTRY_LEN);
+        for ((hash, _, _), outcome) in meta.iter().zip(outcomes) {
+            OutcomeList::push(&mut bytes, hash, outcome);
+        }
+        Out::ReplicateBatchAck(bytes)
     }
 
     async fn on_promote(
@@ -3018,4 +3293,151 @@ pub async fn main(start: ClusterStart) {
         }
     }
     info!("cluster: stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A copy of the session whose HASH is all `b` (with 2 shards: `b` < 0x80 is shard 0, else
+    /// shard 1), at `epoch`, with `len` bytes of data.
+    fn copy(b: u8, epoch: u32, len: usize) -> OwnedReplica {
+        OwnedReplica {
+            hash: [b; 16],
+            version: 1,
+            epoch,
+            lifetime_s: 600,
+            data: vec![b; len],
+        }
+    }
+
+    fn placement() -> Placement {
+        Placement {
+            epoch: 1,
+            master: None,
+            backup: None,
+            prev: None,
+        }
+    }
+
+    /// A received batch: a stale copy is refused alone (StaleEpoch), the others go to the core
+    /// owning their shard, two cores, each with its copies in batch order.
+    #[test]
+    fn a_batch_splits_into_stale_refusals_and_one_group_per_core() {
+        let copies = vec![
+            copy(0x01, 1, 10), // shard 0
+            copy(0xf0, 1, 10), // shard 1
+            copy(0x02, 0, 10), // stale
+            copy(0x03, 1, 10), // shard 0
+            copy(0xf1, 1, 10), // shard 1
+        ];
+        let (outcomes, by_core) = split_batch(copies, 2, 2, |c| c.epoch == 0);
+        assert_eq!(
+            outcomes[2],
+            BatchOutcome::Refused(ErrorCode::StaleEpoch),
+            "the stale copy is refused"
+        );
+        assert_eq!(by_core.len(), 2);
+        let on = |core: usize| -> Vec<(usize, u32, u8)> {
+            by_core[core]
+                .iter()
+                .map(|(i, shard, c)| (*i, *shard, c.hash[0]))
+                .collect()
+        };
+        assert_eq!(on(0), vec![(0, 0, 0x01), (3, 0, 0x03)]);
+        assert_eq!(on(1), vec![(1, 1, 0xf0), (4, 1, 0xf1)]);
+        // Every copy is in exactly one place: refused, or in one core's group.
+        let grouped: usize = by_core.iter().map(Vec::len).sum();
+        assert_eq!(grouped + 1, outcomes.len());
+        // One core: every fresh copy in its group.
+        let (_, one) = split_batch(vec![copy(1, 1, 1), copy(0xff, 1, 1)], 2, 1, |_| false);
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].len(), 2);
+    }
+
+    /// The sender's frames: at most REPLICATE_BATCH_MAX copies and batch_body_max bytes each,
+    /// in order, a copy too large for a batch alone.
+    #[test]
+    fn copies_are_cut_into_batches_within_the_limits() {
+        let limits = Limits {
+            body_max: 200,
+            data_max: 150,
+            batch_body_max: (4 + 3 * (Replica::HEAD_LEN + 50)) as u32,
+        };
+        let entry = |len: usize| ([0u8; 16], placement(), copy(1, 1, len), true);
+        // Three 50-byte copies fill a batch exactly; the fourth starts the next.
+        let copies: Vec<_> = (0..7).map(|_| entry(50)).collect();
+        assert_eq!(batch_groups(&copies, &limits), vec![0..3, 3..6, 6..7]);
+        // A copy larger than a batch is a group of its own.
+        let copies = vec![entry(10), entry(400), entry(10)];
+        assert_eq!(batch_groups(&copies, &limits), vec![0..1, 1..2, 2..3]);
+        // The count limit.
+        let wide = Limits::default();
+        let copies: Vec<_> = (0..REPLICATE_BATCH_MAX * 2 + 1).map(|_| entry(1)).collect();
+        assert_eq!(
+            batch_groups(&copies, &wide),
+            vec![
+                0..REPLICATE_BATCH_MAX,
+                REPLICATE_BATCH_MAX..2 * REPLICATE_BATCH_MAX,
+                2 * REPLICATE_BATCH_MAX..2 * REPLICATE_BATCH_MAX + 1
+            ]
+        );
+        assert!(batch_groups(&[], &wide).is_empty());
+    }
+
+    /// Each copy's answer keeps the meaning of a single Replicate's: held, stale (fenced), or
+    /// failed (retried, then repaired); an answer that does not list the batch's copies in order
+    /// is trusted for none.
+    #[test]
+    fn a_batch_answer_gives_each_copy_the_outcome_a_single_copy_would_get() {
+        let hashes = [[1u8; 16], [2; 16], [3; 16]];
+        let ack = |o: Vec<([u8; 16], BatchOutcome)>| Some(Incoming::ReplicateBatchAck(o));
+        let got = copy_answers(
+            hashes.iter().copied(),
+            ack(vec![
+                (hashes[0], BatchOutcome::Held { version: 4 }),
+                (hashes[1], BatchOutcome::Refused(ErrorCode::StaleEpoch)),
+                (hashes[2], BatchOutcome::Refused(ErrorCode::Storage)),
+            ]),
+        );
+        assert_eq!(got[0], CopyAnswer::Held);
+        assert_eq!(got[1], CopyAnswer::Stale);
+        assert!(matches!(got[2], CopyAnswer::Failed(_)));
+        // Out of order, or one missing: none trusted.
+        let swapped = copy_answers(
+            hashes.iter().copied(),
+            ack(vec![
+                (hashes[1], BatchOutcome::Held { version: 4 }),
+                (hashes[0], BatchOutcome::Held { version: 4 }),
+                (hashes[2], BatchOutcome::Held { version: 4 }),
+            ]),
+        );
+        assert!(swapped.iter().all(|a| matches!(a, CopyAnswer::Failed(_))));
+        let short = copy_answers(
+            hashes.iter().copied(),
+            ack(vec![(hashes[0], BatchOutcome::Held { version: 4 })]),
+        );
+        assert_eq!(short.len(), 3);
+        assert!(short.iter().all(|a| matches!(a, CopyAnswer::Failed(_))));
+        // No answer (timeout, broken connection): every copy failed.
+        let none = copy_answers(hashes.iter().copied(), None);
+        assert!(none.iter().all(|a| matches!(a, CopyAnswer::Failed(_))));
+        // A whole-frame StaleEpoch, and a lone Replicate's answers.
+        let stale = copy_answers(
+            hashes.iter().copied(),
+            Some(Incoming::Error {
+                code: ErrorCode::StaleEpoch,
+                message: String::new(),
+            }),
+        );
+        assert!(stale.iter().all(|a| *a == CopyAnswer::Stale));
+        assert_eq!(
+            copy_answers([hashes[0]].into_iter(), Some(Incoming::ReplicateAck)),
+            vec![CopyAnswer::Held]
+        );
+        assert!(matches!(
+            copy_answers(hashes.iter().copied(), Some(Incoming::ReplicateAck))[0],
+            CopyAnswer::Failed(_)
+        ));
+    }
 }

@@ -1300,7 +1300,10 @@ mod tests {
             Some(kind::Channel::Relay)
         );
         // The kinds after ReplicateBatchAck are free until 0x5F (RelayError).
-        assert_eq!(kind::channel(kind::LEASE_DENIED + 1), Some(kind::Channel::Relay));
+        assert_eq!(
+            kind::channel(kind::LEASE_DENIED + 1),
+            Some(kind::Channel::Relay)
+        );
         assert_eq!(kind::channel(kind::REPLICATE_BATCH_ACK + 1), None);
         assert_eq!(kind::channel(kind::RELAY_ERROR - 1), None);
     }

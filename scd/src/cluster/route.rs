@@ -2020,6 +2020,13 @@ impl State {
             ),
         );
         let p = self.take_over(hash, epoch, id.master).await;
+        if p.master != Some(self.me) {
+            return answer(
+                reply,
+                &unavailable("the session's placement changed while this node took it over; retry"),
+                None,
+            );
+        }
         Counters::bump(&self.shared().counters.failovers);
         info!(
             "cluster: failover: took over a session from {} (epoch {epoch}, new backup {})",
@@ -2039,6 +2046,7 @@ impl State {
             prev: Some(from),
         };
         self.set_placement(hash, p);
+        let first = p;
         if let Some(nb) = nb {
             if !self.node.settings.cluster.ha {
                 return p;
@@ -2059,7 +2067,13 @@ impl State {
                 // Nothing to copy yet: the backup gets the first write.
                 None => p.backup = Some(nb),
             }
-            self.set_placement(hash, p);
+            // What changed the placement during the copy (a rejoin that started, a newer copy
+            // from another master) stands: the backup is recorded only over this takeover's own.
+            match self.placement(&hash) {
+                Some(now) if now == first => self.set_placement(hash, p),
+                Some(now) => return now,
+                None => return first,
+            }
         }
         p
     }

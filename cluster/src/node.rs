@@ -344,7 +344,7 @@ impl<S: Store> Node<S> {
     /// A verified heartbeat (MAC checked, replay refused by `HeartbeatVerifier`). Never
     /// answered; the actions are protocol reactions (e.g. telling a returned node to rejoin).
     pub fn on_heartbeat(&mut self, beat: &PeerBeat, now_ms: u64) -> Vec<Action> {
-        if let Some(event) = self.members.on_heartbeat(beat, now_ms) {
+        for event in self.members.on_heartbeat(beat, now_ms) {
             self.on_peer_event(event, now_ms);
         }
         self.take()
@@ -371,7 +371,7 @@ impl<S: Store> Node<S> {
     /// A message from the node at relay address `from` (authenticated by the relay handshake;
     /// `from` is the relay address the peer announced).
     pub fn on_message(&mut self, from: Addr, msg: Msg, now_ms: u64) -> Vec<Action> {
-        if let Some(event) = self.members.on_heard(from, None, now_ms) {
+        if let Some(event) = self.members.on_heard(from, now_ms) {
             self.on_peer_event(event, now_ms);
         }
         match msg {
@@ -551,6 +551,12 @@ impl<S: Store> Node<S> {
     }
 
     fn on_peer_event(&mut self, event: PeerEvent, now_ms: u64) {
+        if matches!(event, PeerEvent::Draining { .. }) {
+            // Nothing to do at once: backup choice and placement upkeep read the table's
+            // draining flag (`candidates`, `is_draining`) at their next step. The same
+            // heartbeat's `Up`, `Restarted` or `Returned`, if any, came first.
+            return;
+        }
         if matches!(event, PeerEvent::Down { .. })
             && self.members.live_peers().next().is_none()
             && self.mode == Mode::Serving
@@ -589,6 +595,7 @@ impl<S: Store> Node<S> {
                 self.leases.remove(&addr);
                 self.reconfirm_backed_by(addr);
             }
+            PeerEvent::Draining { .. } => {}
         }
     }
 

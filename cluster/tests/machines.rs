@@ -151,6 +151,8 @@ impl Cluster {
                     let beat = PeerBeat {
                         relay: addr(i),
                         node_id: self.ids[i],
+                        // The node ID is random at each start: it is the incarnation.
+                        epoch: 0,
                         sessions,
                         sockets: 0,
                         draining,

@@ -1217,3 +1217,75 @@ fn a_master_sends_no_update_to_a_backup_it_sees_down() {
         "the new backup took the stale copy as a replica"
     );
 }
+
+/// Placement upkeep: a session created while no peer could take a backup (one crashed, the
+/// other draining) gets one (`AddBackup`, at the next epoch) once a peer can.
+#[test]
+fn a_session_without_a_backup_gets_one_when_a_peer_can_take_it() {
+    let mut c = Cluster::new(3, FlushPolicy::WriteThrough);
+    c.crash(2);
+    c.drain(1);
+    c.advance(T + HB);
+    let id = c.written(0, b"v1");
+    assert_eq!(
+        id.backup, None,
+        "no candidate: node 2 down, node 1 draining"
+    );
+    assert_eq!(c.node(0).stats().backups_added, 0);
+    // Node 2 comes back (an empty machine) and serves.
+    c.restart(2, MemStore::default());
+    c.advance(T + HB * 4);
+    let placement = c.node(0).store().get(&id.hash).expect("held").placement;
+    assert_eq!(placement.backup, Some(addr(2)), "{placement:?}");
+    // A new epoch (a proposal the starting node refused uses one up).
+    assert!(placement.epoch > id.version, "{placement:?}");
+    assert_eq!(c.node(0).stats().backups_added, 1);
+    let copy = c
+        .node(2)
+        .store()
+        .get(&id.hash)
+        .expect("the new backup holds it");
+    assert_eq!(
+        (copy.placement, copy.data.as_slice()),
+        (placement, &b"v1"[..])
+    );
+    assert!(c.serves(0, &id.hash));
+}
+
+/// Resume: a node that served alone (every peer went down) rejoins when one returns, and
+/// resumes its session without a backup at a new epoch witnessed by a new backup (`AddBackup`),
+/// never alone at a new epoch while a peer could witness it.
+#[test]
+fn a_node_that_was_alone_resumes_its_session_with_a_new_backup() {
+    let mut c = Cluster::new(2, FlushPolicy::WriteThrough);
+    c.crash(1);
+    c.advance(T + HB);
+    let id = c.written(0, b"v1");
+    assert_eq!(id.backup, None, "alone: no candidate");
+    c.restart(1, MemStore::default());
+    let end = c.now + T + HB * 4;
+    while c.now < end {
+        c.advance(25);
+        let p = c.node(0).store().get(&id.hash).expect("held").placement;
+        assert!(
+            p.epoch == id.version || p.backup.is_some(),
+            "resumed alone at {}: {p:?}",
+            c.now
+        );
+    }
+    assert_eq!(c.node(0).phase(), Phase::Serving);
+    let placement = c.node(0).store().get(&id.hash).expect("held").placement;
+    assert_eq!(placement.backup, Some(addr(1)), "{placement:?}");
+    assert!(placement.epoch > id.version, "{placement:?}");
+    assert_eq!(c.node(0).stats().backups_added, 1);
+    assert_eq!(
+        c.node(1).store().get(&id.hash).map(|k| k.placement),
+        Some(placement),
+        "the new backup witnessed the resumed placement"
+    );
+    let r = read_at(&mut c, 1, id);
+    assert!(
+        matches!(&r, Reply::Data { data, id: new, .. } if data == b"v1" && new.backup == Some(addr(1))),
+        "{r:?}"
+    );
+}

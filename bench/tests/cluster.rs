@@ -4,29 +4,70 @@
 //! relayed and replicated (the nodes' own counters say so), every ratio is there, and the report
 //! files are well formed. It asserts nothing about speed.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-#[test]
-fn a_two_node_quick_run_relays_replicates_and_reports_every_cluster_target() {
+/// A finished, successful scd-bench run: its report folder and `report.json`. The folder is
+/// removed when the test passes, and kept to look at when it fails.
+struct Run {
+    out: PathBuf,
+    json: serde_json::Value,
+}
+
+impl Run {
+    /// A report file's text.
+    fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.out.join(name)).unwrap()
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.out);
+        }
+    }
+}
+
+/// Runs scd-bench with `args` against the scd binary built beside it, its reports in a fresh
+/// folder named after `what`, and asserts that it succeeded. None when the scd binary was not
+/// built (`cargo test -p scd-bench` alone does not build the daemon; CI runs the workspace, and
+/// there a missing binary fails the test).
+fn run_bench(what: &str, args: &[&str]) -> Option<Run> {
     let bench = Path::new(env!("CARGO_BIN_EXE_scd-bench"));
     let Some(scd) = bench
         .parent()
         .map(|d| d.join("scd"))
         .filter(|p| p.is_file())
     else {
-        // `cargo test -p scd-bench` alone does not build the daemon; CI runs the workspace.
         assert!(
             std::env::var_os("CI").is_none(),
             "the scd binary was not built"
         );
-        eprintln!("scd binary not built (cargo build -p scd): cluster run skipped");
-        return;
+        eprintln!("scd binary not built (cargo build -p scd): {what} run skipped");
+        return None;
     };
-    let out = std::env::temp_dir().join(format!("scd-bench-cluster-{}", std::process::id()));
+    let out = std::env::temp_dir().join(format!("scd-bench-{what}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let status = Command::new(bench)
-        .args([
+        .args(args)
+        .arg("--scd-bin")
+        .arg(&scd)
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .expect("running scd-bench");
+    assert!(status.success(), "scd-bench {args:?} failed: {status}");
+    let json =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    Some(Run { out, json })
+}
+
+#[test]
+fn a_two_node_quick_run_relays_replicates_and_reports_every_cluster_target() {
+    let Some(run) = run_bench(
+        "cluster",
+        &[
             "--nodes",
             "2",
             "--quick",
@@ -49,17 +90,11 @@ fn a_two_node_quick_run_relays_replicates_and_reports_every_cluster_target() {
             // Fast heartbeats: a node waits one node timeout after its start before it serves.
             "--scd-args",
             "--heartbeat-interval-ms 100",
-        ])
-        .arg("--scd-bin")
-        .arg(&scd)
-        .arg("--out")
-        .arg(&out)
-        .status()
-        .expect("running scd-bench");
-    assert!(status.success(), "scd-bench --nodes 2 failed: {status}");
-
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+        ],
+    ) else {
+        return;
+    };
+    let json = &run.json;
     assert_eq!(json["nodes"].as_u64(), Some(2));
     let rows = json["targets"].as_array().expect("targets array");
     // Four one-node rows (each policy, each transport), then 2 policies × HA off/on × direct/relayed × unix/tcp.
@@ -108,44 +143,29 @@ fn a_two_node_quick_run_relays_replicates_and_reports_every_cluster_target() {
         }
     }
 
-    let csv = std::fs::read_to_string(out.join("report.csv")).unwrap();
+    let csv = run.read("report.csv");
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), rows.len() + 1);
     let columns = lines[0].split(',').count();
     for line in &lines[1..] {
         assert_eq!(line.split(',').count(), columns, "{line}");
     }
-    let table = std::fs::read_to_string(out.join("report.txt")).unwrap();
+    let table = run.read("report.txt");
     assert!(table.contains("HA cost"), "{table}");
-    let svg = std::fs::read_to_string(out.join("chart.svg")).unwrap();
+    let svg = run.read("chart.svg");
     assert!(svg.trim_start().starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     for row in rows {
         let name = row["name"].as_str().unwrap();
         assert!(table.contains(name), "{name} missing from the table");
         assert!(svg.contains(name), "{name} missing from the chart");
     }
-    let _ = std::fs::remove_dir_all(&out);
 }
 
 #[test]
 fn a_quick_failover_run_recovers_and_reads_back_every_acknowledged_write() {
-    let bench = Path::new(env!("CARGO_BIN_EXE_scd-bench"));
-    let Some(scd) = bench
-        .parent()
-        .map(|d| d.join("scd"))
-        .filter(|p| p.is_file())
-    else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "the scd binary was not built"
-        );
-        eprintln!("scd binary not built (cargo build -p scd): failover run skipped");
-        return;
-    };
-    let out = std::env::temp_dir().join(format!("scd-bench-failover-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
-    let status = Command::new(bench)
-        .args([
+    let Some(run) = run_bench(
+        "failover",
+        &[
             "--nodes",
             "3",
             "--quick",
@@ -163,17 +183,11 @@ fn a_quick_failover_run_recovers_and_reads_back_every_acknowledged_write() {
             "0.2",
             "--scd-args",
             "--heartbeat-interval-ms 100",
-        ])
-        .arg("--scd-bin")
-        .arg(&scd)
-        .arg("--out")
-        .arg(&out)
-        .status()
-        .expect("running scd-bench");
-    assert!(status.success(), "scd-bench --failover failed: {status}");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
-    let runs = json["failover"].as_array().expect("failover array");
+        ],
+    ) else {
+        return;
+    };
+    let runs = run.json["failover"].as_array().expect("failover array");
     assert_eq!(runs.len(), 1, "{runs:#?}");
     let f = &runs[0];
     assert!(f["error"].is_null(), "{}", f["error"]);
@@ -189,7 +203,6 @@ fn a_quick_failover_run_recovers_and_reads_back_every_acknowledged_write() {
     assert_eq!(f["stale_reads"].as_u64(), Some(0), "{f:#}");
     assert_eq!(f["unknown_values"].as_u64(), Some(0), "{f:#}");
     assert_eq!(f["unreadable_sessions"].as_u64(), Some(0), "{f:#}");
-    let table = std::fs::read_to_string(out.join("report.txt")).unwrap();
+    let table = run.read("report.txt");
     assert!(table.contains("failover:"), "{table}");
-    let _ = std::fs::remove_dir_all(&out);
 }

@@ -8,8 +8,8 @@
 //!
 //! # Layout
 //!
-//! - [`membership`]: [`Membership`] (who is up, load, restarts), [`HeartbeatSchedule`]
-//!   (jittered send times).
+//! - [`membership`]: [`Membership`] (who is up, load, restarts told by [`incarnation`], drains,
+//!   node ID → relay address), [`HeartbeatSchedule`] (jittered send times).
 //! - [`placement`]: [`Placement`] (the location fields of a session ID) and
 //!   [`choose_backup`] (least load, ties by address).
 //! - [`Node`]: one node's state machine. Events in: [`Node::on_heartbeat`],
@@ -73,7 +73,7 @@
 //!         if i == j || down.contains(&i) { continue; }
 //!         let (sessions, draining) = nodes[i].heartbeat_fields();
 //!         let beat = PeerBeat { relay: addr(i as u8 + 1), node_id: (i as u64 + 1) * 1000,
-//!                               sessions, sockets: 0, draining };
+//!                               epoch: 0, sessions, sockets: 0, draining };
 //!         nodes[j].on_heartbeat(&beat, now);
 //!     }}
 //! };
@@ -129,7 +129,9 @@ mod node;
 pub mod placement;
 mod types;
 
-pub use membership::{HeartbeatSchedule, Membership, MembershipConfig, PeerBeat, PeerEvent};
+pub use membership::{
+    HeartbeatSchedule, Membership, MembershipConfig, PeerBeat, PeerEvent, incarnation,
+};
 pub use node::{Node, Phase, Stats};
 pub use placement::{Placement, choose_backup};
 pub use types::{

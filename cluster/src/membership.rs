@@ -4,18 +4,39 @@
 //! [`scd_wire::HeartbeatVerifier`] (MAC checked, replays refused), and with "heard from" notices
 //! for every authenticated relay message. Time is the `now_ms` argument; nothing here reads a
 //! clock.
+//!
+//! A peer is told apart across restarts by its [`incarnation`]: its node ID mixed with its start
+//! epoch, so that a driver whose node ID is persistent (the daemon's `data_dir/node-id`) and one
+//! whose node ID is random at every start (the simulation, epoch 0) are both understood.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::Addr;
+
+/// The incarnation of a node: its node ID mixed with the epoch of its current start (the
+/// heartbeat's `epoch`, strictly larger at every start of its daemon). A restart (new epoch) or a
+/// new node ID (a new data directory) on the same address gives a new incarnation, which
+/// [`Membership`] reports as [`PeerEvent::Restarted`]; equal inputs give equal incarnations.
+///
+/// Epoch 0 leaves the node ID as it is (`incarnation(id, 0) == id`): a driver whose node ID is
+/// already random at each start passes epoch 0.
+pub fn incarnation(node_id: u64, epoch: u64) -> u64 {
+    // The golden-ratio multiplier spreads consecutive epochs over all 64 bits, so that two starts
+    // of one node ID do not give two incarnations a few bits apart from other nodes' IDs.
+    node_id ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
 
 /// One peer's heartbeat, as the membership needs it (see [`PeerBeat::from_heartbeat`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerBeat {
     /// The sender's relay address (its identity on the wire, as in session IDs).
     pub relay: Addr,
-    /// The sender's node ID: random at each start of its daemon (an incarnation).
+    /// The sender's node ID, as its heartbeat carries it (persistent in the daemon; what relay
+    /// handshakes name, see [`Membership::addr_of`]).
     pub node_id: u64,
+    /// The sender's start epoch (the heartbeat's `epoch`); 0 where the node ID alone tells
+    /// incarnations apart. See [`incarnation`].
+    pub epoch: u64,
     /// Sessions the sender holds.
     pub sessions: u64,
     /// Sockets the sender has open.
@@ -30,10 +51,16 @@ impl PeerBeat {
         PeerBeat {
             relay: hb.relay,
             node_id: hb.node_id,
+            epoch: hb.epoch,
             sessions: hb.sessions,
             sockets: hb.sockets,
             draining: hb.draining(),
         }
+    }
+
+    /// The sender's [`incarnation`].
+    pub fn incarnation(&self) -> u64 {
+        incarnation(self.node_id, self.epoch)
     }
 
     /// The load used to choose backups: sessions plus sockets.
@@ -42,7 +69,8 @@ impl PeerBeat {
     }
 }
 
-/// A change in a peer's state, reported by [`Membership::on_heartbeat`] and [`Membership::tick`].
+/// A change in a peer's state, reported by [`Membership::on_heartbeat`], [`Membership::on_heard`]
+/// and [`Membership::tick`]. `node_id` is the node ID of the peer's latest heartbeat.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PeerEvent {
     /// First heard of this peer (this node's lifetime).
@@ -52,13 +80,14 @@ pub enum PeerEvent {
         /// Its node ID.
         node_id: u64,
     },
-    /// The peer runs under a new node ID: it restarted (its old incarnation is gone).
+    /// The peer runs under a new [`incarnation`] (a new start epoch or a new node ID): it
+    /// restarted, maybe faster than the node timeout (its old incarnation is gone).
     Restarted {
         /// The peer's relay address.
         addr: Addr,
-        /// The node ID it had.
+        /// The incarnation it had.
         old: u64,
-        /// The node ID it has now.
+        /// The incarnation it has now.
         new: u64,
     },
     /// Not heard for `node_timeout_ms`: down.
@@ -71,6 +100,15 @@ pub enum PeerEvent {
     /// Heard again, same node ID, after it was declared down (a healed partition). Whatever it
     /// served meanwhile may have been taken over: it must rejoin before serving.
     Returned {
+        /// The peer's relay address.
+        addr: Addr,
+        /// Its node ID.
+        node_id: u64,
+    },
+    /// The peer announced that it is draining: reported once per start of a drain (its first
+    /// heartbeat with the draining flag, including the first one of a new incarnation), after
+    /// the `Up`, `Restarted` or `Returned` that the same heartbeat may report.
+    Draining {
         /// The peer's relay address.
         addr: Addr,
         /// Its node ID.
@@ -99,7 +137,10 @@ impl MembershipConfig {
 
 #[derive(Clone, Copy, Debug)]
 struct Peer {
+    /// The node ID of its latest heartbeat.
     node_id: u64,
+    /// Its [`incarnation`], from the same heartbeat.
+    incarnation: u64,
     last_heard_ms: u64,
     /// When it last came up (first heard, restarted, or returned).
     up_since_ms: u64,
@@ -118,6 +159,10 @@ pub struct Membership {
     started_ms: u64,
     config: MembershipConfig,
     peers: BTreeMap<Addr, Peer>,
+    /// Node ID → the address whose latest heartbeat carried it: at most one node ID per address
+    /// (a new node ID on an address replaces the old one; a node ID heard on a new address
+    /// moves there).
+    by_node_id: BTreeMap<u64, Addr>,
     /// Nodes configured as members: known even before (or without) being heard.
     configured: BTreeSet<Addr>,
 }
@@ -130,6 +175,7 @@ impl Membership {
             started_ms: now_ms,
             config,
             peers: BTreeMap::new(),
+            by_node_id: BTreeMap::new(),
             configured: BTreeSet::new(),
         }
     }
@@ -152,65 +198,87 @@ impl Membership {
         self.config
     }
 
-    /// Takes in a verified heartbeat. Our own (looped-back broadcast) is ignored.
-    pub fn on_heartbeat(&mut self, beat: &PeerBeat, now_ms: u64) -> Option<PeerEvent> {
-        if beat.relay == self.me {
-            return None;
-        }
-        let event = self.on_heard(beat.relay, Some(beat.node_id), now_ms);
-        if let Some(peer) = self.peers.get_mut(&beat.relay) {
-            peer.load = beat.load();
-            peer.draining = beat.draining;
-        }
-        event
-    }
-
-    /// Notes that an authenticated message came from `addr` (incarnation `node_id` when the
-    /// driver knows it from the relay handshake). Refreshes its liveness like a heartbeat.
-    pub fn on_heard(&mut self, addr: Addr, node_id: Option<u64>, now_ms: u64) -> Option<PeerEvent> {
+    /// Takes in a verified heartbeat and returns what changed, in order: `Up`, `Restarted` or
+    /// `Returned` when it brings the peer (back) up, then `Draining` when it starts a drain. Our
+    /// own (looped-back broadcast) is ignored.
+    pub fn on_heartbeat(&mut self, beat: &PeerBeat, now_ms: u64) -> Vec<PeerEvent> {
+        let mut events = Vec::new();
+        let addr = beat.relay;
         if addr == self.me {
-            return None;
+            return events;
         }
-        match self.peers.get_mut(&addr) {
+        let node_id = beat.node_id;
+        let incarnation = beat.incarnation();
+        // Whether this heartbeat starts a drain: a new incarnation starts not draining.
+        let drain_starts = match self.peers.get_mut(&addr) {
             None => {
-                // A message before any heartbeat: known only once its node ID is.
-                let node_id = node_id?;
                 self.peers.insert(
                     addr,
                     Peer {
                         node_id,
+                        incarnation,
                         last_heard_ms: now_ms,
                         up_since_ms: now_ms,
-                        load: 0,
-                        draining: false,
+                        load: beat.load(),
+                        draining: beat.draining,
                         up: true,
                     },
                 );
-                Some(PeerEvent::Up { addr, node_id })
+                events.push(PeerEvent::Up { addr, node_id });
+                beat.draining
             }
             Some(peer) => {
                 peer.last_heard_ms = peer.last_heard_ms.max(now_ms);
-                match node_id {
-                    Some(id) if id != peer.node_id => {
-                        let old = peer.node_id;
-                        peer.node_id = id;
+                let was_draining = if peer.incarnation != incarnation {
+                    events.push(PeerEvent::Restarted {
+                        addr,
+                        old: peer.incarnation,
+                        new: incarnation,
+                    });
+                    peer.incarnation = incarnation;
+                    peer.up = true;
+                    peer.up_since_ms = now_ms;
+                    false
+                } else {
+                    if !peer.up {
                         peer.up = true;
                         peer.up_since_ms = now_ms;
-                        peer.draining = false;
-                        Some(PeerEvent::Restarted { addr, old, new: id })
+                        events.push(PeerEvent::Returned { addr, node_id });
                     }
-                    _ if !peer.up => {
-                        peer.up = true;
-                        peer.up_since_ms = now_ms;
-                        Some(PeerEvent::Returned {
-                            addr,
-                            node_id: peer.node_id,
-                        })
-                    }
-                    _ => None,
+                    peer.draining
+                };
+                if peer.node_id != node_id && self.by_node_id.get(&peer.node_id) == Some(&addr) {
+                    // One node ID per address: the old one is gone from here.
+                    self.by_node_id.remove(&peer.node_id);
                 }
+                peer.node_id = node_id;
+                peer.load = beat.load();
+                peer.draining = beat.draining;
+                beat.draining && !was_draining
             }
+        };
+        self.by_node_id.insert(node_id, addr);
+        if drain_starts {
+            events.push(PeerEvent::Draining { addr, node_id });
         }
+        events
+    }
+
+    /// Notes that an authenticated message (not a heartbeat) came from `addr`: refreshes its
+    /// liveness like a heartbeat. A peer not heard of yet by heartbeat stays unknown (nothing
+    /// says which incarnation sent it); a peer that was down is `Returned`.
+    pub fn on_heard(&mut self, addr: Addr, now_ms: u64) -> Option<PeerEvent> {
+        let peer = self.peers.get_mut(&addr)?;
+        peer.last_heard_ms = peer.last_heard_ms.max(now_ms);
+        if peer.up {
+            return None;
+        }
+        peer.up = true;
+        peer.up_since_ms = now_ms;
+        Some(PeerEvent::Returned {
+            addr,
+            node_id: peer.node_id,
+        })
     }
 
     /// Declares down every peer silent for `node_timeout_ms`. Call at least every heartbeat
@@ -268,9 +336,21 @@ impl Membership {
         }
     }
 
-    /// The node ID last heard from `addr`.
+    /// The node ID of the latest heartbeat from `addr`.
     pub fn node_id(&self, addr: Addr) -> Option<u64> {
         self.peers.get(&addr).map(|p| p.node_id)
+    }
+
+    /// The [`incarnation`] of the latest heartbeat from `addr`.
+    pub fn incarnation(&self, addr: Addr) -> Option<u64> {
+        self.peers.get(&addr).map(|p| p.incarnation)
+    }
+
+    /// The relay address of the node with ID `node_id`: the address whose latest heartbeat
+    /// carried it, if any (a relay handshake names the peer's node ID, not its address). Up or
+    /// down: the caller asks [`Membership::is_up`].
+    pub fn addr_of(&self, node_id: u64) -> Option<Addr> {
+        self.by_node_id.get(&node_id).copied()
     }
 
     /// Load last announced by `addr`.
@@ -364,6 +444,7 @@ mod tests {
         PeerBeat {
             relay: addr(n),
             node_id: id,
+            epoch: 0,
             sessions,
             sockets: 1,
             draining: false,
@@ -376,15 +457,15 @@ mod tests {
         assert_eq!(m.config().node_timeout_ms, 3500);
         assert_eq!(
             m.on_heartbeat(&beat(2, 7, 3), 100),
-            Some(PeerEvent::Up {
+            vec![PeerEvent::Up {
                 addr: addr(2),
                 node_id: 7
-            })
+            }]
         );
         assert!(m.is_up(addr(2)));
         assert_eq!(m.load(addr(2)), Some(4));
         assert_eq!(m.up_for(addr(2), 600), 500);
-        assert_eq!(m.on_heartbeat(&beat(2, 7, 3), 1100), None);
+        assert!(m.on_heartbeat(&beat(2, 7, 3), 1100).is_empty());
         assert!(m.tick(4599).is_empty(), "3499 ms silent is not down yet");
         assert_eq!(
             m.tick(4600),
@@ -398,19 +479,19 @@ mod tests {
         assert!(m.silent_long(addr(2), 4600));
         assert_eq!(
             m.on_heartbeat(&beat(2, 7, 3), 5000),
-            Some(PeerEvent::Returned {
+            vec![PeerEvent::Returned {
                 addr: addr(2),
                 node_id: 7
-            })
+            }]
         );
         assert_eq!(m.up_for(addr(2), 5050), 50, "up again since it returned");
         assert_eq!(
             m.on_heartbeat(&beat(2, 8, 0), 5100),
-            Some(PeerEvent::Restarted {
+            vec![PeerEvent::Restarted {
                 addr: addr(2),
                 old: 7,
                 new: 8
-            })
+            }]
         );
         assert_eq!(m.node_id(addr(2)), Some(8));
     }
@@ -418,11 +499,11 @@ mod tests {
     #[test]
     fn relay_messages_count_as_heard_and_own_heartbeat_is_ignored() {
         let mut m = Membership::new(addr(1), MembershipConfig::with_interval(1000), 0);
-        assert_eq!(m.on_heartbeat(&beat(1, 1, 0), 10), None);
+        assert!(m.on_heartbeat(&beat(1, 1, 0), 10).is_empty());
         assert_eq!(m.known_nodes(), 1);
-        assert_eq!(m.on_heard(addr(3), None, 10), None, "unknown incarnation");
+        assert_eq!(m.on_heard(addr(3), 10), None, "not heard by heartbeat yet");
         m.on_heartbeat(&beat(3, 9, 0), 10);
-        m.on_heard(addr(3), Some(9), 3000);
+        assert_eq!(m.on_heard(addr(3), 3000), None, "up already");
         assert!(m.tick(4000).is_empty());
         assert_eq!(m.silent_for(addr(3), 4000), 1000);
         // A peer never heard counts as silent since our start.
@@ -456,6 +537,142 @@ mod tests {
             vec![addr(2)]
         );
         assert!(m.is_draining(addr(3)));
+    }
+
+    #[test]
+    fn incarnations_differ_by_epoch_and_node_id_and_are_stable() {
+        assert_eq!(
+            incarnation(7, 5),
+            incarnation(7, 5),
+            "stable for equal inputs"
+        );
+        assert_eq!(incarnation(7, 0), 7, "epoch 0: the node ID itself");
+        assert_ne!(
+            incarnation(7, 5),
+            incarnation(7, 6),
+            "a restart (new epoch)"
+        );
+        assert_ne!(incarnation(7, 5), incarnation(8, 5), "a new node ID");
+        // Consecutive starts of the daemon (epochs are start times in ms) never collide with
+        // each other, nor with the same starts of a neighbouring node ID.
+        let mut seen = BTreeSet::new();
+        for id in [1u64, 2, 3] {
+            for epoch in 1_700_000_000_000u64..1_700_000_001_000 {
+                assert!(seen.insert(incarnation(id, epoch)), "{id} {epoch}");
+            }
+        }
+        let b = PeerBeat {
+            epoch: 9,
+            ..beat(2, 7, 0)
+        };
+        assert_eq!(b.incarnation(), incarnation(7, 9));
+    }
+
+    #[test]
+    fn a_new_epoch_under_the_same_node_id_is_a_restart() {
+        let mut m = Membership::new(addr(1), MembershipConfig::with_interval(1000), 0);
+        let first = PeerBeat {
+            epoch: 1,
+            ..beat(2, 7, 0)
+        };
+        m.on_heartbeat(&first, 0);
+        assert!(m.on_heartbeat(&first, 100).is_empty(), "same incarnation");
+        let again = PeerBeat { epoch: 2, ..first };
+        assert_eq!(
+            m.on_heartbeat(&again, 200),
+            vec![PeerEvent::Restarted {
+                addr: addr(2),
+                old: incarnation(7, 1),
+                new: incarnation(7, 2)
+            }]
+        );
+        assert_eq!(m.node_id(addr(2)), Some(7), "the node ID is kept as heard");
+        assert_eq!(m.incarnation(addr(2)), Some(incarnation(7, 2)));
+        assert_eq!(m.up_for(addr(2), 300), 100, "up since the restart");
+    }
+
+    #[test]
+    fn node_ids_map_to_the_address_of_their_latest_heartbeat() {
+        let mut m = Membership::new(addr(1), MembershipConfig::with_interval(1000), 0);
+        assert_eq!(m.addr_of(7), None, "never heard");
+        m.on_heartbeat(&beat(2, 7, 0), 0);
+        m.on_heartbeat(&beat(3, 8, 0), 0);
+        assert_eq!((m.addr_of(7), m.addr_of(8)), (Some(addr(2)), Some(addr(3))));
+        // A new node ID on an address (a new data directory) replaces the old one there.
+        m.on_heartbeat(&beat(2, 9, 0), 10);
+        assert_eq!((m.addr_of(7), m.addr_of(9)), (None, Some(addr(2))));
+        // A node ID heard on another address (the node moved) maps there; the address it left
+        // keeps no node ID of its own, and a later node ID there takes it without disturbing
+        // the moved one.
+        m.on_heartbeat(&beat(4, 8, 0), 20);
+        assert_eq!(m.addr_of(8), Some(addr(4)));
+        m.on_heartbeat(&beat(3, 5, 0), 30);
+        assert_eq!((m.addr_of(5), m.addr_of(8)), (Some(addr(3)), Some(addr(4))));
+        // Down peers keep their entry: the caller asks whether they are up.
+        m.tick(10_000);
+        assert_eq!(m.addr_of(9), Some(addr(2)));
+        assert!(!m.is_up(addr(2)));
+        // Relay traffic never changes the map; our own heartbeat is never in it.
+        assert_eq!(
+            m.on_heard(addr(2), 10_001),
+            Some(PeerEvent::Returned {
+                addr: addr(2),
+                node_id: 9
+            })
+        );
+        m.on_heartbeat(&beat(1, 1, 0), 10_002);
+        assert_eq!(m.addr_of(1), None);
+    }
+
+    #[test]
+    fn a_drain_is_reported_once_per_start() {
+        let mut m = Membership::new(addr(1), MembershipConfig::with_interval(1000), 0);
+        let draining = |n: u8, id: u64| PeerBeat {
+            draining: true,
+            ..beat(n, id, 0)
+        };
+        let up = PeerEvent::Up {
+            addr: addr(2),
+            node_id: 7,
+        };
+        let drain = |id: u64| PeerEvent::Draining {
+            addr: addr(2),
+            node_id: id,
+        };
+        // First heard while draining: up, then draining.
+        assert_eq!(m.on_heartbeat(&draining(2, 7), 0), vec![up, drain(7)]);
+        assert!(
+            m.on_heartbeat(&draining(2, 7), 100).is_empty(),
+            "once per drain"
+        );
+        // The drain ends (no event), then starts again.
+        assert!(m.on_heartbeat(&beat(2, 7, 0), 200).is_empty());
+        assert!(!m.is_draining(addr(2)));
+        assert_eq!(m.on_heartbeat(&draining(2, 7), 300), vec![drain(7)]);
+        // Down and back while still draining: the same drain, not a new one.
+        m.tick(5000);
+        assert_eq!(
+            m.on_heartbeat(&draining(2, 7), 5100),
+            vec![PeerEvent::Returned {
+                addr: addr(2),
+                node_id: 7
+            }]
+        );
+        // A new incarnation that drains from its start: a new drain.
+        assert_eq!(
+            m.on_heartbeat(&draining(2, 8), 5200),
+            vec![
+                PeerEvent::Restarted {
+                    addr: addr(2),
+                    old: 7,
+                    new: 8
+                },
+                drain(8)
+            ]
+        );
+        // Relay traffic carries no draining flag and reports none.
+        assert_eq!(m.on_heard(addr(2), 5300), None);
+        assert!(m.is_draining(addr(2)));
     }
 
     #[test]

@@ -344,7 +344,7 @@ impl<S: Store> Node<S> {
     /// A verified heartbeat (MAC checked, replay refused by `HeartbeatVerifier`). Never
     /// answered; the actions are protocol reactions (e.g. telling a returned node to rejoin).
     pub fn on_heartbeat(&mut self, beat: &PeerBeat, now_ms: u64) -> Vec<Action> {
-        if let Some(event) = self.members.on_heartbeat(beat, now_ms) {
+        for event in self.members.on_heartbeat(beat, now_ms) {
             self.on_peer_event(event, now_ms);
         }
         self.take()
@@ -371,7 +371,7 @@ impl<S: Store> Node<S> {
     /// A message from the node at relay address `from` (authenticated by the relay handshake;
     /// `from` is the relay address the peer announced).
     pub fn on_message(&mut self, from: Addr, msg: Msg, now_ms: u64) -> Vec<Action> {
-        if let Some(event) = self.members.on_heard(from, None, now_ms) {
+        if let Some(event) = self.members.on_heard(from, now_ms) {
             self.on_peer_event(event, now_ms);
         }
         match msg {
@@ -551,6 +551,12 @@ impl<S: Store> Node<S> {
     }
 
     fn on_peer_event(&mut self, event: PeerEvent, now_ms: u64) {
+        if matches!(event, PeerEvent::Draining { .. }) {
+            // Nothing to do at once: backup choice and placement upkeep read the table's
+            // draining flag (`candidates`, `is_draining`) at their next step. The same
+            // heartbeat's `Up`, `Restarted` or `Returned`, if any, came first.
+            return;
+        }
         if matches!(event, PeerEvent::Down { .. })
             && self.members.live_peers().next().is_none()
             && self.mode == Mode::Serving
@@ -589,6 +595,7 @@ impl<S: Store> Node<S> {
                 self.leases.remove(&addr);
                 self.reconfirm_backed_by(addr);
             }
+            PeerEvent::Draining { .. } => {}
         }
     }
 
@@ -1564,17 +1571,7 @@ impl<S: Store> Node<S> {
             }
             match copy.placement.backup {
                 None => {
-                    if let Some(c) = choose_backup(self.members.candidates(), me, &[]) {
-                        next.placement.backup = Some(c);
-                        self.propose(
-                            hash,
-                            copy.placement.epoch,
-                            next,
-                            Change::AddBackup,
-                            c,
-                            now_ms,
-                        );
-                    }
+                    self.propose_new_backup(hash, &copy, now_ms);
                 }
                 Some(b) => {
                     let gone = self.members.silent_long(b, now_ms) || self.members.is_draining(b);
@@ -1618,6 +1615,32 @@ impl<S: Store> Node<S> {
         }
     }
 
+    /// For a session without a usable backup (`copy`, its current copy; placement upkeep and
+    /// `resume`): with HA on, chooses a backup among the live, non-draining peers (least load,
+    /// ties by address) and proposes it at the next epoch (`Change::AddBackup`; the backup
+    /// witnesses the new epoch). Returns whether it proposed: false when HA is off or no peer
+    /// can take it.
+    fn propose_new_backup(&mut self, hash: Hash, copy: &Copy, now_ms: u64) -> bool {
+        if !self.cfg.ha {
+            return false;
+        }
+        let Some(backup) = choose_backup(self.members.candidates(), self.cfg.me, &[]) else {
+            return false;
+        };
+        let mut next = copy.clone();
+        next.placement.epoch = copy.placement.epoch + 1;
+        next.placement.backup = Some(backup);
+        self.propose(
+            hash,
+            copy.placement.epoch,
+            next,
+            Change::AddBackup,
+            backup,
+            now_ms,
+        );
+        true
+    }
+
     /// A rejoined master takes its session back under a new epoch, witnessed by its backup.
     fn resume(&mut self, hash: Hash, copy: Copy, now_ms: u64) {
         if self
@@ -1643,22 +1666,8 @@ impl<S: Store> Node<S> {
                 // (or its witness, also unheard in our sync) would know. Wait for it.
             }
             None => {
-                let candidate = if self.cfg.ha {
-                    choose_backup(self.members.candidates(), me, &[])
-                } else {
-                    None
-                };
-                if let Some(c) = candidate {
-                    // Resume witnessed by a new backup.
-                    next.placement.backup = Some(c);
-                    self.propose(
-                        hash,
-                        copy.placement.epoch,
-                        next,
-                        Change::AddBackup,
-                        c,
-                        now_ms,
-                    );
+                if self.propose_new_backup(hash, &copy, now_ms) {
+                    // Resume witnessed by the new backup.
                 } else if self.sessions.get(&hash).is_none_or(|l| l.shadow.is_none()) {
                     let live = self.live(hash);
                     next.placement.epoch = next.placement.epoch.max(live.floor + 1);

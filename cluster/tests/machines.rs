@@ -151,6 +151,8 @@ impl Cluster {
                     let beat = PeerBeat {
                         relay: addr(i),
                         node_id: self.ids[i],
+                        // The node ID is random at each start: it is the incarnation.
+                        epoch: 0,
                         sessions,
                         sockets: 0,
                         draining,
@@ -172,13 +174,29 @@ impl Cluster {
         }
     }
 
-    fn client(&mut self, at: usize, request: Request) -> Option<Reply> {
+    /// Passes a client request to node `at` and delivers what follows; returns the request's
+    /// number (its reply, if any yet, is left in `replies`).
+    fn submit(&mut self, at: usize, request: Request) -> u64 {
         self.req += 1;
         let req = self.req;
         let now = self.now;
         let a = self.node(at).on_client(req, request, now);
         self.run(at, a);
+        req
+    }
+
+    fn client(&mut self, at: usize, request: Request) -> Option<Reply> {
+        let req = self.submit(at, request);
         self.take_reply(req)
+    }
+
+    /// A read through node `at`: answered at once, or waited for (advancing time) for at most
+    /// `max_ms`.
+    fn read(&mut self, at: usize, id: SessionId, max_ms: u64) -> Reply {
+        match self.client(at, Request::Read { id }) {
+            Some(r) => r,
+            None => self.wait_reply(self.req, max_ms),
+        }
     }
 
     fn take_reply(&mut self, req: u64) -> Option<Reply> {
@@ -242,6 +260,23 @@ impl Cluster {
         )
     }
 
+    /// A session created at node `at`, locked and written there with `data` (acknowledged):
+    /// its ID.
+    fn written(&mut self, at: usize, data: &[u8]) -> SessionId {
+        let id = self.create(at);
+        let (id, token, _) = self.lock(at, id);
+        let r = self.write(at, id, token, data);
+        assert!(matches!(r, Some(Reply::Written { .. })), "{r:?}");
+        id
+    }
+
+    /// Node `i` starts draining.
+    fn drain(&mut self, i: usize) {
+        let now = self.now;
+        let a = self.node(i).start_drain(now);
+        self.run(i, a);
+    }
+
     fn crash(&mut self, i: usize) -> MemStore {
         self.nodes[i].take().expect("alive").into_store()
     }
@@ -276,11 +311,7 @@ fn write_through_reply_waits_for_the_backup() {
     );
     assert!(matches!(c.held.front(), Some((0, b, Msg::Replicate { .. })) if *b == backup));
     // A read meanwhile waits too: the unacked version is never visible.
-    c.req += 1;
-    let read = c.req;
-    let now = c.now;
-    let a = c.node(0).on_client(read, Request::Read { id }, now);
-    c.run(0, a);
+    let read = c.submit(0, Request::Read { id });
     assert!(c.take_reply(read).is_none());
     c.release_held();
     let w = c.take_reply(c.req - 1).expect("written after the ack");
@@ -342,20 +373,15 @@ fn delayed_write_queue_is_bounded_and_a_write_beyond_waits() {
         Some(Reply::Written { .. })
     ));
     // The queue (1 session) is full: the write to another session waits, it is not dropped.
-    c.req += 1;
-    let req = c.req;
-    let now = c.now;
-    let act = c.node(0).on_client(
-        req,
+    let req = c.submit(
+        0,
         Request::Write {
             id: b,
             token: tb,
             lifetime_s: 60,
             data: b"2".to_vec(),
         },
-        now,
     );
-    c.run(0, act);
     assert!(c.take_reply(req).is_none());
     // The flush drains the queue (forced here by the resend of the dirty session on tick once
     // the interval passes) and the waiting write goes through.
@@ -444,11 +470,7 @@ fn failover_waits_for_silence_needs_a_witness_and_loses_the_lock() {
     // The master dies: after T the backup promotes, witnessed by the third node.
     let dead = c.crash(0);
     c.advance(T + 50);
-    let r = c.client(w, Request::Read { id });
-    let r = match r {
-        Some(r) => r,
-        None => c.wait_reply(c.req, 2000),
-    };
+    let r = c.read(w, id, 2000);
     let Reply::Data { id: new, data, .. } = r else {
         panic!("{r:?}")
     };
@@ -483,11 +505,7 @@ fn failover_waits_for_silence_needs_a_witness_and_loses_the_lock() {
     c.advance(T + HB * 4);
     assert_eq!(c.node(0).phase(), Phase::Serving);
     assert!(c.node(0).store().get(&id.hash).is_none());
-    let r = c.client(0, Request::Read { id });
-    let r = match r {
-        Some(r) => r,
-        None => c.wait_reply(c.req, 2000),
-    };
+    let r = c.read(0, id, 2000);
     assert!(
         matches!(&r, Reply::Data { data, version: 2, .. } if data == b"v2"),
         "{r:?}"
@@ -620,24 +638,15 @@ fn a_restarted_master_resumes_at_a_new_epoch_witnessed_by_its_backup() {
 #[test]
 fn drain_hands_every_session_over_and_completes() {
     let mut c = Cluster::new(3, FlushPolicy::WriteThrough);
-    let ids: Vec<SessionId> = (0..3).map(|_| c.create(0)).collect();
-    for id in &ids {
-        let (id, t, _) = c.lock(0, *id);
-        c.write(0, id, t, b"kept").unwrap();
-    }
-    let now = c.now;
-    let a = c.node(0).start_drain(now);
-    c.run(0, a);
+    let ids: Vec<SessionId> = (0..3).map(|_| c.written(0, b"kept")).collect();
+    c.drain(0);
     c.advance(HB * 6);
     assert!(c.node(0).store().hashes().is_empty());
     assert!(c.replies.iter().any(|(r, _)| *r == 0), "DrainComplete");
     for id in ids {
         // Through the drained node (it relays with the new placement) and elsewhere.
         for at in [0, 1, 2] {
-            let r = match c.client(at, Request::Read { id }) {
-                Some(r) => r,
-                None => c.wait_reply(c.req, 2000),
-            };
+            let r = c.read(at, id, 2000);
             assert!(
                 matches!(&r, Reply::Data { data, .. } if data == b"kept"),
                 "{r:?}"
@@ -653,27 +662,18 @@ fn drain_hands_every_session_over_and_completes() {
 #[test]
 fn a_session_moved_twice_is_found_by_asking_the_live_nodes() {
     let mut c = Cluster::new(4, FlushPolicy::WriteThrough);
-    let id = c.create(0);
-    let (id, t, _) = c.lock(0, id);
-    c.write(0, id, t, b"x").unwrap();
+    let id = c.written(0, b"x");
     // Move it twice by draining its master, then its next master.
-    let now = c.now;
-    let a = c.node(0).start_drain(now);
-    c.run(0, a);
+    c.drain(0);
     c.advance(HB * 6);
     let m1 = (1..4).find(|i| c.serves(*i, &id.hash));
     let m1 = m1.expect("a new master");
-    let now = c.now;
-    let a = c.node(m1).start_drain(now);
-    c.run(m1, a);
+    c.drain(m1);
     c.advance(HB * 6);
     // The old ID names node 0 (drained, gone) and its old backup; ask from a third node.
     c.crash(0);
     let at = (1..4).find(|i| *i != m1).unwrap();
-    let r = match c.client(at, Request::Read { id }) {
-        Some(r) => r,
-        None => c.wait_reply(c.req, 3000),
-    };
+    let r = c.read(at, id, 3000);
     assert!(
         matches!(&r, Reply::Data { data, .. } if data == b"x"),
         "{r:?}"
@@ -682,13 +682,7 @@ fn a_session_moved_twice_is_found_by_asking_the_live_nodes() {
 
 #[test]
 fn ha_off_has_no_backup_and_waits_for_the_master() {
-    let mut c = Cluster::new(2, FlushPolicy::WriteThrough);
-    for i in 0..2 {
-        let mut cfg = config(i, c.ids[i], FlushPolicy::WriteThrough);
-        cfg.ha = false;
-        c.nodes[i] = Some(Node::new_cluster(cfg, MemStore::default(), c.now));
-    }
-    c.advance(HB * 2);
+    let mut c = ha_off_cluster(2, false);
     let id = c.create(0);
     assert_eq!(id.backup, None);
     let (id, t, _) = c.lock(1, id);
@@ -698,10 +692,7 @@ fn ha_off_has_no_backup_and_waits_for_the_master() {
     ));
     let store = c.crash(0);
     c.advance(T + 100);
-    let r = match c.client(1, Request::Read { id }) {
-        Some(r) => r,
-        None => c.wait_reply(c.req, 5000),
-    };
+    let r = c.read(1, id, 5000);
     assert!(
         matches!(
             r,
@@ -712,14 +703,9 @@ fn ha_off_has_no_backup_and_waits_for_the_master() {
         ),
         "{r:?}"
     );
-    let mut cfg = config(0, c.ids[0] + 0x100, FlushPolicy::WriteThrough);
-    cfg.ha = false;
-    c.nodes[0] = Some(Node::new(cfg, store, c.now));
+    restart_ha_off(&mut c, 0, store, false);
     c.advance(T + HB * 4);
-    let r = match c.client(1, Request::Read { id }) {
-        Some(r) => r,
-        None => c.wait_reply(c.req, 2000),
-    };
+    let r = c.read(1, id, 2000);
     assert!(
         matches!(&r, Reply::Data { data, .. } if data == b"v"),
         "{r:?}"
@@ -729,16 +715,12 @@ fn ha_off_has_no_backup_and_waits_for_the_master() {
 #[test]
 fn a_handover_left_unanswered_is_asked_again_after_a_restart() {
     let mut c = Cluster::new(3, FlushPolicy::WriteThrough);
-    let id = c.create(0);
-    let (id, t, _) = c.lock(0, id);
-    c.write(0, id, t, b"v1").unwrap();
+    let id = c.written(0, b"v1");
     c.advance(T + HB);
     // Node 0 drains; the handover reaches its target, but every answer is lost.
     let target = index(id.backup.unwrap());
     c.cut.insert((target, 0));
-    let now = c.now;
-    let a = c.node(0).start_drain(now);
-    c.run(0, a);
+    c.drain(0);
     c.advance(HB);
     let copy = c
         .node(0)
@@ -761,10 +743,7 @@ fn a_handover_left_unanswered_is_asked_again_after_a_restart() {
         c.node(0).store().get(&id.hash).is_none(),
         "handed over after the restart"
     );
-    let r = match c.client(0, Request::Read { id }) {
-        Some(r) => r,
-        None => c.wait_reply(c.req, 3000),
-    };
+    let r = c.read(0, id, 3000);
     assert!(
         matches!(&r, Reply::Data { data, .. } if data == b"v1"),
         "{r:?}"
@@ -786,8 +765,9 @@ fn ha_off_cluster(n: usize, configured: bool) -> Cluster {
     c
 }
 
-/// A node that replaces node `i` on a new machine (empty disk), configured like the others.
-fn replace_ha_off(c: &mut Cluster, i: usize, configured: bool) {
+/// Node `i` of an `ha_off_cluster` restarted (a new incarnation) with `store`, configured
+/// like the others.
+fn restart_ha_off(c: &mut Cluster, i: usize, store: MemStore, configured: bool) {
     c.ids[i] += 0x100;
     let mut cfg = config(i, c.ids[i], FlushPolicy::WriteThrough);
     cfg.ha = false;
@@ -795,22 +775,20 @@ fn replace_ha_off(c: &mut Cluster, i: usize, configured: bool) {
         cfg.peers = (0..c.nodes.len()).map(addr).collect();
     }
     let now = c.now;
-    c.nodes[i] = Some(Node::new(cfg, MemStore::default(), now));
+    c.nodes[i] = Some(Node::new(cfg, store, now));
+}
+
+/// A node that replaces node `i` on a new machine (empty disk), configured like the others.
+fn replace_ha_off(c: &mut Cluster, i: usize, configured: bool) {
+    restart_ha_off(c, i, MemStore::default(), configured);
 }
 
 /// A session created and written at node 1, which then drains: the session goes to node 0
 /// (the least loaded, lowest address). The client keeps the old ID, which names node 1.
 fn written_then_handed_to_node_0(c: &mut Cluster) -> SessionId {
-    let id = c.create(1);
+    let id = c.written(1, b"v");
     assert_eq!(id.backup, None);
-    let (id, t, _) = c.lock(1, id);
-    assert!(matches!(
-        c.write(1, id, t, b"v"),
-        Some(Reply::Written { .. })
-    ));
-    let now = c.now;
-    let a = c.node(1).start_drain(now);
-    c.run(1, a);
+    c.drain(1);
     c.advance(HB * 4);
     assert!(c.serves(0, &id.hash), "handed over to node 0");
     assert!(c.node(1).store().get(&id.hash).is_none());
@@ -818,10 +796,50 @@ fn written_then_handed_to_node_0(c: &mut Cluster) -> SessionId {
 }
 
 fn read_at(c: &mut Cluster, at: usize, id: SessionId) -> Reply {
-    match c.client(at, Request::Read { id }) {
-        Some(r) => r,
-        None => c.wait_reply(c.req, 3000),
+    c.read(at, id, 3000)
+}
+
+/// An HA-off cluster of three (`configured`: with `Config::peers`) whose only copy of a
+/// session (`written_then_handed_to_node_0`) is on node 0, which a partition then cuts off;
+/// meanwhile the nodes in `replaced` are replaced by new machines and serve (node 1 checked).
+fn holder_cut_off_and_replaced(configured: bool, replaced: &[usize]) -> (Cluster, SessionId) {
+    let mut c = ha_off_cluster(3, configured);
+    let id = written_then_handed_to_node_0(&mut c);
+    c.isolate(0);
+    c.advance(T + HB);
+    for &i in replaced {
+        replace_ha_off(&mut c, i, configured);
     }
+    c.advance(T + HB * 4);
+    assert!(
+        c.node(1).phase() == Phase::Serving,
+        "{:?}",
+        c.node(1).phase()
+    );
+    (c, id)
+}
+
+/// A read of `id` through node 1 is Unavailable (`why` it must not be NotFound) while the
+/// partition lasts, and finds the data (`v`) once it heals.
+fn unavailable_until_healed(c: &mut Cluster, id: SessionId, why: &str) {
+    let r = read_at(c, 1, id);
+    assert!(
+        matches!(
+            r,
+            Reply::Error {
+                code: ErrorCode::Unavailable,
+                ..
+            }
+        ),
+        "{why}: {r:?}"
+    );
+    c.cut.clear();
+    c.advance(T + HB * 6);
+    let r = read_at(c, 1, id);
+    assert!(
+        matches!(&r, Reply::Data { data, .. } if data == b"v"),
+        "{r:?}"
+    );
 }
 
 /// Soak seed 358: the only copy lives on a node that a partition cut off; the node the client's
@@ -831,35 +849,12 @@ fn read_at(c: &mut Cluster, at: usize, id: SessionId) -> Reply {
 /// write-through session. An answer now names every node the answerer knows, up or down.
 #[test]
 fn a_search_is_not_complete_while_an_answerer_knows_a_node_not_asked() {
-    let mut c = ha_off_cluster(3, false);
-    let id = written_then_handed_to_node_0(&mut c);
-    c.isolate(0);
-    c.advance(T + HB);
     // Node 1 is replaced during the partition: it never hears node 0.
-    replace_ha_off(&mut c, 1, false);
-    c.advance(T + HB * 4);
-    assert!(
-        c.node(1).phase() == Phase::Serving,
-        "{:?}",
-        c.node(1).phase()
-    );
-    let r = read_at(&mut c, 1, id);
-    assert!(
-        matches!(
-            r,
-            Reply::Error {
-                code: ErrorCode::Unavailable,
-                ..
-            }
-        ),
-        "node 2 knows node 0 (down): not a complete search: {r:?}"
-    );
-    c.cut.clear();
-    c.advance(T + HB * 6);
-    let r = read_at(&mut c, 1, id);
-    assert!(
-        matches!(&r, Reply::Data { data, .. } if data == b"v"),
-        "{r:?}"
+    let (mut c, id) = holder_cut_off_and_replaced(false, &[1]);
+    unavailable_until_healed(
+        &mut c,
+        id,
+        "node 2 knows node 0 (down): not a complete search",
     );
 }
 
@@ -870,41 +865,13 @@ fn a_search_is_not_complete_while_an_answerer_knows_a_node_not_asked() {
 /// is not complete.
 #[test]
 fn configured_peers_not_reached_make_a_search_incomplete() {
-    let mut c = ha_off_cluster(3, true);
-    let id = written_then_handed_to_node_0(&mut c);
-    c.isolate(0);
-    c.advance(T + HB);
-    replace_ha_off(&mut c, 1, true);
-    replace_ha_off(&mut c, 2, true);
-    c.advance(T + HB * 4);
-    assert!(
-        c.node(1).phase() == Phase::Serving,
-        "{:?}",
-        c.node(1).phase()
-    );
+    let (mut c, id) = holder_cut_off_and_replaced(true, &[1, 2]);
     assert_eq!(
         c.node(1).membership().live_peers().count(),
         1,
         "node 0 was never heard"
     );
-    let r = read_at(&mut c, 1, id);
-    assert!(
-        matches!(
-            r,
-            Reply::Error {
-                code: ErrorCode::Unavailable,
-                ..
-            }
-        ),
-        "node 0 is configured and was not asked: {r:?}"
-    );
-    c.cut.clear();
-    c.advance(T + HB * 6);
-    let r = read_at(&mut c, 1, id);
-    assert!(
-        matches!(&r, Reply::Data { data, .. } if data == b"v"),
-        "{r:?}"
-    );
+    unavailable_until_healed(&mut c, id, "node 0 is configured and was not asked");
 }
 
 /// Seed 120712: a backup's failover proposal reached its witness, whose answer was lost before
@@ -916,17 +883,12 @@ fn configured_peers_not_reached_make_a_search_incomplete() {
 #[test]
 fn a_node_refuses_a_proposal_not_above_its_own_unanswered_one() {
     let mut c = Cluster::new(3, FlushPolicy::WriteThrough);
-    let id = c.create(2);
+    let id = c.written(2, b"v1");
     assert_eq!(id.backup, Some(addr(0)));
-    let (id, t, _) = c.lock(2, id);
-    c.write(2, id, t, b"v1").unwrap();
     // The backup stops hearing the master; the witness still hears it and refuses.
     c.cut.insert((2, 0));
     c.advance(T + HB);
-    let r = match c.client(0, Request::Read { id }) {
-        Some(r) => r,
-        None => c.wait_reply(c.req, 3000),
-    };
+    let r = c.read(0, id, 3000);
     assert!(
         matches!(
             r,
@@ -999,18 +961,11 @@ fn a_node_refuses_a_proposal_not_above_its_own_unanswered_one() {
 #[test]
 fn a_rejoin_does_not_resume_a_session_whose_handover_is_unanswered() {
     let mut c = ha_off_cluster(3, true);
-    let id = c.create(1);
-    let (id, t, _) = c.lock(1, id);
-    assert!(matches!(
-        c.write(1, id, t, b"v1"),
-        Some(Reply::Written { .. })
-    ));
+    let id = c.written(1, b"v1");
     c.advance(T + HB);
     // Node 1 drains; node 0 takes the session over, but its answers to node 1 are lost.
     c.cut.insert((0, 1));
-    let now = c.now;
-    let a = c.node(1).start_drain(now);
-    c.run(1, a);
+    c.drain(1);
     c.advance(HB);
     assert!(c.serves(0, &id.hash), "handed over to node 0");
     let handed = c.node(0).store().get(&id.hash).expect("held").placement;
@@ -1110,10 +1065,8 @@ fn correlation_numbers_of_two_incarnations_never_collide() {
 fn a_backup_made_by_an_unconfirmed_proposal_does_not_promote() {
     for ack_lost in [true, false] {
         let mut c = Cluster::new(4, FlushPolicy::WriteThrough);
-        let id = c.create(0);
+        let id = c.written(0, b"v1");
         assert_eq!(id.backup, Some(addr(1)));
-        let (id, t, _) = c.lock(0, id);
-        c.write(0, id, t, b"v1").unwrap();
         c.advance(T + HB);
         // The backup crashes; the master rehomes the session to a new backup, whose answer
         // may be lost.
@@ -1171,47 +1124,55 @@ fn a_backup_made_by_an_unconfirmed_proposal_does_not_promote() {
     }
 }
 
+/// A delayed-write cluster of three with a session mastered by node 0 and backed up by node 1,
+/// flushed at version 1, and a second write (version 2) acknowledged but not flushed yet.
+fn unflushed_second_write() -> (Cluster, SessionId) {
+    let mut c = Cluster::new(3, FlushPolicy::DelayedWrite);
+    let id = c.written(0, b"v1");
+    assert_eq!(id.backup, Some(addr(1)));
+    c.advance(T + HB);
+    let (id, t, _) = c.lock(0, id);
+    assert!(matches!(
+        c.write(0, id, t, b"v2"),
+        Some(Reply::Written { version: 2, .. })
+    ));
+    (c, id)
+}
+
+/// Updates (`Replicate` with `Change::Update`) of session `id` that node 0 sent since message
+/// number `first`.
+fn updates_from_0(c: &Cluster, first: usize, id: SessionId) -> usize {
+    c.sent[first..]
+        .iter()
+        .filter(|(from, _, m)| {
+            *from == 0
+                && matches!(m, Msg::Replicate { hash, change: Change::Update, .. } if *hash == id.hash)
+        })
+        .count()
+}
+
 /// Soak seed 3363: a restarted master waiting to resume a session (its copy possibly taken
 /// over meanwhile) flushed it (delayed-write) to its backup, which no longer held it and took
 /// it as a new replica; that replica then witnessed the stale master's Resume: two nodes
 /// served the session. A session waiting for its Resume now sends no Update.
 #[test]
 fn a_session_waiting_for_its_resume_sends_no_update() {
-    let mut c = Cluster::new(3, FlushPolicy::DelayedWrite);
-    let id = c.create(0);
-    assert_eq!(id.backup, Some(addr(1)));
-    let (id, t, _) = c.lock(0, id);
-    c.write(0, id, t, b"v1").unwrap();
-    c.advance(T + HB);
-    // A write not flushed yet, then the backup is replaced by an empty machine: the master
-    // must resume the session before serving it again.
-    let (id, t, _) = c.lock(0, id);
-    assert!(matches!(
-        c.write(0, id, t, b"v2"),
-        Some(Reply::Written { version: 2, .. })
-    ));
+    let (mut c, id) = unflushed_second_write();
+    // The backup is replaced by an empty machine: the master must resume the session before
+    // serving it again.
     c.crash(1);
-    c.ids[1] += 0x100;
-    let now = c.now;
-    c.nodes[1] = Some(Node::new(
-        config(1, c.ids[1], FlushPolicy::DelayedWrite),
-        MemStore::default(),
-        now,
-    ));
+    c.restart(1, MemStore::default());
     let first = c.sent.len();
     c.advance(4 * T);
     assert!(
         !c.serves(0, &id.hash),
         "not resumed: the new backup holds nothing"
     );
-    let updates = c.sent[first..]
-        .iter()
-        .filter(|(from, _, m)| {
-            *from == 0
-                && matches!(m, Msg::Replicate { hash, change: Change::Update, .. } if *hash == id.hash)
-        })
-        .count();
-    assert_eq!(updates, 0, "an unconfirmed session was replicated");
+    assert_eq!(
+        updates_from_0(&c, first, id),
+        0,
+        "an unconfirmed session was replicated"
+    );
 }
 
 /// Soak seed 9131: a master cut off from everyone kept flushing (delayed-write) its unflushed
@@ -1222,42 +1183,20 @@ fn a_session_waiting_for_its_resume_sends_no_update() {
 /// masters at one epoch. A master sends no Update to a backup it sees down.
 #[test]
 fn a_master_sends_no_update_to_a_backup_it_sees_down() {
-    let mut c = Cluster::new(3, FlushPolicy::DelayedWrite);
-    let id = c.create(0);
-    assert_eq!(id.backup, Some(addr(1)));
-    let (id, t, _) = c.lock(0, id);
-    c.write(0, id, t, b"v1").unwrap();
-    c.advance(T + HB);
-    // A write not flushed yet, then the master is cut off from everyone and its backup is
-    // replaced by an empty machine.
-    let (id, t, _) = c.lock(0, id);
-    assert!(matches!(
-        c.write(0, id, t, b"v2"),
-        Some(Reply::Written { version: 2, .. })
-    ));
+    let (mut c, id) = unflushed_second_write();
+    // The master is cut off from everyone and its backup is replaced by an empty machine.
     c.isolate(0);
     c.crash(1);
-    c.ids[1] += 0x100;
-    let now = c.now;
-    c.nodes[1] = Some(Node::new(
-        config(1, c.ids[1], FlushPolicy::DelayedWrite),
-        MemStore::default(),
-        now,
-    ));
+    c.restart(1, MemStore::default());
     c.advance(T + 2 * HB);
     assert!(!c.node(0).membership().is_up(addr(1)), "backup seen down");
     let first = c.sent.len();
     c.advance(2 * T);
-    let updates = |c: &Cluster, first: usize| {
-        c.sent[first..]
-            .iter()
-            .filter(|(from, _, m)| {
-                *from == 0
-                    && matches!(m, Msg::Replicate { hash, change: Change::Update, .. } if *hash == id.hash)
-            })
-            .count()
-    };
-    assert_eq!(updates(&c, first), 0, "replicated to a backup seen down");
+    assert_eq!(
+        updates_from_0(&c, first, id),
+        0,
+        "replicated to a backup seen down"
+    );
     assert_eq!(c.node(1).phase(), Phase::Serving, "the new backup serves");
     // Heal; the master ticks (a flush interval and more) before it hears anyone again.
     c.cut.clear();
@@ -1269,12 +1208,84 @@ fn a_master_sends_no_update_to_a_backup_it_sees_down() {
         c.run(0, a);
     }
     assert_eq!(
-        updates(&c, first),
+        updates_from_0(&c, first, id),
         0,
         "replicated before hearing the backup return"
     );
     assert!(
         c.node(1).store().get(&id.hash).is_none(),
         "the new backup took the stale copy as a replica"
+    );
+}
+
+/// Placement upkeep: a session created while no peer could take a backup (one crashed, the
+/// other draining) gets one (`AddBackup`, at the next epoch) once a peer can.
+#[test]
+fn a_session_without_a_backup_gets_one_when_a_peer_can_take_it() {
+    let mut c = Cluster::new(3, FlushPolicy::WriteThrough);
+    c.crash(2);
+    c.drain(1);
+    c.advance(T + HB);
+    let id = c.written(0, b"v1");
+    assert_eq!(
+        id.backup, None,
+        "no candidate: node 2 down, node 1 draining"
+    );
+    assert_eq!(c.node(0).stats().backups_added, 0);
+    // Node 2 comes back (an empty machine) and serves.
+    c.restart(2, MemStore::default());
+    c.advance(T + HB * 4);
+    let placement = c.node(0).store().get(&id.hash).expect("held").placement;
+    assert_eq!(placement.backup, Some(addr(2)), "{placement:?}");
+    // A new epoch (a proposal the starting node refused uses one up).
+    assert!(placement.epoch > id.version, "{placement:?}");
+    assert_eq!(c.node(0).stats().backups_added, 1);
+    let copy = c
+        .node(2)
+        .store()
+        .get(&id.hash)
+        .expect("the new backup holds it");
+    assert_eq!(
+        (copy.placement, copy.data.as_slice()),
+        (placement, &b"v1"[..])
+    );
+    assert!(c.serves(0, &id.hash));
+}
+
+/// Resume: a node that served alone (every peer went down) rejoins when one returns, and
+/// resumes its session without a backup at a new epoch witnessed by a new backup (`AddBackup`),
+/// never alone at a new epoch while a peer could witness it.
+#[test]
+fn a_node_that_was_alone_resumes_its_session_with_a_new_backup() {
+    let mut c = Cluster::new(2, FlushPolicy::WriteThrough);
+    c.crash(1);
+    c.advance(T + HB);
+    let id = c.written(0, b"v1");
+    assert_eq!(id.backup, None, "alone: no candidate");
+    c.restart(1, MemStore::default());
+    let end = c.now + T + HB * 4;
+    while c.now < end {
+        c.advance(25);
+        let p = c.node(0).store().get(&id.hash).expect("held").placement;
+        assert!(
+            p.epoch == id.version || p.backup.is_some(),
+            "resumed alone at {}: {p:?}",
+            c.now
+        );
+    }
+    assert_eq!(c.node(0).phase(), Phase::Serving);
+    let placement = c.node(0).store().get(&id.hash).expect("held").placement;
+    assert_eq!(placement.backup, Some(addr(1)), "{placement:?}");
+    assert!(placement.epoch > id.version, "{placement:?}");
+    assert_eq!(c.node(0).stats().backups_added, 1);
+    assert_eq!(
+        c.node(1).store().get(&id.hash).map(|k| k.placement),
+        Some(placement),
+        "the new backup witnessed the resumed placement"
+    );
+    let r = read_at(&mut c, 1, id);
+    assert!(
+        matches!(&r, Reply::Data { data, id: new, .. } if data == b"v1" && new.backup == Some(addr(1))),
+        "{r:?}"
     );
 }

@@ -566,6 +566,8 @@ impl Sim {
                 let beat = PeerBeat {
                     relay: addr(i),
                     node_id: self.nodes[i].node_id,
+                    // The node ID is random at each start: it is the incarnation.
+                    epoch: 0,
                     sessions,
                     sockets: 0,
                     draining,

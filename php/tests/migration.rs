@@ -21,6 +21,52 @@ fn serial() -> MutexGuard<'static, ()> {
     M.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// One test's folder, with the old store of the files handler (`php-sessions/`) and PHP's error
+/// log; the tests run one at a time (the guard is released last, after the folder is gone).
+struct Setup {
+    dir: TestDir,
+    old_dir: PathBuf,
+    log: PathBuf,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Setup {
+    fn new(name: &str) -> Setup {
+        let serial = serial();
+        let dir = TestDir::new(name);
+        let old_dir = dir.join("php-sessions");
+        std::fs::create_dir_all(&old_dir).unwrap();
+        let log = dir.join("php-error.log");
+        Setup {
+            dir,
+            old_dir,
+            log,
+            _serial: serial,
+        }
+    }
+
+    /// PHP with the files handler on the old store.
+    fn files_php(&self, workers: u32) -> PhpServer {
+        PhpServer::start(&self.dir, workers, &files_ini(&self.old_dir))
+    }
+
+    /// `count` sessions made on the files handler with `set.php` (see [`make_sessions`]).
+    fn files_sessions(&self, count: usize) -> Vec<(String, String)> {
+        make_sessions(&self.files_php(2), count, false)
+    }
+
+    /// PHP switched to cluster with the window open on the files store until `until`.
+    fn adopting_files_ini(&self, scd: &Scd, until: &str) -> Vec<(String, String)> {
+        let from = format!("files:{}", self.old_dir.display());
+        cluster_ini(scd, &from, until, &self.log)
+    }
+
+    /// The `sess_*` files in the old store.
+    fn old_files(&self) -> Vec<PathBuf> {
+        sess_files(&self.old_dir)
+    }
+}
+
 fn n_of(r: &common::Response) -> u64 {
     r.field("n")
         .and_then(|v| v.parse().ok())
@@ -54,19 +100,61 @@ fn cluster_ini(scd: &Scd, from: &str, until: &str, log: &Path) -> Vec<(String, S
     )
 }
 
-/// Makes `count` old sessions with `set.php`; returns (old ID, value).
-fn old_sessions(php: &PhpServer, count: usize) -> Vec<(String, String)> {
+/// PHP on cluster, every session written or touched also mirrored to `to`.
+fn mirror_ini(scd: &Scd, to: &str, log: &Path) -> Vec<(String, String)> {
+    let mut ini = php_ini(
+        &scd.save_path(),
+        &[("error_log", &log.display().to_string())],
+    );
+    ini.push(("cluster.mirror_to".into(), to.into()));
+    ini
+}
+
+/// Makes `count` sessions with `set.php`, each with its own value; returns (ID, value). The IDs
+/// are cluster IDs if and only if `cluster_ids` (PHP runs the cluster handler, not an old one).
+fn make_sessions(php: &PhpServer, count: usize, cluster_ids: bool) -> Vec<(String, String)> {
     (0..count)
         .map(|i| {
             let mut jar = Jar::default();
-            let v = format!("old{i}x{}", i * 31);
+            let v = format!("v{i}x{}", i * 31);
             let r = php.get(&format!("/set.php?k=v&v={v}"), &mut jar);
             assert_eq!(r.field("written"), Some("yes"), "{}", r.body);
             let id = jar.session_id().expect("a cookie").to_string();
-            assert!(!is_cluster_id(&id));
+            assert_eq!(is_cluster_id(&id), cluster_ids, "{id}");
             (id, v)
         })
         .collect()
+}
+
+/// One user's session, counted `times` times with `count.php` (each request writes); returns
+/// its ID.
+fn counted_session(php: &PhpServer, times: u64) -> String {
+    let mut jar = Jar::default();
+    for i in 1..=times {
+        let r = php.get("/count.php", &mut jar);
+        assert_eq!(r.field("written"), Some("yes"), "{}", r.body);
+        assert_eq!(n_of(&r), i, "{}", r.body);
+    }
+    jar.session_id().unwrap().to_string()
+}
+
+/// An old cookie outside the window: nothing found (`v=none`), and a fresh cluster ID.
+fn assert_unknown_old(php: &PhpServer, old: &str) {
+    let mut jar = Jar::with_session(old);
+    let r = php.get("/get.php?k=v", &mut jar);
+    assert_eq!(r.field("v"), Some("none"), "{old}: {}", r.body);
+    assert!(is_cluster_id(jar.session_id().unwrap()));
+}
+
+/// An old-format ID that exists nowhere: a fresh session (`n=1`) under a fresh cluster ID,
+/// which is returned.
+fn assert_forged_gets_fresh(php: &PhpServer, forged: &str) -> String {
+    let mut jar = Jar::with_session(forged);
+    let r = php.get("/count.php", &mut jar);
+    assert_eq!(n_of(&r), 1, "{}", r.body);
+    let fresh = jar.session_id().unwrap().to_string();
+    assert!(is_cluster_id(&fresh), "{fresh}");
+    fresh
 }
 
 /// Every old cookie finds its data; the response hands out a cluster ID, which then works.
@@ -166,40 +254,27 @@ fn sess_files(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn files_sessions_are_adopted_once_and_nobody_is_logged_out() {
-    let _g = serial();
-    let dir = TestDir::new("adoptfiles");
-    let old_dir = dir.join("php-sessions");
-    std::fs::create_dir_all(&old_dir).unwrap();
-    let log = dir.join("php-error.log");
+    let t = Setup::new("adoptfiles");
 
     // Before: PHP with the files handler, users logged in.
     let (sessions, hot_old) = {
-        let php = PhpServer::start(&dir, 2, &files_ini(&old_dir));
-        let sessions = old_sessions(&php, 10);
-        let mut hot = Jar::default();
-        for _ in 0..5 {
-            php.get("/count.php", &mut hot);
-        }
-        (sessions, hot.session_id().unwrap().to_string())
+        let php = t.files_php(2);
+        (make_sessions(&php, 10, false), counted_session(&php, 5))
     };
-    assert_eq!(sess_files(&old_dir).len(), 11);
+    assert_eq!(t.old_files().len(), 11);
 
     // The switch: the same PHP, php.ini now says cluster with the window open.
-    let scd = Scd::start(&dir, &[]);
-    let php = PhpServer::start(
-        &dir,
-        8,
-        &cluster_ini(&scd, &format!("files:{}", old_dir.display()), "+1h", &log),
-    );
+    let scd = Scd::start(&t.dir, &[]);
+    let php = PhpServer::start(&t.dir, 8, &t.adopting_files_ini(&scd, "+1h"));
     let new_ids = check_adopted(&php, &sessions);
-    let text = wait_log(&log, "migration window open on this node");
+    let text = wait_log(&t.log, "migration window open on this node");
     assert_eq!(
         text.matches("migration window open").count(),
         1,
         "opened once per node: {text}"
     );
     // The old copies are gone (cluster.adopt_remove defaults to on); the hot one is left.
-    assert_eq!(sess_files(&old_dir).len(), 1, "{:?}", sess_files(&old_dir));
+    assert_eq!(t.old_files().len(), 1, "{:?}", t.old_files());
     // A late request with an old cookie (the browser had not stored the new one yet) still
     // finds the session, under the same cluster ID.
     let mut late = Jar::with_session(&sessions[3].0);
@@ -209,15 +284,11 @@ fn files_sessions_are_adopted_once_and_nobody_is_logged_out() {
 
     // 20 concurrent first requests with one old cookie: imported once, count = 5 + 20.
     twenty_at_once(&php, &hot_old, 5);
-    assert!(sess_files(&old_dir).is_empty());
+    assert!(t.old_files().is_empty());
 
     // A forged old-format ID that exists nowhere: a fresh session, nothing stored for it.
     let forged = "0123456789abcdef0123456789abcdef";
-    let mut jar = Jar::with_session(forged);
-    let r = php.get("/count.php", &mut jar);
-    assert_eq!(n_of(&r), 1, "{}", r.body);
-    let fresh = jar.session_id().unwrap().to_string();
-    assert!(is_cluster_id(&fresh));
+    let fresh = assert_forged_gets_fresh(&php, forged);
     let node = SessionId::parse(fresh.as_bytes()).unwrap().master;
     let map = SessionId::new(
         node,
@@ -229,10 +300,7 @@ fn files_sessions_are_adopted_once_and_nobody_is_logged_out() {
         cluster::conn::Reply::Exists(e) => assert!(!e, "no record for a forged ID"),
         other => panic!("{other:?}"),
     }
-    assert!(
-        sess_files(&old_dir).is_empty(),
-        "nothing written to the old store"
-    );
+    assert!(t.old_files().is_empty(), "nothing written to the old store");
 
     // phpinfo counts the adoptions of this node (10 + 1).
     let r = php.get("/info.php", &mut Jar::default());
@@ -246,16 +314,12 @@ fn files_sessions_are_adopted_once_and_nobody_is_logged_out() {
 
 #[test]
 fn without_strict_mode_an_unknown_old_id_gets_a_fresh_cluster_id_from_read() {
-    let _g = serial();
-    let dir = TestDir::new("adoptnonstrict");
-    let old_dir = dir.join("php-sessions");
-    std::fs::create_dir_all(&old_dir).unwrap();
-    let log = dir.join("php-error.log");
-    let scd = Scd::start(&dir, &[]);
-    let mut ini = cluster_ini(&scd, &format!("files:{}", old_dir.display()), "", &log);
+    let t = Setup::new("adoptnonstrict");
+    let scd = Scd::start(&t.dir, &[]);
+    let mut ini = t.adopting_files_ini(&scd, "");
     ini.retain(|(k, _)| k != "session.use_strict_mode");
     ini.push(("session.use_strict_mode".into(), "0".into()));
-    let php = PhpServer::start(&dir, 2, &ini);
+    let php = PhpServer::start(&t.dir, 2, &ini);
     // validate_sid is not called without strict mode: read itself replaces the ID.
     let mut jar = Jar::with_session("unknownoldid1234");
     let r = php.get("/count.php", &mut jar);
@@ -265,40 +329,21 @@ fn without_strict_mode_an_unknown_old_id_gets_a_fresh_cluster_id_from_read() {
     assert_eq!(r.field("id"), Some(id.as_str()));
     assert_eq!(n_of(&php.get("/count.php", &mut jar)), 2);
     // The window with an empty adopt_until lasts gc_maxlifetime (1440 s) from now.
-    wait_log(&log, "migration window open on this node");
+    wait_log(&t.log, "migration window open on this node");
 }
 
 #[test]
 fn outside_the_window_old_ids_are_unknown() {
-    let _g = serial();
-    let dir = TestDir::new("adoptclosed");
-    let old_dir = dir.join("php-sessions");
-    std::fs::create_dir_all(&old_dir).unwrap();
-    let log = dir.join("php-error.log");
-    let sessions = {
-        let php = PhpServer::start(&dir, 2, &files_ini(&old_dir));
-        old_sessions(&php, 2)
-    };
-    let scd = Scd::start(&dir, &[]);
-    let php = PhpServer::start(
-        &dir,
-        2,
-        &cluster_ini(
-            &scd,
-            &format!("files:{}", old_dir.display()),
-            "2000-01-01",
-            &log,
-        ),
-    );
+    let t = Setup::new("adoptclosed");
+    let sessions = t.files_sessions(2);
+    let scd = Scd::start(&t.dir, &[]);
+    let php = PhpServer::start(&t.dir, 2, &t.adopting_files_ini(&scd, "2000-01-01"));
     for (old, _) in &sessions {
-        let mut jar = Jar::with_session(old);
-        let r = php.get("/get.php?k=v", &mut jar);
-        assert_eq!(r.field("v"), Some("none"), "{}", r.body);
-        assert!(is_cluster_id(jar.session_id().unwrap()));
+        assert_unknown_old(&php, old);
     }
     // Nothing was adopted or removed.
-    assert_eq!(sess_files(&old_dir).len(), 2);
-    wait_log(&log, "migration window closed on this node");
+    assert_eq!(t.old_files().len(), 2);
+    wait_log(&t.log, "migration window closed on this node");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -338,6 +383,33 @@ impl Redis {
         Redis { child, port }
     }
 
+    /// phpredis's `session.save_path` for this server, keys prefixed `APP_SESS:`.
+    fn save_path(&self) -> String {
+        format!("tcp://127.0.0.1:{}?prefix=APP_SESS:", self.port)
+    }
+
+    /// This server as an old store for `cluster.adopt_from` and `cluster.mirror_to` (quoted for
+    /// php.ini: `=` in an unquoted value is a syntax error).
+    fn store(&self) -> String {
+        format!("\"redis:{}\"", self.save_path())
+    }
+
+    /// PHP on phpredis's own handler with this server.
+    fn phpredis_ini(&self) -> Vec<(String, String)> {
+        let quoted = format!("\"{}\"", self.save_path());
+        let mut ini = php_ini(
+            "unused",
+            &[
+                ("session.save_handler", "redis"),
+                ("session.save_path", &quoted),
+            ],
+        );
+        // Debian's redis.so needs igbinary loaded first; `-n` loads nothing by itself.
+        ini.insert(0, ("extension".into(), "redis".into()));
+        ini.insert(0, ("extension".into(), "igbinary".into()));
+        ini
+    }
+
     fn keys(&self) -> Vec<String> {
         let out = Command::new("redis-cli")
             .args(["-p", &self.port.to_string(), "--raw", "KEYS", "*"])
@@ -360,50 +432,21 @@ impl Drop for Redis {
     }
 }
 
-fn with_phpredis(mut ini: Vec<(String, String)>) -> Vec<(String, String)> {
-    // Debian's redis.so needs igbinary loaded first; `-n` loads nothing by itself.
-    ini.insert(0, ("extension".into(), "redis".into()));
-    ini.insert(0, ("extension".into(), "igbinary".into()));
-    ini
-}
-
 #[test]
 fn phpredis_sessions_are_adopted_once_and_marked_for_other_nodes() {
-    let _g = serial();
-    let dir = TestDir::new("adoptredis");
-    let log = dir.join("php-error.log");
-    let redis = Redis::start(&dir);
-    let save_path = format!("tcp://127.0.0.1:{}?prefix=APP_SESS:", redis.port);
-    // Quoted for php.ini: `=` in an unquoted value is a syntax error.
-    let quoted = format!("\"{save_path}\"");
+    let t = Setup::new("adoptredis");
+    let redis = Redis::start(&t.dir);
     let (sessions, hot_old) = {
-        let ini = with_phpredis(php_ini(
-            "unused",
-            &[
-                ("session.save_handler", "redis"),
-                ("session.save_path", &quoted),
-            ],
-        ));
-        let php = PhpServer::start(&dir, 2, &ini);
-        let sessions = old_sessions(&php, 5);
-        let mut hot = Jar::default();
-        for _ in 0..3 {
-            let r = php.get("/count.php", &mut hot);
-            assert_eq!(r.field("written"), Some("yes"), "{}", r.body);
-        }
-        (sessions, hot.session_id().unwrap().to_string())
+        let php = PhpServer::start(&t.dir, 2, &redis.phpredis_ini());
+        (make_sessions(&php, 5, false), counted_session(&php, 3))
     };
     let keys = redis.keys();
     assert_eq!(keys.len(), 6, "{keys:?}");
     assert!(keys.iter().all(|k| k.starts_with("APP_SESS:")), "{keys:?}");
 
-    let scd = Scd::start(&dir, &[]);
+    let scd = Scd::start(&t.dir, &[]);
     // Switched PHP without phpredis loaded: adoption speaks RESP itself.
-    let php = PhpServer::start(
-        &dir,
-        8,
-        &cluster_ini(&scd, &format!("\"redis:{save_path}\""), "+1h", &log),
-    );
+    let php = PhpServer::start(&t.dir, 8, &cluster_ini(&scd, &redis.store(), "+1h", &t.log));
     let new_ids = check_adopted(&php, &sessions);
     twenty_at_once(&php, &hot_old, 3);
     // Old copies removed; a marker per adopted session tells other nodes the cluster ID.
@@ -426,38 +469,24 @@ fn phpredis_sessions_are_adopted_once_and_marked_for_other_nodes() {
     // it reaches the session through scd's relays, which this single-node test does not run.)
 
     // A forged old ID: fresh session, nothing written to Redis.
-    let mut jar = Jar::with_session("forgedforgedforgedforged00");
-    let r = php.get("/count.php", &mut jar);
-    assert_eq!(n_of(&r), 1, "{}", r.body);
-    assert!(is_cluster_id(jar.session_id().unwrap()));
+    assert_forged_gets_fresh(&php, "forgedforgedforgedforged00");
     assert_eq!(redis.keys().len(), 6);
 }
 
 #[test]
 fn a_relative_window_closes_by_itself_and_says_so() {
-    let _g = serial();
-    let dir = TestDir::new("adoptcloses");
-    let old_dir = dir.join("php-sessions");
-    std::fs::create_dir_all(&old_dir).unwrap();
-    let log = dir.join("php-error.log");
-    let sessions = {
-        let php = PhpServer::start(&dir, 2, &files_ini(&old_dir));
-        old_sessions(&php, 2)
-    };
-    let scd = Scd::start(&dir, &[]);
-    let php = PhpServer::start(
-        &dir,
-        2,
-        &cluster_ini(&scd, &format!("files:{}", old_dir.display()), "+2s", &log),
-    );
+    let t = Setup::new("adoptcloses");
+    let sessions = t.files_sessions(2);
+    let scd = Scd::start(&t.dir, &[]);
+    let php = PhpServer::start(&t.dir, 2, &t.adopting_files_ini(&scd, "+2s"));
     // The first session request opens the window and adopts.
     check_adopted(&php, &sessions[..1]);
-    wait_log(&log, "migration window open on this node");
+    wait_log(&t.log, "migration window open on this node");
     // Session requests go on (new visitors) until one of them finds the window past its end.
     let start = Instant::now();
     loop {
         php.get("/count.php", &mut Jar::default());
-        if std::fs::read_to_string(&log)
+        if std::fs::read_to_string(&t.log)
             .unwrap_or_default()
             .contains("migration window closed on this node")
         {
@@ -466,42 +495,27 @@ fn a_relative_window_closes_by_itself_and_says_so() {
         assert!(start.elapsed() < READY_WITHIN, "the window never closed");
         thread::sleep(Duration::from_millis(100));
     }
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = std::fs::read_to_string(&t.log).unwrap();
     assert!(text.contains("after adopting 1 sessions"), "{text}");
     assert_eq!(text.matches("migration window closed").count(), 1, "{text}");
     // Now the second old cookie is unknown: a fresh session, its old file left alone.
-    let (old, _) = &sessions[1];
-    let mut jar = Jar::with_session(old);
-    let r = php.get("/get.php?k=v", &mut jar);
-    assert_eq!(r.field("v"), Some("none"), "{}", r.body);
-    assert!(is_cluster_id(jar.session_id().unwrap()));
-    assert_eq!(sess_files(&old_dir).len(), 1);
+    assert_unknown_old(&php, &sessions[1].0);
+    assert_eq!(t.old_files().len(), 1);
 }
 
 #[test]
 fn with_adopt_remove_off_the_old_copy_stays_and_is_never_imported_twice() {
-    let _g = serial();
-    let dir = TestDir::new("adoptkeep");
-    let old_dir = dir.join("php-sessions");
-    std::fs::create_dir_all(&old_dir).unwrap();
-    let log = dir.join("php-error.log");
-    let old = {
-        let php = PhpServer::start(&dir, 2, &files_ini(&old_dir));
-        let mut jar = Jar::default();
-        for _ in 0..3 {
-            php.get("/count.php", &mut jar);
-        }
-        jar.session_id().unwrap().to_string()
-    };
-    let scd = Scd::start(&dir, &[]);
-    let mut ini = cluster_ini(&scd, &format!("files:{}", old_dir.display()), "+1h", &log);
+    let t = Setup::new("adoptkeep");
+    let old = counted_session(&t.files_php(2), 3);
+    let scd = Scd::start(&t.dir, &[]);
+    let mut ini = t.adopting_files_ini(&scd, "+1h");
     ini.push(("cluster.adopt_remove".into(), "0".into()));
-    let php = PhpServer::start(&dir, 2, &ini);
+    let php = PhpServer::start(&t.dir, 2, &ini);
     let mut jar = Jar::with_session(&old);
     assert_eq!(n_of(&php.get("/count.php", &mut jar)), 4);
     let new = jar.session_id().unwrap().to_string();
     assert!(is_cluster_id(&new));
-    assert_eq!(sess_files(&old_dir).len(), 1, "the old copy is left");
+    assert_eq!(t.old_files().len(), 1, "the old copy is left");
     assert_eq!(n_of(&php.get("/count.php", &mut jar)), 5);
     // The old cookie again (another tab): the same cluster session with its current data, not a
     // second import of the old copy (which still says 3).
@@ -512,14 +526,10 @@ fn with_adopt_remove_off_the_old_copy_stays_and_is_never_imported_twice() {
 
 #[test]
 fn php_fpm_hands_out_the_adopted_id_in_its_cookie() {
-    let _g = serial();
-    let dir = TestDir::new("adoptfpm");
-    let old_dir = dir.join("php-sessions");
-    std::fs::create_dir_all(&old_dir).unwrap();
-    let log = dir.join("php-error.log");
+    let t = Setup::new("adoptfpm");
     // Sessions made by php-fpm with the files handler, then the same pool switched.
     let old = {
-        let fpm = common::PhpFpm::start(&dir, 2, &files_ini(&old_dir));
+        let fpm = common::PhpFpm::start(&t.dir, 2, &files_ini(&t.old_dir));
         let mut jar = Jar::default();
         for _ in 0..2 {
             fpm.get("count.php", "", &mut jar);
@@ -527,12 +537,8 @@ fn php_fpm_hands_out_the_adopted_id_in_its_cookie() {
         jar.session_id().unwrap().to_string()
     };
     assert!(!is_cluster_id(&old));
-    let scd = Scd::start(&dir, &[]);
-    let fpm = common::PhpFpm::start(
-        &dir,
-        4,
-        &cluster_ini(&scd, &format!("files:{}", old_dir.display()), "+1h", &log),
-    );
+    let scd = Scd::start(&t.dir, &[]);
+    let fpm = common::PhpFpm::start(&t.dir, 4, &t.adopting_files_ini(&scd, "+1h"));
     let mut jar = Jar::with_session(&old);
     let r = fpm.get("count.php", "", &mut jar);
     let fpm_log = std::fs::read_to_string(&fpm.log).unwrap_or_default();
@@ -542,7 +548,7 @@ fn php_fpm_hands_out_the_adopted_id_in_its_cookie() {
     assert!(is_cluster_id(&new), "{new}");
     assert_eq!(r.field("id"), Some(new.as_str()));
     assert_eq!(n_of(&fpm.get("count.php", "", &mut jar)), 4);
-    assert!(sess_files(&old_dir).is_empty());
+    assert!(t.old_files().is_empty());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -550,31 +556,20 @@ fn php_fpm_hands_out_the_adopted_id_in_its_cookie() {
 
 #[test]
 fn rolling_back_to_files_after_a_mirror_period_keeps_users_logged_in() {
-    let _g = serial();
-    let dir = TestDir::new("mirror");
-    let old_dir = dir.join("php-sessions");
-    std::fs::create_dir_all(&old_dir).unwrap();
-    let log = dir.join("php-error.log");
-    let scd = Scd::start(&dir, &[]);
+    let t = Setup::new("mirror");
+    let scd = Scd::start(&t.dir, &[]);
     // Users on cluster.
     let sessions = {
-        let php = PhpServer::start(&dir, 2, &php_ini(&scd.save_path(), &[]));
-        let sessions = old_sessions_cluster(&php, 4);
-        assert!(sess_files(&old_dir).is_empty());
+        let php = PhpServer::start(&t.dir, 2, &php_ini(&scd.save_path(), &[]));
+        let sessions = make_sessions(&php, 4, true);
+        assert!(t.old_files().is_empty());
         sessions
     };
     // The mirror period: PHP still on cluster, every session written or touched is also written
     // to the files handler's folder under its cluster ID.
     {
-        let mut ini = php_ini(
-            &scd.save_path(),
-            &[("error_log", &log.display().to_string())],
-        );
-        ini.push((
-            "cluster.mirror_to".into(),
-            format!("files:{}", old_dir.display()),
-        ));
-        let php = PhpServer::start(&dir, 2, &ini);
+        let to = format!("files:{}", t.old_dir.display());
+        let php = PhpServer::start(&t.dir, 2, &mirror_ini(&scd, &to, &t.log));
         // One user changes their session (write), the others only visit (lazy_write: touch).
         let mut jar = Jar::with_session(&sessions[0].0);
         let r = php.get("/set.php?k=v&v=changed", &mut jar);
@@ -588,11 +583,11 @@ fn rolling_back_to_files_after_a_mirror_period_keeps_users_logged_in() {
         let mut jar = Jar::with_session(&sessions[3].0);
         let r = php.get("/destroy.php", &mut jar);
         assert_eq!(r.field("destroyed"), Some("yes"), "{}", r.body);
-        assert_eq!(sess_files(&old_dir).len(), 3, "{:?}", sess_files(&old_dir));
+        assert_eq!(t.old_files().len(), 3, "{:?}", t.old_files());
     }
     // Roll back: PHP on the files handler again. The cookies (cluster IDs, which the files
     // handler accepts) find their sessions.
-    let php = PhpServer::start(&dir, 2, &files_ini(&old_dir));
+    let php = t.files_php(2);
     let want = ["changed", sessions[1].1.as_str(), sessions[2].1.as_str()];
     for ((id, _), v) in sessions.iter().zip(want) {
         let mut jar = Jar::with_session(id);
@@ -609,50 +604,19 @@ fn rolling_back_to_files_after_a_mirror_period_keeps_users_logged_in() {
     );
 }
 
-/// Sessions made on cluster with `set.php`; returns (cluster ID, value).
-fn old_sessions_cluster(php: &PhpServer, count: usize) -> Vec<(String, String)> {
-    (0..count)
-        .map(|i| {
-            let mut jar = Jar::default();
-            let v = format!("c{i}");
-            let r = php.get(&format!("/set.php?k=v&v={v}"), &mut jar);
-            assert_eq!(r.field("written"), Some("yes"), "{}", r.body);
-            let id = jar.session_id().unwrap().to_string();
-            assert!(is_cluster_id(&id));
-            (id, v)
-        })
-        .collect()
-}
-
 #[test]
 fn rolling_back_to_phpredis_after_a_mirror_period_keeps_users_logged_in() {
-    let _g = serial();
-    let dir = TestDir::new("mirrorredis");
-    let log = dir.join("php-error.log");
-    let redis = Redis::start(&dir);
-    let save_path = format!("tcp://127.0.0.1:{}?prefix=APP_SESS:", redis.port);
-    let quoted = format!("\"{save_path}\"");
-    let scd = Scd::start(&dir, &[]);
+    let t = Setup::new("mirrorredis");
+    let redis = Redis::start(&t.dir);
+    let scd = Scd::start(&t.dir, &[]);
     let sessions = {
-        let mut ini = php_ini(
-            &scd.save_path(),
-            &[("error_log", &log.display().to_string())],
-        );
-        ini.push(("cluster.mirror_to".into(), format!("\"redis:{save_path}\"")));
-        let php = PhpServer::start(&dir, 2, &ini);
-        old_sessions_cluster(&php, 3)
+        let php = PhpServer::start(&t.dir, 2, &mirror_ini(&scd, &redis.store(), &t.log));
+        make_sessions(&php, 3, true)
     };
     let keys = redis.keys();
     assert_eq!(keys.len(), 3, "{keys:?}");
     // Back to phpredis: the cookies find their sessions.
-    let ini = with_phpredis(php_ini(
-        "unused",
-        &[
-            ("session.save_handler", "redis"),
-            ("session.save_path", &quoted),
-        ],
-    ));
-    let php = PhpServer::start(&dir, 2, &ini);
+    let php = PhpServer::start(&t.dir, 2, &redis.phpredis_ini());
     for (id, v) in &sessions {
         let mut jar = Jar::with_session(id);
         let r = php.get("/get.php?k=v", &mut jar);

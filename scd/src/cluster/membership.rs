@@ -1,19 +1,19 @@
 //! Who is alive, and how loaded: `scd_cluster::Membership` — the deterministic table the seeded
 //! simulation (`cluster/tests/sim.rs`) covers — fed with verified heartbeats and with
 //! authenticated relay traffic, and `scd_cluster::choose_backup` for the backup choice. This
-//! module only adapts them to the daemon: it keeps no liveness state of its own.
+//! module only adapts them to the daemon: it keeps no state of its own.
 //!
-//! Two things the daemon adds around the crate's table:
-//! - **Incarnations.** The crate tells a restart by a new node ID on the same address; the
-//!   daemon's node ID is persistent (`data_dir/node-id`) and its heartbeat `epoch` (the start
-//!   time) is what changes at every start. The crate is therefore fed [`incarnation`] of the two.
-//! - **Node ID → relay address**, for relay connections (the handshake names the peer's node ID,
-//!   not its relay address): learnt from verified heartbeats, one entry per address.
+//! The crate's table does what the daemon needs of it: it tells a restart by the heartbeat's
+//! incarnation (`scd_cluster::membership::incarnation`: the persistent node ID, from
+//! `data_dir/node-id`, mixed with the start epoch), maps a relay handshake's node ID to the
+//! peer's relay address (`Membership::addr_of`), and reports the start of a drain
+//! (`PeerEvent::Draining`). The adapter turns the crate's `PeerEvent`s into [`Change`]s (no
+//! node IDs: the daemon acts on addresses) and keeps the daemon's own questions (`known_down`,
+//! `usable`, the counts) in one place.
 //!
 //! Time is an argument (`now_ms`, from the monotonic [`now_ms`] in the daemon), so the table
 //! stays deterministic.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -29,16 +29,8 @@ pub fn now_ms() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
-/// The incarnation the crate's membership sees for a heartbeat's sender: its persistent node ID
-/// mixed with its start epoch, so that a restart (new epoch) or a new data directory (new node
-/// ID) on the same address is a `Restarted`. The replay check (`HeartbeatVerifier`) has already
-/// refused epochs older than the sender's newest.
-pub fn incarnation(hb: &Heartbeat) -> u64 {
-    hb.node_id ^ hb.epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-}
-
-/// A change worth logging and acting on: the crate's `PeerEvent`s, plus the start of a drain
-/// (a heartbeat's draining flag), which the daemon acts on like a node going down.
+/// A change worth logging and acting on: the crate's `PeerEvent`s by address. The start of a
+/// drain (a heartbeat's draining flag) is acted on like a node going down.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Change {
     /// First heard of.
@@ -50,7 +42,7 @@ pub enum Change {
     /// Heard again, same incarnation, after it was declared down: a healed partition (or a
     /// process that was stopped and continued).
     Returned(SocketAddr),
-    /// It announced that it is draining.
+    /// It announced that it is draining (once per start of a drain).
     Draining(SocketAddr),
 }
 
@@ -72,16 +64,15 @@ impl Change {
             PeerEvent::Down { addr, .. } => Change::Down(addr),
             PeerEvent::Restarted { addr, .. } => Change::Restarted(addr),
             PeerEvent::Returned { addr, .. } => Change::Returned(addr),
+            PeerEvent::Draining { addr, .. } => Change::Draining(addr),
         }
     }
 }
 
-/// The cluster thread's membership: the crate's table and the node ID → address map.
+/// The cluster thread's membership: the crate's table.
 #[derive(Debug)]
 pub struct Members {
     table: Membership,
-    /// Persistent node ID → relay address, from verified heartbeats; one entry per address.
-    relay_of: HashMap<u64, SocketAddr>,
 }
 
 impl Members {
@@ -100,7 +91,6 @@ impl Members {
         };
         Members {
             table: Membership::new(me, config, now_ms),
-            relay_of: HashMap::new(),
         }
     }
 
@@ -109,26 +99,15 @@ impl Members {
         &self.table
     }
 
-    /// A verified heartbeat (allowed host, MAC checked, not a replay) arrived at `now_ms`.
+    /// A verified heartbeat (allowed host, MAC checked, not a replay) arrived at `now_ms`. Our
+    /// own (broadcast loops back) is ignored by the table. The replay check
+    /// (`HeartbeatVerifier`) has already refused epochs older than the sender's newest, so a new
+    /// incarnation is a restart, never an old datagram.
     pub fn heard(&mut self, hb: &Heartbeat, now_ms: u64, changes: &mut Vec<Change>) {
-        if hb.relay == self.table.me() {
-            return;
-        }
-        let beat = PeerBeat {
-            node_id: incarnation(hb),
-            ..PeerBeat::from_heartbeat(hb)
-        };
-        let was_draining = self.table.is_draining(hb.relay);
-        let event = self.table.on_heartbeat(&beat, now_ms);
-        // A new incarnation starts not draining.
-        let restarted = matches!(event, Some(PeerEvent::Restarted { .. }));
-        changes.extend(event.map(Change::of));
-        if beat.draining && (restarted || !was_draining) {
-            changes.push(Change::Draining(hb.relay));
-        }
-        self.relay_of
-            .retain(|id, a| *a != hb.relay || *id == hb.node_id);
-        self.relay_of.insert(hb.node_id, hb.relay);
+        let events = self
+            .table
+            .on_heartbeat(&PeerBeat::from_heartbeat(hb), now_ms);
+        changes.extend(events.into_iter().map(Change::of));
     }
 
     /// An authenticated relay frame arrived from the node with (persistent) ID `node_id`:
@@ -140,9 +119,9 @@ impl Members {
         now_ms: u64,
         changes: &mut Vec<Change>,
     ) -> Option<SocketAddr> {
-        let addr = self.relay_of(node_id)?;
-        // No incarnation: the handshake names the node ID, not the start epoch.
-        changes.extend(self.table.on_heard(addr, None, now_ms).map(Change::of));
+        let addr = self.table.addr_of(node_id)?;
+        // The handshake names the node ID, not the start epoch: liveness only, never a restart.
+        changes.extend(self.table.on_heard(addr, now_ms).map(Change::of));
         Some(addr)
     }
 
@@ -152,9 +131,9 @@ impl Members {
     }
 
     /// The relay address of the node with this (persistent) ID, if one of its heartbeats was
-    /// heard.
+    /// heard (the latest heartbeat that carried it; one node ID per address).
     pub fn relay_of(&self, node_id: u64) -> Option<SocketAddr> {
-        self.relay_of.get(&node_id).copied()
+        self.table.addr_of(node_id)
     }
 
     /// Known down: heard before, silent for the node timeout. A node never heard from is not

@@ -1088,15 +1088,20 @@ impl State {
                         );
                     }
                     // On silence alone (no refused connection: the master's process may be
-                    // alive behind a partial partition), another node must witness it.
-                    let gone = (refused && self.node.settings.cluster.failover_on_refused)
-                        || self.refuses(id.master).await;
-                    if !gone {
+                    // alive behind a partial partition), another node must witness it. Failing
+                    // that, a refused connection still shows the process is gone (probed only
+                    // then: a connection attempt to a silent host may take the relay timeout,
+                    // and a forwarded request must be answered within the origin's).
+                    if !(refused && self.node.settings.cluster.failover_on_refused) {
                         let known = self.placement(&hash).map_or(0, |p| p.epoch);
                         let epoch = id.version.max(known) + 1;
                         let w = self.witness(id.master, WitnessChange::Promote, epoch).await;
-                        if let Err(no) = witness::decide(w, self.node.settings.cluster.allow_alone)
-                        {
+                        let decided = witness::decide(w, self.node.settings.cluster.allow_alone);
+                        let decided = match decided {
+                            Err(_) if self.refuses(id.master).await => Ok(()),
+                            other => other,
+                        };
+                        if let Err(no) = decided {
                             warn!(
                                 "cluster: not taking over a session from silent master {}: {no}",
                                 id.master
@@ -2206,13 +2211,15 @@ impl State {
                 return Ok(p);
             }
             let down = self.members.borrow().known_down(b);
-            if !replaced.contains(&b) && (down || self.refuses(b).await) {
-                // Down in this node's view, or its process is gone (refused: no need to wait
-                // for the node timeout): give the session a new backup (which holds a copy and
-                // whose lease then counts), or none if no other node can take it and `b` is
-                // known dead.
+            let refused = !replaced.contains(&b) && !down && self.refuses(b).await;
+            if !replaced.contains(&b) && (down || refused) {
+                // Down in this node's view (silent: a witness must agree), or its process is
+                // gone (refused: no need to wait for the node timeout, nor for a witness): give
+                // the session a new backup (which holds a copy and whose lease then counts), or
+                // none if no other node can take it and `b` may be dropped.
                 replaced.push(b);
-                self.move_backup(hash, p, b, None, None).await;
+                let checked = refused.then_some(BackupLoss::Refused);
+                self.move_backup(hash, p, b, None, checked).await;
             } else if down || membership::now_ms() >= deadline {
                 return Err(unavailable(format!(
                     "this node holds no valid read lease from the session's backup {b}{}, which \
@@ -2314,11 +2321,14 @@ impl State {
         if self.members.borrow().table().is_draining(gone) {
             return Ok(BackupLoss::Draining);
         }
-        if self.refuses(gone).await {
-            return Ok(BackupLoss::Refused);
-        }
         let w = self.witness(gone, WitnessChange::DropBackup, epoch).await;
-        witness::decide(w, self.node.settings.cluster.allow_alone).map(|()| BackupLoss::Witnessed)
+        match witness::decide(w, self.node.settings.cluster.allow_alone) {
+            Ok(()) => Ok(BackupLoss::Witnessed),
+            // (Probed after the witnesses: a connection attempt to a silent host may take the
+            // relay timeout.)
+            Err(_) if self.refuses(gone).await => Ok(BackupLoss::Refused),
+            Err(why) => Err(why),
+        }
     }
 
     /// The promotion rule: this node, the session's backup, may take it over from `master` only

@@ -195,6 +195,12 @@ pub struct ClusterSettings {
     /// master's process is gone) promotes at once, without waiting for the node timeout.
     /// Assumes firewalls between nodes drop rather than reject; turn off where they reject.
     pub failover_on_refused: bool,
+    /// A placement change decided on a node's silence alone (a backup taking a session over
+    /// from a master it no longer hears, a master dropping a backup it no longer hears) needs
+    /// another live node to witness that silence. With no other live node (a two-node cluster)
+    /// it is made only with this on: the survivor goes on alone, and a partition can then give a
+    /// session two masters; off, the sessions wait for the other node.
+    pub allow_alone: bool,
 }
 
 impl Default for ClusterSettings {
@@ -214,6 +220,7 @@ impl Default for ClusterSettings {
             replication_queue_max: 10_000,
             lease_margin_ms: 500,
             failover_on_refused: true,
+            allow_alone: false,
         }
     }
 }
@@ -336,6 +343,9 @@ pub struct SettingsArgs {
     /// cluster.failover_on_refused: a backup refused by the master's address promotes at once [default: true]
     #[arg(long, value_name = "BOOL")]
     pub failover_on_refused: Option<bool>,
+    /// cluster.allow_alone: with no other live node to witness a silent peer, go on without it (a partition can then give two masters) [default: false]
+    #[arg(long, value_name = "BOOL")]
+    pub allow_alone: Option<bool>,
     /// stats.metrics_listen: IP:PORT for Prometheus GET /metrics; "" = off [default: ""]
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
@@ -452,6 +462,7 @@ impl Settings {
             &mut self.cluster.failover_on_refused,
             &a.failover_on_refused,
         );
+        set(&mut self.cluster.allow_alone, &a.allow_alone);
         set(&mut self.stats.metrics_listen, &a.metrics_listen);
         set(&mut self.log.level, &a.log_level);
         set(&mut self.log.file, &a.log_file);

@@ -99,7 +99,7 @@ pub async fn gather(core: &Core) -> NodeStats {
 }
 
 /// The cluster's figures, shown with the node's (`node.cluster_*`); only when clustering is on.
-pub const CLUSTER_FIELDS: [(&str, &str, &str); 32] = [
+pub const CLUSTER_FIELDS: [(&str, &str, &str); 35] = [
     ("cluster_on", "gauge", "1: clustering is on."),
     (
         "cluster_ready",
@@ -255,6 +255,21 @@ pub const CLUSTER_FIELDS: [(&str, &str, &str); 32] = [
         "cluster_leases_missing",
         "counter",
         "Session requests this node masters that found no valid read lease from the session's backup (then waited for one, replaced a backup that is down, or answered Unavailable).",
+    ),
+    (
+        "cluster_witness_requests",
+        "counter",
+        "Witness requests (WitnessRequest) this node sent before a placement change decided on a peer's silence (promotion, or dropping or replacing a backup).",
+    ),
+    (
+        "cluster_witness_agreed",
+        "counter",
+        "Witness requests this node sent that a peer agreed to (Ack).",
+    ),
+    (
+        "cluster_witness_refused",
+        "counter",
+        "Witness requests this node sent that a peer refused (NotAgreed: it still hears the suspect, is not serving, or does not know this node).",
     ),
 ];
 

@@ -83,6 +83,8 @@ pub mod kind {
     pub const REPLICATE_BATCH: u8 = 0x5C;
     /// Relay: ReplicateBatchAck.
     pub const REPLICATE_BATCH_ACK: u8 = 0x5D;
+    /// Relay: WitnessRequest.
+    pub const WITNESS_REQUEST: u8 = 0x5E;
     /// Relay: RelayError.
     pub const RELAY_ERROR: u8 = 0x5F;
 
@@ -126,6 +128,7 @@ pub mod kind {
             | SYNC_REQUEST..=LEASE_DENIED
             | REPLICATE_BATCH
             | REPLICATE_BATCH_ACK
+            | WITNESS_REQUEST
             | RELAY_ERROR => Some(Channel::Relay),
             _ => None,
         }
@@ -300,6 +303,8 @@ pub enum Reason {
     BadErrorCode(u16),
     /// A sync role other than 1 or 2.
     BadSyncRole(u8),
+    /// A WitnessRequest change kind other than 1 or 2.
+    BadWitnessChange(u8),
     /// Forward/ForwardReply wrapping a kind that is not forwardable.
     NotForwardable(u8),
     /// A handshake frame with a request ID other than 0.
@@ -363,6 +368,7 @@ impl fmt::Display for Reason {
             }
             Reason::BadErrorCode(c) => write!(f, "unknown error code {c}"),
             Reason::BadSyncRole(r) => write!(f, "unknown sync role {r}"),
+            Reason::BadWitnessChange(c) => write!(f, "unknown witness change kind {c}"),
             Reason::NotForwardable(k) => write!(f, "kind {k:#04x} cannot be forwarded"),
             Reason::RequestIdNotZero => write!(f, "handshake frame with a request ID"),
             Reason::UnexpectedKind { expected, got } => {

@@ -14,7 +14,7 @@ use crate::mac::ClusterKey;
 use crate::relay::{
     BatchOutcome, ClientHandshake, Established, HandshakeMessage, HashList, Location, OutcomeList,
     PlaceList, RelayMessage, Replica, ReplicaList, Sealer, ServerHandshake, SyncRole,
-    decode_handshake, decode_unsealed,
+    WitnessChange, decode_handshake, decode_unsealed,
 };
 use crate::session_id::{SessionId, php_valid_key};
 
@@ -257,7 +257,7 @@ impl<'a> Gen<'a> {
     }
 
     fn error_code(&mut self) -> ErrorCode {
-        ErrorCode::from_u16(u16::from(self.u8()) % 13 + 1).unwrap_or(ErrorCode::Internal)
+        ErrorCode::from_u16(u16::from(self.u8()) % 14 + 1).unwrap_or(ErrorCode::Internal)
     }
 
     fn role(&mut self) -> SyncRole {
@@ -456,7 +456,7 @@ pub fn round_trip(data: &[u8]) {
                 };
                 OutcomeList::push(&mut outcome_bytes, &hash, outcome);
             }
-            let message = match g.u8() % 22 {
+            let message = match g.u8() % 23 {
                 0 => RelayMessage::Forward {
                     origin: g.u64(),
                     request: match g.request(data_max) {
@@ -513,6 +513,15 @@ pub fn round_trip(data: &[u8]) {
                 },
                 21 => RelayMessage::ReplicateBatchAck {
                     outcomes: OutcomeList::new(&outcome_bytes).expect("entries written by push"),
+                },
+                22 => RelayMessage::WitnessRequest {
+                    suspect: g.addr(),
+                    change: if g.u8() & 1 == 0 {
+                        WitnessChange::Promote
+                    } else {
+                        WitnessChange::DropBackup
+                    },
+                    epoch: g.u32(),
                 },
                 _ => RelayMessage::Error {
                     code: g.error_code(),

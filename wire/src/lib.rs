@@ -46,6 +46,6 @@ pub use mac::{ClusterKey, KeyError};
 pub use relay::{
     BatchOutcome, ClientHandshake, Established, HandshakeMessage, HashList, Location, Opener,
     OutcomeList, PlaceList, RelayMessage, Replica, ReplicaList, Sealer, ServerHandshake, SyncRole,
-    decode_handshake,
+    WitnessChange, decode_handshake,
 };
 pub use session_id::{IdBuf, IdError, IdField, IdProblem, SessionId, php_valid_key};

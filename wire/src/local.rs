@@ -183,6 +183,10 @@ pub enum ErrorCode {
     StaleEpoch = 12,
     /// Relay: this node is not the session's master.
     NotMaster = 13,
+    /// Relay: the answer to a WitnessRequest this node does not agree to (it still hears the
+    /// suspect, is not serving, or has heard no heartbeat of the requester). Only ever sent in
+    /// answer to a WitnessRequest, so a node that does not know the code never receives it.
+    NotAgreed = 14,
 }
 
 impl ErrorCode {
@@ -203,6 +207,7 @@ impl ErrorCode {
             11 => Forbidden,
             12 => StaleEpoch,
             13 => NotMaster,
+            14 => NotAgreed,
             _ => return None,
         })
     }

@@ -42,6 +42,26 @@ impl SyncRole {
     }
 }
 
+/// The placement change a WitnessRequest asks the receiver to agree to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum WitnessChange {
+    /// The suspect is the session's master; the requester, its backup, takes the session over.
+    Promote = 1,
+    /// The suspect is the session's backup; the requester, its master, drops or replaces it.
+    DropBackup = 2,
+}
+
+impl WitnessChange {
+    fn decode(value: u8) -> Result<WitnessChange, Reason> {
+        match value {
+            1 => Ok(WitnessChange::Promote),
+            2 => Ok(WitnessChange::DropBackup),
+            other => Err(Reason::BadWitnessChange(other)),
+        }
+    }
+}
+
 /// A copy of one session, as Replicate and SyncItem carry it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Replica<'a> {
@@ -528,6 +548,17 @@ pub enum RelayMessage<'a> {
         /// (hash, outcome) entries.
         outcomes: OutcomeList<'a>,
     },
+    /// A node that stopped hearing `suspect` asks the receiver to witness a placement change
+    /// made on that silence: answered by `Ack` (agreed: the receiver has not heard the suspect
+    /// for the node timeout either) or `RelayError` NotAgreed.
+    WitnessRequest {
+        /// The node the sender no longer hears (its relay address, as IDs name nodes).
+        suspect: SocketAddr,
+        /// What the sender will do if the receiver agrees.
+        change: WitnessChange,
+        /// The placement epoch the change would create.
+        epoch: u32,
+    },
     /// The request failed.
     Error {
         /// What went wrong.
@@ -563,6 +594,7 @@ impl Body for RelayMessage<'_> {
             RelayMessage::LeaseDenied { .. } => kind::LEASE_DENIED,
             RelayMessage::ReplicateBatch { .. } => kind::REPLICATE_BATCH,
             RelayMessage::ReplicateBatchAck { .. } => kind::REPLICATE_BATCH_ACK,
+            RelayMessage::WitnessRequest { .. } => kind::WITNESS_REQUEST,
             RelayMessage::Error { .. } => kind::RELAY_ERROR,
         }
     }
@@ -593,6 +625,7 @@ impl Body for RelayMessage<'_> {
             }
             RelayMessage::ReplicateBatch { copies } => 4 + copies.bytes.len(),
             RelayMessage::ReplicateBatchAck { outcomes } => 4 + outcomes.bytes.len(),
+            RelayMessage::WitnessRequest { .. } => ADDR_LEN + 1 + 4,
             RelayMessage::Error { message, .. } => error_body_len(message),
         }
     }
@@ -651,6 +684,15 @@ impl Body for RelayMessage<'_> {
             }
             RelayMessage::ReplicateBatch { copies } => put_u32(out, len_u32(copies.len())),
             RelayMessage::ReplicateBatchAck { outcomes } => put_u32(out, len_u32(outcomes.len())),
+            RelayMessage::WitnessRequest {
+                suspect,
+                change,
+                epoch,
+            } => {
+                write_addr(out, Some(suspect));
+                put_u8(out, *change as u8);
+                put_u32(out, *epoch);
+            }
             RelayMessage::Error { code, message } => write_error(out, *code, message),
         }
     }
@@ -779,6 +821,14 @@ impl<'a> RelayMessage<'a> {
                 let reason = r.str(len, LEASE_REASON_MAX, "reason")?;
                 RelayMessage::LeaseDenied { sent_ms, reason }
             }
+            kind::WITNESS_REQUEST => RelayMessage::WitnessRequest {
+                suspect: read_addr(&mut r, "suspect", false)?.ok_or(Reason::BadAddressFamily {
+                    field: "suspect",
+                    family: 0,
+                })?,
+                change: WitnessChange::decode(r.u8("change")?)?,
+                epoch: r.u32("epoch")?,
+            },
             kind::RELAY_ERROR => {
                 let (code, message) = read_error(&mut r)?;
                 RelayMessage::Error { code, message }
@@ -1299,13 +1349,92 @@ mod tests {
             kind::channel(kind::REJOIN_NEEDED),
             Some(kind::Channel::Relay)
         );
-        // The kinds after ReplicateBatchAck are free until 0x5F (RelayError).
+        // Every relay kind up to 0x5F (RelayError) is taken: 0x5E is WitnessRequest.
         assert_eq!(
             kind::channel(kind::LEASE_DENIED + 1),
             Some(kind::Channel::Relay)
         );
-        assert_eq!(kind::channel(kind::REPLICATE_BATCH_ACK + 1), None);
-        assert_eq!(kind::channel(kind::RELAY_ERROR - 1), None);
+        assert_eq!(kind::REPLICATE_BATCH_ACK + 1, kind::WITNESS_REQUEST);
+        assert_eq!(kind::WITNESS_REQUEST + 1, kind::RELAY_ERROR);
+        assert_eq!(
+            kind::channel(kind::WITNESS_REQUEST),
+            Some(kind::Channel::Relay)
+        );
+        assert_eq!(kind::channel(kind::RELAY_ERROR + 1), None);
+    }
+
+    #[test]
+    fn witness_request_bodies_are_checked_before_use() {
+        let limits = Limits::default();
+        let body = |family: u8, change: u8| {
+            let mut b = vec![family, 0, 0x07, 0x87, 10, 0, 0, 2];
+            b.extend_from_slice(&[0; 12]);
+            b.push(change);
+            b.extend_from_slice(&7u32.to_le_bytes());
+            b
+        };
+        assert_eq!(
+            RelayMessage::decode_body(kind::WITNESS_REQUEST, &body(4, 1), &limits),
+            Ok(RelayMessage::WitnessRequest {
+                suspect: v4(2),
+                change: WitnessChange::Promote,
+                epoch: 7
+            })
+        );
+        assert_eq!(
+            RelayMessage::decode_body(kind::WITNESS_REQUEST, &body(4, 2), &limits),
+            Ok(RelayMessage::WitnessRequest {
+                suspect: v4(2),
+                change: WitnessChange::DropBackup,
+                epoch: 7
+            })
+        );
+        // Unknown change kinds.
+        for c in [0u8, 3, 0xff] {
+            assert_eq!(
+                RelayMessage::decode_body(kind::WITNESS_REQUEST, &body(4, c), &limits),
+                Err(Reason::BadWitnessChange(c))
+            );
+        }
+        // The suspect must be an address: not "none", not an unknown family.
+        let mut none = body(0, 1);
+        none[2..8].fill(0);
+        assert!(matches!(
+            RelayMessage::decode_body(kind::WITNESS_REQUEST, &none, &limits),
+            Err(Reason::BadAddressFamily {
+                field: "suspect",
+                family: 0
+            })
+        ));
+        assert!(matches!(
+            RelayMessage::decode_body(kind::WITNESS_REQUEST, &body(5, 1), &limits),
+            Err(Reason::BadAddressFamily { family: 5, .. })
+        ));
+        // Non-zero padding of an IPv4 address.
+        let mut padded = body(4, 1);
+        padded[19] = 1;
+        assert!(matches!(
+            RelayMessage::decode_body(kind::WITNESS_REQUEST, &padded, &limits),
+            Err(Reason::NotZero { field: "suspect" })
+        ));
+        // Short and long bodies (25 bytes exactly).
+        let full = body(4, 1);
+        assert_eq!(full.len(), 25);
+        for n in 0..full.len() {
+            assert!(matches!(
+                RelayMessage::decode_body(kind::WITNESS_REQUEST, &full[..n], &limits),
+                Err(Reason::Truncated { .. })
+            ));
+        }
+        let mut long = full.clone();
+        long.push(0);
+        assert_eq!(
+            RelayMessage::decode_body(kind::WITNESS_REQUEST, &long, &limits),
+            Err(Reason::TrailingBytes { count: 1 })
+        );
+        // NotAgreed is in the error table; a code past it is still refused.
+        assert_eq!(ErrorCode::from_u16(14), Some(ErrorCode::NotAgreed));
+        assert_eq!(ErrorCode::from_u16(15), None);
     }
 
     #[test]

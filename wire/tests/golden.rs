@@ -14,8 +14,8 @@ use scd_wire::fuzz_checks::{TEST_SECRET, test_key, test_session};
 use scd_wire::{
     BatchOutcome, ClientHandshake, ErrorCode, Frame, HandshakeMessage, HashList, Heartbeat,
     HelloOk, Limits, Location, OutcomeList, PlaceList, RelayMessage, Replica, ReplicaList, Reply,
-    Request, ServerHandshake, SessionId, StatEntries, SyncRole, decode_handshake, decode_reply,
-    decode_request,
+    Request, ServerHandshake, SessionId, StatEntries, SyncRole, WitnessChange, decode_handshake,
+    decode_reply, decode_request,
 };
 
 const HASH: [u8; 16] = [
@@ -183,8 +183,16 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
         "ReplicateBatchAck, request 3, sealed (seq 0, c2s): 2 outcomes: hash 0011…ff held at version 2; hash ffee…00 refused StaleEpoch (12); last 16 bytes: MAC",
     ),
     (
+        "witness_request",
+        "WitnessRequest, request 3, sealed (seq 0, c2s): suspect 10.0.0.2:34567, change 1 (promote), epoch 4; last 16 bytes: MAC",
+    ),
+    (
         "relay_error",
         "RelayError, request 3, sealed (seq 0, c2s): StaleEpoch (12), empty message; last 16 bytes: MAC",
+    ),
+    (
+        "relay_error_not_agreed",
+        "RelayError, request 3, sealed (seq 0, c2s): NotAgreed (14), empty message; last 16 bytes: MAC",
     ),
     (
         "heartbeat",
@@ -510,9 +518,24 @@ fn examples() -> Vec<(&'static str, Check)> {
             }),
         ),
         (
+            "witness_request",
+            rel(RelayMessage::WitnessRequest {
+                suspect: SocketAddr::from(([10, 0, 0, 2], 34567)),
+                change: WitnessChange::Promote,
+                epoch: 4,
+            }),
+        ),
+        (
             "relay_error",
             rel(RelayMessage::Error {
                 code: ErrorCode::StaleEpoch,
+                message: "",
+            }),
+        ),
+        (
+            "relay_error_not_agreed",
+            rel(RelayMessage::Error {
+                code: ErrorCode::NotAgreed,
                 message: "",
             }),
         ),

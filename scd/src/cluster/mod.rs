@@ -19,6 +19,8 @@
 //! - `relay`: the listener (allowed hosts before anything, handshake, then sealed frames) and the
 //!   pool of outbound connections.
 //! - `lease`: read leases (the table of leases held, the grant/deny rule, the promotion rule).
+//! - `witness`: the rule a node answers WitnessRequest by, and what a decider makes of the
+//!   answers (a placement change made on a peer's silence needs another node's agreement).
 //! - `route`: what happens to one request, replication, promotion, sync and drain.
 
 pub mod membership;
@@ -27,6 +29,7 @@ mod heartbeat;
 mod lease;
 mod relay;
 mod route;
+mod witness;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -106,6 +109,9 @@ pub struct Counters {
     pub leases_granted: AtomicU64,
     pub leases_denied: AtomicU64,
     pub leases_missing: AtomicU64,
+    pub witness_requests: AtomicU64,
+    pub witness_agreed: AtomicU64,
+    pub witness_refused: AtomicU64,
     pub ready: AtomicU64,
 }
 
@@ -154,6 +160,9 @@ impl Counters {
             g(&self.leases_granted),
             g(&self.leases_denied),
             g(&self.leases_missing),
+            g(&self.witness_requests),
+            g(&self.witness_agreed),
+            g(&self.witness_refused),
         ]
     }
 }

@@ -454,6 +454,7 @@ fn kind_name(m: &RelayMessage<'_>) -> &'static str {
         RelayMessage::LeaseDenied { .. } => "LeaseDenied",
         RelayMessage::ReplicateBatch { .. } => "ReplicateBatch",
         RelayMessage::ReplicateBatchAck { .. } => "ReplicateBatchAck",
+        RelayMessage::WitnessRequest { .. } => "WitnessRequest",
         RelayMessage::Error { .. } => "Error",
     }
 }

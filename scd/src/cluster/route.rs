@@ -59,19 +59,32 @@ use scd_wire::local::{ErrorCode, Reply, Request, decode_reply};
 use scd_wire::mac::ClusterKey;
 use scd_wire::relay::{
     BatchOutcome, HashList, Location, OutcomeList, PlaceList, RelayMessage, Replica, ReplicaList,
-    SyncRole,
+    SyncRole, WitnessChange,
 };
 use scd_wire::session_id::SessionId;
 
 use super::lease::{Grants, LeaseAnswer, MasterView};
 use super::membership::{self, Change, Members};
 use super::relay::{self, CallError, Incoming, Located, Out, OwnedReplica, PeerConn, ServedConn};
+use super::witness::{self, WitnessView, Witnessed};
 use super::{ClusterMsg, ClusterShared, ClusterStart, Counters};
 use crate::core::{CoreMsg, ShardRequest, clock_ms};
 use crate::daemon::Node;
 use crate::exec::{Op, ReplyTo};
 use crate::notify::Notify;
 use crate::proto;
+
+/// Why a master may drop or replace a session's backup (`State::may_drop_backup`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BackupLoss {
+    /// It announced that it is draining (a new backup is needed, but going on without one is
+    /// not: the draining node still holds the copy).
+    Draining,
+    /// Its connection was refused: its process is gone.
+    Refused,
+    /// It is silent, and another node witnessed that (or none is left, with `allow_alone`).
+    Witnessed,
+}
 
 /// Adds one peer's answer about a session to the rejoin's hash-list results: the highest epoch
 /// wins, then the highest data version; answers at the highest epoch naming different masters
@@ -1074,6 +1087,41 @@ impl State {
                             None,
                         );
                     }
+                    // On silence alone (no refused connection: the master's process may be
+                    // alive behind a partial partition), another node must witness it. Failing
+                    // that, a refused connection still shows the process is gone (probed only
+                    // then: a connection attempt to a silent host may take the relay timeout,
+                    // and a forwarded request must be answered within the origin's).
+                    if !(refused && self.node.settings.cluster.failover_on_refused) {
+                        let known = self.placement(&hash).map_or(0, |p| p.epoch);
+                        let epoch = id.version.max(known) + 1;
+                        let w = self.witness(id.master, WitnessChange::Promote, epoch).await;
+                        let decided = witness::decide(w, self.node.settings.cluster.allow_alone);
+                        let decided = match decided {
+                            Err(_) if self.refuses(id.master).await => Ok(()),
+                            other => other,
+                        };
+                        if let Err(no) = decided {
+                            warn!(
+                                "cluster: not taking over a session from silent master {}: {no}",
+                                id.master
+                            );
+                            return answer(
+                                reply,
+                                &unavailable(format!(
+                                    "{why}; its backup (this node) does not take the session \
+                                     over: {no}; retry"
+                                )),
+                                None,
+                            );
+                        }
+                        // Another request may have taken it over while this one asked.
+                        if let Some(p) = self.placement(&hash) {
+                            if p.master == Some(self.me) && p.epoch > id.version {
+                                return self.serve_master(p, id, op, owner, reply, forwarded).await;
+                            }
+                        }
+                    }
                     return self
                         .promote_and_serve(id, op, owner, reply, forwarded)
                         .await;
@@ -1777,12 +1825,13 @@ impl State {
                     }
                     return Ok(());
                 }
-                if self.move_backup(hash, now, backup, Some(copy)).await {
+                if self.move_backup(hash, now, backup, Some(copy), None).await {
                     Ok(())
                 } else {
                     Err(unavailable(format!(
-                        "the session's backup {backup} did not take the copy ({e}) and no other \
-                         node could: the write is applied here but not held by a backup; retry"
+                        "the session's backup {backup} did not take the copy ({e}) and it could \
+                         not be replaced (no other node took the copy, or none witnessed that it \
+                         is silent): the write is applied here but not held by a backup; retry"
                     )))
                 }
             }
@@ -1811,22 +1860,39 @@ impl State {
 
     /// Picks a new backup for a session this node masters (the old one is gone or draining),
     /// copies it there under a new epoch, and records it. The client learns the new ID on its
-    /// next read. When no other node takes the copy, the session goes on without a backup only
-    /// if `gone` refuses connections (its process is gone, `cluster.failover_on_refused`);
-    /// otherwise `gone` may be alive behind a partition and may have taken the session over, so
-    /// the placement stays as it is (no lease from `gone`: the session waits) and this returns
-    /// false. True: the placement changed (or another change overtook this one).
+    /// next read. Only when `gone` may be dropped (`may_drop_backup`, or `checked` by the
+    /// caller): it refuses connections (its process is gone, `cluster.failover_on_refused`),
+    /// announced it is draining, or another node witnessed its silence (or none is left, with
+    /// `cluster.allow_alone`); otherwise `gone` may be alive behind a partition and may have
+    /// taken the session over, so the placement stays as it is (no lease from `gone`: the
+    /// session waits) and this returns false. When no other node takes the copy, the session
+    /// goes on without a backup, unless `gone` is only draining (then it waits too).
+    /// True: the placement changed (or another change overtook this one).
     async fn move_backup(
         self: &Rc<Self>,
         hash: [u8; 16],
         p: Placement,
         gone: SocketAddr,
         copy: Option<OwnedReplica>,
+        checked: Option<BackupLoss>,
     ) -> bool {
         let generation = self.rejoin_gen.get();
+        let epoch = p.epoch + 1;
+        let loss = match checked {
+            Some(l) => l,
+            None => match self.may_drop_backup(gone, epoch).await {
+                Ok(l) => l,
+                Err(why) => {
+                    warn!(
+                        "cluster: the backup {gone} of a session is not replaced: {why}; the \
+                         session keeps it as backup and waits"
+                    );
+                    return false;
+                }
+            },
+        };
         let exclude = [self.me, gone];
         let nb = self.members.borrow().choose_backup(&exclude);
-        let epoch = p.epoch + 1;
         let copy = match copy {
             Some(c) => Some(c),
             None => self
@@ -1853,11 +1919,10 @@ impl State {
             (Some(nb), None) => placed = Some(nb),
             (None, _) => {}
         }
-        if placed.is_none() && !self.refuses(gone).await {
+        if placed.is_none() && loss == BackupLoss::Draining {
             warn!(
-                "cluster: no other node took the copy of a session whose backup {gone} is gone, \
-                 and {gone} does not refuse connections (it may be alive behind a partition and \
-                 may have taken the session over): the session keeps it as backup and waits"
+                "cluster: no other node took the copy of a session whose backup {gone} is \
+                 draining: the session keeps it as backup and waits"
             );
             return false;
         }
@@ -1917,22 +1982,25 @@ impl State {
         );
         let me = self.clone();
         monoio::spawn(async move {
-            let alone = me.members.borrow().choose_backup(&[me.me, gone]).is_none();
-            if alone && !me.refuses(gone).await {
-                // No node to copy to, and `gone` may be alive behind a partition: the sessions
-                // keep it as backup and wait for its lease (or for another node to come up:
-                // their next request replaces it then).
-                warn!(
-                    "cluster: no other node can back up the {} sessions {gone} backed up, and \
-                     {gone} does not refuse connections: they wait for it",
-                    list.len()
-                );
-                return;
-            }
+            // One witness question for them all (the epoch it names is the first session's).
+            let epoch = list.first().map_or(0, |(_, p)| p.epoch + 1);
+            let loss = match me.may_drop_backup(gone, epoch).await {
+                Ok(l) => l,
+                Err(why) => {
+                    // `gone` may be alive behind a partition: the sessions keep it as backup
+                    // and wait for its lease (their next request asks again).
+                    warn!(
+                        "cluster: the {} sessions {gone} backed up keep it as backup and wait: \
+                         {why}",
+                        list.len()
+                    );
+                    return;
+                }
+            };
             for (hash, p) in list {
                 // Skip those a write already repaired meanwhile.
                 if me.placement(&hash) == Some(p) {
-                    me.move_backup(hash, p, gone, None).await;
+                    me.move_backup(hash, p, gone, None, Some(loss)).await;
                 }
             }
         });
@@ -2157,19 +2225,22 @@ impl State {
                 return Ok(p);
             }
             let down = self.members.borrow().known_down(b);
-            if !replaced.contains(&b) && (down || self.refuses(b).await) {
-                // Down in this node's view, or its process is gone (refused: no need to wait
-                // for the node timeout): give the session a new backup (which holds a copy and
-                // whose lease then counts), or none if no other node can take it and `b` is
-                // known dead.
+            let refused = !replaced.contains(&b) && !down && self.refuses(b).await;
+            if !replaced.contains(&b) && (down || refused) {
+                // Down in this node's view (silent: a witness must agree), or its process is
+                // gone (refused: no need to wait for the node timeout, nor for a witness): give
+                // the session a new backup (which holds a copy and whose lease then counts), or
+                // none if no other node can take it and `b` may be dropped.
                 replaced.push(b);
-                self.move_backup(hash, p, b, None).await;
+                let checked = refused.then_some(BackupLoss::Refused);
+                self.move_backup(hash, p, b, None, checked).await;
             } else if down || membership::now_ms() >= deadline {
                 return Err(unavailable(format!(
                     "this node holds no valid read lease from the session's backup {b}{}, which \
                      may have taken the session over; retry",
                     if down {
-                        " (down in this node's view, and no other node could take its copy)"
+                        " (down in this node's view, and it could not be replaced: no other \
+                         node took its copy, or none witnessed that it is silent)"
                     } else {
                         ""
                     }
@@ -2199,6 +2270,79 @@ impl State {
             return false;
         }
         matches!(self.conn(addr).await, Err(CallError::Refused(_)))
+    }
+
+    /// Asks every live peer but `suspect` (in parallel, each answer awaited at most the relay
+    /// timeout) to witness that `suspect` is silent, before a placement change made on that
+    /// silence (`witness.rs`). The first agreement wins.
+    async fn witness(
+        self: &Rc<Self>,
+        suspect: SocketAddr,
+        change: WitnessChange,
+        epoch: u32,
+    ) -> Witnessed {
+        let asked = witness::witnesses(&self.members.borrow().live(), suspect);
+        if asked.is_empty() {
+            return Witnessed::Alone;
+        }
+        let (tx, rx) = flume::unbounded();
+        for &peer in &asked {
+            let me = self.clone();
+            let tx = tx.clone();
+            monoio::spawn(async move {
+                Counters::bump(&me.shared().counters.witness_requests);
+                let message = RelayMessage::WitnessRequest {
+                    suspect,
+                    change,
+                    epoch,
+                };
+                let r = me.call(peer, message, 0).await;
+                let _ = tx.send((peer, r));
+            });
+        }
+        drop(tx);
+        let counters = &self.shared().counters;
+        while let Ok((peer, r)) = rx.recv_async().await {
+            match r {
+                Ok(Incoming::Ack) => {
+                    Counters::bump(&counters.witness_agreed);
+                    info!("cluster: {peer} witnessed that {suspect} is silent ({change:?})");
+                    return Witnessed::Agreed(peer);
+                }
+                Ok(Incoming::Error {
+                    code: ErrorCode::NotAgreed,
+                    message,
+                }) => {
+                    Counters::bump(&counters.witness_refused);
+                    info!("cluster: {peer} does not witness that {suspect} is silent: {message}");
+                }
+                Ok(other) => debug!("cluster: witness request to {peer} answered {other:?}"),
+                Err(e) => debug!("cluster: witness request to {peer} failed: {e}"),
+            }
+        }
+        Witnessed::NotAgreed { asked: asked.len() }
+    }
+
+    /// Whether this node may drop or replace `gone` as a session's backup (at `epoch`): without
+    /// a witness when `gone` refuses connections (its process is gone) or announced that it is
+    /// draining; otherwise (silence) only with another node's agreement, or alone with
+    /// `cluster.allow_alone`. Err: why not.
+    async fn may_drop_backup(
+        self: &Rc<Self>,
+        gone: SocketAddr,
+        epoch: u32,
+    ) -> Result<BackupLoss, String> {
+        if self.members.borrow().table().is_draining(gone) {
+            return Ok(BackupLoss::Draining);
+        }
+        let w = self.witness(gone, WitnessChange::DropBackup, epoch).await;
+        match witness::decide(w, self.node.settings.cluster.allow_alone) {
+            Ok(()) => Ok(BackupLoss::Witnessed),
+            // (Probed after the witnesses: a connection attempt to a silent host may take the
+            // relay timeout.)
+            Err(_) if self.refuses(gone).await => Ok(BackupLoss::Refused),
+            Err(why) => Err(why),
+        }
     }
 
     /// The promotion rule: this node, the session's backup, may take it over from `master` only
@@ -2364,6 +2508,14 @@ impl State {
                 };
                 let _ = conn.relay.send((rid, out));
             }
+            RelayMessage::WitnessRequest {
+                suspect,
+                change,
+                epoch,
+            } => {
+                let out = self.on_witness_request(suspect, change, epoch, sender);
+                let _ = conn.relay.send((rid, out));
+            }
             RelayMessage::RejoinNeeded => {
                 let out = match sender {
                     Some(from) => {
@@ -2382,6 +2534,59 @@ impl State {
             _ => return false,
         }
         true
+    }
+
+    /// A peer asks this node to witness that `suspect` is silent (`witness.rs`). The request
+    /// itself counts as hearing the sender (done by the caller), never the suspect.
+    fn on_witness_request(
+        self: &Rc<Self>,
+        suspect: SocketAddr,
+        change: WitnessChange,
+        epoch: u32,
+        sender: Option<SocketAddr>,
+    ) -> Out {
+        let view = {
+            let m = self.members.borrow();
+            WitnessView {
+                suspect_silent: !m.table().is_up(suspect)
+                    && (m.known_down(suspect)
+                        || membership::now_ms() >= m.table().config().node_timeout_ms),
+                serving: self.ready.get() && !self.shared().draining.load(Ordering::Relaxed),
+                requester: sender,
+                suspect,
+            }
+        };
+        let from = sender.map_or_else(|| "an unknown node".to_string(), |a| a.to_string());
+        match witness::agree(view) {
+            Ok(()) => {
+                info!(
+                    "cluster: witnessed for {from} that {suspect} is silent ({change:?} at epoch \
+                     {epoch})"
+                );
+                if change == WitnessChange::Promote {
+                    // Its session is taken over: it must rejoin (and learn so) before it has a
+                    // lease from this node again.
+                    self.lease_grants.borrow_mut().took_over(
+                        suspect,
+                        format!(
+                            "{} witnessed a takeover of a session from you (epoch {epoch})",
+                            self.me
+                        ),
+                    );
+                }
+                Out::Ack
+            }
+            Err(why) => {
+                info!(
+                    "cluster: refused to witness for {from} that {suspect} is silent ({change:?}): \
+                     {why}"
+                );
+                Out::Error {
+                    code: ErrorCode::NotAgreed,
+                    message: why.to_string(),
+                }
+            }
+        }
     }
 
     async fn on_replicate(self: &Rc<Self>, copy: OwnedReplica, sender: Option<SocketAddr>) -> Out {
@@ -3179,6 +3384,14 @@ pub async fn main(start: ClusterStart) {
     } = start;
     let cluster = node.resolved.cluster.clone().expect("clustering on");
     let shared = node.cluster.as_ref().expect("clustering on");
+    if let Some(w) = witness::alone_warning(
+        &cluster.peers,
+        node.relay_addr.ip(),
+        node.settings.cluster.ha,
+        node.settings.cluster.allow_alone,
+    ) {
+        warn!("{w}");
+    }
     let state = Rc::new(State {
         me: node.relay_addr,
         node_id: node.node_id,

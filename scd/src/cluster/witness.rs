@@ -1,0 +1,239 @@
+//! The failover witness: a placement change decided on a peer's *silence* alone needs another
+//! node to have noticed the same silence.
+//!
+//! Silence is ambiguous: in a partial partition (the link master–backup cut, both still reaching
+//! a third node C) the backup stops hearing the master and the master stops hearing the backup,
+//! while both are alive and serving. Without a witness the backup would take the session over
+//! and the master would give it a new backup at the same epoch: two masters. So:
+//!
+//! - A **decider** (a backup promoting a session whose master it no longer hears, or a master
+//!   dropping or replacing a backup it no longer hears) sends `WitnessRequest(suspect, change,
+//!   epoch)` to every other live node but the suspect, and goes ahead once one agrees
+//!   ([`decide`]). None agrees: no change (the session waits; its client gets Unavailable and
+//!   retries). No other live node at all: only with `cluster.allow_alone`.
+//! - A **witness** agrees only if the suspect is silent in its own view too, it is serving (not
+//!   rejoining or draining), and it has heard a heartbeat of the requester ([`agree`]). Agreeing
+//!   to a promote, it denies the suspect read leases until the suspect syncs with it (as after a
+//!   takeover, `lease.rs`): the old master, if alive, rejoins (and learns of the takeover) as
+//!   soon as it asks the witness for a lease, and a lease from the witness — often the session's
+//!   new backup — never lets it serve meanwhile.
+//!
+//! A decision on a *refused* connection (nothing listens: the process is gone,
+//! `cluster.failover_on_refused`) or on a peer that announced it is draining needs no witness.
+
+use std::net::{IpAddr, SocketAddr};
+
+/// What the node asked to witness knows when it answers.
+#[derive(Clone, Copy, Debug)]
+pub struct WitnessView {
+    /// The suspect is silent in this node's view: not heard for the node timeout (or never
+    /// heard, and this node has listened for at least the node timeout).
+    pub suspect_silent: bool,
+    /// This node is serving: not rejoining (ready) and not draining.
+    pub serving: bool,
+    /// The requester's relay address, if a heartbeat naming its node ID was heard here.
+    pub requester: Option<SocketAddr>,
+    /// The suspect the request names.
+    pub suspect: SocketAddr,
+}
+
+/// The witness's rule: Ok = agree (answer Ack); Err = why not (answer NotAgreed).
+pub fn agree(v: WitnessView) -> Result<(), &'static str> {
+    let Some(requester) = v.requester else {
+        return Err("no heartbeat of the requester was heard here");
+    };
+    if requester == v.suspect {
+        return Err("the requester names itself as the suspect");
+    }
+    if !v.serving {
+        return Err("this node is not serving (rejoining or draining)");
+    }
+    if !v.suspect_silent {
+        return Err("this node still hears the suspect (heard within the node timeout)");
+    }
+    Ok(())
+}
+
+/// What the decider's witness requests gave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Witnessed {
+    /// This node agreed (first agreement wins; the others are not waited for).
+    Agreed(SocketAddr),
+    /// Other live nodes were asked and none agreed (refused, did not answer, or unreachable).
+    NotAgreed {
+        /// How many were asked.
+        asked: usize,
+    },
+    /// No live node but the suspect: nobody to ask.
+    Alone,
+}
+
+/// The decider's rule: Ok = make the change; Err = why not (the session waits).
+pub fn decide(w: Witnessed, allow_alone: bool) -> Result<(), String> {
+    match w {
+        Witnessed::Agreed(_) => Ok(()),
+        Witnessed::NotAgreed { asked } => Err(format!(
+            "none of the {asked} other live nodes agreed that it is silent (it may be alive \
+             behind a partial partition)"
+        )),
+        Witnessed::Alone if allow_alone => Ok(()),
+        Witnessed::Alone => Err(
+            "no other live node can witness that it is silent, and cluster.allow_alone is off \
+             (a two-node cluster cannot tell a dead host from a partition)"
+                .to_string(),
+        ),
+    }
+}
+
+/// The nodes a decider asks: every live peer but the suspect.
+pub fn witnesses(live: &[SocketAddr], suspect: SocketAddr) -> Vec<SocketAddr> {
+    live.iter().copied().filter(|&a| a != suspect).collect()
+}
+
+/// The warning logged at start when the configured peers (heartbeat targets) name exactly one
+/// other node, HA is on and `cluster.allow_alone` is off: nobody can ever witness that node's
+/// silence. None otherwise (no peers configured: broadcast discovery, the cluster's size is not
+/// known).
+pub fn alone_warning(
+    peers: &[SocketAddr],
+    me: IpAddr,
+    ha: bool,
+    allow_alone: bool,
+) -> Option<String> {
+    let mut others: Vec<IpAddr> = peers
+        .iter()
+        .map(|p| p.ip())
+        .filter(|&ip| ip != me)
+        .collect();
+    others.sort();
+    others.dedup();
+    if !ha || allow_alone || others.len() != 1 {
+        return None;
+    }
+    Some(format!(
+        "cluster: the configured peers name one other node ({}) and cluster.allow_alone is off: \
+         if that node's host dies without refusing connections (power off, kernel hang, network \
+         cut), the sessions it masters or backs up wait (Unavailable) until it returns, since \
+         no third node can witness that it is gone; set cluster.allow_alone = true to go on \
+         alone instead (then a partition between the two can give a session two masters)",
+        others[0]
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(n: u8) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, n], 34567))
+    }
+
+    fn agreeing() -> WitnessView {
+        WitnessView {
+            suspect_silent: true,
+            serving: true,
+            requester: Some(node(2)),
+            suspect: node(1),
+        }
+    }
+
+    #[test]
+    fn a_witness_agrees_only_to_a_silence_it_sees_itself_while_serving_to_a_known_requester() {
+        assert_eq!(agree(agreeing()), Ok(()));
+        // It still hears the suspect (the partial partition: only the decider's link is cut).
+        assert!(
+            agree(WitnessView {
+                suspect_silent: false,
+                ..agreeing()
+            })
+            .is_err_and(|why| why.contains("still hears"))
+        );
+        // Rejoining or draining: its view may be stale, and it is leaving.
+        assert!(
+            agree(WitnessView {
+                serving: false,
+                ..agreeing()
+            })
+            .is_err_and(|why| why.contains("not serving"))
+        );
+        // A requester whose heartbeat was never heard (not a member it knows).
+        assert!(
+            agree(WitnessView {
+                requester: None,
+                ..agreeing()
+            })
+            .is_err_and(|why| why.contains("no heartbeat"))
+        );
+        // The suspect asking about itself.
+        assert!(
+            agree(WitnessView {
+                requester: Some(node(1)),
+                ..agreeing()
+            })
+            .is_err()
+        );
+        // Every condition is needed: any one failing refuses, also together.
+        assert!(
+            agree(WitnessView {
+                suspect_silent: false,
+                serving: false,
+                requester: None,
+                ..agreeing()
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn a_decider_goes_on_with_one_agreement_or_alone_only_when_allowed() {
+        for allow_alone in [false, true] {
+            assert_eq!(decide(Witnessed::Agreed(node(3)), allow_alone), Ok(()));
+            assert!(
+                decide(Witnessed::NotAgreed { asked: 2 }, allow_alone)
+                    .is_err_and(|why| why.contains("none of the 2")),
+                "refused by every witness: never, whatever allow_alone says"
+            );
+            assert!(decide(Witnessed::NotAgreed { asked: 0 }, allow_alone).is_err());
+        }
+        assert!(
+            decide(Witnessed::Alone, false).is_err_and(|why| why.contains("allow_alone is off"))
+        );
+        assert_eq!(decide(Witnessed::Alone, true), Ok(()));
+    }
+
+    #[test]
+    fn the_start_warning_is_for_exactly_one_other_configured_node_with_allow_alone_off() {
+        let me: IpAddr = [10, 0, 0, 1].into();
+        let hb = |n: u8| SocketAddr::from(([10, 0, 0, n], 45678));
+        let w = alone_warning(&[hb(2)], me, true, false).expect("one other node: warned");
+        assert!(w.contains("10.0.0.2") && w.contains("allow_alone"), "{w}");
+        // This node's own address and a second port of the same host count once.
+        let same = [hb(1), hb(2), SocketAddr::from(([10, 0, 0, 2], 4000))];
+        assert!(alone_warning(&same, me, true, false).is_some());
+        assert_eq!(
+            alone_warning(&[hb(2)], me, true, true),
+            None,
+            "allow_alone on"
+        );
+        assert_eq!(alone_warning(&[hb(2)], me, false, false), None, "HA off");
+        assert_eq!(
+            alone_warning(&[hb(2), hb(3)], me, true, false),
+            None,
+            "a witness exists"
+        );
+        assert_eq!(
+            alone_warning(&[], me, true, false),
+            None,
+            "no peers configured"
+        );
+    }
+
+    #[test]
+    fn the_suspect_is_never_asked() {
+        let live = [node(1), node(2), node(3)];
+        assert_eq!(witnesses(&live, node(1)), vec![node(2), node(3)]);
+        assert_eq!(witnesses(&live, node(9)), live.to_vec());
+        assert!(witnesses(&[node(1)], node(1)).is_empty());
+        assert!(witnesses(&[], node(1)).is_empty());
+    }
+}

@@ -485,6 +485,14 @@ async fn dispatch(
                 match &core.node.cluster {
                     // A session this node plainly masters: served here.
                     Some(c) if local_only && c.serve_directly(core.node.relay_addr, &id) => {
+                        // A ReadLock may wait in the lock queue longer than the lease it was
+                        // admitted under: checked again when granted.
+                        let reply = match (&op, id.backup) {
+                            (Op::ReadLock { .. }, Some(b)) => {
+                                reply.with_grant_check(c.lease_check(b))
+                            }
+                            _ => reply,
+                        };
                         route(core, conn, id.hash, op, reply).await
                     }
                     // With HA, a WriteUnlock of a session this node plainly masters, with a

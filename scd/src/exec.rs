@@ -159,7 +159,17 @@ pub struct ReplyTo {
     /// for its flush (the cluster thread sends the copy to the backup meanwhile). Dropped
     /// unused when the write is answered at once (delayed-write, or an error).
     applied: Option<flume::Sender<u64>>,
+    /// A ReadLock that may wait in the shard's lock queue: checked again when the lock is
+    /// granted (see `GrantCheck`).
+    grant_check: Option<GrantCheck>,
 }
+
+/// What a ReadLock granted from the lock queue must still satisfy when it is granted, not only
+/// when it arrived: a clustered master's read lease from the session's backup. A wait can last
+/// `locks.wait_max_ms`, much longer than a lease; a lock granted after the lease lapsed (the
+/// backup may have taken the session over meanwhile) would hand out an old value. False: the
+/// grant is given back and the waiter gets `Unavailable` (the client retries).
+pub type GrantCheck = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// Where a `ReplyTo` delivers its encoded reply frame.
 enum Sink {
@@ -190,6 +200,7 @@ impl ReplyTo {
             request_id,
             answered: false,
             applied: None,
+            grant_check: None,
         }
     }
 
@@ -204,7 +215,19 @@ impl ReplyTo {
             request_id,
             answered: false,
             applied: Some(applied),
+            grant_check: None,
         }
+    }
+
+    /// A ReadLock's answer that must pass `check` if the lock is granted from the queue.
+    pub fn with_grant_check(mut self, check: GrantCheck) -> ReplyTo {
+        self.grant_check = Some(check);
+        self
+    }
+
+    /// Whether a lock granted from the queue may be handed to this waiter (see `GrantCheck`).
+    fn grant_allowed(&self) -> bool {
+        self.grant_check.as_ref().is_none_or(|c| c())
     }
 
     /// One `ReplyTo` per entry of a batch of `count` requests: `done` gets every entry's reply
@@ -224,6 +247,7 @@ impl ReplyTo {
                 request_id: 0,
                 answered: false,
                 applied: None,
+                grant_check: None,
             })
             .collect()
     }
@@ -683,13 +707,36 @@ impl ShardSlot {
     }
 
     fn collect(&mut self, now_ms: u64) {
+        // A grant given back (its waiter's check failed) hands the lock to the next waiter:
+        // poll again so that it is answered in this pass.
+        let mut again = true;
+        while std::mem::take(&mut again) {
+            self.collect_once(now_ms, &mut again);
+        }
+    }
+
+    fn collect_once(&mut self, now_ms: u64, given_back: &mut bool) {
         let mut events = std::mem::take(&mut self.events);
         self.shard.poll_events(now_ms, &mut events);
         for ev in events.drain(..) {
             match ev {
                 Event::LockGranted { wait, token } => {
                     if let Some(p) = self.locks.remove(&wait) {
-                        self.answer_read(p.key, token.get(), now_ms, p.reply);
+                        if p.reply.grant_allowed() {
+                            self.answer_read(p.key, token.get(), now_ms, p.reply);
+                            continue;
+                        }
+                        // Its lease lapsed while it waited: the lock goes on to the next
+                        // waiter (checked the same way), and this one may retry.
+                        if self.shard.unlock(p.key, token, now_ms).is_ok() {
+                            *given_back = true;
+                        }
+                        self.errors += 1;
+                        p.reply.send(Answer::error(
+                            ErrCode::Unavailable,
+                            "this node's read lease from the session's backup lapsed while the \
+                             lock was awaited; retry",
+                        ));
                     }
                 }
                 Event::LockTimedOut { wait } => {
@@ -903,6 +950,69 @@ mod tests {
         assert_eq!(done_version(&answers[0], &node), 1);
         assert_eq!(done_version(&answers[1], &node), 2);
         assert_eq!(slot.pending_durable(), 0);
+    }
+
+    /// A ReadLock granted from the lock queue is handed over only if its `GrantCheck` still
+    /// holds (a clustered master's read lease): one whose check fails gets Unavailable, and the
+    /// lock goes on to the next waiter in the same pass.
+    #[test]
+    fn a_queued_lock_whose_grant_check_fails_is_given_back_to_the_next_waiter() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, mut slot) = slot(dir.path(), StorageModel::DelayedWrite);
+        let limits = proto::limits(node.settings.storage.session_size_max);
+        let key = SessionKey([9; 16]);
+        let now = 1_000;
+        let lock = |slot: &mut ShardSlot, owner: u64, check: Option<GrantCheck>| {
+            let (tx, rx) = flume::bounded(1);
+            let reply = ReplyTo::new(tx, owner);
+            let reply = match check {
+                Some(c) => reply.with_grant_check(c),
+                None => reply,
+            };
+            let op = Op::ReadLock {
+                wait_ms: 60_000,
+                lease_ms: 60_000,
+            };
+            slot.execute(now, key, OwnerId(owner), op, reply);
+            rx
+        };
+        let token = |frame: &[u8]| match decode_reply(frame, &limits) {
+            Ok((f, _)) => match f.message {
+                Reply::Error { code, .. } => Err(code),
+                Reply::NotFound { token, .. } => Ok(token),
+                other => panic!("unexpected answer {other:?}"),
+            },
+            Err(e) => panic!("undecodable answer: {e:?}"),
+        };
+        let first = lock(&mut slot, 1, None);
+        let held = token(&first.try_recv().expect("granted at once")).expect("a lock");
+        let lapsed = lock(&mut slot, 2, Some(Arc::new(|| false)));
+        let next = lock(&mut slot, 3, Some(Arc::new(|| true)));
+        assert!(
+            lapsed.try_recv().is_err() && next.try_recv().is_err(),
+            "both wait"
+        );
+        let (tx, done) = flume::bounded(1);
+        slot.execute(
+            now,
+            key,
+            OwnerId(1),
+            Op::Unlock { token: held },
+            ReplyTo::new(tx, 9),
+        );
+        slot.pass(now, false);
+        assert!(done.try_recv().is_ok(), "the holder unlocked");
+        assert_eq!(
+            token(&lapsed.try_recv().expect("answered")),
+            Err(scd_wire::local::ErrorCode::Unavailable),
+            "a waiter whose check fails gets no lock"
+        );
+        let granted = token(
+            &next
+                .try_recv()
+                .expect("the next waiter is answered in the same pass"),
+        );
+        assert!(granted.is_ok(), "the next waiter gets the lock");
     }
 
     /// Under delayed-write a copy is acknowledged at once (it is on disk within the interval).

@@ -187,7 +187,7 @@ pub struct ClusterShared {
     pub dw_copies: Mutex<DwCopies>,
     /// The read leases this node holds from its peers (as a master): written by the cluster
     /// thread, read by the cores for every request of a session with a backup.
-    pub leases: Leases,
+    pub leases: Arc<Leases>,
 }
 
 /// The copy of a write a core served itself.
@@ -207,6 +207,13 @@ pub struct DwCopies {
 }
 
 impl ClusterShared {
+    /// The check a ReadLock that may wait in the lock queue must pass when it is granted: this
+    /// node still holds a valid read lease from `backup` (see `exec::GrantCheck`).
+    pub fn lease_check(&self, backup: SocketAddr) -> crate::exec::GrantCheck {
+        let leases = self.leases.clone();
+        Arc::new(move || leases.valid(backup, membership::now_ms()))
+    }
+
     /// Whether a core may serve this request on its own shard, without the cluster thread: the
     /// node has rejoined, the ID names it master, nothing newer is known about the session
     /// here, and, when the ID names a backup, this node holds a valid read lease from it (else

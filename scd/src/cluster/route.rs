@@ -1434,10 +1434,27 @@ impl State {
                 answer(reply, &r, new_id)
             }
             op => {
+                // A ReadLock may wait in the lock queue longer than the lease it was served
+                // under: checked again when granted.
+                let check = match (&op, p.backup) {
+                    (Op::ReadLock { .. }, Some(b)) => Some(self.shared().lease_check(b)),
+                    _ => None,
+                };
                 if new_id.is_none() {
+                    let reply = match check {
+                        Some(c) => reply.with_grant_check(c),
+                        None => reply,
+                    };
                     return self.local_to(hash, owner, op, reply).await;
                 }
-                let r = self.local(hash, owner, op).await;
+                let (tx, rx) = flume::bounded(1);
+                let inner = ReplyTo::new(tx, 0);
+                let inner = match check {
+                    Some(c) => inner.with_grant_check(c),
+                    None => inner,
+                };
+                self.local_to(hash, owner, op, inner).await;
+                let r = self.local_answer(rx).await;
                 answer(reply, &r, new_id)
             }
         }
@@ -2782,6 +2799,13 @@ impl State {
         }
         let from = sender.unwrap_or(self.me);
         let p = self.take_over(hash, epoch, from).await;
+        if p.master != Some(self.me) {
+            // The placement changed during the takeover (a rejoin, a newer copy): not taken.
+            return Out::Error {
+                code: ErrorCode::Unavailable,
+                message: "the session's placement changed while this node took it over".into(),
+            };
+        }
         info!(
             "cluster: took over a session handed off by {from} (epoch {epoch}, backup {})",
             p.backup.map_or("none".to_string(), |b| b.to_string())

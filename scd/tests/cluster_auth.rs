@@ -189,42 +189,50 @@ fn read_until<T>(
     }
 }
 
-#[test]
-fn a_key_holder_no_heartbeat_named_gets_no_session_list_answer_and_cannot_make_a_node_rejoin() {
-    let c = Cluster::start(49, 2, &["--ha", "true"]);
-    let id = c.nodes[0].client().create_id().unwrap();
-    // The key file's bytes are the secret (as the daemon reads it).
-    let secret = std::fs::read(c.key_dir.path().join("cluster.key")).unwrap();
-    let key = ClusterKey::from_secret(secret.trim_ascii_end()).unwrap();
+/// A relay connection made with the right key under a node ID no heartbeat ever named.
+struct KeyHolder {
+    s: TcpStream,
+    buf: Vec<u8>,
+    sealer: scd_wire::Sealer,
+    opener: scd_wire::Opener,
+    next: u64,
+}
 
-    // The right key, but a node ID no heartbeat ever named.
-    let mut s = TcpStream::connect(c.relay(0)).unwrap();
-    s.set_read_timeout(Some(common::READY_WAIT)).unwrap();
-    let mut hs = ClientHandshake::new(&key, 0x5eed_0000_0000_0001, [7u8; NONCE_LEN]);
-    let mut buf = Vec::new();
-    let mut out = Vec::new();
-    read_until(&mut s, &mut buf, |b| {
-        hs.on_challenge(b, &mut out).map(|used| ((), used))
-    });
-    s.write_all(&out).unwrap();
-    let est = read_until(&mut s, &mut buf, |b| hs.on_accept(b));
-    let (mut sealer, mut opener) = (est.sealer, est.opener);
-    let limits = Limits::default();
+impl KeyHolder {
+    fn connect(c: &Cluster, node: usize) -> KeyHolder {
+        // The key file's bytes are the secret (as the daemon reads it).
+        let secret = std::fs::read(c.key_dir.path().join("cluster.key")).unwrap();
+        let key = ClusterKey::from_secret(secret.trim_ascii_end()).unwrap();
+        let mut s = TcpStream::connect(c.relay(node)).unwrap();
+        s.set_read_timeout(Some(common::READY_WAIT)).unwrap();
+        let mut hs = ClientHandshake::new(&key, 0x5eed_0000_0000_0001, [7u8; NONCE_LEN]);
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        read_until(&mut s, &mut buf, |b| {
+            hs.on_challenge(b, &mut out).map(|used| ((), used))
+        });
+        s.write_all(&out).unwrap();
+        let est = read_until(&mut s, &mut buf, |b| hs.on_accept(b));
+        KeyHolder {
+            s,
+            buf,
+            sealer: est.sealer,
+            opener: est.opener,
+            next: 1,
+        }
+    }
 
-    let asks = [
-        RelayMessage::SyncHashes {
-            hashes: HashList::new(&id.hash).unwrap(),
-        },
-        RelayMessage::RejoinNeeded,
-    ];
-    for (n, ask) in asks.into_iter().enumerate() {
-        let what = format!("{ask:?}");
+    /// Sends `ask` and returns the error code of the answer (None: not an error) and its text.
+    fn ask(&mut self, ask: RelayMessage<'_>) -> (Option<ErrorCode>, String) {
         let mut wire = Vec::new();
-        sealer
-            .seal(&Frame::new(n as u64 + 1, ask), &mut wire)
+        self.sealer
+            .seal(&Frame::new(self.next, ask), &mut wire)
             .unwrap();
-        s.write_all(&wire).unwrap();
-        let (code, text) = read_until(&mut s, &mut buf, |b| {
+        self.next += 1;
+        self.s.write_all(&wire).unwrap();
+        let limits = Limits::default();
+        let opener = &mut self.opener;
+        read_until(&mut self.s, &mut self.buf, |b| {
             opener.open(b, &limits).map(|(f, used)| {
                 let got = match f.message {
                     RelayMessage::Error { code, message } => (Some(code), message.to_string()),
@@ -232,11 +240,49 @@ fn a_key_holder_no_heartbeat_named_gets_no_session_list_answer_and_cannot_make_a
                 };
                 (got, used)
             })
-        });
+        })
+    }
+}
+
+#[test]
+fn a_key_holder_no_heartbeat_named_gets_no_session_list_answer_and_cannot_make_a_node_rejoin() {
+    let c = Cluster::start(49, 2, &["--ha", "true"]);
+    let id = c.nodes[0].client().create_id().unwrap();
+    let mut k = KeyHolder::connect(&c, 0);
+    let asks = [
+        RelayMessage::SyncHashes {
+            hashes: HashList::new(&id.hash).unwrap(),
+        },
+        RelayMessage::RejoinNeeded,
+    ];
+    for ask in asks {
+        let what = format!("{ask:?}");
+        let (code, text) = k.ask(ask);
         assert_eq!(code, Some(ErrorCode::Unavailable), "{what}: {text}");
     }
     // Nothing changed: the node serves, and never rejoined.
     assert_eq!(c.nodes[0].stat("node.cluster_rejoins"), 0);
     assert_eq!(c.nodes[0].stat("node.cluster_ready"), 1);
     assert!(c.nodes[0].client().read(&id).is_ok());
+}
+
+#[test]
+fn a_key_holder_no_heartbeat_named_cannot_make_a_backup_drop_its_copy() {
+    let mut c = Cluster::start(50, 2, &["--ha", "true"]);
+    let mut a = c.nodes[0].client();
+    let id = a.create_id().unwrap();
+    assert_eq!(id.backup, Some(c.relay(1)), "B backs the session up");
+    let r = a.read_lock(&id, 1000, 30_000).unwrap();
+    a.write_unlock(&id, r.token, 600, b"kept").unwrap();
+    common::eventually("the copy on B", || {
+        c.nodes[1].stat("node.cluster_replicas_applied") >= 1
+    });
+    let mut k = KeyHolder::connect(&c, 1);
+    let (code, text) = k.ask(RelayMessage::DropReplica { hash: id.hash });
+    assert_eq!(code, Some(ErrorCode::Unavailable), "{text}");
+    // B still holds it: A dies, B serves it.
+    c.nodes[0].kill9();
+    let mut now = id;
+    let (data, _) = common::read_following(&mut c.nodes[1].client(), &mut now);
+    assert_eq!(data.as_deref(), Some(&b"kept"[..]));
 }

@@ -2443,10 +2443,26 @@ impl State {
                 let conn = conn.clone();
                 monoio::spawn(async move {
                     let p = self.placement(&hash);
-                    let out = if p.is_some_and(|p| p.master == Some(self.me)) {
+                    let out = if sender.is_none() {
+                        // Only a node whose heartbeat was heard may make this node drop a copy
+                        // (as SyncHashes and RejoinNeeded).
+                        Out::Error {
+                            code: ErrorCode::Unavailable,
+                            message: "no heartbeat from you yet".into(),
+                        }
+                    } else if p.is_some_and(|p| p.master == Some(self.me)) {
                         Out::Error {
                             code: ErrorCode::StaleEpoch,
                             message: "this node is the session's master now".into(),
+                        }
+                    } else if let Some(m) = p.and_then(|p| p.master).filter(|m| sender != Some(*m))
+                    {
+                        // From a node that is not the master this node knows (an old master's
+                        // late destroy, after the session was taken over): dropping would leave
+                        // the current master without its backup copy.
+                        Out::Error {
+                            code: ErrorCode::StaleEpoch,
+                            message: format!("this node backs the session up for {m}"),
                         }
                     } else {
                         self.forget_placement(&hash);

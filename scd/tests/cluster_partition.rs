@@ -94,6 +94,14 @@ fn partition_and_heal(subnet: &str, cut: Cut) {
         })
     });
 
+    if cut == Cut::Link {
+        // And A sees them down (it tells each to rejoin when it hears it again below); under
+        // load the failover through C can be over before A's own timeout ran out.
+        eventually("A sees B and C down", &nodes, || {
+            nodes[0].stat("node.cluster_peers_down") == 2
+        });
+    }
+
     // Through C: the session fails over to B (new ID), and value 2 is written there.
     let mut on_c = nodes[c as usize - 1].client();
     let mut id = original;

@@ -1857,6 +1857,12 @@ impl State {
 
     /// The backup refused a copy with a higher epoch: someone else is master now.
     async fn fenced(self: &Rc<Self>, hash: [u8; 16], p: Placement, backup: SocketAddr) {
+        if self.placement(&hash).is_some_and(|now| now != p) {
+            // The refused copy was sent under a placement that has changed since (a queued
+            // copy answered late): what is known now stands, and the copy here is kept.
+            debug!("cluster: a copy sent under an older placement was refused by {backup}");
+            return;
+        }
         Counters::bump(&self.shared().counters.fenced);
         warn!(
             "cluster: fenced: backup {backup} holds a session under a newer epoch than {}; this \

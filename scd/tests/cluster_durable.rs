@@ -171,3 +171,132 @@ fn a_restarted_old_master_follows_the_epoch_taken_over_and_the_third_node_restar
     }
     every_node_serves_new(&c, original);
 }
+
+/// The review scenario, with one scd per network namespace (`common::netns`, subnet
+/// `10.87.0`): only what A sends is dropped (A still hears B and C); B takes the session over
+/// (epoch 2) and "value 2" is written there through C; then B is `kill -9`ed and restarted
+/// during the cut (quickly: A, which hears B's heartbeats, may never see it down, only its new
+/// incarnation). After the heal, B must still deny A read leases — it took a session over from
+/// A, and A has not synced with it since — so A, which still believes it masters the session at
+/// epoch 1, never serves "value 1": it is denied, rejoins, learns epoch 2 from B, and relays to
+/// it. Without the journal B forgets the denial mark at its restart and grants A a lease, and A
+/// serves "value 1" (this test fails on main there).
+///
+/// C is `kill -9`ed before B restarts: with C up, C's RejoinNeeded at the heal (it declared A
+/// down) would make A rejoin too, racing with B's grant, and the test would show nothing
+/// reliably. With C gone only B's memory (its journal) stands between A and its stale copy.
+///
+/// Needs root and iproute2's `ip` (namespaces): without them the test prints a `SKIPPED` line.
+#[test]
+fn a_backup_that_took_over_and_restarted_during_a_cut_still_denies_the_old_master_leases() {
+    use common::netns::{Net, NsNode, eventually as ns_eventually, key_file, logs, skipped};
+
+    let subnet = "10.87.0";
+    let net = match Net::create(subnet, 3) {
+        Ok(net) => net,
+        Err(e) => return skipped("cluster_durable", &e),
+    };
+    let key_dir = tempfile::tempdir().expect("key dir");
+    let key = key_file(key_dir.path());
+    let flags = |i: u8| -> Vec<String> {
+        let peers: Vec<String> = (1..=3).filter(|&j| j != i).map(|j| net.addr(j)).collect();
+        vec![
+            "--peers".into(),
+            peers.join(","),
+            "--allowed-hosts".into(),
+            format!("{subnet}.0/24"),
+            "--ha".into(),
+            "true".into(),
+            "--storage-model".into(),
+            "write-through".into(),
+        ]
+    };
+    let mut nodes: Vec<NsNode> = (1..=3)
+        .map(|i| NsNode::start(&net, i, &key, &flags(i)))
+        .collect();
+    ns_eventually("every node ready with two peers up", &nodes, || {
+        nodes
+            .iter()
+            .all(|n| n.stat("node.cluster_peers_up") == 2 && n.stat("node.cluster_ready") == 1)
+    });
+    let mut on_a = nodes[0].client();
+    on_a.set_timeout(Some(Duration::from_secs(60))).unwrap();
+    let original = on_a.create_id().expect("create id on A");
+    let backup = original.backup.expect("HA on: the ID names a backup");
+    let b = (2..=3u8)
+        .find(|&i| net.relay(i) == backup)
+        .expect("the backup is another node");
+    let c = 5 - b;
+    let held = on_a.read_lock(&original, 1000, 30_000).unwrap();
+    on_a.write_unlock(&original, held.token, 600, b"value 1")
+        .unwrap();
+    ns_eventually("A holds a lease from B", &nodes, || {
+        nodes[0].stat("node.cluster_leases_granted") >= 1
+    });
+
+    // Only what A sends is lost: B and C declare A down; B takes the session over.
+    net.mute(1, &[2, 3]).expect("drop what node 1 sends");
+    ns_eventually("B and C see A down", &nodes, || {
+        [b, c]
+            .iter()
+            .all(|&i| nodes[i as usize - 1].stat("node.cluster_peers_down") >= 1)
+    });
+    let mut on_c = nodes[c as usize - 1].client();
+    on_c.set_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut id = original;
+    assert_eq!(
+        read_following(&mut on_c, &mut id).0.as_deref(),
+        Some(&b"value 1"[..])
+    );
+    assert_eq!(id.master, net.relay(b), "failed over to the backup");
+    let held = on_c.read_lock(&id, 1000, 30_000).unwrap();
+    if let Some(n) = held.new_id {
+        id = n;
+    }
+    on_c.write_unlock(&id, held.token, 600, b"value 2").unwrap();
+    assert_eq!(nodes[b as usize - 1].stat("node.cluster_failovers"), 1);
+    drop(on_c);
+
+    // C goes; B restarts during the cut.
+    nodes[c as usize - 1].kill9();
+    nodes[b as usize - 1].kill9();
+    nodes[b as usize - 1].restart();
+    assert!(
+        nodes[b as usize - 1]
+            .log_text()
+            .contains("lease-denial marks restored"),
+        "{}",
+        logs(&nodes)
+    );
+
+    // Heal. A never serves "value 1" again: Unavailable (no lease, denied, rejoining), then
+    // "value 2" once it has learnt where the session went.
+    net.unmute(1, &[2, 3]).expect("let node 1 send again");
+    ns_eventually("A serves value 2", &nodes, || match on_a.read(&original) {
+        Ok(r) => {
+            assert_eq!(
+                r.data.as_deref(),
+                Some(&b"value 2"[..]),
+                "A served its old value after the heal\n{}",
+                logs(&nodes)
+            );
+            true
+        }
+        Err(e) => {
+            assert_eq!(e.code(), Some(ErrorCode::Unavailable), "{e}");
+            false
+        }
+    });
+    assert!(
+        nodes[0].stat("node.cluster_leases_denied") >= 1
+            || nodes[0].stat("node.cluster_rejoins") >= 1,
+        "A was told to rejoin\n{}",
+        logs(&nodes)
+    );
+    let mut stale = original;
+    let (data, _) = read_following(&mut on_a, &mut stale);
+    assert_eq!(data.as_deref(), Some(&b"value 2"[..]));
+    assert_eq!(stale.master, net.relay(b), "A points to the new master");
+    drop(nodes);
+    drop(net);
+}

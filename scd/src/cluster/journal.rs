@@ -567,6 +567,33 @@ mod tests {
     }
 
     #[test]
+    fn a_placement_record_has_its_documented_bytes() {
+        // docs/storage.md, "Placement journal".
+        let e = Entry::Place(
+            [1; 16],
+            Placement {
+                epoch: 2,
+                master: Some(a(2)),
+                backup: Some(a(3)),
+                prev: Some(a(1)),
+            },
+        );
+        let mut body = vec![0x01];
+        body.extend_from_slice(&[1; 16]);
+        body.extend_from_slice(&[2, 0, 0, 0]);
+        for n in [2u8, 3, 1] {
+            body.extend_from_slice(&[0x04, 0x7f, 0, 0, n, 0x07, 0x87]);
+        }
+        assert_eq!(encode_body(&e), body);
+        let mut rec = Vec::new();
+        encode_record(&mut rec, &e);
+        assert_eq!(rec[..4], [0x2a, 0, 0, 0]);
+        assert_eq!(rec[4..8], crc32fast::hash(&body).to_le_bytes());
+        assert_eq!(rec[8..], body[..]);
+        assert_eq!(MAGIC, b"SCDPJ\x00\x00\x01");
+    }
+
+    #[test]
     fn records_round_trip() {
         let bytes = file_of(&sample());
         let p = parse(&bytes).unwrap();

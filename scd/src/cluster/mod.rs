@@ -48,6 +48,7 @@ use crate::core::CoreMsg;
 use crate::daemon::Node;
 use crate::exec::{Op, ReplyTo};
 pub use lease::Leases;
+pub use route::Placement;
 
 /// What the core threads (and the main thread) send the cluster thread.
 pub enum ClusterMsg {

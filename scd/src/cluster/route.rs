@@ -1,6 +1,7 @@
 //! Where each request is served, and everything that keeps the copies right.
 //!
-//! Per session this node keeps a `Placement` (in memory): the placement epoch it knows, the
+//! Per session this node keeps a `Placement` (in memory; those a session ID does not say also in
+//! the placement journal, `journal.rs`, read back at start): the placement epoch it knows, the
 //! master, the backup, and the node it was taken over from. The rules:
 //!
 //! - **Master here** (the placement says so at an epoch at least the ID's, or the ID names this

@@ -49,6 +49,8 @@ pub enum StartError {
     HeartbeatBind { addr: SocketAddr, source: io::Error },
     #[error("cluster key: {0}")]
     ClusterKey(String),
+    #[error("placement journal: {0}")]
+    Journal(String),
     #[error("cannot start the cluster thread: {0}")]
     ClusterThread(io::Error),
 }
@@ -103,6 +105,26 @@ pub fn run(settings: Settings, resolved: Resolved) -> Result<(), StartError> {
         source,
     })?;
     let node_id = node_id(&data_dir)?;
+    // The placement journal (clustering on): read and compacted before anything is served.
+    let mut journal = None;
+    if resolved.cluster.is_some() {
+        let (j, recovered) =
+            crate::cluster::journal::Journal::open(&data_dir).map_err(StartError::Journal)?;
+        if let Some(why) = &recovered.stopped {
+            log::warn!(
+                "cluster: placement journal: {why}: dropped its last {} bytes (a write cut by \
+                 a crash), kept {} records",
+                recovered.dropped,
+                recovered.records
+            );
+        }
+        info!(
+            "cluster: placement journal: {} placements and {} lease-denial marks restored",
+            recovered.live.placements.len(),
+            recovered.live.denied.len()
+        );
+        journal = Some((j, recovered.live));
+    }
 
     // Signals are registered before any thread starts, so every thread inherits the mask state
     // and a signal that arrives during start-up is not lost.
@@ -215,6 +237,9 @@ pub fn run(settings: Settings, resolved: Resolved) -> Result<(), StartError> {
     drop(events_tx);
     let cluster_thread = match cluster_parts {
         Some((inbox, relay, heartbeat)) => {
+            let (journal, recovered) = journal.take().ok_or_else(|| {
+                StartError::Journal("clustering on without a journal".to_string())
+            })?;
             let start = crate::cluster::ClusterStart {
                 node: node.clone(),
                 inbox,
@@ -222,6 +247,8 @@ pub fn run(settings: Settings, resolved: Resolved) -> Result<(), StartError> {
                 relay,
                 heartbeat,
                 started_ms: crate::core::clock_ms(),
+                journal,
+                recovered,
             };
             Some(
                 std::thread::Builder::new()

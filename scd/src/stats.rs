@@ -99,7 +99,7 @@ pub async fn gather(core: &Core) -> NodeStats {
 }
 
 /// The cluster's figures, shown with the node's (`node.cluster_*`); only when clustering is on.
-pub const CLUSTER_FIELDS: [(&str, &str, &str); 35] = [
+pub const CLUSTER_FIELDS: [(&str, &str, &str); 38] = [
     ("cluster_on", "gauge", "1: clustering is on."),
     (
         "cluster_ready",
@@ -270,6 +270,21 @@ pub const CLUSTER_FIELDS: [(&str, &str, &str); 35] = [
         "cluster_witness_refused",
         "counter",
         "Witness requests this node sent that a peer refused (NotAgreed: it still hears the suspect, is not serving, or does not know this node).",
+    ),
+    (
+        "cluster_journal_records",
+        "counter",
+        "Records written to the placement journal since the start (placements not derivable from a session ID, their removals, lease-denial marks).",
+    ),
+    (
+        "cluster_journal_syncs",
+        "counter",
+        "Group writes of the placement journal made durable (write + fdatasync) since the start.",
+    ),
+    (
+        "cluster_journal_errors",
+        "counter",
+        "Placement journal writes that failed (logged as errors): the change holds in memory but a restart may forget it.",
     ),
 ];
 

@@ -126,8 +126,10 @@ fn restarted_former_masters_do_not_serve_a_session_whose_new_master_restarted_to
 
 #[test]
 fn a_restarted_master_does_not_serve_a_session_whose_new_master_restarted_meanwhile() {
-    // A → B only; then B restarts (its memory of having taken the session from A is gone), then
-    // A restarts: only X (B's backup) still knows the session moved.
+    // A → B only; then B restarts, then A restarts. B still knows (its placement journal) that
+    // it took the session over from A, and tells A in its sync stream (before the journal only
+    // X, B's backup, knew, and A learnt it from X's answer to its hash list; that path is
+    // covered by `cluster_durable.rs`, where the node that took over is down).
     let mut c = Cluster::start(53, 4, &["--ha", "true"]);
     let a = 0;
     let original = c.nodes[a].client().create_id().unwrap();
@@ -160,5 +162,16 @@ fn a_restarted_master_does_not_serve_a_session_whose_new_master_restarted_meanwh
     c.wait_ready(a);
     reads_current(&c, a, original, id, &last);
     reads_current(&c, w, original, id, &last);
-    assert!(c.nodes[a].stat("node.cluster_rejoin_moved") >= 1);
+    assert!(
+        c.nodes[b]
+            .log_text()
+            .contains("placement journal: 1 placements and 1 lease-denial marks restored"),
+        "B restored its takeover\n{}",
+        c.nodes[b].log_text()
+    );
+    assert!(
+        c.nodes[a].stat("node.cluster_sync_items") >= 1
+            || c.nodes[a].stat("node.cluster_rejoin_moved") >= 1,
+        "A learnt that the session moved"
+    );
 }

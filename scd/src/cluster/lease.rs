@@ -76,7 +76,9 @@ impl Leases {
 
 /// The grant/deny rule of the node answering lease requests: the peers it took a session over
 /// from (failover) or replaced as a backup after declaring them down, since they last synced
-/// with it, and why. Kept in memory only (the cluster thread's, single-threaded).
+/// with it, and why. The cluster thread's (single-threaded); every change is also written to the
+/// placement journal (`route.rs`, `deny_leases` / `leases_synced`), which puts the marks back
+/// at start, so a restart of this node does not grant what it owed a denial.
 #[derive(Debug, Default)]
 pub struct Grants {
     denied: HashMap<SocketAddr, String>,

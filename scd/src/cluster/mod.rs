@@ -21,11 +21,14 @@
 //! - `lease`: read leases (the table of leases held, the grant/deny rule, the promotion rule).
 //! - `witness`: the rule a node answers WitnessRequest by, and what a decider makes of the
 //!   answers (a placement change made on a peer's silence needs another node's agreement).
+//! - `journal`: the placement journal in the data directory (placements not derivable from a
+//!   session ID, and lease-denial marks), so that a restart forgets no epoch it used.
 //! - `route`: what happens to one request, replication, promotion, sync and drain.
 
 pub mod membership;
 
 mod heartbeat;
+pub mod journal;
 mod lease;
 mod relay;
 mod route;
@@ -45,6 +48,7 @@ use crate::core::CoreMsg;
 use crate::daemon::Node;
 use crate::exec::{Op, ReplyTo};
 pub use lease::Leases;
+pub use route::Placement;
 
 /// What the core threads (and the main thread) send the cluster thread.
 pub enum ClusterMsg {
@@ -112,6 +116,9 @@ pub struct Counters {
     pub witness_requests: AtomicU64,
     pub witness_agreed: AtomicU64,
     pub witness_refused: AtomicU64,
+    pub journal_records: AtomicU64,
+    pub journal_syncs: AtomicU64,
+    pub journal_errors: AtomicU64,
     pub ready: AtomicU64,
 }
 
@@ -163,6 +170,9 @@ impl Counters {
             g(&self.witness_requests),
             g(&self.witness_agreed),
             g(&self.witness_refused),
+            g(&self.journal_records),
+            g(&self.journal_syncs),
+            g(&self.journal_errors),
         ]
     }
 }
@@ -283,6 +293,10 @@ pub struct ClusterStart {
     pub heartbeat: std::net::UdpSocket,
     /// Start of this run (ms since the epoch): the heartbeat epoch.
     pub started_ms: u64,
+    /// The placement journal, opened (read, truncated at its first bad record, compacted) by
+    /// the daemon's start, with what it held.
+    pub journal: journal::Journal,
+    pub recovered: journal::Live,
 }
 
 /// The cluster thread's body.

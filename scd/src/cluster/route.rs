@@ -1,6 +1,7 @@
 //! Where each request is served, and everything that keeps the copies right.
 //!
-//! Per session this node keeps a `Placement` (in memory): the placement epoch it knows, the
+//! Per session this node keeps a `Placement` (in memory; those a session ID does not say also in
+//! the placement journal, `journal.rs`, read back at start): the placement epoch it knows, the
 //! master, the backup, and the node it was taken over from. The rules:
 //!
 //! - **Master here** (the placement says so at an epoch at least the ID's, or the ID names this
@@ -63,6 +64,7 @@ use scd_wire::relay::{
 };
 use scd_wire::session_id::SessionId;
 
+use super::journal::{Entry, Journal};
 use super::lease::{Grants, LeaseAnswer, MasterView};
 use super::membership::{self, Change, Members};
 use super::relay::{self, CallError, Incoming, Located, Out, OwnedReplica, PeerConn, ServedConn};
@@ -193,6 +195,13 @@ pub struct State {
     /// When the current rejoin's sync round started (`membership::now_ms`): a denial of a lease
     /// request sent before it is answered by that round's sync, not by another round.
     round_started_ms: Cell<u64>,
+    /// The placement journal: every placement not derivable from a session ID, and the lease
+    /// denial marks (`journal.rs`). A change is made durable before this thread goes on, so
+    /// before anything is done on it outside (an answer, an ack, a copy, a proposal).
+    journal: RefCell<Journal>,
+    /// A group of journal changes is being made (no await inside): they are made durable
+    /// together by `journal_commit` at its end.
+    journal_grouped: Cell<bool>,
 }
 
 /// A placement is kept at least this long after its session was last used (or its lifetime,
@@ -926,7 +935,21 @@ impl State {
     }
 
     fn set_placement(&self, hash: [u8; 16], p: Placement) {
-        self.placements.borrow_mut().insert(hash, p);
+        let before = self.placements.borrow_mut().insert(hash, p);
+        // Journaled unless a session ID says it all: this node master (or the master's backup)
+        // at epoch 1, taken over from none, and nothing else known before. A placement the
+        // journal holds is always rewritten (its record would otherwise outlive the change).
+        let plain = p.epoch == 1
+            && p.prev.is_none()
+            && (p.master == Some(self.me) || p.backup == Some(self.me))
+            && before.is_none_or(|b| b == p);
+        {
+            let mut j = self.journal.borrow_mut();
+            if !plain || j.placement(&hash).is_some() {
+                j.add(Entry::Place(hash, p));
+            }
+        }
+        self.journal_commit_unless_grouped();
         self.keep(hash, 0);
         let regular = p.master == Some(self.me) && p.epoch == 1 && p.prev.is_none();
         let shared = self.shared();
@@ -950,6 +973,8 @@ impl State {
 
     fn forget_placement(&self, hash: &[u8; 16]) {
         self.placements.borrow_mut().remove(hash);
+        self.journal.borrow_mut().add(Entry::Remove(*hash));
+        self.journal_commit_unless_grouped();
         self.keep_until.borrow_mut().remove(hash);
         let shared = self.shared();
         if let Ok(mut set) = shared.irregular.lock() {
@@ -958,7 +983,8 @@ impl State {
         }
     }
 
-    /// Drops placements kept past their time (sessions nobody used for that long).
+    /// Drops placements kept past their time (sessions nobody used for that long); their
+    /// journal removals are made durable together.
     fn sweep(&self, now_ms: u64) -> usize {
         let old: Vec<[u8; 16]> = self
             .keep_until
@@ -967,10 +993,74 @@ impl State {
             .filter(|(_, until)| **until < now_ms)
             .map(|(h, _)| *h)
             .collect();
+        self.journal_grouped.set(true);
         for h in &old {
             self.forget_placement(h);
         }
+        self.journal_commit();
         old.len()
+    }
+
+    /// Makes the journal's pending changes durable (write + fdatasync), and ends a group. A
+    /// failure is logged and counted: the change holds in memory, a restart may forget it.
+    fn journal_commit(&self) {
+        self.journal_grouped.set(false);
+        let mut j = self.journal.borrow_mut();
+        if !j.has_pending() {
+            return;
+        }
+        let records = j.records;
+        let syncs = j.syncs;
+        let r = j.commit();
+        let counters = &self.shared().counters;
+        counters.journal_records.store(records, Ordering::Relaxed);
+        counters
+            .journal_syncs
+            .store(j.syncs.max(syncs), Ordering::Relaxed);
+        if let Err(e) = r {
+            Counters::bump(&counters.journal_errors);
+            error!(
+                "cluster: cannot write the placement journal: {e} (placements changed now \
+                 hold until a restart only)"
+            );
+        }
+    }
+
+    fn journal_commit_unless_grouped(&self) {
+        if !self.journal_grouped.get() {
+            self.journal_commit();
+        }
+    }
+
+    /// This node took a session over from `peer` or replaced it (after declaring it down): its
+    /// lease requests are denied until it syncs, also across a restart of this node (journaled,
+    /// durable before this returns).
+    fn deny_leases(&self, peer: SocketAddr, why: String) {
+        self.lease_grants.borrow_mut().took_over(peer, why.clone());
+        self.journal.borrow_mut().add(Entry::Deny(peer, why));
+        self.journal_commit_unless_grouped();
+    }
+
+    /// `peer` synced with this node: it may have leases again. True if it was denied them.
+    fn leases_synced(&self, peer: SocketAddr) -> bool {
+        let was = self.lease_grants.borrow_mut().synced(peer);
+        if was {
+            self.journal.borrow_mut().add(Entry::Clear(peer));
+            self.journal_commit_unless_grouped();
+        }
+        was
+    }
+
+    /// Puts back what the journal held at the start (before anything is served): used exactly
+    /// as placements set while running (the rejoin then refreshes them).
+    fn restore(&self, live: super::journal::Live) {
+        for (hash, p) in live.placements {
+            // Already in the journal: set_placement writes nothing.
+            self.set_placement(hash, p);
+        }
+        for (peer, why) in live.denied {
+            self.lease_grants.borrow_mut().took_over(peer, why);
+        }
     }
 
     // ----- one request -----------------------------------------------------------------------
@@ -1961,7 +2051,7 @@ impl State {
         if self.members.borrow().known_down(gone) {
             // Replaced after it was declared down: when it is heard again it must rejoin before
             // it serves (it may hold a stale copy of this session as a backup).
-            self.lease_grants.borrow_mut().took_over(
+            self.deny_leases(
                 gone,
                 format!(
                     "{} replaced you as a backup after declaring you down",
@@ -2103,7 +2193,7 @@ impl State {
         // From now on the old master is denied read leases here until it has synced (rejoined):
         // it must not serve this session again. (Before the takeover's first await: a request
         // heard meanwhile must not be granted.)
-        self.lease_grants.borrow_mut().took_over(
+        self.deny_leases(
             id.master,
             format!(
                 "{} took over a session from you (failover to epoch {epoch})",
@@ -2521,7 +2611,7 @@ impl State {
                 if let Some(from) = sender {
                     // Its rejoin: it learns here where its sessions went, so it may have
                     // leases again.
-                    self.lease_grants.borrow_mut().synced(from);
+                    self.leases_synced(from);
                 }
                 let hashes: Vec<[u8; 16]> = hashes.iter().collect();
                 let conn = conn.clone();
@@ -2605,7 +2695,7 @@ impl State {
                 if change == WitnessChange::Promote {
                     // Its session is taken over: it must rejoin (and learn so) before it has a
                     // lease from this node again.
-                    self.lease_grants.borrow_mut().took_over(
+                    self.deny_leases(
                         suspect,
                         format!(
                             "{} witnessed a takeover of a session from you (epoch {epoch})",
@@ -2856,7 +2946,7 @@ impl State {
         };
         // Its rejoin: the streams below tell it every session taken over from it until now, so
         // it may have leases again (a takeover after this denies them anew).
-        if self.lease_grants.borrow_mut().synced(peer) {
+        if self.leases_synced(peer) {
             info!("cluster: {peer} syncs (rejoins): it is granted read leases again");
         }
         let all: Vec<([u8; 16], Placement)> = self
@@ -3145,6 +3235,10 @@ impl State {
             }
         }
         let (mut adopted, mut kept, mut moved, mut split) = (0u64, 0u64, 0u64, 0u64);
+        // Every placement learnt here is journaled as one group, durable (one fdatasync)
+        // before any local copy is dropped or anything is served (no await until the commit).
+        let mut elsewhere = Vec::new();
+        self.journal_grouped.set(true);
         for (hash, (l, conflict)) in best {
             if conflict {
                 // Two masters at the newest epoch (both sides of a partition changed the
@@ -3153,12 +3247,27 @@ impl State {
                 split += 1;
                 continue;
             }
-            match self.apply_known_place(hash, l).await {
+            match self.apply_known_place(hash, l) {
                 Some(Known::Master) => adopted += 1,
                 Some(Known::Backup) => kept += 1,
-                Some(Known::Elsewhere) => moved += 1,
+                Some(Known::Elsewhere) => {
+                    moved += 1;
+                    elsewhere.push((hash, l));
+                }
                 None => {}
             }
+        }
+        self.journal_commit();
+        // Taken over by another node that does not name this one: the local copy is dropped
+        // (never served again, also once the placement is swept).
+        for (hash, l) in elsewhere {
+            let _ = self.local(hash, self.next_owner(), Op::Remove).await;
+            Counters::bump(&self.shared().counters.rejoin_moved);
+            info!(
+                "cluster: rejoin: a session held here was taken over by {} (epoch {}): \
+                 requests go there, the local copy is dropped",
+                l.master, l.epoch
+            );
         }
         info!(
             "cluster: rejoin: {} sessions listed to peers: {adopted} mastered here, {kept} \
@@ -3174,8 +3283,9 @@ impl State {
     }
 
     /// Applies the newest placement the peers know of a session this node holds a copy of
-    /// (`sync_hashes`); None: what this node knows is as new or newer.
-    async fn apply_known_place(self: &Rc<Self>, hash: [u8; 16], l: Location) -> Option<Known> {
+    /// (`sync_hashes`); None: what this node knows is as new or newer. (`Elsewhere`: the caller
+    /// drops the local copy.)
+    fn apply_known_place(self: &Rc<Self>, hash: [u8; 16], l: Location) -> Option<Known> {
         let known = self.placement(&hash);
         // Only a newer epoch than this node knows decides: at the same epoch, what the sync
         // streams set (with their tie rule) stands.
@@ -3216,8 +3326,8 @@ impl State {
             );
             return Some(Known::Backup);
         }
-        // Taken over by another node that does not name this one: route there, and drop the
-        // local copy (never served again, also once the placement is swept).
+        // Taken over by another node that does not name this one: route there (the caller
+        // drops the local copy).
         self.set_placement(
             hash,
             Placement {
@@ -3226,13 +3336,6 @@ impl State {
                 backup: l.backup,
                 prev: None,
             },
-        );
-        let _ = self.local(hash, self.next_owner(), Op::Remove).await;
-        Counters::bump(&self.shared().counters.rejoin_moved);
-        info!(
-            "cluster: rejoin: a session held here was taken over by {} (epoch {}): requests \
-             go there, the local copy is dropped",
-            l.master, l.epoch
         );
         Some(Known::Elsewhere)
     }
@@ -3427,6 +3530,8 @@ pub async fn main(start: ClusterStart) {
         relay: relay_listener,
         heartbeat,
         started_ms,
+        journal,
+        recovered,
     } = start;
     let cluster = node.resolved.cluster.clone().expect("clustering on");
     let shared = node.cluster.as_ref().expect("clustering on");
@@ -3470,8 +3575,11 @@ pub async fn main(start: ClusterStart) {
         lease_grants: RefCell::new(Grants::default()),
         lease_inflight: RefCell::new(HashSet::new()),
         round_started_ms: Cell::new(0),
+        journal: RefCell::new(journal),
+        journal_grouped: Cell::new(false),
         node,
     });
+    state.restore(recovered);
     state.refresh_load().await;
     match monoio::net::udp::UdpSocket::from_std(heartbeat) {
         Ok(sock) => {

@@ -176,9 +176,12 @@ pub fn key_file(dir: &Path) -> PathBuf {
 /// One real scd process in node namespace `i` of a [`Net`], advertising `<subnet>.<i>`.
 pub struct NsNode {
     child: Option<Child>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     socket: PathBuf,
     log: Arc<Mutex<Vec<String>>>,
+    /// Node number and the `ip netns exec …` command line (for `restart`).
+    i: u8,
+    args: Vec<String>,
 }
 
 impl NsNode {
@@ -209,20 +212,40 @@ impl NsNode {
             "1000".into(),
         ]);
         args.extend(extra.iter().cloned());
+        let mut node = NsNode {
+            child: None,
+            dir,
+            socket,
+            log: Arc::new(Mutex::new(Vec::new())),
+            i,
+            args,
+        };
+        node.spawn();
+        node
+    }
+
+    /// Starts it again (after `kill9`) on the same data folder with the same flags, and waits
+    /// until it says it is ready.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "kill the node before restarting it");
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        let i = self.i;
         // `ip netns exec` enters the namespace and execs scd: the child's PID is scd's.
         let mut child = Command::new("ip")
-            .args(&args)
-            .current_dir(dir.path())
+            .args(&self.args)
+            .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn ip netns exec scd");
         let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel::<String>();
         {
-            let log = log.clone();
+            let log = self.log.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
@@ -234,12 +257,8 @@ impl NsNode {
                 }
             });
         }
-        let mut node = NsNode {
-            child: Some(child),
-            _dir: dir,
-            socket,
-            log,
-        };
+        self.child = Some(child);
+        let node = self;
         let deadline = Instant::now() + WAIT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -252,7 +271,6 @@ impl NsNode {
                 }
             }
         }
-        node
     }
 
     pub fn client(&self) -> Client {

@@ -37,6 +37,28 @@ const HANG: Duration = Duration::from_secs(120);
 /// flush, so any wait that long shows the bug.)
 const WATCH: Duration = Duration::from_millis(1500);
 
+/// Stops a daemon and waits until every one of its threads is stopped. `kill -STOP` returns
+/// before that: a stop signal wakes one thread, which then stops the others, and until then
+/// they run (on a loaded machine long enough to acknowledge a copy, which is correct behaviour
+/// but not what a test of a silent backup wants). io_uring's kernel workers (`iou-*`) run no
+/// daemon code and are left out.
+fn stop(pid: u32) {
+    common::signal(pid, "STOP");
+    common::eventually("every thread of the stopped daemon stopped", || {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("task list");
+        tasks.flatten().all(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            // "tid (comm) S ...": the state follows the last ')'.
+            let Some(close) = stat.rfind(')') else {
+                return true;
+            };
+            let comm = stat.get(stat.find('(').map_or(0, |o| o + 1)..close);
+            let state = stat[close + 1..].trim_start().chars().next();
+            comm.is_some_and(|c| c.starts_with("iou-")) || matches!(state, Some('T' | 't'))
+        })
+    });
+}
+
 /// No reply on `c` for `WATCH`: the read times out.
 fn assert_no_answer(c: &mut Client, what: &str, logs: &dyn Fn() -> String) {
     c.set_timeout(Some(WATCH)).unwrap();
@@ -91,7 +113,7 @@ fn scenario(c: &Cluster, relayed: bool) {
     let mut c2 = c.nodes[0].client();
     c2.set_timeout(Some(HANG)).unwrap();
 
-    common::signal(c.nodes[backup].pid(), "STOP");
+    stop(c.nodes[backup].pid());
     let w = c1
         .send(Request::WriteUnlock {
             id,
@@ -152,7 +174,7 @@ fn writer_gone(c: &Cluster) {
     let mut c1 = c.nodes[0].client();
     c1.set_timeout(Some(HANG)).unwrap();
     let r = c1.read_lock(&id, 1000, 60_000).unwrap();
-    common::signal(c.nodes[1].pid(), "STOP");
+    stop(c.nodes[1].pid());
     c1.send(Request::WriteUnlock {
         id,
         token: r.token,

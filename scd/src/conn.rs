@@ -581,11 +581,16 @@ pub(crate) fn session_op<'a>(
 
 /// Runs `op` on the shard that owns `hash`: here if this core owns it, else on its core.
 async fn route(core: &Rc<Core>, conn: &Conn, hash: [u8; 16], op: Op<&[u8]>, reply: ReplyTo) {
+    route_as(core, conn.owner, hash, op, reply).await
+}
+
+/// `route` for lock owner `owner` (also used after the request's reader moved on).
+async fn route_as(core: &Rc<Core>, owner: OwnerId, hash: [u8; 16], op: Op<&[u8]>, reply: ReplyTo) {
     let key = SessionKey(hash);
     let shard = shard_for(&key, core.shard_count() as usize) as u32;
     let owner_core = core.owner_core(shard);
     if owner_core == core.index {
-        core.execute_local(shard, key, conn.owner, op, reply);
+        core.execute_local(shard, key, owner, op, reply);
         return;
     }
     core.counters
@@ -594,7 +599,7 @@ async fn route(core: &Rc<Core>, conn: &Conn, hash: [u8; 16], op: Op<&[u8]>, repl
     let msg = CoreMsg::Request(ShardRequest {
         shard,
         key,
-        owner: conn.owner,
+        owner,
         op: op.to_owned(),
         reply,
     });
@@ -610,9 +615,17 @@ async fn route(core: &Rc<Core>, conn: &Conn, hash: [u8; 16], op: Op<&[u8]>, repl
 
 /// With HA, a WriteUnlock of a session this node plainly masters and that has a backup: run
 /// here like any write, and its copy handed to the cluster thread (`ClusterMsg::Copied`), which
-/// sends it to the backup. Write-through: the copy leaves once the shard applied the write, while
-/// its flush runs, and the answer waits for both the flush and the backup's acknowledgement.
-/// Delayed-write: the copy is queued before the client is answered.
+/// sends it to the backup.
+///
+/// Write-through: the write runs as `Op::WriteHold` (the lock stays held); the copy leaves once
+/// the shard applied the write, while its flush runs; the answer waits for both the flush and
+/// the backup's acknowledgement (or the end of its repair), and only after the answer is the
+/// lock released (`Op::Unlock` with the holder's token). So the next holder never reads a write
+/// the backup does not hold. A write the shard refused leaves the lock as it was (as
+/// WriteUnlock does). A closed connection still releases the lock at once (`release_owner`);
+/// the late Unlock then finds another token or none and changes nothing.
+///
+/// Delayed-write: a plain WriteUnlock; the copy is queued before the client is answered.
 async fn write_replicated(
     core: &Rc<Core>,
     conn: &Conn,
@@ -622,10 +635,25 @@ async fn write_replicated(
     reply: ReplyTo,
 ) {
     let Op::WriteUnlock {
-        lifetime_s, data, ..
+        token,
+        lifetime_s,
+        data,
     } = op
     else {
         return;
+    };
+    let write_through = matches!(
+        core.node.settings.storage.model,
+        crate::settings::StorageModel::WriteThrough
+    );
+    let op = if write_through {
+        Op::WriteHold {
+            token,
+            lifetime_s,
+            data,
+        }
+    } else {
+        op
     };
     let data = data.to_vec();
     let (tx, rx) = flume::bounded(1);
@@ -633,12 +661,26 @@ async fn write_replicated(
     let local = ReplyTo::with_applied(tx, reply.request_id(), applied_tx);
     route(core, conn, id.hash, op, local).await;
     let limits = proto::limits(core.node.settings.storage.session_size_max);
-    let write_through = matches!(
-        core.node.settings.storage.model,
-        crate::settings::StorageModel::WriteThrough
-    );
     let node = core.node.clone();
     let max = node.settings.cluster.replication_queue_max as usize;
+    let core = core.clone();
+    let owner = conn.owner;
+    // The held lock's release, once the client has its answer (write-through only).
+    let release = move || async move {
+        if write_through {
+            // Its answer tells nothing the client needs: the Unlock fails harmlessly when the
+            // lock changed hands meanwhile (connection closed, lease ended).
+            let (tx, _) = flume::bounded(1);
+            route_as(
+                &core,
+                owner,
+                id.hash,
+                Op::Unlock { token },
+                ReplyTo::new(tx, 0),
+            )
+            .await;
+        }
+    };
     monoio::spawn(async move {
         let copied = |version, data, done| ClusterMsg::Copied {
             id,
@@ -653,7 +695,7 @@ async fn write_replicated(
                 .send_async(copied(version, data, Some(done_tx)))
                 .await;
             let Ok(frame) = rx.recv_async().await else {
-                return;
+                return release().await;
             };
             let done = done_rx.recv_async().await;
             let flushed = matches!(
@@ -674,7 +716,9 @@ async fn write_replicated(
                 )),
                 _ => reply.send_frame(frame),
             }
-            return;
+            // Applied: the lock is released whatever the outcome (a failed flush, a refused or
+            // unplaced copy), after the answer, as WriteUnlock would have released it.
+            return release().await;
         }
         let Ok(frame) = rx.recv_async().await else {
             return;
@@ -711,23 +755,24 @@ async fn write_replicated(
                     }
                 }
             } else {
-                // Answered without waiting for a flush: the answer still waits for the copy.
+                // Answered without waiting for a flush (not expected under write-through): the
+                // answer still waits for the copy, and the held lock is released after it.
                 let (done_tx, done_rx) = flume::bounded(1);
                 let _ = cluster
                     .send_async(copied(version, data, Some(done_tx)))
                     .await;
                 match done_rx.recv_async().await {
-                    Ok(None) => {}
-                    Ok(Some(why)) => return reply.send(Answer::error(ErrCode::Unavailable, why)),
-                    Err(_) => {
-                        return reply.send(Answer::error(
-                            ErrCode::Unavailable,
-                            "the daemon is stopping",
-                        ));
-                    }
+                    Ok(None) => reply.send_frame(frame),
+                    Ok(Some(why)) => reply.send(Answer::error(ErrCode::Unavailable, why)),
+                    Err(_) => reply.send(Answer::error(
+                        ErrCode::Unavailable,
+                        "the daemon is stopping",
+                    )),
                 }
+                return release().await;
             }
         }
+        // Refused (wrong token, too large, ...): the lock is as the write found it.
         reply.send_frame(frame);
     });
 }

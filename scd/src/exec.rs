@@ -37,6 +37,15 @@ pub enum Op<D> {
         lifetime_s: u32,
         data: D,
     },
+    /// A WriteUnlock that keeps the lock: the caller releases it later with `Unlock` and the
+    /// same token. Under write-through with HA the lock must outlast the flush until the backup
+    /// holds the copy (`conn::write_replicated`, the cluster thread's `write_replicated`), so
+    /// that no other holder reads a write the backup could still lose. Never sent by a client.
+    WriteHold {
+        token: u64,
+        lifetime_s: u32,
+        data: D,
+    },
     Touch {
         token: u64,
         lifetime_s: u32,
@@ -85,6 +94,15 @@ impl Op<&[u8]> {
                 lifetime_s,
                 data: data.to_vec(),
             },
+            Op::WriteHold {
+                token,
+                lifetime_s,
+                data,
+            } => Op::WriteHold {
+                token,
+                lifetime_s,
+                data: data.to_vec(),
+            },
             Op::Touch { token, lifetime_s } => Op::Touch { token, lifetime_s },
             Op::Unlock { token } => Op::Unlock { token },
             Op::Destroy { token } => Op::Destroy { token },
@@ -120,6 +138,15 @@ impl Op<Vec<u8>> {
                 lifetime_s,
                 data,
             } => Op::WriteUnlock {
+                token: *token,
+                lifetime_s: *lifetime_s,
+                data: data.as_slice(),
+            },
+            Op::WriteHold {
+                token,
+                lifetime_s,
+                data,
+            } => Op::WriteHold {
                 token: *token,
                 lifetime_s: *lifetime_s,
                 data: data.as_slice(),
@@ -469,6 +496,18 @@ impl ShardSlot {
                     return self.fail(reply, &EngineError::NotLocked);
                 };
                 let ack = self.shard.put_unlock(key, token, data, lifetime_s, now_ms);
+                self.acknowledge(key, now_ms, ack, reply);
+            }
+            Op::WriteHold {
+                token,
+                lifetime_s,
+                data,
+            } => {
+                let Some(token) = LockToken::from_u64(token) else {
+                    return self.fail(reply, &EngineError::NotLocked);
+                };
+                // The engine's put checks the token like put_unlock and leaves the lock held.
+                let ack = self.shard.put(key, token, data, lifetime_s, now_ms);
                 self.acknowledge(key, now_ms, ack, reply);
             }
             Op::Touch { token, lifetime_s } => {
@@ -1013,6 +1052,101 @@ mod tests {
                 .expect("the next waiter is answered in the same pass"),
         );
         assert!(granted.is_ok(), "the next waiter gets the lock");
+    }
+
+    /// A write-through `WriteHold` is answered once durable and keeps the lock: a queued
+    /// ReadLock is granted only by the later Unlock with the holder's token, and then reads the
+    /// written data. A WriteHold with a token that is not the holder's is refused and changes
+    /// nothing.
+    #[test]
+    fn a_write_hold_keeps_the_lock_past_its_flush_until_unlocked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, mut slot) = slot(dir.path(), StorageModel::WriteThrough);
+        let limits = proto::limits(node.settings.storage.session_size_max);
+        let key = SessionKey([7; 16]);
+        let now = 1_000;
+        let read_lock = |slot: &mut ShardSlot, owner: u64| {
+            let (tx, rx) = flume::bounded(1);
+            let op = Op::ReadLock {
+                wait_ms: 60_000,
+                lease_ms: 60_000,
+            };
+            slot.execute(now, key, OwnerId(owner), op, ReplyTo::new(tx, owner));
+            rx
+        };
+        let decoded = |frame: &[u8]| match decode_reply(frame, &limits) {
+            Ok((f, _)) => scd_client::OwnedReply::from_wire(&f.message),
+            Err(e) => panic!("undecodable answer: {e:?}"),
+        };
+        let held = match decoded(&read_lock(&mut slot, 1).try_recv().expect("granted")) {
+            scd_client::OwnedReply::NotFound { token, .. } => token,
+            other => panic!("unexpected answer {other:?}"),
+        };
+        let waiter = read_lock(&mut slot, 2);
+        let write = |slot: &mut ShardSlot, token: u64| {
+            let (tx, rx) = flume::bounded(1);
+            let op = Op::WriteHold {
+                token,
+                lifetime_s: 600,
+                data: &b"new"[..],
+            };
+            slot.execute(now, key, OwnerId(1), op, ReplyTo::new(tx, 3));
+            rx
+        };
+        let refused = write(&mut slot, held + 1);
+        assert!(
+            matches!(
+                decoded(&refused.try_recv().expect("answered at once")),
+                scd_client::OwnedReply::Error { .. }
+            ),
+            "another token is refused"
+        );
+        let written = write(&mut slot, held);
+        let mut answer = None;
+        for _ in 0..10_000 {
+            slot.pass(now, false);
+            if let Ok(a) = written.try_recv() {
+                answer = Some(a);
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let answer = answer.expect("the flush never completed");
+        assert!(done_version(&answer, &node) > 0);
+        for _ in 0..3 {
+            slot.pass(now, false);
+        }
+        assert!(
+            waiter.try_recv().is_err(),
+            "the lock is still held after the flush"
+        );
+        let (tx, unlocked) = flume::bounded(1);
+        slot.execute(
+            now,
+            key,
+            OwnerId(1),
+            Op::Unlock { token: held },
+            ReplyTo::new(tx, 4),
+        );
+        slot.pass(now, false);
+        assert!(
+            matches!(
+                decoded(&unlocked.try_recv().expect("answered")),
+                scd_client::OwnedReply::Done { .. }
+            ),
+            "the holder's Unlock releases it"
+        );
+        match decoded(
+            &waiter
+                .try_recv()
+                .expect("the waiter is granted in the same pass"),
+        ) {
+            scd_client::OwnedReply::Data { token, data, .. } => {
+                assert_ne!(token, 0);
+                assert_eq!(data, b"new");
+            }
+            other => panic!("the waiter: {other:?}"),
+        }
     }
 
     /// Under delayed-write a copy is acknowledged at once (it is on disk within the interval).

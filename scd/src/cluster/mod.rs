@@ -62,7 +62,8 @@ pub enum ClusterMsg {
     /// With HA, a WriteUnlock a core served itself (the session is plainly mastered here and
     /// has a backup, `serve_directly`): its copy, for the backup. `done` (write-through) is told
     /// when the backup acknowledged it: None, or why the client gets `Unavailable` instead (the
-    /// session was taken over meanwhile).
+    /// session was taken over meanwhile). Under write-through the core holds the writer's lock
+    /// until then (`Op::WriteHold`), and releases it after answering.
     Copied {
         id: SessionId,
         version: u64,

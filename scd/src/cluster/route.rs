@@ -8,7 +8,9 @@
 //!   node and nothing newer is known): run it on the local shard. A write (WriteUnlock, Touch)
 //!   with HA on is then replicated to the backup; under write-through the copy is sent as soon as
 //!   the shard applied the write, while its flush runs, and the client's answer waits for both
-//!   the local flush and the backup's acknowledgement;
+//!   the local flush and the backup's acknowledgement; a WriteUnlock then runs as `WriteHold`
+//!   and its lock is released only after that answer, so no lock holder reads a write the
+//!   backup does not hold;
 //!   under delayed-write it goes out at once and the copy waits in the backup's queue (one entry
 //!   per session, its newest version; at most `replication_queue_max` sessions queued or in
 //!   flight, a write that finds the queue full waits), sent in batches (`dw_sender`).
@@ -530,7 +532,12 @@ fn to_request(id: SessionId, op: &Op<Vec<u8>>) -> Option<Request<'_>> {
         Op::Unlock { token } => Request::Unlock { id, token: *token },
         Op::Destroy { token } => Request::Destroy { id, token: *token },
         Op::Exists => Request::Exists { id },
-        Op::Create { .. } | Op::ApplyReplica { .. } | Op::Remove | Op::Peek => return None,
+        // WriteHold is the cluster thread's and the cores' own (a master's local write).
+        Op::WriteHold { .. }
+        | Op::Create { .. }
+        | Op::ApplyReplica { .. }
+        | Op::Remove
+        | Op::Peek => return None,
     })
 }
 
@@ -1481,18 +1488,38 @@ impl State {
                 lifetime_s,
                 data,
             } if ha && p.backup.is_some() => {
-                let op = Op::WriteUnlock {
-                    token,
-                    lifetime_s,
-                    data: data.clone(),
+                // Under write-through the lock outlasts the flush: it is released (after the
+                // answer) only once the backup holds the copy, so that the next holder never
+                // reads a write the backup could lose. A write the shard refused leaves the
+                // lock as it was, as WriteUnlock does.
+                let hold = self.write_through();
+                let op = if hold {
+                    Op::WriteHold {
+                        token,
+                        lifetime_s,
+                        data: data.clone(),
+                    }
+                } else {
+                    Op::WriteUnlock {
+                        token,
+                        lifetime_s,
+                        data: data.clone(),
+                    }
                 };
                 let source = CopySource::Data { lifetime_s, data };
-                let r = self.write_replicated(p, hash, owner, op, source).await;
-                answer(reply, &r, new_id)
+                let (r, applied) = self.write_replicated(p, hash, owner, op, source).await;
+                answer(reply, &r, new_id);
+                if hold && applied {
+                    // The answer tells nothing the client needs: the Unlock fails harmlessly
+                    // when the lock changed hands meanwhile (connection closed, lease ended).
+                    let (tx, _) = flume::bounded(1);
+                    self.local_to(hash, owner, Op::Unlock { token }, ReplyTo::new(tx, 0))
+                        .await;
+                }
             }
             Op::Touch { token, lifetime_s } if ha && p.backup.is_some() => {
                 let op = Op::Touch { token, lifetime_s };
-                let r = self
+                let (r, _) = self
                     .write_replicated(p, hash, owner, op, CopySource::Peek)
                     .await;
                 answer(reply, &r, new_id)
@@ -1550,15 +1577,15 @@ impl State {
         }
     }
 
-    /// Runs a write (WriteUnlock, Touch) on the local shard and gets its copy to the backup;
-    /// returns the client's answer. When the shard applied the write and waits for its flush
-    /// (write-through), it tells the version at once and the copy goes to the backup while the
-    /// flush runs: the answer is a success only once both the write is durable here and the
-    /// backup acknowledged the copy (a refused copy, or a failed flush, is the client's error).
-    /// The lock is released at the flush, possibly before the copy left: copies of successive
-    /// writes of one session may overlap (as they could before), and the backup keeps only the
-    /// newest version, so their order does not matter. A write answered at once (delayed-write,
-    /// or refused) is copied after its answer, as before.
+    /// Runs a write (WriteUnlock or WriteHold, Touch) on the local shard and gets its copy to
+    /// the backup; returns the client's answer, and whether the shard applied the write (a
+    /// WriteHold's lock is then the caller's to release). When the shard applied the write and
+    /// waits for its flush (write-through), it tells the version at once and the copy goes to
+    /// the backup while the flush runs: the answer is a success only once both the write is
+    /// durable here and the backup acknowledged the copy (a refused copy, or a failed flush, is
+    /// the client's error). Under write-through a WriteUnlock is sent as WriteHold, so the lock
+    /// is held until then and the copies of one session's writes leave one after the other. A
+    /// write answered at once (delayed-write, or refused) is copied after its answer, as before.
     async fn write_replicated(
         self: &Rc<Self>,
         p: Placement,
@@ -1566,7 +1593,7 @@ impl State {
         owner: OwnerId,
         op: Op<Vec<u8>>,
         source: CopySource,
-    ) -> OwnedReply {
+    ) -> (OwnedReply, bool) {
         let (tx, rx) = flume::bounded(1);
         let (applied_tx, applied_rx) = flume::bounded(1);
         self.local_to(hash, owner, op, ReplyTo::with_applied(tx, 0, applied_tx))
@@ -1576,18 +1603,20 @@ impl State {
                 self.local_answer(rx),
                 self.copy_out(p, hash, version, source)
             );
-            return match (r, copied) {
+            let r = match (r, copied) {
                 (OwnedReply::Done { .. }, Err(e)) => e,
                 (r, _) => r,
             };
+            return (r, true);
         }
         let r = self.local_answer(rx).await;
         if let OwnedReply::Done { version } = r {
             if let Err(e) = self.copy_out(p, hash, version, source).await {
-                return e;
+                return (e, true);
             }
+            return (r, true);
         }
-        r
+        (r, false)
     }
 
     /// The copy of a WriteUnlock a core served itself (`ClusterMsg::Copied`): to the backup, as

@@ -343,9 +343,11 @@ impl Cluster {
             peers.join(","),
             "--heartbeat-interval-ms".into(),
             TEST_HEARTBEAT_MS.to_string(),
-            "--relay-timeout-ms".into(),
-            "1000".into(),
         ];
+        // A flag given twice is refused: the test's own relay timeout replaces the default.
+        if !extra.contains(&"--relay-timeout-ms") {
+            a.extend(["--relay-timeout-ms".into(), "1000".into()]);
+        }
         a.extend(extra.iter().map(|s| s.to_string()));
         a
     }

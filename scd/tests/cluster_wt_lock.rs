@@ -1,0 +1,220 @@
+//! Write-through with HA: a write is visible to nobody before the session's backup holds it.
+//! The master keeps the writer's lock through its flush until the backup acknowledged the copy
+//! (docs/ARCHITECTURE.md, "Replication in the daemon: decisions"), so a client waiting for the
+//! lock cannot read a value that the backup would not have after a failover.
+//!
+//! Loopback, `127.0.95.x` (two nodes: the core's path) and `127.0.96.x` (three nodes: the
+//! write relayed from another node, served by the master's cluster thread). The backup is
+//! stopped (SIGSTOP) so that it cannot acknowledge; node timeout and relay timeout are long, so
+//! nobody gives up on it while it is stopped.
+
+mod common;
+
+use std::io;
+use std::time::Duration;
+
+use common::Cluster;
+use scd_client::{Client, ClientError, OwnedReply};
+use scd_wire::local::{ErrorCode, Request};
+
+/// No failover, no lapsed lease, no given-up copy while the backup is stopped.
+const FLAGS: &[&str] = &[
+    "--ha",
+    "true",
+    "--storage-model",
+    "write-through",
+    "--node-timeout-ms",
+    "600000",
+    "--relay-timeout-ms",
+    "60000",
+];
+
+/// Bounds a hang (a test never asserts on time): far above any wait of the daemon here.
+const HANG: Duration = Duration::from_secs(120);
+
+/// While the backup cannot acknowledge: how long each client is watched for an answer it must
+/// not get. (Not a timing assertion: without the rule the second client is answered within a
+/// flush, so any wait that long shows the bug.)
+const WATCH: Duration = Duration::from_millis(1500);
+
+/// Stops a daemon and waits until every one of its threads is stopped. `kill -STOP` returns
+/// before that: a stop signal wakes one thread, which then stops the others, and until then
+/// they run (on a loaded machine long enough to acknowledge a copy, which is correct behaviour
+/// but not what a test of a silent backup wants). io_uring's kernel workers (`iou-*`) run no
+/// daemon code and are left out.
+fn stop(pid: u32) {
+    common::signal(pid, "STOP");
+    common::eventually("every thread of the stopped daemon stopped", || {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("task list");
+        tasks.flatten().all(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            // "tid (comm) S ...": the state follows the last ')'.
+            let Some(close) = stat.rfind(')') else {
+                return true;
+            };
+            let comm = stat.get(stat.find('(').map_or(0, |o| o + 1)..close);
+            let state = stat[close + 1..].trim_start().chars().next();
+            comm.is_some_and(|c| c.starts_with("iou-")) || matches!(state, Some('T' | 't'))
+        })
+    });
+}
+
+/// No reply on `c` for `WATCH`: the read times out.
+fn assert_no_answer(c: &mut Client, what: &str, logs: &dyn Fn() -> String) {
+    c.set_timeout(Some(WATCH)).unwrap();
+    match c.recv() {
+        Err(ClientError::Io(e))
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) => {}
+        Ok((_, r)) => panic!(
+            "{what}: answered {r:?} while the backup cannot hold the write\n{}",
+            logs()
+        ),
+        Err(e) => panic!("{what}: {e}\n{}", logs()),
+    }
+    c.set_timeout(Some(HANG)).unwrap();
+}
+
+/// Client 1 holds the lock of a session mastered by node 0 whose backup is stopped, and writes
+/// "new"; client 2, on the master, waits for the lock. Neither is answered until the backup
+/// continues; then client 1's write succeeds and client 2 reads "new". Client 1 is connected to
+/// the master, or (`relayed`) to the node that is neither master nor backup.
+fn scenario(c: &Cluster, relayed: bool) {
+    let logs = || {
+        c.nodes
+            .iter()
+            .map(|n| n.log_text())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    };
+    let mut on_master = c.nodes[0].client();
+    on_master.set_timeout(Some(HANG)).unwrap();
+    let id = on_master.create_id().unwrap();
+    let backup = (1..c.nodes.len())
+        .find(|&i| id.backup == Some(c.relay(i)))
+        .expect("the new session has a backup");
+    let writer = if relayed {
+        (1..c.nodes.len())
+            .find(|&i| i != backup)
+            .expect("a third node")
+    } else {
+        0
+    };
+    // "old" is written and acknowledged by the backup.
+    let r = on_master.read_lock(&id, 1000, 60_000).unwrap();
+    on_master.write_unlock(&id, r.token, 600, b"old").unwrap();
+
+    let mut c1 = c.nodes[writer].client();
+    c1.set_timeout(Some(HANG)).unwrap();
+    let r = c1.read_lock(&id, 1000, 60_000).unwrap();
+    assert_eq!(r.data.as_deref(), Some(&b"old"[..]));
+    let mut c2 = c.nodes[0].client();
+    c2.set_timeout(Some(HANG)).unwrap();
+
+    stop(c.nodes[backup].pid());
+    let w = c1
+        .send(Request::WriteUnlock {
+            id,
+            token: r.token,
+            lifetime_s: 600,
+            data: b"new",
+        })
+        .unwrap();
+    let rl = c2
+        .send(Request::ReadLock {
+            id,
+            wait_ms: 60_000,
+            lease_ms: 60_000,
+        })
+        .unwrap();
+    // Client 1 waits for the backup's acknowledgement, client 2 for the lock client 1 holds
+    // until then: neither may be answered (client 2 least of all with "new").
+    assert_no_answer(&mut c2, "client 2's ReadLock", &logs);
+    assert_no_answer(&mut c1, "client 1's WriteUnlock", &logs);
+    assert_no_answer(&mut c2, "client 2's ReadLock, again", &logs);
+
+    common::signal(c.nodes[backup].pid(), "CONT");
+    let (got, reply) = c1.recv().unwrap();
+    assert_eq!(got, w);
+    assert!(
+        matches!(reply, OwnedReply::Done { .. }),
+        "client 1's write: {reply:?}\n{}",
+        logs()
+    );
+    let (got, reply) = c2.recv().unwrap();
+    assert_eq!(got, rl);
+    match reply {
+        OwnedReply::Data { token, data, .. } => {
+            assert_eq!(data, b"new", "client 2 reads the acknowledged write");
+            assert_ne!(token, 0);
+            c2.unlock(&id, token).unwrap();
+        }
+        other => panic!("client 2's ReadLock: {other:?}\n{}", logs()),
+    }
+}
+
+/// Two nodes: the write is served by the master's core (`conn::write_replicated`).
+#[test]
+fn write_through_ha_a_write_is_read_by_nobody_before_the_backup_holds_it() {
+    let c = Cluster::start(95, 2, FLAGS);
+    scenario(&c, false);
+    writer_gone(&c);
+}
+
+/// The writer's connection closes while its write waits for the stopped backup: its lock is
+/// released as any closed connection's (no lock is leaked by the held write), and the late
+/// release after the backup's answer disturbs nobody: the next holder keeps its lock.
+fn writer_gone(c: &Cluster) {
+    let mut on_master = c.nodes[0].client();
+    on_master.set_timeout(Some(HANG)).unwrap();
+    let id = on_master.create_id().unwrap();
+    assert_eq!(id.backup, Some(c.relay(1)));
+    let mut c1 = c.nodes[0].client();
+    c1.set_timeout(Some(HANG)).unwrap();
+    let r = c1.read_lock(&id, 1000, 60_000).unwrap();
+    stop(c.nodes[1].pid());
+    c1.send(Request::WriteUnlock {
+        id,
+        token: r.token,
+        lifetime_s: 600,
+        data: b"gone",
+    })
+    .unwrap();
+    drop(c1);
+    let mut c2 = c.nodes[0].client();
+    c2.set_timeout(Some(HANG)).unwrap();
+    let rl = c2
+        .send(Request::ReadLock {
+            id,
+            wait_ms: 60_000,
+            lease_ms: 60_000,
+        })
+        .unwrap();
+    common::signal(c.nodes[1].pid(), "CONT");
+    let (got, reply) = c2.recv().unwrap();
+    assert_eq!(got, rl);
+    let token = match reply {
+        OwnedReply::Data { token, .. } | OwnedReply::NotFound { token, .. } => token,
+        other => panic!("the next holder: {other:?}"),
+    };
+    assert_ne!(token, 0);
+    // Its lock is its own, whatever the closed writer's late release did.
+    let e = on_master
+        .read_lock(&id, 0, 60_000)
+        .expect_err("the lock is held by client 2");
+    assert_eq!(e.code(), Some(ErrorCode::LockTimeout), "{e}");
+    c2.write_unlock(&id, token, 600, b"after").unwrap();
+    let r = on_master.read_lock(&id, 1000, 60_000).unwrap();
+    assert_eq!(r.data.as_deref(), Some(&b"after"[..]));
+    on_master.unlock(&id, r.token).unwrap();
+}
+
+/// Three nodes: the write comes relayed from another node and is served by the master's
+/// cluster thread (`cluster::route`'s `write_replicated`).
+#[test]
+fn write_through_ha_a_relayed_write_is_read_by_nobody_before_the_backup_holds_it() {
+    let c = Cluster::start(96, 3, FLAGS);
+    scenario(&c, true);
+}

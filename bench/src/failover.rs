@@ -179,6 +179,10 @@ struct Shared {
     stop: AtomicBool,
     /// Nanoseconds from t0 to the kill; u64::MAX before it.
     kill_ns: AtomicU64,
+    /// When the fault had taken effect (node 1 reaped, or every thread of it stopped): only
+    /// requests started from then on count as "back" (a request that raced the signal and was
+    /// served by node 1 itself says nothing about the failover).
+    effective_ns: AtomicU64,
     /// Workers with a successful request started after the kill.
     back: AtomicUsize,
 }
@@ -344,7 +348,7 @@ fn worker(
         match result {
             Ok(()) => {
                 out.acknowledged += 1;
-                if !counted_back && start_ns >= shared.kill_ns.load(Ordering::Acquire) {
+                if !counted_back && start_ns >= shared.effective_ns.load(Ordering::Acquire) {
                     counted_back = true;
                     shared.back.fetch_add(1, Ordering::AcqRel);
                 }
@@ -555,6 +559,7 @@ fn run_one(
         t0: Instant::now(),
         stop: AtomicBool::new(false),
         kill_ns: AtomicU64::new(u64::MAX),
+        effective_ns: AtomicU64::new(u64::MAX),
         back: AtomicUsize::new(0),
     });
     let workers = plan.workers.min(plan.sessions).max(1);
@@ -588,9 +593,13 @@ fn run_one(
                 .status()
                 .context("running kill -STOP")?;
             anyhow::ensure!(status.success(), "kill -STOP {pid} failed: {status}");
+            // `kill` returns before every thread has stopped: wait until they have.
+            wait_stopped(pid);
             // Dropping the cluster kills it (SIGKILL ends a stopped process too).
         }
     }
+    let effective_ns = shared.t0.elapsed().as_nanos() as u64;
+    shared.effective_ns.store(effective_ns, Ordering::Release);
     let deadline = kill_at + Duration::from_millis(FAILOVER_RECOVERY_MS_MAX);
     while shared.back.load(Ordering::Acquire) < workers && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
@@ -624,7 +633,7 @@ fn run_one(
 
     let first_ok_after = |recs: &[Rec]| {
         recs.iter()
-            .filter(|x| x.ok && x.start_ns >= kill_ns)
+            .filter(|x| x.ok && x.start_ns >= effective_ns)
             .map(|x| x.end_ns)
             .min()
     };
@@ -637,7 +646,7 @@ fn run_one(
     };
     let mut session_back: Vec<Option<u64>> = vec![None; plan.sessions];
     for x in outs.iter().flat_map(|o| o.recs.iter()) {
-        if x.ok && x.start_ns >= kill_ns {
+        if x.ok && x.start_ns >= effective_ns {
             if let Some(slot) = session_back.get_mut(x.session as usize) {
                 *slot = Some(slot.map_or(x.end_ns, |t| t.min(x.end_ns)));
             }
@@ -717,6 +726,33 @@ fn run_one(
     }
     cluster.stop();
     Ok(())
+}
+
+/// Waits (at most 2 s) until every thread of `pid` is stopped (`T`/`t` in its stat), leaving out
+/// io_uring's kernel workers (`iou-*`), which a SIGSTOP does not stop.
+fn wait_stopped(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return;
+        };
+        let all_stopped = tasks.flatten().all(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            // "tid (comm) S ...": the state follows the last ')'.
+            let Some(close) = stat.rfind(')') else {
+                return true;
+            };
+            let comm = stat
+                .get(stat.find('(').map_or(0, |o| o + 1)..close)
+                .unwrap_or("");
+            let state = stat[close + 1..].trim_start().chars().next();
+            comm.starts_with("iou-") || matches!(state, Some('T' | 't'))
+        });
+        if all_stopped {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 #[cfg(test)]

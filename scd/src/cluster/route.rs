@@ -126,8 +126,16 @@ enum Known {
 /// before it, and the one recorded for it.
 #[derive(Clone, Copy, Debug)]
 struct Arriving {
-    before: Option<Placement>,
     tentative: Placement,
+}
+
+/// The copies of one session on their way into a shard (`State::arrivals`). Two can overlap;
+/// the placement known before the first is put back only when none of them is held.
+#[derive(Clone, Copy, Debug)]
+struct Arrivals {
+    in_flight: u32,
+    before: Option<Placement>,
+    held: bool,
 }
 
 /// What this node knows of where one session lives.
@@ -197,6 +205,9 @@ pub struct State {
     /// When the current rejoin's sync round started (`membership::now_ms`): a denial of a lease
     /// request sent before it is answered by that round's sync, not by another round.
     round_started_ms: Cell<u64>,
+    /// Master's copies on their way into a shard, per session (`copy_arriving`): how many, the
+    /// placement known before the first, and whether one is held already.
+    arrivals: RefCell<HashMap<[u8; 16], Arrivals>>,
     /// The placement journal: every placement not derivable from a session ID, and the lease
     /// denial marks (`journal.rs`). A change is made durable before this thread goes on, so
     /// before anything is done on it outside (an answer, an ack, a copy, a proposal).
@@ -2809,8 +2820,17 @@ impl State {
             backup: Some(self.me),
             prev: None,
         };
+        self.arrivals
+            .borrow_mut()
+            .entry(hash)
+            .or_insert(Arrivals {
+                in_flight: 0,
+                before,
+                held: false,
+            })
+            .in_flight += 1;
         self.set_placement(hash, tentative);
-        Arriving { before, tentative }
+        Arriving { tentative }
     }
 
     /// Records a master's copy the shard answered `r` for: held (the version now held; the
@@ -2823,15 +2843,36 @@ impl State {
         arriving: Arriving,
         r: OwnedReply,
     ) -> Result<u64, (ErrorCode, String)> {
+        let done = matches!(r, OwnedReply::Done { .. });
+        // The last of overlapping copies decides; one held is enough to keep the placement.
+        let restore = {
+            let mut all = self.arrivals.borrow_mut();
+            match all.get_mut(&hash) {
+                Some(a) => {
+                    a.in_flight = a.in_flight.saturating_sub(1);
+                    a.held |= done;
+                    let last = *a;
+                    if last.in_flight == 0 {
+                        all.remove(&hash);
+                        (!last.held).then_some(last.before)
+                    } else {
+                        None
+                    }
+                }
+                None => None,
+            }
+        };
         if let OwnedReply::Done { version } = r {
             Counters::bump(&self.shared().counters.replicas_applied);
             self.keep(hash, lifetime_s);
             return Ok(version);
         }
-        if self.placement(&hash) == Some(arriving.tentative) {
-            match arriving.before {
-                Some(b) => self.set_placement(hash, b),
-                None => self.forget_placement(&hash),
+        if let Some(before) = restore {
+            if self.placement(&hash) == Some(arriving.tentative) {
+                match before {
+                    Some(b) => self.set_placement(hash, b),
+                    None => self.forget_placement(&hash),
+                }
             }
         }
         match r {
@@ -3604,6 +3645,7 @@ pub async fn main(start: ClusterStart) {
         lease_grants: RefCell::new(Grants::default()),
         lease_inflight: RefCell::new(HashSet::new()),
         round_started_ms: Cell::new(0),
+        arrivals: RefCell::new(HashMap::new()),
         journal: RefCell::new(journal),
         journal_grouped: Cell::new(false),
         node,

@@ -165,6 +165,10 @@ pub struct Membership {
     by_node_id: BTreeMap<u64, Addr>,
     /// Nodes configured as members: known even before (or without) being heard.
     configured: BTreeSet<Addr>,
+    /// When we last heard, by an authenticated relay message, a peer we have had no heartbeat
+    /// from yet (so not in `peers`): it is not up, but it is not silent either
+    /// ([`Membership::silent_for`]). Dropped at its first heartbeat.
+    heard_unknown: BTreeMap<Addr, u64>,
 }
 
 impl Membership {
@@ -177,6 +181,7 @@ impl Membership {
             peers: BTreeMap::new(),
             by_node_id: BTreeMap::new(),
             configured: BTreeSet::new(),
+            heard_unknown: BTreeMap::new(),
         }
     }
 
@@ -209,6 +214,7 @@ impl Membership {
         }
         let node_id = beat.node_id;
         let incarnation = beat.incarnation();
+        self.heard_unknown.remove(&addr);
         // Whether this heartbeat starts a drain: a new incarnation starts not draining.
         let drain_starts = match self.peers.get_mut(&addr) {
             None => {
@@ -266,9 +272,18 @@ impl Membership {
 
     /// Notes that an authenticated message (not a heartbeat) came from `addr`: refreshes its
     /// liveness like a heartbeat. A peer not heard of yet by heartbeat stays unknown (nothing
-    /// says which incarnation sent it); a peer that was down is `Returned`.
+    /// says which incarnation sent it) but is no longer *silent* ([`Membership::silent_for`]):
+    /// a node that just heard its master must not take over from it; a peer that was down is
+    /// `Returned`.
     pub fn on_heard(&mut self, addr: Addr, now_ms: u64) -> Option<PeerEvent> {
-        let peer = self.peers.get_mut(&addr)?;
+        if addr == self.me {
+            return None;
+        }
+        let Some(peer) = self.peers.get_mut(&addr) else {
+            let last = self.heard_unknown.entry(addr).or_insert(now_ms);
+            *last = (*last).max(now_ms);
+            return None;
+        };
         peer.last_heard_ms = peer.last_heard_ms.max(now_ms);
         if peer.up {
             return None;
@@ -317,7 +332,9 @@ impl Membership {
         let last = self
             .peers
             .get(&addr)
-            .map_or(self.started_ms, |p| p.last_heard_ms.max(self.started_ms));
+            .map(|p| p.last_heard_ms)
+            .or_else(|| self.heard_unknown.get(&addr).copied())
+            .map_or(self.started_ms, |t| t.max(self.started_ms));
         now_ms.saturating_sub(last)
     }
 
@@ -508,6 +525,13 @@ mod tests {
         assert_eq!(m.silent_for(addr(3), 4000), 1000);
         // A peer never heard counts as silent since our start.
         assert_eq!(m.silent_for(addr(9), 4000), 4000);
+        // One heard only by relay message (no heartbeat yet) is not up, but not silent either
+        // (seed 299448: a restarted backup took over from a master it had just heard).
+        assert_eq!(m.on_heard(addr(9), 3900), None);
+        assert!(!m.is_up(addr(9)));
+        assert_eq!(m.silent_for(addr(9), 4000), 100);
+        assert!(!m.silent_long(addr(9), 4000));
+        assert!(m.silent_long(addr(9), 3900 + 3500));
     }
 
     #[test]

@@ -1289,3 +1289,93 @@ fn a_node_that_was_alone_resumes_its_session_with_a_new_backup() {
         "{r:?}"
     );
 }
+
+/// Seed 299448: a restarted backup that has had no heartbeat from its master yet, but has just
+/// heard it by a relay message (here the write-through resend that confirms its copy), must not
+/// take over from it: that message counts as hearing the master, as a heartbeat would.
+#[test]
+fn a_restarted_backup_that_just_heard_its_master_by_message_does_not_promote() {
+    let mut c = Cluster::new(3, FlushPolicy::WriteThrough);
+    let id = c.written(0, b"v1");
+    let b = index(id.backup.unwrap());
+    let w = 3 - b;
+    c.advance(T + HB);
+    let store = c.crash(b);
+    c.advance(HB);
+    // The master's heartbeats and messages no longer reach the restarted backup.
+    c.cut.insert((0, b));
+    c.restart(b, store);
+    c.advance(T + HB * 6);
+    assert_eq!(c.node(b).phase(), Phase::Serving);
+    assert!(c.silent(b, 0), "never heard the master since its start");
+    // A Replicate from the master at the backup's placement gets through (and confirms the
+    // copy); at once the third node asks the backup to fail over.
+    let copy = c
+        .node(b)
+        .store()
+        .get(&id.hash)
+        .expect("held from before the restart");
+    assert_eq!(copy.placement.master, addr(0));
+    let now = c.now;
+    let a = c.node(b).on_message(
+        addr(0),
+        Msg::Replicate {
+            hash: id.hash,
+            copy,
+            change: Change::Update,
+        },
+        now,
+    );
+    assert!(
+        a.iter().any(|a| matches!(
+            a,
+            Action::Send {
+                msg: Msg::ReplicateAck { .. },
+                ..
+            }
+        )),
+        "{a:?}"
+    );
+    assert!(
+        !c.silent(b, 0),
+        "a relay message counts as hearing the master"
+    );
+    let a = c.node(b).on_message(
+        addr(w),
+        Msg::Forward {
+            fwd: 7,
+            request: Request::Read { id },
+            failover: true,
+        },
+        now + 10,
+    );
+    assert!(
+        !a.iter().any(|a| matches!(
+            a,
+            Action::Send {
+                msg: Msg::Replicate {
+                    change: Change::Promote { .. },
+                    ..
+                },
+                ..
+            }
+        )),
+        "promoted 10 ms after hearing the master: {a:?}"
+    );
+    assert!(
+        a.iter().any(|a| matches!(
+            a,
+            Action::Send {
+                msg: Msg::ForwardReply {
+                    fwd: 7,
+                    reply: Reply::Error {
+                        code: ErrorCode::Unavailable,
+                        ..
+                    }
+                },
+                ..
+            }
+        )),
+        "{a:?}"
+    );
+}

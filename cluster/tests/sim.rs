@@ -889,10 +889,16 @@ fn env_u64(name: &str) -> Option<u64> {
 /// new client's ReadLock), 153960 (a node that witnessed an AddBackup whose answer was lost
 /// promoted its copy of that abandoned placement: two masters at one epoch), 51700 (the first
 /// fix for soak seed 9131 also stopped write-through resends to a backup seen down, and an
-/// acknowledged write was read back older: only delayed-write flushes wait for the backup now).
+/// acknowledged write was read back older: only delayed-write flushes wait for the backup now),
+/// 299448 (a restarted backup, with no heartbeat yet from its master cut off meanwhile, acked
+/// the master's write-through resend after the heal and promoted 25 ms later: a relay message
+/// from a peer not yet heard by heartbeat did not count as hearing it, so the master looked
+/// silent since the backup's start; the promotion reused the epoch of the master's unanswered
+/// Rehome, which its witness had accepted, and the master later resumed from that copy: two
+/// nodes served the session).
 const REGRESSIONS: &[u64] = &[
     5, 18, 71, 93, 96, 117, 155, 212, 348, 371, 680, 1031, 1403, 2063, 2149, 3263, 4592, 4829,
-    4854, 13108, 13157, 51700, 76382, 120712, 136684, 153960,
+    4854, 13108, 13157, 51700, 76382, 120712, 136684, 153960, 299448,
 ];
 
 /// Long-history (`SCD_SIM_SOAK=1`) seeds that found bugs: 782 (a backup granted a lease to a

@@ -191,12 +191,7 @@ pub struct ReplyTo {
     grant_check: Option<GrantCheck>,
 }
 
-/// What a ReadLock granted from the lock queue must still satisfy when it is granted, not only
-/// when it arrived: a clustered master's read lease from the session's backup. A wait can last
-/// `locks.wait_max_ms`, much longer than a lease; a lock granted after the lease lapsed (the
-/// backup may have taken the session over meanwhile) would hand out an old value. False: the
-/// grant is given back and the waiter gets `Unavailable` (the client retries).
-pub type GrantCheck = Arc<dyn Fn() -> bool + Send + Sync>;
+pub use crate::cluster::GrantCheck;
 
 /// Where a `ReplyTo` delivers its encoded reply frame.
 enum Sink {
@@ -254,7 +249,7 @@ impl ReplyTo {
 
     /// Whether a lock granted from the queue may be handed to this waiter (see `GrantCheck`).
     fn grant_allowed(&self) -> bool {
-        self.grant_check.as_ref().is_none_or(|c| c())
+        self.grant_check.as_ref().is_none_or(GrantCheck::holds)
     }
 
     /// One `ReplyTo` per entry of a batch of `count` requests: `done` gets every entry's reply
@@ -1025,8 +1020,12 @@ mod tests {
         };
         let first = lock(&mut slot, 1, None);
         let held = token(&first.try_recv().expect("granted at once")).expect("a lock");
-        let lapsed = lock(&mut slot, 2, Some(Arc::new(|| false)));
-        let next = lock(&mut slot, 3, Some(Arc::new(|| true)));
+        let backup: std::net::SocketAddr = "127.0.0.2:7000".parse().unwrap();
+        let none = Arc::new(crate::cluster::Leases::default());
+        let granted = Arc::new(crate::cluster::Leases::default());
+        granted.grant(backup, u64::MAX);
+        let lapsed = lock(&mut slot, 2, Some(GrantCheck::new(none, backup)));
+        let next = lock(&mut slot, 3, Some(GrantCheck::new(granted, backup)));
         assert!(
             lapsed.try_recv().is_err() && next.try_recv().is_err(),
             "both wait"

@@ -22,8 +22,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 /// Read leases held from peers (as a master): per peer, until when (ms on `membership::now_ms`,
 /// the monotonic clock the requests were timed with).
@@ -34,6 +34,29 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Default)]
 pub struct Leases {
     until_ms: RwLock<HashMap<SocketAddr, AtomicU64>>,
+}
+
+/// What a ReadLock granted from the lock queue must still satisfy when it is granted, not only
+/// when it arrived: this node's read lease from the session's backup. A wait can last
+/// `locks.wait_max_ms`, far longer than a lease; a lock granted after the lease lapsed (the
+/// backup may have taken the session over meanwhile) would hand out an old value. Failing: the
+/// grant is given back and the waiter gets `Unavailable` (`exec::ShardSlot::collect`). A
+/// reference to the table and an address: attaching it to a request allocates nothing.
+#[derive(Clone)]
+pub struct GrantCheck {
+    leases: Arc<Leases>,
+    backup: SocketAddr,
+}
+
+impl GrantCheck {
+    pub fn new(leases: Arc<Leases>, backup: SocketAddr) -> GrantCheck {
+        GrantCheck { leases, backup }
+    }
+
+    /// Whether the lease from the backup is valid now.
+    pub fn holds(&self) -> bool {
+        self.leases.valid(self.backup, super::membership::now_ms())
+    }
 }
 
 impl Leases {

@@ -30,6 +30,7 @@ pub mod membership;
 mod heartbeat;
 pub mod journal;
 mod lease;
+pub use lease::GrantCheck;
 mod relay;
 mod route;
 mod witness;
@@ -220,9 +221,8 @@ pub struct DwCopies {
 impl ClusterShared {
     /// The check a ReadLock that may wait in the lock queue must pass when it is granted: this
     /// node still holds a valid read lease from `backup` (see `exec::GrantCheck`).
-    pub fn lease_check(&self, backup: SocketAddr) -> crate::exec::GrantCheck {
-        let leases = self.leases.clone();
-        Arc::new(move || leases.valid(backup, membership::now_ms()))
+    pub fn lease_check(&self, backup: SocketAddr) -> GrantCheck {
+        GrantCheck::new(self.leases.clone(), backup)
     }
 
     /// Whether a core may serve this request on its own shard, without the cluster thread: the

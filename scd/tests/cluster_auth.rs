@@ -8,10 +8,10 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 
 use std::time::Duration;
 
+use common::key_holder::KeyHolder;
 use common::{Cluster, Daemon};
-use scd_wire::constants::NONCE_LEN;
 use scd_wire::local::ErrorCode;
-use scd_wire::{ClientHandshake, ClusterKey, DecodeError, Frame, HashList, Limits, RelayMessage};
+use scd_wire::{HashList, RelayMessage};
 
 /// Reads until end of stream (bounded); returns what came.
 fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
@@ -166,89 +166,11 @@ fn hosts_outside_allowed_hosts_are_not_heard_or_answered() {
     drop(outsider);
 }
 
-/// Reads from `s` into `buf` until `decode` gets something out of it; drops the bytes it used.
-fn read_until<T>(
-    s: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    mut decode: impl FnMut(&[u8]) -> Result<(T, usize), DecodeError>,
-) -> T {
-    loop {
-        match decode(buf) {
-            Ok((v, used)) => {
-                buf.drain(..used);
-                return v;
-            }
-            Err(DecodeError::Incomplete { .. }) => {
-                let mut chunk = [0u8; 4096];
-                let n = s.read(&mut chunk).expect("read");
-                assert!(n > 0, "the node closed the connection");
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            Err(e) => panic!("undecodable answer: {e:?}"),
-        }
-    }
-}
-
-/// A relay connection made with the right key under a node ID no heartbeat ever named.
-struct KeyHolder {
-    s: TcpStream,
-    buf: Vec<u8>,
-    sealer: scd_wire::Sealer,
-    opener: scd_wire::Opener,
-    next: u64,
-}
-
-impl KeyHolder {
-    fn connect(c: &Cluster, node: usize) -> KeyHolder {
-        // The key file's bytes are the secret (as the daemon reads it).
-        let secret = std::fs::read(c.key_dir.path().join("cluster.key")).unwrap();
-        let key = ClusterKey::from_secret(secret.trim_ascii_end()).unwrap();
-        let mut s = TcpStream::connect(c.relay(node)).unwrap();
-        s.set_read_timeout(Some(common::READY_WAIT)).unwrap();
-        let mut hs = ClientHandshake::new(&key, 0x5eed_0000_0000_0001, [7u8; NONCE_LEN]);
-        let mut buf = Vec::new();
-        let mut out = Vec::new();
-        read_until(&mut s, &mut buf, |b| {
-            hs.on_challenge(b, &mut out).map(|used| ((), used))
-        });
-        s.write_all(&out).unwrap();
-        let est = read_until(&mut s, &mut buf, |b| hs.on_accept(b));
-        KeyHolder {
-            s,
-            buf,
-            sealer: est.sealer,
-            opener: est.opener,
-            next: 1,
-        }
-    }
-
-    /// Sends `ask` and returns the error code of the answer (None: not an error) and its text.
-    fn ask(&mut self, ask: RelayMessage<'_>) -> (Option<ErrorCode>, String) {
-        let mut wire = Vec::new();
-        self.sealer
-            .seal(&Frame::new(self.next, ask), &mut wire)
-            .unwrap();
-        self.next += 1;
-        self.s.write_all(&wire).unwrap();
-        let limits = Limits::default();
-        let opener = &mut self.opener;
-        read_until(&mut self.s, &mut self.buf, |b| {
-            opener.open(b, &limits).map(|(f, used)| {
-                let got = match f.message {
-                    RelayMessage::Error { code, message } => (Some(code), message.to_string()),
-                    other => (None, format!("{other:?}")),
-                };
-                (got, used)
-            })
-        })
-    }
-}
-
 #[test]
 fn a_key_holder_no_heartbeat_named_gets_no_session_list_answer_and_cannot_make_a_node_rejoin() {
     let c = Cluster::start(49, 2, &["--ha", "true"]);
     let id = c.nodes[0].client().create_id().unwrap();
-    let mut k = KeyHolder::connect(&c, 0);
+    let mut k = KeyHolder::connect(&c, 0, 0x5eed_0000_0000_0001);
     let asks = [
         RelayMessage::SyncHashes {
             hashes: HashList::new(&id.hash).unwrap(),
@@ -277,7 +199,7 @@ fn a_key_holder_no_heartbeat_named_cannot_make_a_backup_drop_its_copy() {
     common::eventually("the copy on B", || {
         c.nodes[1].stat("node.cluster_replicas_applied") >= 1
     });
-    let mut k = KeyHolder::connect(&c, 1);
+    let mut k = KeyHolder::connect(&c, 1, 0x5eed_0000_0000_0001);
     let (code, text) = k.ask(RelayMessage::DropReplica { hash: id.hash });
     assert_eq!(code, Some(ErrorCode::Unavailable), "{text}");
     // B still holds it: A dies, B serves it.

@@ -7,16 +7,13 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Read;
+use std::net::SocketAddr;
 
+use common::key_holder::KeyHolder;
 use common::{Cluster, blob, read_following, signal, test_id};
 use scd_client::SessionId;
-use scd_wire::constants::NONCE_LEN;
-use scd_wire::{
-    BatchOutcome, ClientHandshake, ClusterKey, DecodeError, Frame, Limits, RelayMessage, Replica,
-    ReplicaList,
-};
+use scd_wire::{BatchOutcome, Limits, RelayMessage, Replica, ReplicaList};
 
 #[test]
 fn a_batch_with_one_stale_copy_applies_the_others_and_fences_the_stale_one() {
@@ -129,29 +126,6 @@ fn a_batch_with_one_stale_copy_applies_the_others_and_fences_the_stale_one() {
     }
 }
 
-/// Reads from `s` into `buf` until `decode` gets something out of it; drops the bytes it used.
-fn read_until<T>(
-    s: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    mut decode: impl FnMut(&[u8]) -> Result<(T, usize), DecodeError>,
-) -> T {
-    loop {
-        match decode(buf) {
-            Ok((v, used)) => {
-                buf.drain(..used);
-                return v;
-            }
-            Err(DecodeError::Incomplete { .. }) => {
-                let mut chunk = [0u8; 4096];
-                let n = s.read(&mut chunk).expect("read");
-                assert!(n > 0, "the node closed the connection");
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            Err(e) => panic!("undecodable answer: {e:?}"),
-        }
-    }
-}
-
 /// A batch sealed with the cluster key is answered copy by copy; a batch with one copy over the
 /// node's session limit closes the connection and applies none of its copies, not even the
 /// valid one before it; the node serves on.
@@ -170,19 +144,7 @@ fn a_bad_batch_closes_the_connection_and_changes_nothing() {
         ],
     );
     let b = &c.nodes[1];
-    let secret = std::fs::read(c.key_dir.path().join("cluster.key")).unwrap();
-    let key = ClusterKey::from_secret(secret.trim_ascii_end()).unwrap();
-    let mut s = TcpStream::connect(c.relay(1)).unwrap();
-    s.set_read_timeout(Some(common::READY_WAIT)).unwrap();
-    let mut hs = ClientHandshake::new(&key, 0x5eed_0000_0000_0068, [8u8; NONCE_LEN]);
-    let mut buf = Vec::new();
-    let mut out = Vec::new();
-    read_until(&mut s, &mut buf, |bytes| {
-        hs.on_challenge(bytes, &mut out).map(|used| ((), used))
-    });
-    s.write_all(&out).unwrap();
-    let est = read_until(&mut s, &mut buf, |bytes| hs.on_accept(bytes));
-    let (mut sealer, mut opener) = (est.sealer, est.opener);
+    let mut k = KeyHolder::connect(&c, 1, 0x5eed_0000_0000_0068);
     // Wide enough to build any batch; the node checks against its own limits.
     let wide = Limits {
         body_max: u32::MAX,
@@ -206,18 +168,10 @@ fn a_bad_batch_closes_the_connection_and_changes_nothing() {
     let good = RelayMessage::ReplicateBatch {
         copies: ReplicaList::new(&entries, 2, &wide).unwrap(),
     };
-    let mut wire = Vec::new();
-    sealer.seal(&Frame::new(1, good), &mut wire).unwrap();
-    s.write_all(&wire).unwrap();
-    let limits = Limits::default();
-    let outcomes = read_until(&mut s, &mut buf, |bytes| {
-        opener.open(bytes, &limits).map(|(f, used)| {
-            let got = match f.message {
-                RelayMessage::ReplicateBatchAck { outcomes } => outcomes.iter().collect::<Vec<_>>(),
-                other => panic!("{other:?} to a ReplicateBatch"),
-            };
-            (got, used)
-        })
+    k.send(good);
+    let outcomes = k.answer(|m| match m {
+        RelayMessage::ReplicateBatchAck { outcomes } => outcomes.iter().collect::<Vec<_>>(),
+        other => panic!("{other:?} to a ReplicateBatch"),
     });
     assert_eq!(
         outcomes,
@@ -236,12 +190,10 @@ fn a_bad_batch_closes_the_connection_and_changes_nothing() {
     let bad = RelayMessage::ReplicateBatch {
         copies: ReplicaList::new(&entries, 2, &wide).unwrap(),
     };
-    let mut wire = Vec::new();
-    sealer.seal(&Frame::new(2, bad), &mut wire).unwrap();
-    s.write_all(&wire).unwrap();
+    k.send(bad);
     let mut rest = Vec::new();
     // (Bounded by the read timeout: a node that kept the connection open fails here.)
-    let closed = s.read_to_end(&mut rest);
+    let closed = k.s.read_to_end(&mut rest);
     assert!(closed.is_ok(), "the node closes the connection: {closed:?}");
     assert!(rest.is_empty(), "nothing is answered to a bad batch");
     assert_eq!(

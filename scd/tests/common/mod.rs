@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod key_holder;
 pub mod netns;
 
 use std::io::{BufRead, BufReader, Read, Write};

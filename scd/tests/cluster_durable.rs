@@ -189,7 +189,9 @@ fn a_restarted_old_master_follows_the_epoch_taken_over_and_the_third_node_restar
 /// Needs root and iproute2's `ip` (namespaces): without them the test prints a `SKIPPED` line.
 #[test]
 fn a_backup_that_took_over_and_restarted_during_a_cut_still_denies_the_old_master_leases() {
-    use common::netns::{Net, NsNode, eventually as ns_eventually, key_file, logs, skipped};
+    use common::netns::{
+        Net, eventually as ns_eventually, key_file, logs, skipped, start_ha_cluster,
+    };
 
     let subnet = "10.87.0";
     let net = match Net::create(subnet, 3) {
@@ -198,27 +200,7 @@ fn a_backup_that_took_over_and_restarted_during_a_cut_still_denies_the_old_maste
     };
     let key_dir = tempfile::tempdir().expect("key dir");
     let key = key_file(key_dir.path());
-    let flags = |i: u8| -> Vec<String> {
-        let peers: Vec<String> = (1..=3).filter(|&j| j != i).map(|j| net.addr(j)).collect();
-        vec![
-            "--peers".into(),
-            peers.join(","),
-            "--allowed-hosts".into(),
-            format!("{subnet}.0/24"),
-            "--ha".into(),
-            "true".into(),
-            "--storage-model".into(),
-            "write-through".into(),
-        ]
-    };
-    let mut nodes: Vec<NsNode> = (1..=3)
-        .map(|i| NsNode::start(&net, i, &key, &flags(i)))
-        .collect();
-    ns_eventually("every node ready with two peers up", &nodes, || {
-        nodes
-            .iter()
-            .all(|n| n.stat("node.cluster_peers_up") == 2 && n.stat("node.cluster_ready") == 1)
-    });
+    let mut nodes = start_ha_cluster(&net, &key);
     let mut on_a = nodes[0].client();
     on_a.set_timeout(Some(Duration::from_secs(60))).unwrap();
     let original = on_a.create_id().expect("create id on A");

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::netns::{Net, NsNode, eventually, key_file, logs, skipped};
+use common::netns::{Net, eventually, key_file, logs, skipped, start_ha_cluster};
 use common::read_following;
 
 #[test]
@@ -22,27 +22,7 @@ fn a_lock_wait_queued_under_a_lease_is_not_granted_after_the_backup_took_the_ses
     };
     let key_dir = tempfile::tempdir().expect("key dir");
     let key = key_file(key_dir.path());
-    let flags = |i: u8| -> Vec<String> {
-        let peers: Vec<String> = (1..=3).filter(|&j| j != i).map(|j| net.addr(j)).collect();
-        vec![
-            "--peers".into(),
-            peers.join(","),
-            "--allowed-hosts".into(),
-            format!("{subnet}.0/24"),
-            "--ha".into(),
-            "true".into(),
-            "--storage-model".into(),
-            "write-through".into(),
-        ]
-    };
-    let nodes: Vec<NsNode> = (1..=3)
-        .map(|i| NsNode::start(&net, i, &key, &flags(i)))
-        .collect();
-    eventually("every node ready with two peers up", &nodes, || {
-        nodes
-            .iter()
-            .all(|n| n.stat("node.cluster_peers_up") == 2 && n.stat("node.cluster_ready") == 1)
-    });
+    let nodes = start_ha_cluster(&net, &key);
 
     // A session mastered by A (node 1), backed up on B, value 1.
     let mut on_a = nodes[0].client();

@@ -13,7 +13,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::netns::{Net, NsNode, eventually, key_file, logs, skipped};
+use common::netns::{Net, NsNode, eventually, key_file, logs, skipped, start_ha_cluster};
 use common::read_following;
 use scd_client::{Client, ErrorCode, SessionId};
 
@@ -64,27 +64,7 @@ fn cut_master_off(subnet: &str, cut: Cut) {
     let key = key_file(key_dir.path());
     // Unicast peers, HA, write-through; 100 ms heartbeats (node timeout 800 ms), the default
     // lease margin (500 ms: a lease lasts 300 ms after its request left).
-    let flags = |i: u8| -> Vec<String> {
-        let peers: Vec<String> = (1..=3).filter(|&j| j != i).map(|j| net.addr(j)).collect();
-        vec![
-            "--peers".into(),
-            peers.join(","),
-            "--allowed-hosts".into(),
-            format!("{subnet}.0/24"),
-            "--ha".into(),
-            "true".into(),
-            "--storage-model".into(),
-            "write-through".into(),
-        ]
-    };
-    let nodes: Vec<NsNode> = (1..=3)
-        .map(|i| NsNode::start(&net, i, &key, &flags(i)))
-        .collect();
-    eventually("every node ready with two peers up", &nodes, || {
-        nodes
-            .iter()
-            .all(|n| n.stat("node.cluster_peers_up") == 2 && n.stat("node.cluster_ready") == 1)
-    });
+    let nodes = start_ha_cluster(&net, &key);
 
     // A session mastered by A (node 1), backed up on B; C is the third node.
     let mut on_a = nodes[0].client();

@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::netns::{Net, NsNode, eventually, key_file, logs, skipped};
+use common::netns::{Net, eventually, key_file, logs, skipped, start_ha_cluster};
 use common::read_following;
 
 const SUBNET: &str = "10.78.0";
@@ -45,27 +45,7 @@ fn partition_and_heal(subnet: &str, cut: Cut) {
     let key_dir = tempfile::tempdir().expect("key dir");
     let key = key_file(key_dir.path());
     // Unicast peers, HA, write-through; 100 ms heartbeats (node timeout 800 ms).
-    let flags = |i: u8| -> Vec<String> {
-        let peers: Vec<String> = (1..=3).filter(|&j| j != i).map(|j| net.addr(j)).collect();
-        vec![
-            "--peers".into(),
-            peers.join(","),
-            "--allowed-hosts".into(),
-            format!("{subnet}.0/24"),
-            "--ha".into(),
-            "true".into(),
-            "--storage-model".into(),
-            "write-through".into(),
-        ]
-    };
-    let nodes: Vec<NsNode> = (1..=3)
-        .map(|i| NsNode::start(&net, i, &key, &flags(i)))
-        .collect();
-    eventually("every node ready with two peers up", &nodes, || {
-        nodes
-            .iter()
-            .all(|n| n.stat("node.cluster_peers_up") == 2 && n.stat("node.cluster_ready") == 1)
-    });
+    let nodes = start_ha_cluster(&net, &key);
 
     // A session on node 1 (A), backed up on one of the others (B); C is the third.
     let mut on_a = nodes[0].client();

@@ -317,6 +317,36 @@ pub fn logs(nodes: &[NsNode]) -> String {
     out
 }
 
+/// Starts scd in every node namespace of `net` as one HA write-through cluster (each node
+/// configured with the others as peers, the subnet allowed) and waits until every node is ready
+/// and sees every other up.
+pub fn start_ha_cluster(net: &Net, key: &Path) -> Vec<NsNode> {
+    let n = net.nodes.len() as u8;
+    let nodes: Vec<NsNode> = (1..=n)
+        .map(|i| {
+            let peers: Vec<String> = (1..=n).filter(|&j| j != i).map(|j| net.addr(j)).collect();
+            let flags: Vec<String> = vec![
+                "--peers".into(),
+                peers.join(","),
+                "--allowed-hosts".into(),
+                format!("{}.0/24", net.subnet),
+                "--ha".into(),
+                "true".into(),
+                "--storage-model".into(),
+                "write-through".into(),
+            ];
+            NsNode::start(net, i, key, &flags)
+        })
+        .collect();
+    let others = u64::from(n) - 1;
+    eventually("every node ready with the others up", &nodes, || {
+        nodes.iter().all(|node| {
+            node.stat("node.cluster_peers_up") == others && node.stat("node.cluster_ready") == 1
+        })
+    });
+    nodes
+}
+
 /// Polls `f` until it is true, for at most `WAIT`; on failure the nodes' logs are printed.
 pub fn eventually(what: &str, nodes: &[NsNode], mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;

@@ -10,7 +10,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::netns::{Net, eventually, key_file, logs, skipped, start_ha_cluster};
+use common::netns::{
+    Net, SessionOnA, eventually, key_file, logs, session_on_a, skipped, start_ha_cluster,
+};
 use common::read_following;
 
 #[test]
@@ -24,19 +26,13 @@ fn a_lock_wait_queued_under_a_lease_is_not_granted_after_the_backup_took_the_ses
     let key = key_file(key_dir.path());
     let nodes = start_ha_cluster(&net, &key);
 
-    // A session mastered by A (node 1), backed up on B, value 1.
-    let mut on_a = nodes[0].client();
-    on_a.set_timeout(Some(Duration::from_secs(60))).unwrap();
-    let original = on_a.create_id().expect("create id on A");
-    assert_eq!(original.master, net.relay(1));
-    let backup = original.backup.expect("HA on: the ID names a backup");
-    let b = (2..=3u8)
-        .find(|&i| net.relay(i) == backup)
-        .expect("the backup is another node");
-    let c = 5 - b;
-    let held = on_a.read_lock(&original, 1000, 30_000).expect("lock on A");
-    on_a.write_unlock(&original, held.token, 600, b"value 1")
-        .expect("write value 1 on A");
+    // A session mastered by A (node 1), backed up on B, value 1; C is the third node.
+    let SessionOnA {
+        on_a: _,
+        id: original,
+        b,
+        c,
+    } = session_on_a(&net, &nodes);
     eventually("A holds a lease from B", &nodes, || {
         nodes[0].stat("node.cluster_leases_granted") >= 1
     });

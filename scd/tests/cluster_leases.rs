@@ -13,7 +13,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::netns::{Net, NsNode, eventually, key_file, logs, skipped, start_ha_cluster};
+use common::netns::{
+    Net, NsNode, SessionOnA, eventually, key_file, logs, session_on_a, skipped, start_ha_cluster,
+};
 use common::read_following;
 use scd_client::{Client, ErrorCode, SessionId};
 
@@ -66,20 +68,13 @@ fn cut_master_off(subnet: &str, cut: Cut) {
     // lease margin (500 ms: a lease lasts 300 ms after its request left).
     let nodes = start_ha_cluster(&net, &key);
 
-    // A session mastered by A (node 1), backed up on B; C is the third node.
-    let mut on_a = nodes[0].client();
-    // Bounds a hang (a test never asserts on time): far above any wait of the daemon.
-    on_a.set_timeout(Some(Duration::from_secs(60))).unwrap();
-    let original = on_a.create_id().expect("create id on A");
-    assert_eq!(original.master, net.relay(1));
-    let backup = original.backup.expect("HA on: the ID names a backup");
-    let b = (2..=3u8)
-        .find(|&i| net.relay(i) == backup)
-        .expect("the backup is another node");
-    let c = 5 - b;
-    let held = on_a.read_lock(&original, 1000, 30_000).expect("lock on A");
-    on_a.write_unlock(&original, held.token, 600, b"value 1")
-        .expect("write value 1 on A");
+    // A session mastered by A (node 1), backed up on B, value 1; C is the third node.
+    let SessionOnA {
+        mut on_a,
+        id: original,
+        b,
+        c,
+    } = session_on_a(&net, &nodes);
     // A holds leases from its peers and serves the session.
     eventually("A holds a lease from B", &nodes, || {
         nodes[0].stat("node.cluster_leases_granted") >= 1

@@ -14,7 +14,9 @@
 
 mod common;
 
-use common::netns::{Net, eventually, key_file, logs, skipped, start_ha_cluster};
+use common::netns::{
+    Net, SessionOnA, eventually, key_file, logs, session_on_a, skipped, start_ha_cluster,
+};
 use common::read_following;
 
 const SUBNET: &str = "10.78.0";
@@ -47,19 +49,13 @@ fn partition_and_heal(subnet: &str, cut: Cut) {
     // Unicast peers, HA, write-through; 100 ms heartbeats (node timeout 800 ms).
     let nodes = start_ha_cluster(&net, &key);
 
-    // A session on node 1 (A), backed up on one of the others (B); C is the third.
-    let mut on_a = nodes[0].client();
-    let original = on_a.create_id().expect("create id on A");
-    assert_eq!(original.master, net.relay(1));
-    assert_eq!(original.version, 1);
-    let backup = original.backup.expect("HA on: the ID names a backup");
-    let b = (2..=3u8)
-        .find(|&i| net.relay(i) == backup)
-        .expect("the backup is another node");
-    let c = 5 - b;
-    let held = on_a.read_lock(&original, 1000, 30_000).expect("lock on A");
-    on_a.write_unlock(&original, held.token, 600, b"value 1")
-        .expect("write value 1 on A");
+    // A session mastered by A (node 1), backed up on B, value 1; C is the third node.
+    let SessionOnA {
+        mut on_a,
+        id: original,
+        b,
+        c,
+    } = session_on_a(&net, &nodes);
     assert!(nodes[b as usize - 1].stat("node.cluster_replicas_applied") >= 1);
 
     // Cut A off; B and C see it down.

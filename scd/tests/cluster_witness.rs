@@ -18,7 +18,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::netns::{Net, NsNode, eventually, key_file, logs, skipped, start_ha_cluster};
+use common::netns::{
+    Net, NsNode, SessionOnA, eventually, key_file, logs, session_on_a, skipped, start_ha_cluster,
+};
 use common::read_following;
 use scd_client::Client;
 use scd_wire::local::ErrorCode;
@@ -55,21 +57,14 @@ fn a_cut_between_master_and_backup_changes_nothing_until_a_third_node_witnesses_
     // Unicast peers, HA, write-through; 100 ms heartbeats (node timeout 800 ms).
     let nodes = start_ha_cluster(&net, &key);
 
-    // A session mastered by A (node 1), backed up on B; C is the third node.
-    let mut on_a = nodes[0].client();
-    // Bounds a hang (a test never asserts on time): far above any wait of the daemon.
-    on_a.set_timeout(Some(Duration::from_secs(60))).unwrap();
-    let original = on_a.create_id().expect("create id on A");
-    assert_eq!(original.master, net.relay(1));
-    let backup = original.backup.expect("HA on: the ID names a backup");
-    let b = (2..=3u8)
-        .find(|&i| net.relay(i) == backup)
-        .expect("the backup is another node");
-    let c = 5 - b;
+    // A session mastered by A (node 1), backed up on B, value 1; C is the third node.
+    let SessionOnA {
+        mut on_a,
+        id: original,
+        b,
+        c,
+    } = session_on_a(&net, &nodes);
     let (na, nb, nc) = (&nodes[0], &nodes[b as usize - 1], &nodes[c as usize - 1]);
-    let held = on_a.read_lock(&original, 1000, 30_000).expect("lock on A");
-    on_a.write_unlock(&original, held.token, 600, b"value 1")
-        .expect("write value 1 on A");
     assert!(nb.stat("node.cluster_replicas_applied") >= 1);
 
     // Cut only the link A–B, both ways: A and B declare each other down; C hears both.

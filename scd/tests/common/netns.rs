@@ -347,6 +347,41 @@ pub fn start_ha_cluster(net: &Net, key: &Path) -> Vec<NsNode> {
     nodes
 }
 
+/// A session mastered by A (node 1) of a three-node `start_ha_cluster`, holding "value 1",
+/// written through A; its backup is node `b`, the third node is `c`.
+pub struct SessionOnA {
+    /// A client of A, its reads bounded by a 60 s timeout (a hang fails; nothing asserts on time).
+    pub on_a: Client,
+    pub id: scd_client::SessionId,
+    pub b: u8,
+    pub c: u8,
+}
+
+/// Creates a session through A (node 1), checks that its ID names A as master at version 1 and
+/// one of the two other nodes as backup, and writes "value 1" to it under a lock.
+pub fn session_on_a(net: &Net, nodes: &[NsNode]) -> SessionOnA {
+    assert_eq!(nodes.len(), 3, "session_on_a expects a three-node cluster");
+    let mut on_a = nodes[0].client();
+    on_a.set_timeout(Some(Duration::from_secs(60)))
+        .expect("client timeout");
+    let id = on_a.create_id().expect("create id on A");
+    assert_eq!(id.master, net.relay(1));
+    assert_eq!(id.version, 1);
+    let backup = id.backup.expect("HA on: the ID names a backup");
+    let b = (2..=3u8)
+        .find(|&i| net.relay(i) == backup)
+        .expect("the backup is another node");
+    let held = on_a.read_lock(&id, 1000, 30_000).expect("lock on A");
+    on_a.write_unlock(&id, held.token, 600, b"value 1")
+        .expect("write value 1 on A");
+    SessionOnA {
+        on_a,
+        id,
+        b,
+        c: 5 - b,
+    }
+}
+
 /// Polls `f` until it is true, for at most `WAIT`; on failure the nodes' logs are printed.
 pub fn eventually(what: &str, nodes: &[NsNode], mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;

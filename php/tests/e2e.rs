@@ -20,6 +20,21 @@ fn serial() -> MutexGuard<'static, ()> {
     M.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The start of most tests here: the serial guard, a test folder named `name`, scd on its
+/// defaults, and a PHP server of `workers` workers using it with `ini` on top of `php_ini`'s
+/// settings. (Bound in this order, they drop in reverse: PHP first, the guard last.)
+fn scd_and_php(
+    name: &str,
+    workers: u32,
+    ini: &[(&str, &str)],
+) -> (MutexGuard<'static, ()>, TestDir, Scd, PhpServer) {
+    let g = serial();
+    let dir = TestDir::new(name);
+    let scd = Scd::start(&dir, &[]);
+    let php = PhpServer::start(&dir, workers, &php_ini(&scd.save_path(), ini));
+    (g, dir, scd, php)
+}
+
 /// Does scd hold this session? Asked directly, not through PHP.
 fn scd_has(scd: &Scd, id: &str) -> bool {
     let sid = SessionId::parse(id.as_bytes()).expect("a cluster session ID");
@@ -37,10 +52,7 @@ fn n_of(r: &common::Response) -> u64 {
 
 #[test]
 fn counter_across_requests_with_a_cookie_jar() {
-    let _g = serial();
-    let dir = TestDir::new("count");
-    let scd = Scd::start(&dir, &[]);
-    let php = PhpServer::start(&dir, 2, &php_ini(&scd.save_path(), &[]));
+    let (_g, _dir, scd, php) = scd_and_php("count", 2, &[]);
     let mut jar = Jar::default();
     for want in 1..=5 {
         let r = php.get("/count.php", &mut jar);
@@ -63,10 +75,7 @@ fn counter_across_requests_with_a_cookie_jar() {
 
 #[test]
 fn fifty_concurrent_increments_on_one_session_count_exactly_fifty() {
-    let _g = serial();
-    let dir = TestDir::new("fifty");
-    let scd = Scd::start(&dir, &[]);
-    let php = PhpServer::start(&dir, 8, &php_ini(&scd.save_path(), &[]));
+    let (_g, _dir, _scd, php) = scd_and_php("fifty", 8, &[]);
     let mut jar = Jar::default();
     let r = php.get("/set.php?k=start&v=1", &mut jar);
     assert_eq!(r.field("written"), Some("yes"), "{}", r.body);
@@ -92,14 +101,7 @@ fn fifty_concurrent_increments_on_one_session_count_exactly_fifty() {
 
 #[test]
 fn kill9_of_the_worker_holding_the_lock_does_not_block_the_next_request() {
-    let _g = serial();
-    let dir = TestDir::new("killw");
-    let scd = Scd::start(&dir, &[]);
-    let php = PhpServer::start(
-        &dir,
-        4,
-        &php_ini(&scd.save_path(), &[("cluster.lock_wait_ms", "20000")]),
-    );
+    let (_g, dir, _scd, php) = scd_and_php("killw", 4, &[("cluster.lock_wait_ms", "20000")]);
     let mut jar = Jar::default();
     assert_eq!(n_of(&php.get("/count.php", &mut jar)), 1);
     let pidfile = dir.join("holder.pid");
@@ -185,14 +187,7 @@ fn kill9_of_scd_under_delayed_write_keeps_sessions_older_than_one_flush_interval
 
 #[test]
 fn strict_mode_replaces_forged_ids_and_never_stores_them() {
-    let _g = serial();
-    let dir = TestDir::new("strict");
-    let scd = Scd::start(&dir, &[]);
-    let php = PhpServer::start(
-        &dir,
-        2,
-        &php_ini(&scd.save_path(), &[("session.use_strict_mode", "1")]),
-    );
+    let (_g, _dir, scd, php) = scd_and_php("strict", 2, &[("session.use_strict_mode", "1")]);
     // A real ID, to forge a well-formed one next to it.
     let mut real = Jar::default();
     php.get("/count.php", &mut real);
@@ -228,14 +223,7 @@ fn strict_mode_replaces_forged_ids_and_never_stores_them() {
 
 #[test]
 fn without_strict_mode_malformed_ids_are_still_replaced() {
-    let _g = serial();
-    let dir = TestDir::new("nonstrict");
-    let scd = Scd::start(&dir, &[]);
-    let php = PhpServer::start(
-        &dir,
-        2,
-        &php_ini(&scd.save_path(), &[("session.use_strict_mode", "0")]),
-    );
+    let (_g, _dir, scd, php) = scd_and_php("nonstrict", 2, &[("session.use_strict_mode", "0")]);
     let mut jar = Jar::with_session("attackerchosenid123");
     let r = php.get("/count.php", &mut jar);
     assert_eq!(n_of(&r), 1, "{}", r.body);
@@ -259,10 +247,7 @@ fn without_strict_mode_malformed_ids_are_still_replaced() {
 
 #[test]
 fn an_oversized_session_is_refused_with_a_warning_and_the_old_data_kept() {
-    let _g = serial();
-    let dir = TestDir::new("big");
-    let scd = Scd::start(&dir, &[]);
-    let php = PhpServer::start(&dir, 2, &php_ini(&scd.save_path(), &[]));
+    let (_g, _dir, _scd, php) = scd_and_php("big", 2, &[]);
     let mut jar = Jar::default();
     assert_eq!(n_of(&php.get("/count.php", &mut jar)), 1);
     let r = php.get("/big.php?bytes=2000000", &mut jar);
@@ -284,10 +269,7 @@ fn an_oversized_session_is_refused_with_a_warning_and_the_old_data_kept() {
 
 #[test]
 fn malformed_frames_on_the_local_endpoint_leave_php_requests_working() {
-    let _g = serial();
-    let dir = TestDir::new("garbage");
-    let mut scd = Scd::start(&dir, &[]);
-    let php = PhpServer::start(&dir, 2, &php_ini(&scd.save_path(), &[]));
+    let (_g, _dir, mut scd, php) = scd_and_php("garbage", 2, &[]);
     let socket = scd.socket.clone();
     let garbage = thread::spawn(move || {
         let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -329,10 +311,7 @@ fn malformed_frames_on_the_local_endpoint_leave_php_requests_working() {
 
 #[test]
 fn lock_timeout_fails_session_start_or_reads_only_as_configured() {
-    let _g = serial();
-    let dir = TestDir::new("locktimeout");
-    let scd = Scd::start(&dir, &[]);
-    let php = PhpServer::start(&dir, 4, &php_ini(&scd.save_path(), &[]));
+    let (_g, dir, _scd, php) = scd_and_php("locktimeout", 4, &[]);
     let mut jar = Jar::default();
     assert_eq!(n_of(&php.get("/count.php", &mut jar)), 1);
     let pidfile = dir.join("holder.pid");
@@ -388,10 +367,7 @@ fn lock_timeout_fails_session_start_or_reads_only_as_configured() {
 
 #[test]
 fn regenerate_id_moves_the_data_and_destroy_deletes() {
-    let _g = serial();
-    let dir = TestDir::new("regen");
-    let scd = Scd::start(&dir, &[]);
-    let php = PhpServer::start(&dir, 2, &php_ini(&scd.save_path(), &[]));
+    let (_g, _dir, scd, php) = scd_and_php("regen", 2, &[]);
     let mut jar = Jar::default();
     assert_eq!(n_of(&php.get("/count.php", &mut jar)), 1);
     let first = jar.session_id().unwrap().to_string();
@@ -465,14 +441,7 @@ fn unchanged_data_is_touched_and_the_lock_released() {
 
 #[test]
 fn a_fatal_error_still_writes_and_releases_the_lock() {
-    let _g = serial();
-    let dir = TestDir::new("fatal");
-    let scd = Scd::start(&dir, &[]);
-    let php = PhpServer::start(
-        &dir,
-        2,
-        &php_ini(&scd.save_path(), &[("cluster.lock_wait_ms", "2000")]),
-    );
+    let (_g, _dir, _scd, php) = scd_and_php("fatal", 2, &[("cluster.lock_wait_ms", "2000")]);
     let mut jar = Jar::default();
     let r = php.get("/fatal.php", &mut jar);
     assert!(r.body.contains("Fatal error"), "{}", r.body);
@@ -482,10 +451,7 @@ fn a_fatal_error_still_writes_and_releases_the_lock() {
 
 #[test]
 fn phpinfo_shows_the_live_connection() {
-    let _g = serial();
-    let dir = TestDir::new("infolive");
-    let scd = Scd::start(&dir, &[]);
-    let php = PhpServer::start(&dir, 1, &php_ini(&scd.save_path(), &[]));
+    let (_g, _dir, scd, php) = scd_and_php("infolive", 1, &[]);
     let mut jar = Jar::default();
     let r = php.get("/info.php", &mut jar);
     let save_path = scd.save_path();
@@ -501,14 +467,7 @@ fn phpinfo_shows_the_live_connection() {
 
 #[test]
 fn a_paused_daemon_fails_within_the_io_timeout_then_recovers() {
-    let _g = serial();
-    let dir = TestDir::new("paused");
-    let scd = Scd::start(&dir, &[]);
-    let php = PhpServer::start(
-        &dir,
-        1,
-        &php_ini(&scd.save_path(), &[("cluster.io_timeout_ms", "500")]),
-    );
+    let (_g, _dir, scd, php) = scd_and_php("paused", 1, &[("cluster.io_timeout_ms", "500")]);
     let mut jar = Jar::default();
     assert_eq!(n_of(&php.get("/count.php", &mut jar)), 1);
     scd.pause();
@@ -523,14 +482,7 @@ fn a_paused_daemon_fails_within_the_io_timeout_then_recovers() {
 
 #[test]
 fn session_reset_rereads_without_waiting_for_its_own_lock() {
-    let _g = serial();
-    let dir = TestDir::new("reset");
-    let scd = Scd::start(&dir, &[]);
-    let php = PhpServer::start(
-        &dir,
-        1,
-        &php_ini(&scd.save_path(), &[("cluster.lock_wait_ms", "2000")]),
-    );
+    let (_g, _dir, _scd, php) = scd_and_php("reset", 1, &[("cluster.lock_wait_ms", "2000")]);
     std::fs::write(
         php.docroot.join("reset.php"),
         r#"<?php
@@ -559,10 +511,7 @@ echo "reset=", $reset ? "yes" : "no", " n=", $_SESSION['n'], "\n";
 
 #[test]
 fn scd_restarting_mid_request_fails_that_write_with_a_warning_only() {
-    let _g = serial();
-    let dir = TestDir::new("midreq");
-    let mut scd = Scd::start(&dir, &[]);
-    let php = PhpServer::start(&dir, 2, &php_ini(&scd.save_path(), &[]));
+    let (_g, dir, mut scd, php) = scd_and_php("midreq", 2, &[]);
     let mut jar = Jar::default();
     assert_eq!(n_of(&php.get("/count.php", &mut jar)), 1);
     let pidfile = dir.join("w.pid");

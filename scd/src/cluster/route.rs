@@ -2427,16 +2427,36 @@ impl State {
 
     /// Asks every live peer but `suspect` (in parallel, each answer awaited at most the relay
     /// timeout) to witness that `suspect` is silent, before a placement change made on that
-    /// silence (`witness.rs`). The first agreement wins.
+    /// silence (`witness.rs`). Done once enough agreed that, with this node, they are a
+    /// majority of the nodes it knows (draining ones left out), or once every answer is in.
     async fn witness(
         self: &Rc<Self>,
         suspect: SocketAddr,
         change: WitnessChange,
         epoch: u32,
     ) -> Witnessed {
-        let asked = witness::witnesses(&self.members.borrow().live(), suspect);
+        let (asked, needed) = {
+            let members = self.members.borrow();
+            let table = members.table();
+            let known = table
+                .known()
+                .into_iter()
+                .filter(|&a| !table.is_draining(a))
+                .count();
+            let asked = witness::witnesses(&members.live(), suspect);
+            (asked, witness::needed(known))
+        };
         if asked.is_empty() {
             return Witnessed::Alone;
+        }
+        if asked.len() < needed {
+            // Not enough live nodes to make a majority: asking would only deny the suspect
+            // leases for nothing (a witness that agrees to a promote does).
+            return Witnessed::NotAgreed {
+                asked: asked.len(),
+                agreed: 0,
+                needed,
+            };
         }
         let (tx, rx) = flume::unbounded();
         for &peer in &asked {
@@ -2455,12 +2475,16 @@ impl State {
         }
         drop(tx);
         let counters = &self.shared().counters;
+        let mut agreed = 0;
         while let Ok((peer, r)) = rx.recv_async().await {
             match r {
                 Ok(Incoming::Ack) => {
                     Counters::bump(&counters.witness_agreed);
                     info!("cluster: {peer} witnessed that {suspect} is silent ({change:?})");
-                    return Witnessed::Agreed(peer);
+                    agreed += 1;
+                    if agreed >= needed {
+                        return Witnessed::Agreed { agreed };
+                    }
                 }
                 Ok(Incoming::Error {
                     code: ErrorCode::NotAgreed,
@@ -2473,7 +2497,11 @@ impl State {
                 Err(e) => debug!("cluster: witness request to {peer} failed: {e}"),
             }
         }
-        Witnessed::NotAgreed { asked: asked.len() }
+        Witnessed::NotAgreed {
+            asked: asked.len(),
+            agreed,
+            needed,
+        }
     }
 
     /// Whether this node may drop or replace `gone` as a session's backup (at `epoch`): without

@@ -8,9 +8,19 @@
 //!
 //! - A **decider** (a backup promoting a session whose master it no longer hears, or a master
 //!   dropping or replacing a backup it no longer hears) sends `WitnessRequest(suspect, change,
-//!   epoch)` to every other live node but the suspect, and goes ahead once one agrees
-//!   ([`decide`]). None agrees: no change (the session waits; its client gets Unavailable and
-//!   retries). No other live node at all: only with `cluster.allow_alone`.
+//!   epoch)` to every other live node but the suspect, and goes ahead once enough agree that,
+//!   with itself, they are a majority of the nodes it knows ([`needed`], [`decide`]): one witness
+//!   in a cluster of three, two in one of four or five. Too few agree, or too few are live to
+//!   ask: no change (the session waits; its client gets Unavailable and retries). No other live
+//!   node at all: only with `cluster.allow_alone`.
+//! - Why a majority and not one witness: with four or more nodes, a partition into two groups
+//!   of two, the master with one node and the backup with another, would give each side a
+//!   witness: the backup would take the session over while the master gave it a new backup, two
+//!   masters. Two majorities of one set of nodes always share a node, and no node is on both
+//!   sides of a partition, so at most one side reaches a majority. "The nodes it knows" are
+//!   every peer heard since this node started, up or down, except those that announced they are
+//!   draining (a draining node never witnesses, so leaving it out cannot let two sides both
+//!   reach a majority).
 //! - A **witness** agrees only if the suspect is silent in its own view too, it is serving (not
 //!   rejoining or draining), and it has heard a heartbeat of the requester ([`agree`]). Agreeing
 //!   to a promote, it denies the suspect read leases until the suspect syncs with it (as after a
@@ -54,15 +64,30 @@ pub fn agree(v: WitnessView) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// How many other nodes must agree for a decider that knows `known` nodes (itself included):
+/// with the decider, more than half of them. 1 in a cluster of two or three, 2 in one of four
+/// or five, 3 in one of six or seven.
+pub fn needed(known: usize) -> usize {
+    (known / 2).max(1)
+}
+
 /// What the decider's witness requests gave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Witnessed {
-    /// This node agreed (first agreement wins; the others are not waited for).
-    Agreed(SocketAddr),
-    /// Other live nodes were asked and none agreed (refused, did not answer, or unreachable).
+    /// Enough nodes agreed (the decider stops asking once `needed` did).
+    Agreed {
+        /// How many agreed.
+        agreed: usize,
+    },
+    /// Too few agreed (refused, did not answer, or unreachable), or too few live nodes could be
+    /// asked (then none was).
     NotAgreed {
-        /// How many were asked.
+        /// How many other live nodes there were to ask.
         asked: usize,
+        /// How many agreed.
+        agreed: usize,
+        /// How many had to ([`needed`]).
+        needed: usize,
     },
     /// No live node but the suspect: nobody to ask.
     Alone,
@@ -71,10 +96,20 @@ pub enum Witnessed {
 /// The decider's rule: Ok = make the change; Err = why not (the session waits).
 pub fn decide(w: Witnessed, allow_alone: bool) -> Result<(), String> {
     match w {
-        Witnessed::Agreed(_) => Ok(()),
-        Witnessed::NotAgreed { asked } => Err(format!(
-            "none of the {asked} other live nodes agreed that it is silent (it may be alive \
-             behind a partial partition)"
+        Witnessed::Agreed { .. } => Ok(()),
+        Witnessed::NotAgreed { asked, needed, .. } if asked < needed => Err(format!(
+            "only {asked} other live nodes can witness that it is silent, fewer than the \
+             {needed} that must agree (with this node, a majority of the nodes it knows; it may \
+             be alive behind a partition)"
+        )),
+        Witnessed::NotAgreed {
+            asked,
+            agreed,
+            needed,
+        } => Err(format!(
+            "{agreed} of the {asked} other live nodes agreed that it is silent, and {needed} \
+             must (with this node, a majority of the nodes it knows; it may be alive behind a \
+             partition)"
         )),
         Witnessed::Alone if allow_alone => Ok(()),
         Witnessed::Alone => Err(
@@ -185,15 +220,38 @@ mod tests {
     }
 
     #[test]
-    fn a_decider_goes_on_with_one_agreement_or_alone_only_when_allowed() {
+    fn a_decider_goes_on_with_enough_agreements_or_alone_only_when_allowed() {
         for allow_alone in [false, true] {
-            assert_eq!(decide(Witnessed::Agreed(node(3)), allow_alone), Ok(()));
+            assert_eq!(decide(Witnessed::Agreed { agreed: 2 }, allow_alone), Ok(()));
+            let too_few = Witnessed::NotAgreed {
+                asked: 3,
+                agreed: 1,
+                needed: 2,
+            };
             assert!(
-                decide(Witnessed::NotAgreed { asked: 2 }, allow_alone)
-                    .is_err_and(|why| why.contains("none of the 2")),
-                "refused by every witness: never, whatever allow_alone says"
+                decide(too_few, allow_alone)
+                    .is_err_and(|why| why.contains("1 of the 3") && why.contains("2 must")),
+                "too few witnesses: never, whatever allow_alone says"
             );
-            assert!(decide(Witnessed::NotAgreed { asked: 0 }, allow_alone).is_err());
+            let none = Witnessed::NotAgreed {
+                asked: 2,
+                agreed: 0,
+                needed: 1,
+            };
+            assert!(
+                decide(none, allow_alone).is_err_and(|why| why.contains("0 of the 2")),
+                "refused by every witness: never"
+            );
+            let too_few_to_ask = Witnessed::NotAgreed {
+                asked: 1,
+                agreed: 0,
+                needed: 2,
+            };
+            assert!(
+                decide(too_few_to_ask, allow_alone)
+                    .is_err_and(|why| why.contains("fewer than the 2")),
+                "a minority side: never, whatever allow_alone says"
+            );
         }
         assert!(
             decide(Witnessed::Alone, false).is_err_and(|why| why.contains("allow_alone is off"))
@@ -226,6 +284,40 @@ mod tests {
             None,
             "no peers configured"
         );
+    }
+
+    #[test]
+    fn a_majority_of_the_known_nodes_is_needed_so_two_sides_of_a_partition_never_both_decide() {
+        assert_eq!(needed(2), 1);
+        assert_eq!(needed(3), 1);
+        assert_eq!(needed(4), 2);
+        assert_eq!(needed(5), 2);
+        assert_eq!(needed(6), 3);
+        assert_eq!(needed(7), 3);
+        // A node that knows nobody else: one, so a decision always needs a witness (or
+        // allow_alone's Alone).
+        assert_eq!(needed(1), 1);
+        assert_eq!(needed(0), 1);
+        // Any split of n nodes into two disjoint sides: at most one side holds a decider plus
+        // `needed(n)` witnesses. Also when one side left out a draining node the other counted
+        // (a draining node never agrees, so it is on neither side).
+        for n in 2..=12usize {
+            for side in 0..=n {
+                let other = n - side;
+                let a = side > needed(n);
+                let b = other > needed(n);
+                assert!(
+                    !(a && b),
+                    "n = {n}: sides of {side} and {other} both decide"
+                );
+                if n >= 3 && side < n {
+                    let b_rest = n - 1 - side;
+                    let a = side > needed(n - 1);
+                    let b = b_rest > needed(n);
+                    assert!(!(a && b), "n = {n}, one draining: both sides decide");
+                }
+            }
+        }
     }
 
     #[test]

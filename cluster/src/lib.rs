@@ -73,7 +73,8 @@
 //!         if i == j || down.contains(&i) { continue; }
 //!         let (sessions, draining) = nodes[i].heartbeat_fields();
 //!         let beat = PeerBeat { relay: addr(i as u8 + 1), node_id: (i as u64 + 1) * 1000,
-//!                               epoch: 0, sessions, sockets: 0, draining };
+//!                               epoch: 0, sessions, sockets: 0, draining,
+//!                               witness_only: false };
 //!         nodes[j].on_heartbeat(&beat, now);
 //!     }}
 //! };

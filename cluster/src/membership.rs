@@ -43,6 +43,9 @@ pub struct PeerBeat {
     pub sockets: u32,
     /// The sender is draining: never pick it as a backup or a new master.
     pub draining: bool,
+    /// The sender is a witness only: it holds no sessions, so it is never picked as a backup or
+    /// a new master, but it is a member (it counts in [`Membership::known`] and witnesses).
+    pub witness_only: bool,
 }
 
 impl PeerBeat {
@@ -55,6 +58,7 @@ impl PeerBeat {
             sessions: hb.sessions,
             sockets: hb.sockets,
             draining: hb.draining(),
+            witness_only: hb.witness_only(),
         }
     }
 
@@ -146,6 +150,7 @@ struct Peer {
     up_since_ms: u64,
     load: u64,
     draining: bool,
+    witness_only: bool,
     up: bool,
 }
 
@@ -227,6 +232,7 @@ impl Membership {
                         up_since_ms: now_ms,
                         load: beat.load(),
                         draining: beat.draining,
+                        witness_only: beat.witness_only,
                         up: true,
                     },
                 );
@@ -260,6 +266,7 @@ impl Membership {
                 peer.node_id = node_id;
                 peer.load = beat.load();
                 peer.draining = beat.draining;
+                peer.witness_only = beat.witness_only;
                 beat.draining && !was_draining
             }
         };
@@ -316,6 +323,11 @@ impl Membership {
     /// Whether `addr` is up (we are always up to ourselves).
     pub fn is_up(&self, addr: Addr) -> bool {
         addr == self.me || self.peers.get(&addr).is_some_and(|p| p.up)
+    }
+
+    /// Whether `addr` announced it is a witness only (holds no sessions).
+    pub fn is_witness_only(&self, addr: Addr) -> bool {
+        self.peers.get(&addr).is_some_and(|p| p.witness_only)
     }
 
     /// Whether `addr` announced it is draining.
@@ -383,11 +395,12 @@ impl Membership {
             .map(|(a, p)| (*a, p.load))
     }
 
-    /// Up peers that may take sessions (not draining), with their load, in address order.
+    /// Up peers that may take sessions (not draining, not witnesses only), with their load, in
+    /// address order.
     pub fn candidates(&self) -> impl Iterator<Item = (Addr, u64)> + '_ {
         self.peers
             .iter()
-            .filter(|(_, p)| p.up && !p.draining)
+            .filter(|(_, p)| p.up && !p.draining && !p.witness_only)
             .map(|(a, p)| (*a, p.load))
     }
 
@@ -465,6 +478,7 @@ mod tests {
             sessions,
             sockets: 1,
             draining: false,
+            witness_only: false,
         }
     }
 
@@ -561,6 +575,27 @@ mod tests {
             vec![addr(2)]
         );
         assert!(m.is_draining(addr(3)));
+    }
+
+    #[test]
+    fn witnesses_only_are_members_but_never_candidates() {
+        let mut m = Membership::new(addr(1), MembershipConfig::with_interval(1000), 0);
+        m.on_heartbeat(&beat(2, 2, 500), 0);
+        // The least loaded by far (it holds no sessions), and still never picked.
+        let mut w = beat(3, 3, 0);
+        w.witness_only = true;
+        m.on_heartbeat(&w, 0);
+        assert_eq!(m.live_peers().count(), 2, "a witness is live");
+        assert_eq!(m.known_nodes(), 3, "and counts among the known nodes");
+        assert_eq!(
+            m.candidates().map(|c| c.0).collect::<Vec<_>>(),
+            vec![addr(2)]
+        );
+        assert!(m.is_witness_only(addr(3)) && !m.is_witness_only(addr(2)));
+        // A node restarted as a session node (no flag) is a candidate again.
+        m.on_heartbeat(&beat(3, 33, 0), 10);
+        assert!(!m.is_witness_only(addr(3)));
+        assert_eq!(m.candidates().count(), 2);
     }
 
     #[test]

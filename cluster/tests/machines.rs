@@ -156,6 +156,7 @@ impl Cluster {
                         sessions,
                         sockets: 0,
                         draining,
+                        witness_only: false,
                     };
                     for j in 0..self.nodes.len() {
                         if j != i && !self.cut.contains(&(i, j)) && self.nodes[j].is_some() {

@@ -571,6 +571,7 @@ impl Sim {
                     sessions,
                     sockets: 0,
                     draining,
+                    witness_only: false,
                 };
                 for j in 0..self.nodes.len() {
                     if j != i {

@@ -451,6 +451,16 @@ async fn dispatch(
         ));
         return Next::Close;
     }
+    if core.node.settings.cluster.witness_only
+        && !matches!(request, Request::Hello { .. } | Request::Stats)
+    {
+        // A witness holds no sessions: a PHP pointed at it is misconfigured, and told so.
+        reply.send(Answer::error(
+            ErrCode::BadRequest,
+            crate::cluster::WITNESS_ONLY,
+        ));
+        return Next::Continue;
+    }
     match request {
         Request::Hello { .. } => {}
         Request::CreateId => create_id(core, conn, reply).await,

@@ -201,6 +201,11 @@ pub struct ClusterSettings {
     /// it is made only with this on: the survivor goes on alone, and a partition can then give a
     /// session two masters; off, the sessions wait for the other node.
     pub allow_alone: bool,
+    /// This node is a witness only: it holds no sessions (session requests are refused, it is
+    /// never a backup or a new master) and takes part in the cluster only to count among its
+    /// nodes and witness other nodes' silence. A third, small host of a two-node farm, so
+    /// that a silent node can be failed over without `allow_alone`.
+    pub witness_only: bool,
 }
 
 impl Default for ClusterSettings {
@@ -221,6 +226,7 @@ impl Default for ClusterSettings {
             lease_margin_ms: 500,
             failover_on_refused: true,
             allow_alone: false,
+            witness_only: false,
         }
     }
 }
@@ -346,6 +352,9 @@ pub struct SettingsArgs {
     /// cluster.allow_alone: with no other live node to witness a silent peer, go on without it (a partition can then give two masters) [default: false]
     #[arg(long, value_name = "BOOL")]
     pub allow_alone: Option<bool>,
+    /// cluster.witness_only: hold no sessions; only count among the nodes and witness silences (a two-node farm's third host) [default: false]
+    #[arg(long, value_name = "BOOL")]
+    pub witness_only: Option<bool>,
     /// stats.metrics_listen: IP:PORT for Prometheus GET /metrics; "" = off [default: ""]
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
@@ -463,6 +472,7 @@ impl Settings {
             &a.failover_on_refused,
         );
         set(&mut self.cluster.allow_alone, &a.allow_alone);
+        set(&mut self.cluster.witness_only, &a.witness_only);
         set(&mut self.stats.metrics_listen, &a.metrics_listen);
         set(&mut self.log.level, &a.log_level);
         set(&mut self.log.file, &a.log_file);
@@ -683,6 +693,12 @@ impl Settings {
                 "cluster.ha",
                 true,
                 "HA sends sessions to other nodes, which needs cluster.cluster_key_file",
+            ));
+        } else if c.witness_only {
+            return Err(invalid(
+                "cluster.witness_only",
+                true,
+                "a witness serves a cluster, which needs cluster.cluster_key_file",
             ));
         } else {
             None
@@ -1091,6 +1107,10 @@ mod tests {
                 Box::new(|s| s.cluster.heartbeat_interval_ms = 1),
             ),
             ("cluster.ha", Box::new(|s| s.cluster.ha = true)),
+            (
+                "cluster.witness_only",
+                Box::new(|s| s.cluster.witness_only = true),
+            ),
             (
                 "cluster.cluster_key_file",
                 Box::new(|s| s.cluster.cluster_key_file = "/nonexistent/k".into()),

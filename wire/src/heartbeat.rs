@@ -22,12 +22,16 @@ use crate::session_id::{read_addr, write_addr};
 pub const FLAG_DRAINING: u16 = 1 << 0;
 /// Heartbeat flag: the sender runs with HA (replication) on.
 pub const FLAG_HA: u16 = 1 << 1;
-const FLAGS_KNOWN: u16 = FLAG_DRAINING | FLAG_HA;
+/// Heartbeat flag: the sender is a witness only (`cluster.witness_only`): it holds no sessions,
+/// so it is never picked as a backup or a new master, but it counts among the cluster's nodes
+/// and witnesses other nodes' silence.
+pub const FLAG_WITNESS_ONLY: u16 = 1 << 2;
+const FLAGS_KNOWN: u16 = FLAG_DRAINING | FLAG_HA | FLAG_WITNESS_ONLY;
 
 /// One node's "I am alive", with its load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Heartbeat {
-    /// Flags ([`FLAG_DRAINING`], [`FLAG_HA`]).
+    /// Flags ([`FLAG_DRAINING`], [`FLAG_HA`], [`FLAG_WITNESS_ONLY`]).
     pub flags: u16,
     /// The sender's node ID.
     pub node_id: u64,
@@ -205,6 +209,11 @@ impl Heartbeat {
     /// Whether the sender runs with HA on.
     pub fn ha(&self) -> bool {
         self.flags & FLAG_HA != 0
+    }
+
+    /// Whether the sender is a witness only (holds no sessions).
+    pub fn witness_only(&self) -> bool {
+        self.flags & FLAG_WITNESS_ONLY != 0
     }
 }
 

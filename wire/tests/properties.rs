@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use scd_wire::constants::{HEADER_LEN, HEARTBEAT_SENDERS_MAX, RELAY_TAG_LEN};
 use scd_wire::frame::kind;
 use scd_wire::fuzz_checks::{test_key, test_session};
-use scd_wire::heartbeat::FLAG_DRAINING;
+use scd_wire::heartbeat::{FLAG_DRAINING, FLAG_HA, FLAG_WITNESS_ONLY};
 use scd_wire::{
     ClientHandshake, ClusterKey, DecodeError, ErrorCode, Frame, Heartbeat, HeartbeatError,
     HeartbeatVerifier, Limits, Reason, RelayMessage, Reply, Request, Sealer, ServerHandshake,
@@ -464,6 +464,27 @@ fn heartbeats_replayed_stale_or_forged_are_refused() {
         Err(HeartbeatError::WrongLength { len: 99 })
     );
     assert!(heartbeat(1, 1).draining() && !heartbeat(1, 1).ha());
+    assert!(!heartbeat(1, 1).witness_only());
+}
+
+#[test]
+fn heartbeat_flags_round_trip_and_undefined_bits_are_refused() {
+    let key = test_key();
+    let with = |flags| Heartbeat {
+        flags,
+        ..heartbeat(1, 1)
+    };
+    let witness = with(FLAG_WITNESS_ONLY | FLAG_HA);
+    let opened = Heartbeat::open(&witness.seal(&key), &key).expect("a witness's heartbeat");
+    assert_eq!(opened, witness);
+    assert!(opened.witness_only() && opened.ha() && !opened.draining());
+    for bit in 3..16 {
+        assert_eq!(
+            Heartbeat::open(&with(1 << bit).seal(&key), &key),
+            Err(HeartbeatError::UnknownFlags(1 << bit)),
+            "bit {bit} is not defined"
+        );
+    }
 }
 
 #[test]

@@ -13,7 +13,9 @@ use log::debug;
 use monoio::net::udp::UdpSocket;
 use scd_cluster::HeartbeatSchedule;
 use scd_wire::constants::HEARTBEAT_MTU_MAX;
-use scd_wire::heartbeat::{FLAG_DRAINING, FLAG_HA, Heartbeat, HeartbeatVerifier};
+use scd_wire::heartbeat::{
+    FLAG_DRAINING, FLAG_HA, FLAG_WITNESS_ONLY, Heartbeat, HeartbeatVerifier,
+};
 
 use super::Counters;
 use super::membership::now_ms;
@@ -58,6 +60,9 @@ async fn send_one(
     }
     if state.shared().draining.load(Ordering::Relaxed) {
         flags |= FLAG_DRAINING;
+    }
+    if state.node.settings.cluster.witness_only {
+        flags |= FLAG_WITNESS_ONLY;
     }
     let hb = Heartbeat {
         flags,

@@ -51,6 +51,11 @@ use crate::exec::{Op, ReplyTo};
 pub use lease::Leases;
 pub use route::Placement;
 
+/// The answer to a session request (local, relayed, or a copy) made to a witness-only node
+/// (`cluster.witness_only`).
+pub const WITNESS_ONLY: &str = "this node is a witness only (cluster.witness_only): it holds no \
+     sessions; point PHP's session.save_path at a session node";
+
 /// What the core threads (and the main thread) send the cluster thread.
 pub enum ClusterMsg {
     /// A client's session request (local connection): serve it wherever the session lives.

@@ -1092,6 +1092,14 @@ impl State {
         reply: ReplyTo,
         forwarded: bool,
     ) {
+        if self.node.settings.cluster.witness_only {
+            // (A peer never relays here: no ID names a witness. A forged or stale one might.)
+            let no = OwnedReply::Error {
+                code: ErrorCode::BadRequest,
+                message: super::WITNESS_ONLY.into(),
+            };
+            return answer(reply, &no, None);
+        }
         if !self.ready.get() {
             // A peer's relayed request gets its answer well within the peer's relay timeout:
             // a peer that waited longer would take this node for unreachable and fail the
@@ -2560,6 +2568,23 @@ impl State {
             &mut changes,
         );
         self.apply_changes(changes);
+        if self.node.settings.cluster.witness_only
+            && matches!(
+                frame.message,
+                RelayMessage::Replicate(_)
+                    | RelayMessage::ReplicateBatch { .. }
+                    | RelayMessage::Promote { .. }
+            )
+        {
+            // A witness never holds a copy: the sender (a client-made ID may name this node as
+            // backup) finds the copy refused and gives the session another backup.
+            let no = Out::Error {
+                code: ErrorCode::BadRequest,
+                message: super::WITNESS_ONLY.into(),
+            };
+            let _ = conn.relay.send((rid, no));
+            return true;
+        }
         match frame.message {
             RelayMessage::Forward { origin, request } => {
                 Counters::bump(&counters.relayed_in);
@@ -3633,7 +3658,12 @@ pub async fn main(start: ClusterStart) {
     } = start;
     let cluster = node.resolved.cluster.clone().expect("clustering on");
     let shared = node.cluster.as_ref().expect("clustering on");
-    if let Some(w) = witness::alone_warning(
+    if node.settings.cluster.witness_only {
+        info!(
+            "cluster: this node is a witness only (cluster.witness_only): it holds no sessions, \
+             refuses session requests, and counts among the nodes that witness a silent node"
+        );
+    } else if let Some(w) = witness::alone_warning(
         &cluster.peers,
         node.relay_addr.ip(),
         node.settings.cluster.ha,
@@ -3719,10 +3749,11 @@ pub async fn main(start: ClusterStart) {
             }
         });
     }
-    {
+    if !state.node.settings.cluster.witness_only {
         // Read leases: every heartbeat interval, one request to every live peer (a peer that
         // backs up none of this node's sessions answers too: the table stays warm for the
-        // sessions a new backup choice gives it).
+        // sessions a new backup choice gives it). A witness masters nothing and needs none;
+        // the others ask it too, which is how a master it denied learns to rejoin.
         let s = state.clone();
         monoio::spawn(async move {
             let interval = s.node.settings.cluster.heartbeat_interval_ms;

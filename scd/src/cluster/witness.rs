@@ -149,8 +149,9 @@ pub fn alone_warning(
         "cluster: the configured peers name one other node ({}) and cluster.allow_alone is off: \
          if that node's host dies without refusing connections (power off, kernel hang, network \
          cut), the sessions it masters or backs up wait (Unavailable) until it returns, since \
-         no third node can witness that it is gone; set cluster.allow_alone = true to go on \
-         alone instead (then a partition between the two can give a session two masters)",
+         no third node can witness that it is gone; run scd with cluster.witness_only = true on \
+         a third host and list it in peers, or set cluster.allow_alone = true to go on alone \
+         instead (then a partition between the two can give a session two masters)",
         others[0]
     ))
 }

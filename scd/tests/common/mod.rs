@@ -297,6 +297,16 @@ pub const TEST_HEARTBEAT_MS: u64 = 100;
 impl Cluster {
     /// `n` nodes; `extra` flags go to every node (e.g. `--ha true`).
     pub fn start(net: u8, n: u8, extra: &[&str]) -> Cluster {
+        Cluster::start_with(net, n, extra, |_| &[])
+    }
+
+    /// `n` nodes; `extra` flags go to every node, and `own(i)` to node `i` (1-based) after them.
+    pub fn start_with(
+        net: u8,
+        n: u8,
+        extra: &[&str],
+        own: impl Fn(u8) -> &'static [&'static str],
+    ) -> Cluster {
         let key_dir = tempfile::tempdir().expect("key dir");
         let mut secret = [0u8; 32];
         getrandom_fill(&mut secret);
@@ -307,7 +317,13 @@ impl Cluster {
             key_dir,
             net,
         };
-        let args: Vec<Vec<String>> = (1..=n).map(|i| c.args(i, n, extra)).collect();
+        let args: Vec<Vec<String>> = (1..=n)
+            .map(|i| {
+                let mut a = c.args(i, n, extra);
+                a.extend(own(i).iter().map(|s| s.to_string()));
+                a
+            })
+            .collect();
         for a in args {
             let refs: Vec<&str> = a.iter().map(|s| s.as_str()).collect();
             c.nodes.push(Daemon::start(&refs));

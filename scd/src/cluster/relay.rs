@@ -164,7 +164,9 @@ impl PeerConn {
         self.pending.borrow_mut().remove(&id);
     }
 
-    fn fail_all(&self) {
+    /// Marks the connection broken and fails every call waiting on it (their receivers see the
+    /// connection lost); the writer task stops.
+    pub fn fail_all(&self) {
         self.broken.set(true);
         self.pending.borrow_mut().clear();
         self.wake.notify();

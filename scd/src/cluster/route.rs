@@ -660,8 +660,11 @@ impl State {
                 }
                 Change::Down(a) => {
                     warn!("cluster: node {a} is down (no heartbeat within the node timeout)");
+                    // The calls waiting on its connection (a relayed request, a copy) would wait
+                    // out their relay timeout (plus a lock's wait) for a node that may be hung:
+                    // they fail now, and their callers fail over or retry at once.
                     if let Some(conn) = self.pool.borrow_mut().remove(&a) {
-                        drop(conn);
+                        conn.fail_all();
                     }
                     // (Its lease has lapsed by now anyway: it was not heard for longer.)
                     self.shared().leases.revoke(a);
@@ -679,7 +682,10 @@ impl State {
                 }
                 Change::Restarted(a) => {
                     info!("cluster: node {a} restarted");
-                    self.pool.borrow_mut().remove(&a);
+                    // Calls to the old incarnation are never answered.
+                    if let Some(conn) = self.pool.borrow_mut().remove(&a) {
+                        conn.fail_all();
+                    }
                     // A new incarnation grants its own leases (it rejoins before serving).
                     self.shared().leases.revoke(a);
                     self.add_missing_backups();

@@ -5,7 +5,7 @@
 //! after 30 s: the relayed ReadLock must be answered before then, which it is only when the
 //! down declaration (800 ms without a heartbeat) ends the wait.
 //!
-//! Loopback `127.0.98.x`, three nodes, HA, write-through.
+//! Loopback `127.0.106.x`, three nodes, HA, write-through.
 
 mod common;
 
@@ -17,7 +17,7 @@ use scd_client::ClientError;
 #[test]
 fn a_request_relayed_to_a_master_that_hangs_fails_over_when_the_master_is_declared_down() {
     let c = Cluster::start(
-        98,
+        106,
         3,
         &[
             "--ha",

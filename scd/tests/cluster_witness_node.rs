@@ -4,7 +4,7 @@
 //! goes silent (SIGSTOP: its connections are not refused) is failed over by its backup without
 //! `allow_alone` — which a two-node cluster cannot do (`cluster_witness.rs`, the two-node test).
 //!
-//! Loopback `127.0.97.x`: A and B are session nodes (HA, write-through), W is the witness.
+//! Loopback `127.0.105.x`: A and B are session nodes (HA, write-through), W is the witness.
 
 mod common;
 
@@ -16,7 +16,7 @@ use scd_wire::local::ErrorCode;
 #[test]
 fn a_witness_only_node_holds_no_sessions_and_lets_two_nodes_fail_over_a_silent_master() {
     let c = Cluster::start_with(
-        97,
+        105,
         3,
         &["--ha", "true", "--storage-model", "write-through"],
         |i| {

@@ -39,6 +39,8 @@ pub enum EngineError {
     Config { reason: String },
     /// Every lock-token epoch has been used (a million opens of one shard).
     TokensExhausted,
+    /// An unpin of a lock that is held with this token but not pinned (nothing to end).
+    NotPinned,
 }
 
 impl EngineError {
@@ -84,6 +86,7 @@ impl fmt::Display for EngineError {
             EngineError::Manifest { reason } => write!(f, "shard manifest: {reason}"),
             EngineError::Config { reason } => write!(f, "configuration: {reason}"),
             EngineError::TokensExhausted => write!(f, "lock-token epochs exhausted"),
+            EngineError::NotPinned => write!(f, "the session's lock is not pinned"),
         }
     }
 }

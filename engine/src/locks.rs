@@ -4,6 +4,15 @@
 //! a brand-new session on read, then writes it with the token). Time only moves when the
 //! shard passes `now_ms` in: `advance` fires every lease end and wait deadline up to then, in
 //! time order, and queues the resulting events.
+//!
+//! A holder can be **pinned** (`pin`): the lock then outlasts every release but the one that
+//! ends the last pin (`unpin`, with the holder's token, which releases it). While pinned, an
+//! `unlock` (and a write's unlock) is deferred to the unpin, the lease does not end, a
+//! closed connection (`release_owner`) leaves it, and the holder's own new lock request waits
+//! in the queue like anyone's. The daemon pins a lock while a write's copy is on its way to
+//! the session's backup, so that no other holder reads the write before the backup holds it;
+//! it always unpins when the copy resolves (acknowledged, failed, or repaired), so a pin never
+//! outlives its copy.
 
 use std::collections::{BTreeSet, VecDeque};
 
@@ -37,6 +46,9 @@ struct Holder {
     token: LockToken,
     owner: OwnerId,
     lease_until_ms: u64,
+    /// Pins not ended yet (`pin`/`unpin`): while above 0, no lease timer runs and nothing but
+    /// the last `unpin` releases the lock.
+    pins: u32,
 }
 
 #[derive(Default)]
@@ -98,6 +110,8 @@ pub(crate) struct Locks {
     waiters: HashMap<WaitId, Waiter>,
     timers: BTreeSet<(u64, Timer)>,
     next_wait: u64,
+    /// Holders with at least one pin (so that "is anything pinned" costs nothing when nothing is).
+    pinned: usize,
     pub tokens: TokenSource,
     pub counters: LockCounters,
 }
@@ -113,6 +127,7 @@ impl Locks {
             waiters: HashMap::new(),
             timers: BTreeSet::new(),
             next_wait: 1,
+            pinned: 0,
             tokens: TokenSource::new(epoch),
             counters: LockCounters::default(),
         }
@@ -142,7 +157,7 @@ impl Locks {
                 Timer::Lease(key) => {
                     let ended = matches!(
                         self.table.get(&key).and_then(|e| e.holder),
-                        Some(h) if h.lease_until_ms == t
+                        Some(h) if h.lease_until_ms == t && h.pins == 0
                     );
                     if ended {
                         self.counters.lease_expiries += 1;
@@ -180,12 +195,18 @@ impl Locks {
         let lease_until_ms = now_ms.saturating_add(clamp_lease(lease_ms));
         let e = self.table.entry(key).or_default();
         if let Some(old) = e.holder.take() {
+            // Never pinned here: `lock` queues a pinned holder's own request.
+            debug_assert_eq!(old.pins, 0);
+            if old.pins > 0 {
+                self.pinned -= 1;
+            }
             self.timers.remove(&(old.lease_until_ms, Timer::Lease(key)));
         }
         e.holder = Some(Holder {
             token,
             owner,
             lease_until_ms,
+            pins: 0,
         });
         self.timers.insert((lease_until_ms, Timer::Lease(key)));
         self.counters.grants += 1;
@@ -198,6 +219,9 @@ impl Locks {
             return;
         };
         if let Some(h) = e.holder.take() {
+            if h.pins > 0 {
+                self.pinned -= 1;
+            }
             self.timers.remove(&(h.lease_until_ms, Timer::Lease(key)));
         }
         loop {
@@ -240,8 +264,9 @@ impl Locks {
             // Free (a free lock never has waiters: a release hands it straight on).
             None => {}
             // The holder asks again (a second session_start on one connection): a fresh
-            // token and lease; the old token is now stale.
-            Some(h) if h.owner == owner => {}
+            // token and lease; the old token is now stale. Not while pinned: the pinned lock
+            // is the write's, not the connection's, and the request waits like any other.
+            Some(h) if h.owner == owner && h.pins == 0 => {}
             Some(_) => {
                 if wait_deadline_ms <= now_ms {
                     self.counters.timeouts += 1;
@@ -292,11 +317,71 @@ impl Locks {
         events: &mut Vec<Event>,
     ) -> Result<(), EngineError> {
         self.check(&key, token)?;
+        if self.is_pinned(&key) {
+            // Deferred: the last unpin releases it.
+            return Ok(());
+        }
         self.release(key, now_ms, events);
         Ok(())
     }
 
-    /// Drops every lock `owner` holds and every wait it queued.
+    /// Pins the lock held with `token` (see the module's notes): its lease stops, and only the
+    /// last `unpin` releases it. Pins add up.
+    pub fn pin(&mut self, key: SessionKey, token: LockToken) -> Result<(), EngineError> {
+        self.check(&key, token)?;
+        let Some(h) = self.table.get_mut(&key).and_then(|e| e.holder.as_mut()) else {
+            return Err(EngineError::NotLocked);
+        };
+        if h.pins == 0 {
+            self.timers.remove(&(h.lease_until_ms, Timer::Lease(key)));
+            self.pinned += 1;
+        }
+        h.pins = h.pins.saturating_add(1);
+        Ok(())
+    }
+
+    /// Ends one pin of the lock held with `token`; the last one releases the lock (handing it
+    /// to the next waiter), whatever was asked meanwhile. A lock that is not pinned is left
+    /// alone (`NotPinned`): an unpin never releases a lock it did not pin.
+    pub fn unpin(
+        &mut self,
+        key: SessionKey,
+        token: LockToken,
+        now_ms: u64,
+        events: &mut Vec<Event>,
+    ) -> Result<(), EngineError> {
+        self.check(&key, token)?;
+        let Some(h) = self.table.get_mut(&key).and_then(|e| e.holder.as_mut()) else {
+            return Err(EngineError::NotLocked);
+        };
+        if h.pins == 0 {
+            return Err(EngineError::NotPinned);
+        }
+        h.pins -= 1;
+        if h.pins == 0 {
+            self.pinned -= 1;
+            self.release(key, now_ms, events);
+        }
+        Ok(())
+    }
+
+    /// Is the lock of `key` pinned? Free when no lock is (the usual case).
+    pub fn is_pinned(&self, key: &SessionKey) -> bool {
+        self.pinned > 0
+            && self
+                .table
+                .get(key)
+                .and_then(|e| e.holder)
+                .is_some_and(|h| h.pins > 0)
+    }
+
+    /// Holders pinned now.
+    pub fn pinned(&self) -> usize {
+        self.pinned
+    }
+
+    /// Drops every lock `owner` holds and every wait it queued. A pinned lock stays (its unpin
+    /// releases it).
     pub fn release_owner(&mut self, owner: OwnerId, now_ms: u64, events: &mut Vec<Event>) -> usize {
         let mut dropped = 0;
         let waits: Vec<(WaitId, Waiter)> = self
@@ -314,7 +399,7 @@ impl Locks {
         let held: Vec<SessionKey> = self
             .table
             .iter()
-            .filter(|(_, e)| e.holder.is_some_and(|h| h.owner == owner))
+            .filter(|(_, e)| e.holder.is_some_and(|h| h.owner == owner && h.pins == 0))
             .map(|(&k, _)| k)
             .collect();
         for key in held {

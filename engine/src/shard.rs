@@ -802,7 +802,8 @@ impl<S: Storage> Shard<S> {
             .lock(key, owner, now_ms, wait_deadline_ms, lease_ms)
     }
 
-    /// Releases the lock held with `token` and hands it to the next waiter.
+    /// Releases the lock held with `token` and hands it to the next waiter (while the lock is
+    /// pinned, the release is left to its last `unpin`).
     pub fn unlock(
         &mut self,
         key: SessionKey,
@@ -811,6 +812,41 @@ impl<S: Storage> Shard<S> {
     ) -> Result<(), EngineError> {
         self.advance(now_ms);
         self.locks.unlock(key, token, now_ms, &mut self.events)
+    }
+
+    /// Pins the lock held with `token`: it outlasts its lease, its owner's `release_owner` and
+    /// any `unlock` (deferred), until the last `unpin` releases it (see `locks.rs`). The holder's
+    /// own new lock request then waits in the queue.
+    pub fn pin(
+        &mut self,
+        key: SessionKey,
+        token: LockToken,
+        now_ms: u64,
+    ) -> Result<(), EngineError> {
+        self.advance(now_ms);
+        self.locks.pin(key, token)
+    }
+
+    /// Ends one pin of the lock held with `token`; the last releases the lock and hands it to
+    /// the next waiter. `NotPinned` (nothing changed) when it is not pinned.
+    pub fn unpin(
+        &mut self,
+        key: SessionKey,
+        token: LockToken,
+        now_ms: u64,
+    ) -> Result<(), EngineError> {
+        self.advance(now_ms);
+        self.locks.unpin(key, token, now_ms, &mut self.events)
+    }
+
+    /// Whether the lock of `key` is pinned (costs nothing while no lock is).
+    pub fn is_pinned(&self, key: &SessionKey) -> bool {
+        self.locks.is_pinned(key)
+    }
+
+    /// How many locks are pinned now.
+    pub fn pinned_locks(&self) -> usize {
+        self.locks.pinned()
     }
 
     /// The client connection `owner` is gone: drops every lock it holds and every wait it

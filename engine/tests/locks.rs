@@ -225,3 +225,55 @@ fn write_through_hands_the_lock_on_only_once_the_write_is_durable() {
         .expect("the waiter gets the lock once the write is durable");
     assert!(durable < granted, "{ev:?}");
 }
+
+/// A pinned lock outlasts every release but its last unpin: the holder's unlock and its
+/// write's unlock are deferred, its lease does not end, its owner going away leaves it, and the
+/// holder's own new request waits in the queue; the last unpin releases it to the first
+/// waiter. An unpin of a lock that is not pinned changes nothing.
+#[test]
+fn a_pinned_lock_is_released_only_by_its_last_unpin() {
+    let mut s = shard();
+    let k = key_n(1);
+    let t = match s.lock(k, OwnerId(1), T0, T0, 500).unwrap() {
+        LockOutcome::Granted(t) => t,
+        o => panic!("{o:?}"),
+    };
+    assert!(!s.is_pinned(&k));
+    assert_eq!(s.unpin(k, t, T0), Err(EngineError::NotPinned));
+    s.pin(k, t, T0).unwrap();
+    s.pin(k, t, T0).unwrap();
+    assert!(s.is_pinned(&k));
+    assert_eq!(s.pinned_locks(), 1);
+    let w = queued(s.lock(k, OwnerId(2), T0, T0 + 60_000, 500));
+    // Its own holder asks again: queued, not a fresh grant.
+    let own = queued(s.lock(k, OwnerId(1), T0, T0 + 60_000, 500));
+    s.put_unlock(k, t, b"held", 60, T0 + 1).unwrap();
+    s.unlock(k, t, T0 + 2).unwrap();
+    // Long past the lease, and the owner gone: still held.
+    assert!(events(&mut s, T0 + 10_000).is_empty());
+    assert_eq!(s.release_owner(OwnerId(1), T0 + 10_001), 1, "only its wait");
+    assert!(events(&mut s, T0 + 10_001).is_empty());
+    assert_eq!(s.stats().locks_held, 1);
+    assert_eq!(s.stats().lease_expiries, 0);
+    // The first unpin of two keeps it; the last releases it to the first waiter left.
+    s.unpin(k, t, T0 + 10_002).unwrap();
+    assert!(events(&mut s, T0 + 10_002).is_empty());
+    s.unpin(k, t, T0 + 10_003).unwrap();
+    let ev = events(&mut s, T0 + 10_003);
+    let t2 = match &ev[..] {
+        [Event::LockGranted { wait, token }] if *wait == w => *token,
+        other => panic!("expected a grant to {w:?} (not {own:?}), got {other:?}"),
+    };
+    assert!(!s.is_pinned(&k));
+    assert_eq!(s.pinned_locks(), 0);
+    assert!(matches!(
+        s.unpin(k, t, T0 + 10_004),
+        Err(EngineError::WrongToken)
+    ));
+    // The new holder's lock is an ordinary one: its lease ends.
+    assert!(events(&mut s, T0 + 10_003 + 500).is_empty());
+    assert!(matches!(
+        s.put(k, t2, b"late", 60, T0 + 10_003 + 501),
+        Err(EngineError::NotLocked)
+    ));
+}

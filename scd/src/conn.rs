@@ -627,13 +627,15 @@ async fn route_as(core: &Rc<Core>, owner: OwnerId, hash: [u8; 16], op: Op<&[u8]>
 /// here like any write, and its copy handed to the cluster thread (`ClusterMsg::Copied`), which
 /// sends it to the backup.
 ///
-/// Write-through: the write runs as `Op::WriteHold` (the lock stays held); the copy leaves once
-/// the shard applied the write, while its flush runs; the answer waits for both the flush and
-/// the backup's acknowledgement (or the end of its repair), and only after the answer is the
-/// lock released (`Op::Unlock` with the holder's token). So the next holder never reads a write
-/// the backup does not hold. A write the shard refused leaves the lock as it was (as
-/// WriteUnlock does). A closed connection still releases the lock at once (`release_owner`);
-/// the late Unlock then finds another token or none and changes nothing.
+/// Write-through: the write runs as `Op::WriteHold` (the lock stays held, pinned); the copy
+/// leaves once the shard applied the write, while its flush runs; the answer waits for both the
+/// flush and the backup's acknowledgement (or the end of its repair), and only after the answer
+/// is the lock released (`Op::Release` with the holder's token). So the next holder, and a
+/// lockless Read, never read a write the backup does not hold. A write the shard refused leaves
+/// the lock as it was (as WriteUnlock does). Until the Release the pin keeps the lock through a
+/// closed connection, an ended lease and the holder's own Unlock; every applied write is
+/// followed by its Release, whatever the copy's outcome (acknowledged, refused, failed flush,
+/// daemon stopping), so no pin outlives its copy.
 ///
 /// Delayed-write: a plain WriteUnlock; the copy is queued before the client is answered.
 async fn write_replicated(
@@ -675,17 +677,17 @@ async fn write_replicated(
     let max = node.settings.cluster.replication_queue_max as usize;
     let core = core.clone();
     let owner = conn.owner;
-    // The held lock's release, once the client has its answer (write-through only).
+    // The pinned lock's release, once the client has its answer (write-through only).
     let release = move || async move {
         if write_through {
-            // Its answer tells nothing the client needs: the Unlock fails harmlessly when the
-            // lock changed hands meanwhile (connection closed, lease ended).
+            // Its answer tells nothing the client needs (the pin guarantees the lock is still
+            // this write's).
             let (tx, _) = flume::bounded(1);
             route_as(
                 &core,
                 owner,
                 id.hash,
-                Op::Unlock { token },
+                Op::Release { token },
                 ReplyTo::new(tx, 0),
             )
             .await;

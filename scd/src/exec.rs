@@ -37,10 +37,12 @@ pub enum Op<D> {
         lifetime_s: u32,
         data: D,
     },
-    /// A WriteUnlock that keeps the lock: the caller releases it later with `Unlock` and the
-    /// same token. Under write-through with HA the lock must outlast the flush until the backup
-    /// holds the copy (`conn::write_replicated`, the cluster thread's `write_replicated`), so
-    /// that no other holder reads a write the backup could still lose. Never sent by a client.
+    /// A WriteUnlock that keeps the lock, pinned (engine `pin`): the caller releases it later
+    /// with `Release` and the same token. Under write-through with HA the lock must outlast the
+    /// flush until the backup holds the copy (`conn::write_replicated`, the cluster thread's
+    /// `write_replicated`), so that no other holder reads a write the backup could still lose:
+    /// until the `Release`, the lock survives its lease, its connection's close and its holder's
+    /// own Unlock, and a lockless `Read` of the session waits. Never sent by a client.
     WriteHold {
         token: u64,
         lifetime_s: u32,
@@ -53,7 +55,19 @@ pub enum Op<D> {
     Unlock {
         token: u64,
     },
+    /// Ends the pin a `WriteHold` or `DestroyHold` with this token put on the lock, which
+    /// releases it (to the next waiter) unless another such pin remains. A lock not pinned is
+    /// left as it is. Never sent by a client: the daemon's, once the copy resolved.
+    Release {
+        token: u64,
+    },
     Destroy {
+        token: u64,
+    },
+    /// A Destroy with a token (non-zero) that keeps the lock pinned, like `WriteHold`, until
+    /// `Release`: under write-through with HA, until the backup dropped its copy. Never sent by
+    /// a client.
+    DestroyHold {
         token: u64,
     },
     Exists,
@@ -105,7 +119,9 @@ impl Op<&[u8]> {
             },
             Op::Touch { token, lifetime_s } => Op::Touch { token, lifetime_s },
             Op::Unlock { token } => Op::Unlock { token },
+            Op::Release { token } => Op::Release { token },
             Op::Destroy { token } => Op::Destroy { token },
+            Op::DestroyHold { token } => Op::DestroyHold { token },
             Op::Exists => Op::Exists,
             Op::Create { backup } => Op::Create { backup },
             Op::ApplyReplica {
@@ -156,7 +172,9 @@ impl Op<Vec<u8>> {
                 lifetime_s: *lifetime_s,
             },
             Op::Unlock { token } => Op::Unlock { token: *token },
+            Op::Release { token } => Op::Release { token: *token },
             Op::Destroy { token } => Op::Destroy { token: *token },
+            Op::DestroyHold { token } => Op::DestroyHold { token: *token },
             Op::Exists => Op::Exists,
             Op::Create { backup } => Op::Create { backup: *backup },
             Op::ApplyReplica {
@@ -345,6 +363,14 @@ struct PendingLock {
     reply: ReplyTo,
 }
 
+/// A lockless request held back by a pin (`ShardSlot::held_reads`).
+struct HeldRead {
+    owner: OwnerId,
+    /// Exists rather than Read.
+    exists: bool,
+    reply: ReplyTo,
+}
+
 struct PendingWrite {
     /// The answer once durable: the written version (Done) or Done with the current version.
     version: u64,
@@ -362,6 +388,10 @@ pub struct ShardSlot {
     shard: Shard,
     locks: HashMap<WaitId, PendingLock>,
     writes: HashMap<Ticket, PendingWrite>,
+    /// Lockless Reads (and Exists) of sessions whose lock is pinned (a write's copy on its way
+    /// to the backup), with their owners: answered once the pin ended (`answer_held_reads`).
+    /// Empty, so never allocated, unless write-through with HA pins a lock.
+    held_reads: HashMap<SessionKey, Vec<HeldRead>>,
     events: Vec<Event>,
     /// Requests answered with an error by this shard (the engine counts the rest).
     errors: u64,
@@ -425,6 +455,7 @@ impl ShardSlot {
                 shard,
                 locks: HashMap::new(),
                 writes: HashMap::new(),
+                held_reads: HashMap::new(),
                 events: Vec::new(),
                 errors: 0,
                 flush_failure_logged: false,
@@ -481,6 +512,18 @@ impl ShardSlot {
                     Err(e) => self.fail(reply, &e),
                 }
             }
+            // A write (or Destroy) whose copy is in flight to the backup is seen by nobody (the
+            // lock's pin): wait for it to resolve. `is_pinned` costs nothing while no lock is
+            // pinned.
+            Op::Read | Op::Exists if self.shard.is_pinned(&key) => {
+                let exists = matches!(op, Op::Exists);
+                let held = HeldRead {
+                    owner,
+                    exists,
+                    reply,
+                };
+                self.held_reads.entry(key).or_default().push(held);
+            }
             Op::Read => self.answer_read(key, 0, now_ms, reply),
             Op::WriteUnlock {
                 token,
@@ -501,8 +544,15 @@ impl ShardSlot {
                 let Some(token) = LockToken::from_u64(token) else {
                     return self.fail(reply, &EngineError::NotLocked);
                 };
-                // The engine's put checks the token like put_unlock and leaves the lock held.
-                let ack = self.shard.put(key, token, data, lifetime_s, now_ms);
+                // The engine's put checks the token like put_unlock and leaves the lock held;
+                // the pin keeps it held until `Release` (the same token: cannot fail here).
+                let ack = self
+                    .shard
+                    .put(key, token, data, lifetime_s, now_ms)
+                    .and_then(|ack| {
+                        self.shard.pin(key, token, now_ms)?;
+                        Ok(ack)
+                    });
                 self.acknowledge(key, now_ms, ack, reply);
             }
             Op::Touch { token, lifetime_s } => {
@@ -532,6 +582,19 @@ impl ShardSlot {
                     Err(e) => self.fail(reply, &e),
                 }
             }
+            Op::Release { token } => {
+                let Some(token) = LockToken::from_u64(token) else {
+                    return self.fail(reply, &EngineError::NotLocked);
+                };
+                // Reads held back by the pin are answered in this pass's `collect`.
+                match self.shard.unpin(key, token, now_ms) {
+                    Ok(()) => {
+                        let version = self.version_of(&key, now_ms);
+                        reply.send(Answer::Done { version });
+                    }
+                    Err(e) => self.fail(reply, &e),
+                }
+            }
             Op::Destroy { token } => {
                 // With a token, Destroy ends the request like WriteUnlock does: the session goes
                 // and the lock is released (PHP's session_destroy() is followed by no write, and
@@ -544,6 +607,20 @@ impl ShardSlot {
                     }
                     Ok(ack)
                 });
+                self.acknowledge(key, now_ms, ack, reply);
+            }
+            Op::DestroyHold { token } => {
+                let Some(token) = LockToken::from_u64(token) else {
+                    return self.fail(reply, &EngineError::NotLocked);
+                };
+                // As Destroy with a token, but the lock stays, pinned until `Release`.
+                let ack = self
+                    .shard
+                    .destroy(key, Some(token), now_ms)
+                    .and_then(|ack| {
+                        self.shard.pin(key, token, now_ms)?;
+                        Ok(ack)
+                    });
                 self.acknowledge(key, now_ms, ack, reply);
             }
             Op::Exists => {
@@ -695,9 +772,49 @@ impl ShardSlot {
         }
     }
 
+    /// Answers the Reads held back by a pin that has ended (nothing to do, and no cost, while
+    /// none waits).
+    fn answer_held_reads(&mut self, now_ms: u64) {
+        if self.held_reads.is_empty() {
+            return;
+        }
+        let ended: Vec<SessionKey> = self
+            .held_reads
+            .keys()
+            .filter(|k| !self.shard.is_pinned(k))
+            .copied()
+            .collect();
+        for key in ended {
+            for held in self.held_reads.remove(&key).unwrap_or_default() {
+                if held.exists {
+                    let exists = self.shard.exists(&key, now_ms);
+                    held.reply.send(Answer::Existence(exists));
+                } else {
+                    self.answer_read(key, 0, now_ms, held.reply);
+                }
+            }
+        }
+    }
+
     /// A client connection closed: its locks and queued waits go; each queued wait is answered.
+    /// A lock pinned for a write's copy stays until its `Release` (engine `release_owner`).
     pub fn release_owner(&mut self, owner: OwnerId, now_ms: u64) {
         self.shard.release_owner(owner, now_ms);
+        if !self.held_reads.is_empty() {
+            for reads in self.held_reads.values_mut() {
+                let mut i = 0;
+                while i < reads.len() {
+                    if reads[i].owner == owner {
+                        let held = reads.remove(i);
+                        held.reply
+                            .send(Answer::error(ErrCode::Unavailable, "connection closed"));
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            self.held_reads.retain(|_, reads| !reads.is_empty());
+        }
         let gone: Vec<WaitId> = self
             .locks
             .iter()
@@ -747,6 +864,7 @@ impl ShardSlot {
         while std::mem::take(&mut again) {
             self.collect_once(now_ms, &mut again);
         }
+        self.answer_held_reads(now_ms);
     }
 
     fn collect_once(&mut self, now_ms: u64, given_back: &mut bool) {
@@ -1054,8 +1172,8 @@ mod tests {
     }
 
     /// A write-through `WriteHold` is answered once durable and keeps the lock: a queued
-    /// ReadLock is granted only by the later Unlock with the holder's token, and then reads the
-    /// written data. A WriteHold with a token that is not the holder's is refused and changes
+    /// ReadLock is granted only by the later Release with the holder's token (not by the
+    /// holder's Unlock, deferred to it), and then reads the written data. A WriteHold with a token that is not the holder's is refused and changes
     /// nothing.
     #[test]
     fn a_write_hold_keeps_the_lock_past_its_flush_until_unlocked() {
@@ -1119,6 +1237,7 @@ mod tests {
             waiter.try_recv().is_err(),
             "the lock is still held after the flush"
         );
+        // The holder's own Unlock is deferred to the Release (the lock is pinned).
         let (tx, unlocked) = flume::bounded(1);
         slot.execute(
             now,
@@ -1128,12 +1247,26 @@ mod tests {
             ReplyTo::new(tx, 4),
         );
         slot.pass(now, false);
+        assert!(matches!(
+            decoded(&unlocked.try_recv().expect("answered")),
+            scd_client::OwnedReply::Done { .. }
+        ));
+        assert!(waiter.try_recv().is_err(), "an Unlock does not end the pin");
+        let (tx, released) = flume::bounded(1);
+        slot.execute(
+            now,
+            key,
+            OwnerId(1),
+            Op::Release { token: held },
+            ReplyTo::new(tx, 5),
+        );
+        slot.pass(now, false);
         assert!(
             matches!(
-                decoded(&unlocked.try_recv().expect("answered")),
+                decoded(&released.try_recv().expect("answered")),
                 scd_client::OwnedReply::Done { .. }
             ),
-            "the holder's Unlock releases it"
+            "the Release releases it"
         );
         match decoded(
             &waiter
@@ -1146,6 +1279,98 @@ mod tests {
             }
             other => panic!("the waiter: {other:?}"),
         }
+    }
+
+    /// A WriteHold pins the lock: its owner's connection closing leaves it held, a lockless
+    /// Read of the session waits, and the `Release` (once the copy resolved) hands the lock to
+    /// the queued waiter and answers the Read with the written data in the same pass. A Read
+    /// whose own connection closes meanwhile is answered at once.
+    #[test]
+    fn a_write_hold_s_pin_holds_back_reads_and_survives_its_owner_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, mut slot) = slot(dir.path(), StorageModel::WriteThrough);
+        let limits = proto::limits(node.settings.storage.session_size_max);
+        let key = SessionKey([5; 16]);
+        let now = 1_000;
+        let send = |slot: &mut ShardSlot, owner: u64, op: Op<&[u8]>| {
+            let (tx, rx) = flume::bounded(1);
+            slot.execute(now, key, OwnerId(owner), op, ReplyTo::new(tx, owner));
+            rx
+        };
+        let decoded = |frame: &[u8]| match decode_reply(frame, &limits) {
+            Ok((f, _)) => scd_client::OwnedReply::from_wire(&f.message),
+            Err(e) => panic!("undecodable answer: {e:?}"),
+        };
+        let lock = Op::ReadLock {
+            wait_ms: 60_000,
+            lease_ms: 60_000,
+        };
+        let held = match decoded(
+            &send(&mut slot, 1, lock.clone())
+                .try_recv()
+                .expect("granted"),
+        ) {
+            scd_client::OwnedReply::NotFound { token, .. } => token,
+            other => panic!("unexpected answer {other:?}"),
+        };
+        let write = Op::WriteHold {
+            token: held,
+            lifetime_s: 600,
+            data: &b"pinned"[..],
+        };
+        let written = send(&mut slot, 1, write);
+        let waiter = send(&mut slot, 2, lock);
+        let read = send(&mut slot, 3, Op::Read);
+        let gone_reader = send(&mut slot, 4, Op::Read);
+        let mut flushed = false;
+        for _ in 0..10_000 {
+            slot.pass(now, false);
+            if written.try_recv().is_ok() {
+                flushed = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(flushed, "the flush never completed");
+        slot.release_owner(OwnerId(1), now);
+        slot.release_owner(OwnerId(4), now);
+        slot.pass(now, false);
+        assert!(
+            matches!(
+                decoded(&gone_reader.try_recv().expect("a closed reader is answered")),
+                scd_client::OwnedReply::Error { .. }
+            ),
+            "its connection closed"
+        );
+        assert!(waiter.try_recv().is_err(), "the pin outlives its owner");
+        assert!(read.try_recv().is_err(), "a Read waits for the pin");
+        let released = send(&mut slot, 1, Op::Release { token: held });
+        slot.pass(now, false);
+        assert!(matches!(
+            decoded(&released.try_recv().expect("answered")),
+            scd_client::OwnedReply::Done { .. }
+        ));
+        match decoded(&waiter.try_recv().expect("granted by the Release")) {
+            scd_client::OwnedReply::Data { token, data, .. } => {
+                assert_ne!(token, 0);
+                assert_eq!(data, b"pinned");
+            }
+            other => panic!("the waiter: {other:?}"),
+        }
+        match decoded(&read.try_recv().expect("answered after the Release")) {
+            scd_client::OwnedReply::Data { token, data, .. } => {
+                assert_eq!(token, 0);
+                assert_eq!(data, b"pinned");
+            }
+            other => panic!("the Read: {other:?}"),
+        }
+        // The pin is gone: a Read is answered at once, and a second Release changes nothing.
+        assert!(send(&mut slot, 3, Op::Read).try_recv().is_ok());
+        let again = send(&mut slot, 1, Op::Release { token: held });
+        assert!(matches!(
+            decoded(&again.try_recv().expect("answered")),
+            scd_client::OwnedReply::Error { .. }
+        ));
     }
 
     /// Under delayed-write a copy is acknowledged at once (it is on disk within the interval).

@@ -3,10 +3,15 @@
 //! (docs/ARCHITECTURE.md, "Replication in the daemon: decisions"), so a client waiting for the
 //! lock cannot read a value that the backup would not have after a failover.
 //!
-//! Loopback, `127.0.95.x` (two nodes: the core's path) and `127.0.96.x` (three nodes: the
-//! write relayed from another node, served by the master's cluster thread). The backup is
-//! stopped (SIGSTOP) so that it cannot acknowledge; node timeout and relay timeout are long, so
-//! nobody gives up on it while it is stopped.
+//! Nor by a lockless Read, nor by the next holder after the writer's connection closed or its
+//! lease ended while the copy was in flight (the lock is pinned until the copy resolves), and a
+//! Destroy with a token keeps the lock until the backup dropped its copy.
+//!
+//! Loopback, `127.0.95.x` (two nodes: the core's path), `127.0.96.x` (three nodes: the
+//! write relayed from another node, served by the master's cluster thread) and `127.0.97.x`
+//! (two nodes: an ended lease, a Destroy). The backup is stopped (SIGSTOP) so that it cannot
+//! acknowledge; node timeout and relay timeout are long, so nobody gives up on it while it is
+//! stopped.
 
 mod common;
 
@@ -59,6 +64,15 @@ fn stop(pid: u32) {
     });
 }
 
+/// Every node's log, for a failure's message.
+fn all_logs(c: &Cluster) -> String {
+    c.nodes
+        .iter()
+        .map(|n| n.log_text())
+        .collect::<Vec<_>>()
+        .join("\n----\n")
+}
+
 /// No reply on `c` for `WATCH`: the read times out.
 fn assert_no_answer(c: &mut Client, what: &str, logs: &dyn Fn() -> String) {
     c.set_timeout(Some(WATCH)).unwrap();
@@ -78,17 +92,12 @@ fn assert_no_answer(c: &mut Client, what: &str, logs: &dyn Fn() -> String) {
 }
 
 /// Client 1 holds the lock of a session mastered by node 0 whose backup is stopped, and writes
-/// "new"; client 2, on the master, waits for the lock. Neither is answered until the backup
-/// continues; then client 1's write succeeds and client 2 reads "new". Client 1 is connected to
-/// the master, or (`relayed`) to the node that is neither master nor backup.
+/// "new"; client 2, on the master, waits for the lock; client 3, on client 1's node, reads
+/// without a lock (the PHP module's `lock_failure = readonly`). None is answered until the
+/// backup continues; then client 1's write succeeds and clients 2 and 3 read "new". Client 1 is
+/// connected to the master, or (`relayed`) to the node that is neither master nor backup.
 fn scenario(c: &Cluster, relayed: bool) {
-    let logs = || {
-        c.nodes
-            .iter()
-            .map(|n| n.log_text())
-            .collect::<Vec<_>>()
-            .join("\n----\n")
-    };
+    let logs = || all_logs(c);
     let mut on_master = c.nodes[0].client();
     on_master.set_timeout(Some(HANG)).unwrap();
     let id = on_master.create_id().unwrap();
@@ -112,6 +121,8 @@ fn scenario(c: &Cluster, relayed: bool) {
     assert_eq!(r.data.as_deref(), Some(&b"old"[..]));
     let mut c2 = c.nodes[0].client();
     c2.set_timeout(Some(HANG)).unwrap();
+    let mut c3 = c.nodes[writer].client();
+    c3.set_timeout(Some(HANG)).unwrap();
 
     stop(c.nodes[backup].pid());
     let w = c1
@@ -133,6 +144,9 @@ fn scenario(c: &Cluster, relayed: bool) {
     // until then: neither may be answered (client 2 least of all with "new").
     assert_no_answer(&mut c2, "client 2's ReadLock", &logs);
     assert_no_answer(&mut c1, "client 1's WriteUnlock", &logs);
+    // A lockless Read sent once the write is held: it waits for the copy too.
+    let rd = c3.send(Request::Read { id }).unwrap();
+    assert_no_answer(&mut c3, "client 3's lockless Read", &logs);
     assert_no_answer(&mut c2, "client 2's ReadLock, again", &logs);
 
     common::signal(c.nodes[backup].pid(), "CONT");
@@ -153,6 +167,15 @@ fn scenario(c: &Cluster, relayed: bool) {
         }
         other => panic!("client 2's ReadLock: {other:?}\n{}", logs()),
     }
+    let (got, reply) = c3.recv().unwrap();
+    assert_eq!(got, rd);
+    match reply {
+        OwnedReply::Data { token, data, .. } => {
+            assert_eq!(data, b"new", "client 3 reads the acknowledged write");
+            assert_eq!(token, 0, "a lockless read takes no lock");
+        }
+        other => panic!("client 3's Read: {other:?}\n{}", logs()),
+    }
 }
 
 /// Two nodes: the write is served by the master's core (`conn::write_replicated`).
@@ -163,10 +186,12 @@ fn write_through_ha_a_write_is_read_by_nobody_before_the_backup_holds_it() {
     writer_gone(&c);
 }
 
-/// The writer's connection closes while its write waits for the stopped backup: its lock is
-/// released as any closed connection's (no lock is leaked by the held write), and the late
-/// release after the backup's answer disturbs nobody: the next holder keeps its lock.
+/// The writer's connection closes while its write waits for the stopped backup: its lock stays
+/// held for the write until the backup holds the copy (the next holder is not answered before
+/// that, then reads the write), and is then released (no lock is leaked by the held write);
+/// the next holder keeps its lock.
 fn writer_gone(c: &Cluster) {
+    let logs = || all_logs(c);
     let mut on_master = c.nodes[0].client();
     on_master.set_timeout(Some(HANG)).unwrap();
     let id = on_master.create_id().unwrap();
@@ -192,12 +217,19 @@ fn writer_gone(c: &Cluster) {
             lease_ms: 60_000,
         })
         .unwrap();
+    assert_no_answer(&mut c2, "the next holder's ReadLock", &logs);
     common::signal(c.nodes[1].pid(), "CONT");
     let (got, reply) = c2.recv().unwrap();
     assert_eq!(got, rl);
     let token = match reply {
-        OwnedReply::Data { token, .. } | OwnedReply::NotFound { token, .. } => token,
-        other => panic!("the next holder: {other:?}"),
+        OwnedReply::Data { token, data, .. } => {
+            assert_eq!(
+                data, b"gone",
+                "the next holder reads the acknowledged write"
+            );
+            token
+        }
+        other => panic!("the next holder: {other:?}\n{}", logs()),
     };
     assert_ne!(token, 0);
     // Its lock is its own, whatever the closed writer's late release did.
@@ -217,4 +249,148 @@ fn writer_gone(c: &Cluster) {
 fn write_through_ha_a_relayed_write_is_read_by_nobody_before_the_backup_holds_it() {
     let c = Cluster::start(96, 3, FLAGS);
     scenario(&c, true);
+}
+
+/// Two nodes: the writer's lease ends while its write's copy waits for the stopped backup; the
+/// lock is kept until the backup holds it.
+#[test]
+fn write_through_ha_a_lease_that_ends_during_the_copy_hands_the_lock_on_after_it() {
+    let c = Cluster::start(97, 2, FLAGS);
+    lease_ends(&c);
+}
+
+/// Two nodes: a Destroy with a token keeps the lock until the backup dropped its copy.
+#[test]
+fn write_through_ha_a_destroy_is_seen_by_nobody_before_the_backup_dropped_its_copy() {
+    let c = Cluster::start(98, 2, FLAGS);
+    destroy_held(&c);
+}
+
+/// Client 1's lock lease (2 s) ends while its write waits for the stopped backup: client 2, waiting
+/// for the lock, is not answered before the backup continues (the lease does not hand the lock
+/// on), and then reads the write.
+fn lease_ends(c: &Cluster) {
+    let logs = || all_logs(c);
+    let mut on_master = c.nodes[0].client();
+    on_master.set_timeout(Some(HANG)).unwrap();
+    let id = on_master.create_id().unwrap();
+    assert_eq!(id.backup, Some(c.relay(1)));
+    // Written once with the backup up: this node then holds a read lease from it, valid for
+    // the node timeout (far longer than this test), so it serves the session while it is
+    // stopped.
+    let r = on_master.read_lock(&id, 1000, 60_000).unwrap();
+    on_master.write_unlock(&id, r.token, 600, b"old").unwrap();
+    let mut c1 = c.nodes[0].client();
+    c1.set_timeout(Some(HANG)).unwrap();
+    let mut c2 = c.nodes[0].client();
+    c2.set_timeout(Some(HANG)).unwrap();
+    stop(c.nodes[1].pid());
+    // Taken with the backup already stopped, so that the write follows well within the lease.
+    let r = c1.read_lock(&id, 1000, 2000).unwrap();
+    let w = c1
+        .send(Request::WriteUnlock {
+            id,
+            token: r.token,
+            lifetime_s: 600,
+            data: b"leased",
+        })
+        .unwrap();
+    let rl = c2
+        .send(Request::ReadLock {
+            id,
+            wait_ms: 60_000,
+            lease_ms: 60_000,
+        })
+        .unwrap();
+    // Three watches: the 2 s lease ends during them.
+    assert_no_answer(&mut c2, "client 2's ReadLock", &logs);
+    assert_no_answer(&mut c1, "client 1's WriteUnlock", &logs);
+    assert_no_answer(&mut c2, "client 2's ReadLock after the lease's end", &logs);
+    common::signal(c.nodes[1].pid(), "CONT");
+    let (got, reply) = c1.recv().unwrap();
+    assert_eq!(got, w);
+    assert!(
+        matches!(reply, OwnedReply::Done { .. }),
+        "client 1's write: {reply:?}\n{}",
+        logs()
+    );
+    let (got, reply) = c2.recv().unwrap();
+    assert_eq!(got, rl);
+    match reply {
+        OwnedReply::Data { token, data, .. } => {
+            assert_eq!(data, b"leased");
+            c2.unlock(&id, token).unwrap();
+        }
+        other => panic!("client 2's ReadLock: {other:?}\n{}", logs()),
+    }
+}
+
+/// Client 1 destroys the session with its token while the backup is stopped: client 2 waiting
+/// for the lock and client 3 reading without one are not answered (they would find the session
+/// gone while the backup still holds it) until the backup continues; then client 1's Destroy is
+/// done, client 2 gets the lock of a session that no longer exists, and client 3's Read and
+/// Exists find none.
+fn destroy_held(c: &Cluster) {
+    let logs = || all_logs(c);
+    let mut on_master = c.nodes[0].client();
+    on_master.set_timeout(Some(HANG)).unwrap();
+    let id = on_master.create_id().unwrap();
+    assert_eq!(id.backup, Some(c.relay(1)));
+    let r = on_master.read_lock(&id, 1000, 60_000).unwrap();
+    on_master
+        .write_unlock(&id, r.token, 600, b"doomed")
+        .unwrap();
+    let mut c1 = c.nodes[0].client();
+    c1.set_timeout(Some(HANG)).unwrap();
+    let r = c1.read_lock(&id, 1000, 60_000).unwrap();
+    assert_eq!(r.data.as_deref(), Some(&b"doomed"[..]));
+    let mut c2 = c.nodes[0].client();
+    c2.set_timeout(Some(HANG)).unwrap();
+    let mut c3 = c.nodes[0].client();
+    c3.set_timeout(Some(HANG)).unwrap();
+    stop(c.nodes[1].pid());
+    let d = c1.send(Request::Destroy { id, token: r.token }).unwrap();
+    let rl = c2
+        .send(Request::ReadLock {
+            id,
+            wait_ms: 60_000,
+            lease_ms: 60_000,
+        })
+        .unwrap();
+    assert_no_answer(&mut c2, "client 2's ReadLock", &logs);
+    assert_no_answer(&mut c1, "client 1's Destroy", &logs);
+    let rd = c3.send(Request::Read { id }).unwrap();
+    let ex = c3.send(Request::Exists { id }).unwrap();
+    assert_no_answer(&mut c3, "client 3's lockless Read and Exists", &logs);
+    common::signal(c.nodes[1].pid(), "CONT");
+    let (got, reply) = c1.recv().unwrap();
+    assert_eq!(got, d);
+    assert!(
+        matches!(reply, OwnedReply::Done { .. }),
+        "client 1's Destroy: {reply:?}\n{}",
+        logs()
+    );
+    let (got, reply) = c2.recv().unwrap();
+    assert_eq!(got, rl);
+    match reply {
+        OwnedReply::NotFound { token, .. } => {
+            assert_ne!(token, 0);
+            c2.unlock(&id, token).unwrap();
+        }
+        other => panic!("client 2's ReadLock: {other:?}\n{}", logs()),
+    }
+    let (got, reply) = c3.recv().unwrap();
+    assert_eq!(got, rd);
+    assert!(
+        matches!(reply, OwnedReply::NotFound { token: 0, .. }),
+        "client 3's Read: {reply:?}\n{}",
+        logs()
+    );
+    let (got, reply) = c3.recv().unwrap();
+    assert_eq!(got, ex);
+    assert!(
+        matches!(reply, OwnedReply::Existence(false)),
+        "client 3's Exists: {reply:?}\n{}",
+        logs()
+    );
 }

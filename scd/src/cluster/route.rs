@@ -543,8 +543,10 @@ fn to_request(id: SessionId, op: &Op<Vec<u8>>) -> Option<Request<'_>> {
         Op::Unlock { token } => Request::Unlock { id, token: *token },
         Op::Destroy { token } => Request::Destroy { id, token: *token },
         Op::Exists => Request::Exists { id },
-        // WriteHold is the cluster thread's and the cores' own (a master's local write).
+        // The hold ops are the cluster thread's and the cores' own (a master's local write).
         Op::WriteHold { .. }
+        | Op::DestroyHold { .. }
+        | Op::Release { .. }
         | Op::Create { .. }
         | Op::ApplyReplica { .. }
         | Op::Remove
@@ -1535,10 +1537,9 @@ impl State {
                 let (r, applied) = self.write_replicated(p, hash, owner, op, source).await;
                 answer(reply, &r, new_id);
                 if hold && applied {
-                    // The answer tells nothing the client needs: the Unlock fails harmlessly
-                    // when the lock changed hands meanwhile (connection closed, lease ended).
+                    // Ends the WriteHold's pin (its answer tells nothing the client needs).
                     let (tx, _) = flume::bounded(1);
-                    self.local_to(hash, owner, Op::Unlock { token }, ReplyTo::new(tx, 0))
+                    self.local_to(hash, owner, Op::Release { token }, ReplyTo::new(tx, 0))
                         .await;
                 }
             }
@@ -1550,7 +1551,16 @@ impl State {
                 answer(reply, &r, new_id)
             }
             Op::Destroy { token } if p.backup.is_some() => {
-                let r = self.local(hash, owner, Op::Destroy { token }).await;
+                // Under write-through a Destroy with a token keeps the lock pinned until the
+                // backup dropped its copy and the client has its answer (as a WriteUnlock's
+                // WriteHold), so that nobody finds the session gone before the backup does.
+                let hold = self.write_through() && token != 0;
+                let op = if hold {
+                    Op::DestroyHold { token }
+                } else {
+                    Op::Destroy { token }
+                };
+                let r = self.local(hash, owner, op).await;
                 if let (OwnedReply::Done { .. }, Some(b)) = (&r, p.backup) {
                     if !self.write_through() {
                         // Through the queue, after the session's queued copy (which it replaces):
@@ -1573,7 +1583,14 @@ impl State {
                         ),
                     }
                 }
-                answer(reply, &r, new_id)
+                answer(reply, &r, new_id);
+                if hold {
+                    // Whatever the outcome: a Release of a lock the DestroyHold did not pin
+                    // (refused) changes nothing.
+                    let (tx, _) = flume::bounded(1);
+                    self.local_to(hash, owner, Op::Release { token }, ReplyTo::new(tx, 0))
+                        .await;
+                }
             }
             op => {
                 // A ReadLock may wait in the lock queue longer than the lease it was served

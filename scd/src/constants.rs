@@ -92,11 +92,8 @@ pub const INBOX_BATCH_MAX: usize = 256;
 pub const CONN_WRITE_BATCH_BYTES: usize = 256 * 1024;
 
 /// A TCP port still held by a daemon that was just killed is retried this many times, this far
-/// apart (about 30 s in all), before start-up fails. 10 s was seen to be too short on a loaded
-/// 2-core test machine (a restart in `cluster_rejoin_moved` failed with "address in use" twice
-/// in about 40 runs; not traced further — likely the killed daemon's io_uring workers, which
-/// keep its files open until they leave the kernel, sitting in an fsync on the busy disk).
-pub const BIND_RETRIES: u32 = 300;
+/// apart (about 10 s in all), before start-up fails.
+pub const BIND_RETRIES: u32 = 100;
 pub const BIND_RETRY_MS: u64 = 100;
 
 /// `scd drain`: the longest the hand-off may take before the daemon stops anyway.

@@ -3804,7 +3804,7 @@ impl State {
                     // Not awaited here: the hand-offs' records are grouped by the writer, each
                     // session's requests wait for its own (`settled`), and the drain reports
                     // done only once the last one is durable.
-                    last = self.set_placement(
+                    let c = self.set_placement(
                         hash,
                         Placement {
                             epoch,
@@ -3813,6 +3813,7 @@ impl State {
                             prev: Some(self.me),
                         },
                     );
+                    last = Commit(last.0.max(c.0));
                 }
                 other => {
                     warn!("cluster: drain: {target} did not take over: {other:?}");

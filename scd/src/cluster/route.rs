@@ -2842,14 +2842,18 @@ impl State {
                     let _ = conn.relay.send((rid, out));
                     return true;
                 }
-                if let Some(from) = sender {
-                    // Its rejoin: it learns here where its sessions went, so it may have
-                    // leases again.
-                    self.leases_synced(from);
-                }
                 let hashes: Vec<[u8; 16]> = hashes.iter().collect();
                 let conn = conn.clone();
                 monoio::spawn(async move {
+                    // What it is told is durable here first (no placement a crash could take
+                    // back), before its leases are cleared: no await from the clearing to the
+                    // answer's reading of the placements but the cores' versions, as before.
+                    self.settled_all().await;
+                    if let Some(from) = sender {
+                        // Its rejoin: it learns here where its sessions went, so it may have
+                        // leases again.
+                        self.leases_synced(from);
+                    }
                     let out = self.on_sync_hashes(hashes).await;
                     let _ = conn.relay.send((rid, out));
                 });
@@ -3244,13 +3248,15 @@ impl State {
             ));
             return;
         };
+        // What it is told is durable here first (no placement a crash could take back); done
+        // before its leases are cleared, so that no wait comes between the clearing and the
+        // streams (the clearing itself is not awaited: lost in a crash, it only denies again).
+        self.settled_all().await;
         // Its rejoin: the streams below tell it every session taken over from it until now, so
         // it may have leases again (a takeover after this denies them anew).
         if self.leases_synced(peer) {
             info!("cluster: {peer} syncs (rejoins): it is granted read leases again");
         }
-        // What it is told is durable here first (no placement a crash could take back).
-        self.settled_all().await;
         let all: Vec<([u8; 16], Placement)> = self
             .placements
             .borrow()
@@ -3301,7 +3307,6 @@ impl State {
     /// copy without a placement, epoch 0 with this node as "master" (it only says a copy is
     /// here: `wire.md`, SyncPlaces).
     async fn on_sync_hashes(self: &Rc<Self>, hashes: Vec<[u8; 16]>) -> Out {
-        self.settled_all().await;
         // The versions of the copies held here, from every core at once (no data copied).
         let held = self.versions(&hashes).await;
         let mut bytes = Vec::new();

@@ -18,7 +18,12 @@
 //!   only the journals of B and C remember epoch 2. Without the journal (main before it) A
 //!   learns nothing at its rejoin and serves "old": this test fails there.
 //!
-//! Loopback addresses `127.0.71.x` and `127.0.72.x`.
+//! `a_backup_replacement_of_many_sessions_is_one_journal_batch_and_survives_a_kill`: the
+//! sessions A masters with B as backup get C as backup when B is killed, recorded with one
+//! journal fdatasync (not one per session); A is then killed and restarted and its journal
+//! restores every one of those placements.
+//!
+//! Loopback addresses `127.0.71.x`, `127.0.72.x` and `127.0.76.x`.
 
 mod common;
 
@@ -281,4 +286,96 @@ fn a_backup_that_took_over_and_restarted_during_a_cut_still_denies_the_old_maste
     assert_eq!(stale.master, net.relay(b), "A points to the new master");
     drop(nodes);
     drop(net);
+}
+
+#[test]
+fn a_backup_replacement_of_many_sessions_is_one_journal_batch_and_survives_a_kill() {
+    let mut c = Cluster::start(76, 3, &["--ha", "true", "--storage-model", "write-through"]);
+    let mut a = c.nodes[0].client();
+    let mut ids = Vec::new();
+    for n in 0..40u64 {
+        let id = a.create_id().unwrap();
+        let r = a.read_lock(&id, 1000, 30_000).unwrap();
+        a.write_unlock(&id, r.token, 600, &common::blob(n, 200))
+            .unwrap();
+        ids.push((id, n));
+    }
+    drop(a);
+    // B: the node backing up the most of them; C: the other.
+    let backed = |i: usize| {
+        ids.iter()
+            .filter(|(id, _)| id.backup == Some(c.relay(i)))
+            .count()
+    };
+    let b = if backed(1) >= backed(2) { 1 } else { 2 };
+    let third = 3 - b;
+    let moved: Vec<(SessionId, u64)> = ids
+        .iter()
+        .filter(|(id, _)| id.backup == Some(c.relay(b)))
+        .copied()
+        .collect();
+    assert!(
+        moved.len() >= 10,
+        "{} of 40 backed up by one node",
+        moved.len()
+    );
+    let syncs_before = c.nodes[0].stat("node.cluster_journal_syncs");
+    let records_before = c.nodes[0].stat("node.cluster_journal_records");
+
+    c.nodes[b].kill9();
+    eventually("every session B backed up has a new backup", || {
+        c.nodes[0].stat("node.cluster_backups_replaced") as usize >= moved.len()
+            && c.nodes[0].stat("node.cluster_journal_records") - records_before
+                >= moved.len() as u64
+    });
+    let syncs = c.nodes[0].stat("node.cluster_journal_syncs") - syncs_before;
+    // The new placements (and B's lease denial) are one batch: one fdatasync, not one per
+    // session (a second one at most, for a change of another kind made meanwhile).
+    assert!(
+        syncs <= 2,
+        "{syncs} journal syncs for {} backup replacements",
+        moved.len()
+    );
+    assert_eq!(c.nodes[0].stat("node.cluster_journal_errors"), 0);
+
+    // A dies right after, and restarts with B still down: its journal gives back every new
+    // placement (epoch 2, backup C).
+    c.nodes[0].kill9();
+    c.nodes[0].restart();
+    let restored = c.nodes[0]
+        .log_text()
+        .lines()
+        .rev()
+        .find(|l| l.contains("placement journal:") && l.contains("placements and"))
+        .map(|l| l.to_string())
+        .expect("the restored count is logged");
+    let count: usize = restored
+        .split("placement journal: ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("a count");
+    assert!(
+        count >= moved.len(),
+        "{restored}: fewer than the {} placements changed",
+        moved.len()
+    );
+    assert!(restored.contains("1 lease-denial marks"), "{restored}");
+    c.wait_peers_up(0, 1);
+    let mut a = c.nodes[0].client();
+    for (id, n) in &moved {
+        let mut id = *id;
+        let (data, _) = read_following(&mut a, &mut id);
+        assert_eq!(data, Some(common::blob(*n, 200)));
+        assert_eq!(id.master, c.relay(0));
+        assert_eq!(id.backup, Some(c.relay(third)), "the new backup");
+        assert_eq!(id.version, 2);
+    }
+    // A stops cleanly: nothing left unwritten, no journal error.
+    drop(a);
+    assert!(c.nodes[0].stop().success());
+    assert_eq!(
+        c.nodes[0].log_lines_containing("cannot write the placement journal"),
+        0
+    );
 }

@@ -2,9 +2,14 @@
 //! marks, kept in `<data_dir>/cluster-placements.journal` (layout, recovery rule and crash
 //! windows: docs/storage.md, "Placement journal").
 //!
-//! - Append-only records, each `len u32 | crc32 u32 | body`; a record is durable once
-//!   [`Journal::commit`] returned (write + fdatasync).
-//! - At start ([`Journal::open`]) the file is read up to the first torn or bad record (a crash
+//! - Append-only records, each `len u32 | crc32 u32 | body`, written by [`Log`].
+//! - The writes and fdatasyncs run on a dedicated writer thread (`write_loop`), never on the
+//!   cluster thread: the cluster thread stages records ([`Journal::add`]), hands them over as a
+//!   numbered batch ([`Journal::submit`]) and awaits the batch's commit ([`committed`]) while its
+//!   other tasks run; [`pump`] takes the writer's answers. Group commit: every batch submitted
+//!   while a sync runs is written and fdatasync'ed by the next one. Batches reach the file in
+//!   the order they were submitted (one FIFO channel, one writer).
+//! - At start ([`Log::open`]) the file is read up to the first torn or bad record (a crash
 //!   mid-append), the live entries are rebuilt, and the file is rewritten with only those
 //!   (temp file, fsync, rename, fsync of the directory). The same compaction runs while serving
 //!   when the file grew to several times its live size.
@@ -14,11 +19,15 @@
 //!
 //! Every byte read is checked before use; garbage never panics, it ends the readable part.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
+use std::future::poll_fn;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::task::{Context, Poll, Waker};
+use std::thread::JoinHandle;
 
 use super::route::Placement;
 
@@ -312,22 +321,33 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, String> {
     })
 }
 
-// ----- the file ------------------------------------------------------------------------------
+// ----- the file (the writer thread's side) ---------------------------------------------------
 
-/// The open journal (cluster thread only).
-pub struct Journal {
+/// Called before every fdatasync / fsync the log does: `None` in the daemon; a test puts a gate
+/// there (to hold a sync while more changes are submitted) or a failure.
+pub type BeforeSync = Option<Box<dyn FnMut() -> io::Result<()> + Send>>;
+
+fn sync_file(f: &File, all: bool, before: &mut BeforeSync) -> io::Result<()> {
+    if let Some(hook) = before {
+        hook()?;
+    }
+    if all { f.sync_all() } else { f.sync_data() }
+}
+
+/// The journal file, owned by the writer thread (`Journal::start`; a probe or a test may drive
+/// it directly): appends groups of records and makes each durable with one fdatasync.
+pub struct Log {
     dir: PathBuf,
     /// `<FILE_NAME>.lock`, flock'ed while this process has the journal open.
     _lock: File,
     file: File,
     /// Bytes in the file.
     len: u64,
+    /// What the file holds (with the records being appended): compaction rewrites exactly this.
     live: Live,
-    /// Records appended but not yet written and synced (see `commit`).
-    pending: Vec<u8>,
-    /// Records written since the start, and fdatasyncs done.
-    pub records: u64,
+    /// Appends made durable (fdatasync) and compactions, since the start.
     pub syncs: u64,
+    before_sync: BeforeSync,
 }
 
 /// What the start found.
@@ -342,13 +362,13 @@ pub struct Recovered {
     pub dropped: u64,
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+fn sync_dir(dir: &Path, before: &mut BeforeSync) -> io::Result<()> {
+    sync_file(&File::open(dir)?, true, before)
 }
 
 /// Writes a journal holding exactly `live` at `dir/FILE_NAME`: temp file, fsync, rename, fsync
 /// of the directory. Returns the file's length.
-fn write_compacted(dir: &Path, live: &Live) -> io::Result<u64> {
+fn write_compacted(dir: &Path, live: &Live, before: &mut BeforeSync) -> io::Result<u64> {
     let tmp = dir.join(format!("{FILE_NAME}.tmp"));
     let mut bytes = MAGIC.to_vec();
     for e in live.entries() {
@@ -361,18 +381,18 @@ fn write_compacted(dir: &Path, live: &Live) -> io::Result<u64> {
             .truncate(true)
             .open(&tmp)?;
         f.write_all(&bytes)?;
-        f.sync_all()?;
+        sync_file(&f, true, before)?;
     }
     fs::rename(&tmp, dir.join(FILE_NAME))?;
-    sync_dir(dir)?;
+    sync_dir(dir, before)?;
     Ok(bytes.len() as u64)
 }
 
-impl Journal {
+impl Log {
     /// Opens (or creates) the journal in `dir`, reads it up to its first torn or bad record,
     /// and rewrites it compacted. Err: it cannot be read or written, is larger than
     /// `FILE_MAX`, or is not a journal (never silently replaced: it may hold epochs).
-    pub fn open(dir: &Path) -> Result<(Journal, Recovered), String> {
+    pub fn open(dir: &Path) -> Result<(Log, Recovered), String> {
         let path = dir.join(FILE_NAME);
         let shown = path.display();
         // One process at a time: a second one must not compact the file under the first.
@@ -416,7 +436,7 @@ impl Journal {
         for e in &parsed.entries {
             live.apply(e);
         }
-        let len = write_compacted(dir, &live).map_err(|e| format!("{shown}: {e}"))?;
+        let len = write_compacted(dir, &live, &mut None).map_err(|e| format!("{shown}: {e}"))?;
         let file = OpenOptions::new()
             .append(true)
             .open(&path)
@@ -428,28 +448,200 @@ impl Journal {
             dropped: (bytes.len() - parsed.valid_len) as u64,
         };
         Ok((
-            Journal {
+            Log {
                 dir: dir.to_path_buf(),
                 _lock: lock,
                 file,
                 len,
                 live,
-                pending: Vec::new(),
-                records: 0,
                 syncs: 0,
+                before_sync: None,
             },
             recovered,
         ))
     }
 
-    /// The live placement of `hash` in the journal, if it has one.
+    /// What the file holds.
+    pub fn live(&self) -> &Live {
+        &self.live
+    }
+
+    /// Puts `hook` before every sync from now on (tests: a gate, or a failure).
+    pub fn set_before_sync(&mut self, hook: BeforeSync) {
+        self.before_sync = hook;
+    }
+
+    /// Writes `entries` (in this order) and fdatasyncs the file: once this returns Ok they
+    /// survive a crash. Compacts instead when the file grew to several times its live size.
+    /// Err: neither the append nor a rewrite of the whole journal could be made durable.
+    pub fn append(&mut self, entries: &[Entry]) -> io::Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut bytes = Vec::with_capacity(entries.len() * 64);
+        for e in entries {
+            self.live.apply(e);
+            encode_record(&mut bytes, e);
+        }
+        let live_len =
+            (self.live.placements.len() as u64) * 80 + (self.live.denied.len() as u64) * 600;
+        if self.len > COMPACT_MIN && self.len > live_len.saturating_mul(4) {
+            // The live entries already include these records.
+            return self.rewrite();
+        }
+        let r = self
+            .file
+            .write_all(&bytes)
+            .and_then(|_| sync_file(&self.file, false, &mut self.before_sync));
+        match r {
+            Ok(()) => {
+                self.len += bytes.len() as u64;
+                self.syncs += 1;
+                Ok(())
+            }
+            Err(e) => {
+                // What reached the file is unknown: rewrite the whole journal from the live
+                // entries (which include these records) rather than leave a torn tail before
+                // the next append.
+                self.rewrite().map_err(|_| e)
+            }
+        }
+    }
+
+    fn rewrite(&mut self) -> io::Result<()> {
+        let len = write_compacted(&self.dir, &self.live, &mut self.before_sync)?;
+        self.file = OpenOptions::new()
+            .append(true)
+            .open(self.dir.join(FILE_NAME))?;
+        self.len = len;
+        self.syncs += 1;
+        Ok(())
+    }
+}
+
+// ----- the writer thread and group commit ----------------------------------------------------
+
+/// Changes the cluster thread submitted together, numbered in submission order from 1.
+struct Batch {
+    seq: u64,
+    entries: Vec<Entry>,
+}
+
+/// One group commit's outcome, sent back to the cluster thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Done {
+    /// Every batch numbered up to this one is committed (written and fdatasync'ed), or failed.
+    pub upto: u64,
+    /// Batches and records in this group.
+    pub batches: u64,
+    pub records: u64,
+    /// Why the group could not be made durable (then those changes hold in memory only).
+    pub error: Option<String>,
+    /// Syncs (fdatasyncs and compactions) the writer made since the start.
+    pub syncs: u64,
+}
+
+/// The writer thread: takes the batches in submission order; every batch submitted while the
+/// last group was being synced goes into the next group, under one write and one fdatasync.
+/// Ends when the cluster thread closes the channel, after the batches left are committed.
+fn write_loop(mut log: Log, rx: flume::Receiver<Batch>, done: flume::Sender<Done>) {
+    while let Ok(first) = rx.recv() {
+        let mut upto = first.seq;
+        let mut entries = first.entries;
+        let mut batches = 1u64;
+        for more in rx.try_iter() {
+            // One submitter and one FIFO channel: the file order is the submission order.
+            assert_eq!(more.seq, upto + 1, "journal batches out of order");
+            upto = more.seq;
+            entries.extend(more.entries);
+            batches += 1;
+        }
+        let error = log.append(&entries).err().map(|e| e.to_string());
+        let d = Done {
+            upto,
+            batches,
+            records: entries.len() as u64,
+            error,
+            syncs: log.syncs,
+        };
+        // The cluster side gone (it is finishing): what comes next is still written.
+        let _ = done.send(d);
+    }
+}
+
+/// The placement journal as the cluster thread sees it: a mirror of the live entries (to tell
+/// whether a change changes anything, and whether a session has a journaled placement), the
+/// changes staged for the next batch, and the batches the writer thread has not committed yet.
+///
+/// A change is made durable by `add` (staged), `submit` (handed to the writer thread; returns
+/// the batch number) and then [`committed`]`(journal, n).await` (the batch's group was written
+/// and fdatasync'ed); the cluster thread runs other tasks meanwhile. [`pump`] must run on the
+/// cluster thread to take the writer's answers.
+pub struct Journal {
+    live: Live,
+    staged: Vec<Entry>,
+    /// Number of the last batch submitted, and of the last one committed (0: none).
+    submitted: u64,
+    committed: u64,
+    /// Batches submitted and not yet committed, oldest first, with the sessions they change.
+    inflight: VecDeque<(u64, Vec<[u8; 16]>)>,
+    /// Sessions whose latest change is in a batch not yet committed, with that batch's number.
+    unsynced: HashMap<[u8; 16], u64>,
+    /// Tasks waiting for a commit: all woken at each commit (they check their own number).
+    waiters: Vec<Waker>,
+    tx: Option<flume::Sender<Batch>>,
+    done: flume::Receiver<Done>,
+    writer: Option<JoinHandle<()>>,
+    /// Records staged since the start (written, or being written).
+    pub records: u64,
+    /// Syncs the writer made since the start (the last it reported).
+    pub syncs: u64,
+    /// Groups that could not be made durable.
+    pub errors: u64,
+}
+
+impl Journal {
+    /// Opens the journal in `dir` (`Log::open`) and starts its writer thread.
+    pub fn open(dir: &Path) -> Result<(Journal, Recovered), String> {
+        let (log, recovered) = Log::open(dir)?;
+        let j = Journal::start(log)
+            .map_err(|e| format!("{}: writer thread: {e}", dir.join(FILE_NAME).display()))?;
+        Ok((j, recovered))
+    }
+
+    /// Starts the writer thread over `log`; the mirror starts as what the log holds.
+    pub fn start(log: Log) -> io::Result<Journal> {
+        let live = log.live().clone();
+        let (tx, rx) = flume::unbounded();
+        let (done_tx, done) = flume::unbounded();
+        let writer = std::thread::Builder::new()
+            .name("journal".into())
+            .spawn(move || write_loop(log, rx, done_tx))?;
+        Ok(Journal {
+            live,
+            staged: Vec::new(),
+            submitted: 0,
+            committed: 0,
+            inflight: VecDeque::new(),
+            unsynced: HashMap::new(),
+            waiters: Vec::new(),
+            tx: Some(tx),
+            done,
+            writer: Some(writer),
+            records: 0,
+            syncs: 0,
+            errors: 0,
+        })
+    }
+
+    /// The live placement of `hash` in the journal, if it has one (committed or not).
     pub fn placement(&self, hash: &[u8; 16]) -> Option<Placement> {
         self.live.placements.get(hash).copied()
     }
 
-    /// Adds a record to the pending group (durable at the next `commit`). A record that changes
-    /// nothing live (the same placement again, a removal of none, a mark already set or not set)
-    /// is not added. True if it was added.
+    /// Stages a record for the next batch (`submit`). A record that changes nothing live (the
+    /// same placement again, a removal of none, a mark already set or not set) is not staged.
+    /// True if it was staged.
     pub fn add(&mut self, e: Entry) -> bool {
         let changes = match &e {
             Entry::Place(h, p) => self.live.placements.get(h) != Some(p),
@@ -461,63 +653,218 @@ impl Journal {
             return false;
         }
         self.live.apply(&e);
-        encode_record(&mut self.pending, &e);
+        self.staged.push(e);
         self.records += 1;
         true
     }
 
-    /// Whether records wait for `commit`.
-    pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
+    /// Whether records are staged.
+    pub fn has_staged(&self) -> bool {
+        !self.staged.is_empty()
     }
 
-    /// Writes the pending records and fdatasyncs the file: once this returns Ok they survive a
-    /// crash. Compacts first when the file grew to several times its live size.
-    pub fn commit(&mut self) -> io::Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
+    /// Hands the staged records to the writer thread as one batch and returns the number to
+    /// wait for (`committed`): that batch's, or, with nothing staged, the last one submitted
+    /// (a change found already made may be in it).
+    pub fn submit(&mut self) -> u64 {
+        if self.staged.is_empty() {
+            return self.submitted;
         }
-        let live_len =
-            (self.live.placements.len() as u64) * 80 + (self.live.denied.len() as u64) * 600;
-        if self.len > COMPACT_MIN && self.len > live_len.saturating_mul(4) {
-            // The live entries already include the pending ones.
-            self.len = write_compacted(&self.dir, &self.live)?;
-            self.file = OpenOptions::new()
-                .append(true)
-                .open(self.dir.join(FILE_NAME))?;
-            self.pending.clear();
-            self.syncs += 1;
-            return Ok(());
-        }
-        let r = self
-            .file
-            .write_all(&self.pending)
-            .and_then(|_| self.file.sync_data());
-        match r {
-            Ok(()) => {
-                self.len += self.pending.len() as u64;
-                self.pending.clear();
-                self.syncs += 1;
-                Ok(())
+        self.submitted += 1;
+        let seq = self.submitted;
+        let entries = std::mem::take(&mut self.staged);
+        let mut hashes = Vec::new();
+        for e in &entries {
+            if let Entry::Place(h, _) | Entry::Remove(h) = e {
+                hashes.push(*h);
+                self.unsynced.insert(*h, seq);
             }
-            Err(e) => {
-                // What reached the file is unknown: rewrite the whole journal from the live
-                // entries (which include these records) rather than leave a torn tail before
-                // the next append.
-                self.pending.clear();
-                match write_compacted(&self.dir, &self.live).and_then(|len| {
-                    self.file = OpenOptions::new()
-                        .append(true)
-                        .open(self.dir.join(FILE_NAME))?;
-                    Ok(len)
-                }) {
-                    Ok(len) => {
-                        self.len = len;
-                        self.syncs += 1;
-                        Ok(())
-                    }
-                    Err(_) => Err(e),
+        }
+        self.inflight.push_back((seq, hashes));
+        let sent = match &self.tx {
+            Some(tx) => tx.send(Batch { seq, entries }).is_ok(),
+            None => false,
+        };
+        if !sent {
+            // The writer thread is gone (it panicked, or the journal is finished): fail loudly
+            // now rather than leave the caller waiting forever.
+            let d = Done {
+                upto: seq,
+                batches: 1,
+                records: 0,
+                error: Some("the journal's writer thread is gone".into()),
+                syncs: self.syncs,
+            };
+            self.completed(&d);
+        }
+        seq
+    }
+
+    /// The number of the batch holding the latest change of `hash`, while it is not committed.
+    pub fn unsynced(&self, hash: &[u8; 16]) -> Option<u64> {
+        self.unsynced.get(hash).copied()
+    }
+
+    /// Number of the last batch submitted.
+    pub fn submitted_seq(&self) -> u64 {
+        self.submitted
+    }
+
+    /// Number of the last batch committed (or failed).
+    pub fn committed_seq(&self) -> u64 {
+        self.committed
+    }
+
+    /// Ready once batch `seq` is committed (or failed); else the task's waker is kept.
+    pub fn poll_committed(&mut self, seq: u64, cx: &mut Context<'_>) -> Poll<()> {
+        if self.committed >= seq {
+            return Poll::Ready(());
+        }
+        if !self.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            self.waiters.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Takes a group's outcome from the writer thread: its batches are committed (or failed),
+    /// and the tasks waiting are woken.
+    pub fn completed(&mut self, d: &Done) {
+        assert!(d.upto > self.committed, "journal commits out of order");
+        assert!(
+            d.upto <= self.submitted,
+            "a commit of a batch never submitted"
+        );
+        self.committed = d.upto;
+        while let Some((seq, _)) = self.inflight.front() {
+            if *seq > d.upto {
+                break;
+            }
+            let (seq, hashes) = self.inflight.pop_front().expect("front exists");
+            for h in hashes {
+                if self.unsynced.get(&h) == Some(&seq) {
+                    self.unsynced.remove(&h);
                 }
+            }
+        }
+        self.syncs = self.syncs.max(d.syncs);
+        if d.error.is_some() {
+            self.errors += 1;
+        }
+        for w in self.waiters.drain(..) {
+            w.wake();
+        }
+    }
+
+    /// The writer's answers (for [`pump`]).
+    pub fn answers(&self) -> flume::Receiver<Done> {
+        self.done.clone()
+    }
+
+    /// The writer thread ended while batches were in flight (it panicked): they are failed
+    /// (the error is counted) and no later batch waits.
+    fn writer_gone(&mut self) -> Option<Done> {
+        self.tx = None;
+        (self.submitted > self.committed).then(|| {
+            let d = Done {
+                upto: self.submitted,
+                batches: self.submitted - self.committed,
+                records: 0,
+                error: Some("the journal's writer thread ended".into()),
+                syncs: self.syncs,
+            };
+            self.completed(&d);
+            d
+        })
+    }
+
+    /// Commits what is staged and waits for it on this thread (no other task runs meanwhile):
+    /// for tests and the probe, never while [`pump`] runs. Err: a group failed.
+    pub fn commit_blocking(&mut self) -> Result<(), String> {
+        let errors = self.errors;
+        let seq = self.submit();
+        let mut failed = None;
+        while self.committed < seq {
+            match self.done.recv() {
+                Ok(d) => {
+                    if let Some(e) = &d.error {
+                        failed = Some(e.clone());
+                    }
+                    self.completed(&d);
+                }
+                Err(_) => {
+                    self.writer_gone();
+                    return Err("the journal's writer thread ended".into());
+                }
+            }
+        }
+        if self.errors > errors {
+            return Err(failed.unwrap_or_else(|| "the journal's writer thread is gone".into()));
+        }
+        Ok(())
+    }
+
+    /// Shutdown: submits what is staged, closes the writer's channel and waits until the
+    /// writer thread committed every batch and ended. Returns the groups it reported (their
+    /// errors are the caller's to log). Idempotent.
+    pub fn finish(&mut self) -> Vec<Done> {
+        if self.tx.is_some() {
+            self.submit();
+        }
+        self.tx = None;
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+        let mut out = Vec::new();
+        while let Ok(d) = self.done.try_recv() {
+            if d.upto > self.committed {
+                self.completed(&d);
+                out.push(d);
+            }
+        }
+        if let Some(d) = self.writer_gone() {
+            out.push(d);
+        }
+        out
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        // Pending commits finish before the journal goes (a caller that wants their outcome
+        // calls `finish` first).
+        for d in self.finish() {
+            if let Some(e) = d.error {
+                log::error!("cluster: placement journal: {e} (at shutdown)");
+            }
+        }
+    }
+}
+
+/// Ready once batch `seq` of `journal` is committed (or failed: the failure is counted and
+/// logged by [`pump`]'s caller).
+pub async fn committed(journal: &RefCell<Journal>, seq: u64) {
+    poll_fn(|cx| journal.borrow_mut().poll_committed(seq, cx)).await
+}
+
+/// Takes the writer thread's answers on the cluster thread for as long as the writer runs,
+/// calling `each` with every group's outcome (after its waiters were woken).
+pub async fn pump(journal: &RefCell<Journal>, mut each: impl FnMut(&Journal, &Done)) {
+    let rx = journal.borrow().answers();
+    loop {
+        match rx.recv_async().await {
+            Ok(d) => {
+                // `finish` may have taken it already.
+                if d.upto > journal.borrow().committed {
+                    journal.borrow_mut().completed(&d);
+                    each(&journal.borrow(), &d);
+                }
+            }
+            Err(_) => {
+                let gone = journal.borrow_mut().writer_gone();
+                if let Some(d) = gone {
+                    each(&journal.borrow(), &d);
+                }
+                return;
             }
         }
     }
@@ -526,6 +873,11 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::rc::Rc;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU32;
+    use std::sync::atomic::Ordering::SeqCst;
 
     fn a(n: u8) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, n], 34567))
@@ -632,7 +984,7 @@ mod tests {
         assert_eq!(rec.live.denied.len(), 1);
         // Appending after the recovery gives a readable file.
         assert!(j.add(Entry::Place([3; 16], place(3))));
-        j.commit().unwrap();
+        j.commit_blocking().unwrap();
         let p = parse(&fs::read(dir.path().join(FILE_NAME)).unwrap()).unwrap();
         assert_eq!(p.stopped, None);
         assert_eq!(p.entries.len(), 3);
@@ -727,9 +1079,9 @@ mod tests {
             assert!(!j.add(Entry::Remove([7; 16])));
             assert!(!j.add(Entry::Place([1; 16], place(2))));
             assert!(!j.add(Entry::Deny(a(1), "again".into())));
-            j.commit().unwrap();
+            j.commit_blocking().unwrap();
             assert!(j.add(Entry::Place([1; 16], place(3))));
-            j.commit().unwrap();
+            j.commit_blocking().unwrap();
             assert_eq!(j.syncs, 2);
         }
         let before = fs::read(dir.path().join(FILE_NAME)).unwrap();
@@ -755,5 +1107,239 @@ mod tests {
         // Opened again: the same.
         let (_j, again) = Journal::open(dir.path()).unwrap();
         assert_eq!(again.live, rec.live);
+    }
+
+    /// Runs `body` as a task of a monoio event loop (as the cluster thread's tasks run: a
+    /// `block_on` future that yields is polled again before the other tasks).
+    fn run<F: std::future::Future<Output = ()> + 'static>(body: F) {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move { monoio::spawn(body).await });
+    }
+
+    /// The records of the journal file in `dir`, in file order.
+    fn on_disk(dir: &Path) -> Vec<Entry> {
+        let p = parse(&fs::read(dir.join(FILE_NAME)).unwrap()).unwrap();
+        assert_eq!(p.stopped, None);
+        p.entries
+    }
+
+    #[test]
+    fn batches_reach_the_file_in_the_order_they_were_submitted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        // Places and removals of a few sessions, interleaved: replayed in another order they
+        // would leave other live entries. Submitted without waiting, so the writer groups them.
+        let mut sent = Vec::new();
+        for i in 0..300u32 {
+            let h = [(i % 7) as u8; 16];
+            let e = if i % 3 == 2 {
+                Entry::Remove(h)
+            } else {
+                Entry::Place(h, place(i + 1))
+            };
+            if j.add(e.clone()) {
+                sent.push(e);
+            }
+            if i % 2 == 1 {
+                j.submit();
+            }
+        }
+        j.commit_blocking().unwrap();
+        assert!(sent.len() > 200);
+        assert_eq!(on_disk(dir.path()), sent);
+        assert_eq!(j.records, sent.len() as u64);
+        assert!(j.syncs >= 1 && j.syncs <= j.submitted_seq());
+        assert_eq!(j.errors, 0);
+        let mirror = j.live.clone();
+        drop(j);
+        let (_j, rec) = Journal::open(dir.path()).unwrap();
+        assert_eq!(
+            rec.live, mirror,
+            "the file replays to what the cluster thread holds"
+        );
+    }
+
+    #[test]
+    fn changes_submitted_during_a_sync_share_the_next_one_and_wait_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = Log::open(dir.path()).unwrap();
+        // Every sync says it started and waits for the test to let it go; `passed` counts the
+        // syncs let go (the fdatasync runs right after).
+        let (entered_tx, entered) = flume::unbounded::<u32>();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let passed = Arc::new(AtomicU32::new(0));
+        let mut n = 0;
+        let p = passed.clone();
+        log.set_before_sync(Some(Box::new(move || {
+            n += 1;
+            let _ = entered_tx.send(n);
+            released.recv().map_err(io::Error::other)?;
+            p.fetch_add(1, SeqCst);
+            Ok(())
+        })));
+        let j = Rc::new(RefCell::new(Journal::start(log).unwrap()));
+        let jr = j.clone();
+        run(async move {
+            let j = jr;
+            let seen = Rc::new(RefCell::new(Vec::new()));
+            let (pj, s) = (j.clone(), seen.clone());
+            monoio::spawn(async move {
+                pump(&pj, |_, d| s.borrow_mut().push(d.clone())).await;
+            });
+            // The first change: its sync starts and is held.
+            j.borrow_mut().add(Entry::Place([0; 16], place(2)));
+            let first = j.borrow_mut().submit();
+            assert_eq!(entered.recv_async().await.unwrap(), 1);
+            // 100 changes from 100 tasks while it is held; each task checks, once its commit
+            // is acknowledged, that the sync of its group was let go.
+            let (acked_tx, acked) = flume::unbounded::<u64>();
+            for i in 1..=100u8 {
+                j.borrow_mut().add(Entry::Place([i; 16], place(2)));
+                let seq = j.borrow_mut().submit();
+                let (j, tx, passed) = (j.clone(), acked_tx.clone(), passed.clone());
+                monoio::spawn(async move {
+                    committed(&j, seq).await;
+                    assert!(j.borrow().committed_seq() >= seq);
+                    assert_eq!(passed.load(SeqCst), 2, "acknowledged before its sync");
+                    tx.send(seq).unwrap();
+                });
+            }
+            assert_eq!(
+                j.borrow().committed_seq(),
+                0,
+                "nothing is acknowledged before its sync"
+            );
+            release.send(()).unwrap();
+            committed(&j, first).await;
+            assert_eq!(passed.load(SeqCst), 1);
+            // The writer takes the 100 as one group, and holds in its sync.
+            assert_eq!(entered.recv_async().await.unwrap(), 2);
+            assert_eq!(j.borrow().committed_seq(), first);
+            assert!(acked.is_empty());
+            release.send(()).unwrap();
+            let mut got: Vec<u64> = Vec::new();
+            for _ in 0..100 {
+                got.push(acked.recv_async().await.unwrap());
+            }
+            got.sort_unstable();
+            assert_eq!(got, (2..=101).collect::<Vec<u64>>());
+            let seen = seen.borrow();
+            assert_eq!(seen.len(), 2, "two syncs for 101 changes: {seen:?}");
+            assert_eq!((seen[0].upto, seen[0].batches), (1, 1));
+            assert_eq!(
+                (seen[1].upto, seen[1].batches, seen[1].records),
+                (101, 100, 100)
+            );
+            assert!(seen.iter().all(|d| d.error.is_none()));
+            assert_eq!(j.borrow().syncs, 2);
+        });
+        drop(j);
+        let order: Vec<u8> = on_disk(dir.path())
+            .iter()
+            .map(|e| match e {
+                Entry::Place(h, _) => h[0],
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            order,
+            (0..=100).collect::<Vec<u8>>(),
+            "the file order is the submit order"
+        );
+    }
+
+    #[test]
+    fn a_sync_that_fails_is_reported_and_the_journal_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = Log::open(dir.path()).unwrap();
+        // Fails the syncs numbered in `fail`; the others pass.
+        let calls = Arc::new(AtomicU32::new(0));
+        let fail = [1u32, 3, 4];
+        let c = calls.clone();
+        log.set_before_sync(Some(Box::new(move || {
+            let n = c.fetch_add(1, SeqCst) + 1;
+            if fail.contains(&n) {
+                Err(io::Error::other(format!("injected failure of sync {n}")))
+            } else {
+                Ok(())
+            }
+        })));
+        let mut j = Journal::start(log).unwrap();
+        // Sync 1 (the append's) fails: the whole journal is rewritten (syncs 2 and 3 are its
+        // temp file and folder; 3 fails), so the group fails loudly.
+        j.add(Entry::Place([1; 16], place(2)));
+        let e = j.commit_blocking().unwrap_err();
+        assert!(e.contains("injected failure of sync 1"), "{e}");
+        assert_eq!(j.errors, 1);
+        // Sync 4 (the next append's) fails, the rewrite (5, 6) works: committed.
+        j.add(Entry::Place([2; 16], place(3)));
+        j.commit_blocking().unwrap();
+        assert_eq!(j.errors, 1);
+        // And the next append is plain.
+        j.add(Entry::Remove([1; 16]));
+        j.commit_blocking().unwrap();
+        assert_eq!(calls.load(SeqCst), 7);
+        // The rewrite put the live entries (both placements), then the removal was appended.
+        let written = on_disk(dir.path());
+        assert_eq!(written.len(), 3, "{written:?}");
+        assert_eq!(written[2], Entry::Remove([1; 16]));
+        let mut replayed = Live::default();
+        for e in &written {
+            replayed.apply(e);
+        }
+        assert_eq!(replayed.placements, HashMap::from([([2; 16], place(3))]));
+    }
+
+    #[test]
+    fn a_failed_group_wakes_its_waiters() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = Log::open(dir.path()).unwrap();
+        log.set_before_sync(Some(Box::new(|| Err(io::Error::other("disk gone")))));
+        let j = Rc::new(RefCell::new(Journal::start(log).unwrap()));
+        let jr = j.clone();
+        run(async move {
+            let j = jr;
+            let (errors_tx, errors) = flume::unbounded::<String>();
+            let pj = j.clone();
+            monoio::spawn(async move {
+                pump(&pj, |_, d| {
+                    if let Some(e) = &d.error {
+                        errors_tx.send(e.clone()).unwrap();
+                    }
+                })
+                .await;
+            });
+            j.borrow_mut().add(Entry::Deny(a(4), "took over".into()));
+            let seq = j.borrow_mut().submit();
+            committed(&j, seq).await;
+            let e = errors.recv_async().await.unwrap();
+            assert!(e.contains("disk gone"), "{e}");
+            assert_eq!(j.borrow().errors, 1);
+        });
+    }
+
+    #[test]
+    fn finishing_commits_every_batch_submitted_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        for i in 0..50u8 {
+            j.add(Entry::Place([i; 16], place(2)));
+            j.submit();
+        }
+        // Staged, never submitted: finishing submits it too.
+        j.add(Entry::Deny(a(5), "replaced".into()));
+        let done = j.finish();
+        assert_eq!(done.last().map(|d| d.upto), Some(51));
+        assert_eq!(done.iter().map(|d| d.batches).sum::<u64>(), 51);
+        assert!(done.iter().all(|d| d.error.is_none()));
+        assert_eq!(j.committed_seq(), 51);
+        // After the end, a change fails at once rather than wait forever.
+        j.add(Entry::Remove([0; 16]));
+        assert!(j.commit_blocking().is_err());
+        assert_eq!(j.errors, 1);
+        drop(j);
+        assert_eq!(on_disk(dir.path()).len(), 51);
     }
 }

@@ -66,7 +66,7 @@ use scd_wire::relay::{
 };
 use scd_wire::session_id::SessionId;
 
-use super::journal::{Entry, Journal};
+use super::journal::{self, Entry, Journal};
 use super::lease::{Grants, LeaseAnswer, MasterView};
 use super::membership::{self, Change, Members};
 use super::relay::{self, CallError, Incoming, Located, Out, OwnedReplica, PeerConn, ServedConn};
@@ -212,10 +212,30 @@ pub struct State {
     /// denial marks (`journal.rs`). A change is made durable before this thread goes on, so
     /// before anything is done on it outside (an answer, an ack, a copy, a proposal).
     journal: RefCell<Journal>,
-    /// A group of journal changes is being made (no await inside): they are made durable
-    /// together by `journal_commit` at its end.
-    journal_grouped: Cell<bool>,
 }
+
+/// A session copied to a new backup (`copy_to_new_backup`), to be recorded
+/// (`record_backup_moves`).
+struct BackupMove {
+    hash: [u8; 16],
+    /// The placement the copy was made under.
+    p: Placement,
+    /// The new backup (None: no other node took the copy; the session goes on without one).
+    placed: Option<SocketAddr>,
+    /// The version copied there (None: nothing was written yet).
+    version: Option<u64>,
+    /// `rejoin_gen` when the copy started.
+    generation: u64,
+}
+
+/// A journal batch (`Journal::submit`) holding a change this node made: the change is acted on
+/// only once it is committed (`State::committed`). 0: nothing to wait for.
+#[must_use = "a journal change is committed before it is acted on: await State::committed"]
+#[derive(Clone, Copy, Debug)]
+struct Commit(u64);
+
+/// Rounds of copies `replace_backup_everywhere` makes for sessions written during their copy.
+const BACKUP_MOVE_ROUNDS: u32 = 3;
 
 /// A placement is kept at least this long after its session was last used (or its lifetime,
 /// when longer): long enough that a client with an old ID is still sent to the new master.
@@ -960,7 +980,16 @@ impl State {
         self.placements.borrow().get(hash).copied()
     }
 
-    fn set_placement(&self, hash: [u8; 16], p: Placement) {
+    /// Records the placement of `hash` and submits its journal record, if it needs one: the
+    /// caller awaits the returned commit before it acts on the change.
+    fn set_placement(&self, hash: [u8; 16], p: Placement) -> Commit {
+        let _ = self.stage_placement(hash, p);
+        self.submit_for(&[hash])
+    }
+
+    /// Records the placement of `hash` and stages its journal record, if it needs one (true):
+    /// the caller submits the group (`journal_submit`) before its next await.
+    fn stage_placement(&self, hash: [u8; 16], p: Placement) -> bool {
         let before = self.placements.borrow_mut().insert(hash, p);
         // Journaled unless a session ID says it all: this node master (or the master's backup)
         // at epoch 1, taken over from none, and nothing else known before. A placement the
@@ -969,13 +998,10 @@ impl State {
             && p.prev.is_none()
             && (p.master == Some(self.me) || p.backup == Some(self.me))
             && before.is_none_or(|b| b == p);
-        {
+        let staged = {
             let mut j = self.journal.borrow_mut();
-            if !plain || j.placement(&hash).is_some() {
-                j.add(Entry::Place(hash, p));
-            }
-        }
-        self.journal_commit_unless_grouped();
+            (!plain || j.placement(&hash).is_some()) && j.add(Entry::Place(hash, p))
+        };
         self.keep(hash, 0);
         let regular = p.master == Some(self.me) && p.epoch == 1 && p.prev.is_none();
         let shared = self.shared();
@@ -987,6 +1013,7 @@ impl State {
             }
             shared.irregular_count.store(set.len(), Ordering::Release);
         }
+        staged
     }
 
     /// Keeps the placement of `hash` at least `PLACEMENT_KEEP_MS`, and `lifetime_s` from now.
@@ -997,21 +1024,27 @@ impl State {
         *e = (*e).max(until);
     }
 
-    fn forget_placement(&self, hash: &[u8; 16]) {
+    fn forget_placement(&self, hash: &[u8; 16]) -> Commit {
+        let _ = self.stage_forget(hash);
+        self.submit_for(&[*hash])
+    }
+
+    /// Forgets the placement of `hash` and stages its journal removal, if it needs one (true).
+    fn stage_forget(&self, hash: &[u8; 16]) -> bool {
         self.placements.borrow_mut().remove(hash);
-        self.journal.borrow_mut().add(Entry::Remove(*hash));
-        self.journal_commit_unless_grouped();
+        let staged = self.journal.borrow_mut().add(Entry::Remove(*hash));
         self.keep_until.borrow_mut().remove(hash);
         let shared = self.shared();
         if let Ok(mut set) = shared.irregular.lock() {
             set.remove(hash);
             shared.irregular_count.store(set.len(), Ordering::Release);
         }
+        staged
     }
 
     /// Drops placements kept past their time (sessions nobody used for that long); their
-    /// journal removals are made durable together.
-    fn sweep(&self, now_ms: u64) -> usize {
+    /// journal removals are one batch (one fdatasync), awaited before this returns.
+    async fn sweep(&self, now_ms: u64) -> usize {
         let old: Vec<[u8; 16]> = self
             .keep_until
             .borrow()
@@ -1019,60 +1052,121 @@ impl State {
             .filter(|(_, until)| **until < now_ms)
             .map(|(h, _)| *h)
             .collect();
-        self.journal_grouped.set(true);
         for h in &old {
-            self.forget_placement(h);
+            self.stage_forget(h);
         }
-        self.journal_commit();
+        let c = self.journal_submit();
+        self.committed(c).await;
         old.len()
     }
 
-    /// Makes the journal's pending changes durable (write + fdatasync), and ends a group. A
-    /// failure is logged and counted: the change holds in memory, a restart may forget it.
-    fn journal_commit(&self) {
-        self.journal_grouped.set(false);
+    /// Hands the journal records staged so far to the writer thread as one batch (one
+    /// fdatasync, shared with the batches submitted while the last one ran): the caller awaits
+    /// the returned commit before it acts on those changes. Nothing staged: the last batch
+    /// submitted (a change found already made may be in it).
+    fn journal_submit(&self) -> Commit {
+        Commit(self.journal.borrow_mut().submit())
+    }
+
+    /// Submits what is staged (changes of `hashes` only) and returns what to await before
+    /// acting on those sessions: that batch, or with nothing staged (no change needed a
+    /// record), the batch still in flight with the latest change of one of them (the same
+    /// change made by another task a moment ago), or nothing.
+    fn submit_for(&self, hashes: &[[u8; 16]]) -> Commit {
         let mut j = self.journal.borrow_mut();
-        if !j.has_pending() {
-            return;
+        if j.has_staged() {
+            return Commit(j.submit());
         }
-        let records = j.records;
-        let syncs = j.syncs;
-        let r = j.commit();
-        let counters = &self.shared().counters;
-        counters.journal_records.store(records, Ordering::Relaxed);
-        counters
-            .journal_syncs
-            .store(j.syncs.max(syncs), Ordering::Relaxed);
-        if let Err(e) = r {
-            Counters::bump(&counters.journal_errors);
-            error!(
-                "cluster: cannot write the placement journal: {e} (placements changed now \
-                 hold until a restart only)"
-            );
+        Commit(
+            hashes
+                .iter()
+                .filter_map(|h| j.unsynced(h))
+                .max()
+                .unwrap_or(0),
+        )
+    }
+
+    /// Returns once the journal batch `c` was written and fdatasync'ed by the writer thread
+    /// (or failed: logged and counted by `journal_answers`); other tasks run meanwhile.
+    async fn committed(&self, c: Commit) {
+        if c.0 > self.journal.borrow().committed_seq() {
+            journal::committed(&self.journal, c.0).await;
         }
     }
 
-    fn journal_commit_unless_grouped(&self) {
-        if !self.journal_grouped.get() {
-            self.journal_commit();
+    /// Returns once no journal change of `hash` is in flight: a task that acts on the session's
+    /// placement (serves, relays, copies, answers for it) never acts on one that a crash now
+    /// could still take back.
+    async fn settled(&self, hash: &[u8; 16]) {
+        let pending = self.journal.borrow().unsynced(hash);
+        if let Some(seq) = pending {
+            journal::committed(&self.journal, seq).await;
         }
+    }
+
+    /// Returns once every journal batch submitted so far is committed: before this node tells a
+    /// peer what it knows of many sessions at once.
+    async fn settled_all(&self) {
+        let c = Commit(self.journal.borrow().submitted_seq());
+        self.committed(c).await;
+    }
+
+    /// Takes the writer thread's answers (runs for the life of the cluster thread): counts the
+    /// records, syncs and failures, and logs a group that could not be made durable.
+    async fn journal_answers(self: Rc<Self>) {
+        let shared = self.shared();
+        journal::pump(&self.journal, |j, d| {
+            let counters = &shared.counters;
+            counters.journal_records.store(j.records, Ordering::Relaxed);
+            counters.journal_syncs.store(j.syncs, Ordering::Relaxed);
+            if let Some(e) = &d.error {
+                Counters::bump(&counters.journal_errors);
+                error!(
+                    "cluster: cannot write the placement journal: {e} ({} changes hold until a \
+                     restart only)",
+                    d.records
+                );
+            }
+        })
+        .await;
+    }
+
+    /// Shutdown: every journal batch submitted is committed (or its failure logged and
+    /// counted) before the cluster thread ends.
+    fn journal_finish(&self) {
+        let done = self.journal.borrow_mut().finish();
+        let counters = &self.shared().counters;
+        for d in done {
+            if let Some(e) = &d.error {
+                Counters::bump(&counters.journal_errors);
+                error!("cluster: cannot write the placement journal at shutdown: {e}");
+            }
+        }
+        let j = self.journal.borrow();
+        counters.journal_records.store(j.records, Ordering::Relaxed);
+        counters.journal_syncs.store(j.syncs, Ordering::Relaxed);
     }
 
     /// This node took a session over from `peer` or replaced it (after declaring it down): its
-    /// lease requests are denied until it syncs, also across a restart of this node (journaled,
-    /// durable before this returns).
-    fn deny_leases(&self, peer: SocketAddr, why: String) {
-        self.lease_grants.borrow_mut().took_over(peer, why.clone());
-        self.journal.borrow_mut().add(Entry::Deny(peer, why));
-        self.journal_commit_unless_grouped();
+    /// lease requests are denied until it syncs, also across a restart of this node (journaled:
+    /// the caller awaits the commit before it acts on the takeover).
+    fn deny_leases(&self, peer: SocketAddr, why: String) -> Commit {
+        self.stage_deny(peer, why);
+        self.journal_submit()
     }
 
-    /// `peer` synced with this node: it may have leases again. True if it was denied them.
+    fn stage_deny(&self, peer: SocketAddr, why: String) {
+        self.lease_grants.borrow_mut().took_over(peer, why.clone());
+        self.journal.borrow_mut().add(Entry::Deny(peer, why));
+    }
+
+    /// `peer` synced with this node: it may have leases again. True if it was denied them (the
+    /// clearing is journaled; losing it in a crash only denies again, so nothing waits for it).
     fn leases_synced(&self, peer: SocketAddr) -> bool {
         let was = self.lease_grants.borrow_mut().synced(peer);
         if was {
             self.journal.borrow_mut().add(Entry::Clear(peer));
-            self.journal_commit_unless_grouped();
+            let _ = self.journal_submit();
         }
         was
     }
@@ -1081,8 +1175,9 @@ impl State {
     /// as placements set while running (the rejoin then refreshes them).
     fn restore(&self, live: super::journal::Live) {
         for (hash, p) in live.placements {
-            // Already in the journal: set_placement writes nothing.
-            self.set_placement(hash, p);
+            // Already in the journal: nothing is staged.
+            let staged = self.stage_placement(hash, p);
+            assert!(!staged, "a restored placement was journaled again");
         }
         for (peer, why) in live.denied {
             self.lease_grants.borrow_mut().took_over(peer, why);
@@ -1131,6 +1226,8 @@ impl State {
             }
         }
         let hash = id.hash;
+        // A placement change of this session still on its way to the disk is not acted on.
+        self.settled(&hash).await;
         if self.placements.borrow().contains_key(&hash) {
             let lifetime = match op {
                 Op::WriteUnlock { lifetime_s, .. } | Op::Touch { lifetime_s, .. } => lifetime_s,
@@ -1162,7 +1259,8 @@ impl State {
                 backup: id.backup,
                 prev: None,
             };
-            self.set_placement(hash, p);
+            let c = self.set_placement(hash, p);
+            self.committed(c).await;
             return self.serve_master(p, id, op, owner, reply, forwarded).await;
         }
         // The master is elsewhere. A forwarded request goes on only from the session's backup
@@ -1399,6 +1497,7 @@ impl State {
     /// in a shard is a session this node masters and that never moved (epoch 1; its backup, if
     /// any, is not recorded).
     async fn where_is(&self, hash: [u8; 16]) -> Option<Location> {
+        self.settled(&hash).await;
         let copy = self.versions(&[hash]).await.get(&hash).copied();
         match self.placement(&hash) {
             Some(Placement {
@@ -1498,7 +1597,8 @@ impl State {
                     backup: Some(nb),
                     ..p
                 };
-                self.set_placement(hash, p);
+                let c = self.set_placement(hash, p);
+                self.committed(c).await;
                 Counters::bump(&self.shared().counters.backups_replaced);
                 info!(
                     "cluster: a session without a backup gets {nb} (epoch {})",
@@ -1672,6 +1772,7 @@ impl State {
         done: Option<flume::Sender<Option<String>>>,
     ) {
         let hash = id.hash;
+        self.settled(&hash).await;
         let p = match self.placement(&hash) {
             Some(p) => {
                 self.keep(hash, lifetime_s);
@@ -1684,7 +1785,8 @@ impl State {
                     backup: id.backup,
                     prev: None,
                 };
-                self.set_placement(hash, p);
+                let c = self.set_placement(hash, p);
+                self.committed(c).await;
                 p
             }
         };
@@ -2030,7 +2132,7 @@ impl State {
              node stops serving it and drops its copy",
             p.epoch
         );
-        self.set_placement(
+        let c = self.set_placement(
             hash,
             Placement {
                 epoch: p.epoch + 1,
@@ -2039,6 +2141,7 @@ impl State {
                 prev: Some(self.me),
             },
         );
+        self.committed(c).await;
         let _ = self.local(hash, self.next_owner(), Op::Remove).await;
     }
 
@@ -2060,6 +2163,25 @@ impl State {
         copy: Option<OwnedReplica>,
         checked: Option<BackupLoss>,
     ) -> bool {
+        let Some(m) = self.copy_to_new_backup(hash, p, gone, copy, checked).await else {
+            return false;
+        };
+        let c = self.record_backup_moves(gone, &[m]);
+        self.committed(c).await;
+        true
+    }
+
+    /// The first half of `move_backup`: checks `gone` may be dropped and copies the session to
+    /// a new backup (if another node takes it). None: the session keeps `gone` and waits.
+    /// Nothing is recorded: `record_backup_moves` does that for one or many.
+    async fn copy_to_new_backup(
+        self: &Rc<Self>,
+        hash: [u8; 16],
+        p: Placement,
+        gone: SocketAddr,
+        copy: Option<OwnedReplica>,
+        checked: Option<BackupLoss>,
+    ) -> Option<BackupMove> {
         let generation = self.rejoin_gen.get();
         let epoch = p.epoch + 1;
         let loss = match checked {
@@ -2071,7 +2193,7 @@ impl State {
                         "cluster: the backup {gone} of a session is not replaced: {why}; the \
                          session keeps it as backup and waits"
                     );
-                    return false;
+                    return None;
                 }
             },
         };
@@ -2090,6 +2212,7 @@ impl State {
                     data,
                 }),
         };
+        let version = copy.as_ref().map(|c| c.version);
         let mut placed = None;
         match (nb, copy) {
             (Some(nb), Some(copy)) => {
@@ -2108,21 +2231,44 @@ impl State {
                 "cluster: no other node took the copy of a session whose backup {gone} is \
                  draining: the session keeps it as backup and waits"
             );
-            return false;
+            return None;
         }
-        if self.rejoin_gen.get() != generation || self.placement(&hash) != Some(p) {
-            // A rejoin started meanwhile (this node may not be the master any more), or the
-            // placement changed under this copy: what the rejoin or that change set stands.
+        Some(BackupMove {
+            hash,
+            p,
+            placed,
+            version,
+            generation,
+        })
+    }
+
+    /// The second half of `move_backup`: records the new backups of sessions copied by
+    /// `copy_to_new_backup`, all staged in one journal batch (the lease denial of `gone` first,
+    /// when it was declared down) that the caller awaits before anything acts on them. A move
+    /// under which a rejoin started or the placement changed is abandoned: what that set stands.
+    fn record_backup_moves(&self, gone: SocketAddr, moves: &[BackupMove]) -> Commit {
+        let current: Vec<&BackupMove> = moves
+            .iter()
+            .filter(|m| {
+                // A rejoin started meanwhile (this node may not be the master any more), or the
+                // placement changed under this copy.
+                self.rejoin_gen.get() == m.generation && self.placement(&m.hash) == Some(m.p)
+            })
+            .collect();
+        if current.len() < moves.len() {
             info!(
-                "cluster: backup replacement of a session abandoned (a rejoin started or its \
-                 placement changed meanwhile)"
+                "cluster: {} backup replacements abandoned (a rejoin started or their placement \
+                 changed meanwhile)",
+                moves.len() - current.len()
             );
-            return true;
+        }
+        if current.is_empty() {
+            return Commit(0);
         }
         if self.members.borrow().known_down(gone) {
             // Replaced after it was declared down: when it is heard again it must rejoin before
-            // it serves (it may hold a stale copy of this session as a backup).
-            self.deny_leases(
+            // it serves (it may hold a stale copy of these sessions as a backup).
+            self.stage_deny(
                 gone,
                 format!(
                     "{} replaced you as a backup after declaring you down",
@@ -2130,21 +2276,25 @@ impl State {
                 ),
             );
         }
-        Counters::bump(&self.shared().counters.backups_replaced);
-        info!(
-            "cluster: session backup {gone} replaced by {} (epoch {epoch})",
-            placed.map_or("none (no other node alive)".to_string(), |a| a.to_string())
-        );
-        self.set_placement(
-            hash,
-            Placement {
-                epoch,
-                master: Some(self.me),
-                backup: placed,
-                prev: p.prev,
-            },
-        );
-        true
+        for m in current {
+            Counters::bump(&self.shared().counters.backups_replaced);
+            let epoch = m.p.epoch + 1;
+            info!(
+                "cluster: session backup {gone} replaced by {} (epoch {epoch})",
+                m.placed
+                    .map_or("none (no other node alive)".to_string(), |a| a.to_string())
+            );
+            self.stage_placement(
+                m.hash,
+                Placement {
+                    epoch,
+                    master: Some(self.me),
+                    backup: m.placed,
+                    prev: m.p.prev,
+                },
+            );
+        }
+        self.journal_submit()
     }
 
     /// A node went down or is draining: every session this node masters with it as backup gets
@@ -2181,12 +2331,48 @@ impl State {
                     return;
                 }
             };
-            for (hash, p) in list {
-                // Skip those a write already repaired meanwhile.
-                if me.placement(&hash) == Some(p) {
-                    me.move_backup(hash, p, gone, None, Some(loss)).await;
+            // Every session is copied first; their new placements are then recorded in one
+            // journal batch (one fdatasync, not one per session), durable before this task goes
+            // on. Until then each session keeps its old placement (a write meanwhile repairs
+            // its own backup, and this move of it is abandoned).
+            let mut moves = Vec::new();
+            let mut todo = list;
+            for round in 1..=BACKUP_MOVE_ROUNDS {
+                for (hash, p) in todo.drain(..) {
+                    // Skip those a write already repaired meanwhile.
+                    if me.placement(&hash) == Some(p) {
+                        if let Some(m) =
+                            me.copy_to_new_backup(hash, p, gone, None, Some(loss)).await
+                        {
+                            moves.push(m);
+                        }
+                    }
                 }
+                // A session written since its copy (`gone` still takes writes while it
+                // drains) would get a new backup holding an older version: copied again, or,
+                // after the last round, left to its next write's repair. No await from this
+                // check to the recording below.
+                let hashes: Vec<[u8; 16]> = moves.iter().map(|m| m.hash).collect();
+                let now = me.versions(&hashes).await;
+                let (same, written): (Vec<BackupMove>, Vec<BackupMove>) = moves
+                    .into_iter()
+                    .partition(|m| now.get(&m.hash).copied() == m.version);
+                moves = same;
+                if written.is_empty() {
+                    break;
+                }
+                if round == BACKUP_MOVE_ROUNDS {
+                    info!(
+                        "cluster: {} sessions {gone} backed up were written during their copy: \
+                         left to their next write's repair",
+                        written.len()
+                    );
+                    break;
+                }
+                todo = written.into_iter().map(|m| (m.hash, m.p)).collect();
             }
+            let c = me.record_backup_moves(gone, &moves);
+            me.committed(c).await;
         });
     }
 
@@ -2236,7 +2422,7 @@ impl State {
                 if me.replicate(nb, copy.as_wire()).await.is_ok() && me.placement(&hash) == Some(p)
                 {
                     Counters::bump(&me.shared().counters.backups_replaced);
-                    me.set_placement(
+                    let c = me.set_placement(
                         hash,
                         Placement {
                             epoch,
@@ -2244,6 +2430,7 @@ impl State {
                             ..p
                         },
                     );
+                    me.committed(c).await;
                 }
             }
         });
@@ -2263,8 +2450,9 @@ impl State {
         let epoch = id.version.max(known) + 1;
         // From now on the old master is denied read leases here until it has synced (rejoined):
         // it must not serve this session again. (Before the takeover's first await: a request
-        // heard meanwhile must not be granted.)
-        self.deny_leases(
+        // heard meanwhile must not be granted.) Staged: `take_over` submits it with the new
+        // placement, in one batch, before its first await.
+        self.stage_deny(
             id.master,
             format!(
                 "{} took over a session from you (failover to epoch {epoch})",
@@ -2297,7 +2485,9 @@ impl State {
             backup: None,
             prev: Some(from),
         };
-        self.set_placement(hash, p);
+        // With the denial `promote_and_serve` staged: durable before the copy goes out.
+        let c = self.set_placement(hash, p);
+        self.committed(c).await;
         let first = p;
         if let Some(nb) = nb {
             if !self.node.settings.cluster.ha {
@@ -2322,7 +2512,10 @@ impl State {
             // What changed the placement during the copy (a rejoin that started, a newer copy
             // from another master) stands: the backup is recorded only over this takeover's own.
             match self.placement(&hash) {
-                Some(now) if now == first => self.set_placement(hash, p),
+                Some(now) if now == first => {
+                    let c = self.set_placement(hash, p);
+                    self.committed(c).await;
+                }
                 Some(now) => return now,
                 None => return first,
             }
@@ -2677,7 +2870,8 @@ impl State {
                             message: format!("this node backs the session up for {m}"),
                         }
                     } else {
-                        self.forget_placement(&hash);
+                        let c = self.forget_placement(&hash);
+                        self.committed(c).await;
                         let _ = self.local(hash, self.next_owner(), Op::Remove).await;
                         Out::Ack
                     };
@@ -2724,14 +2918,18 @@ impl State {
                     let _ = conn.relay.send((rid, out));
                     return true;
                 }
-                if let Some(from) = sender {
-                    // Its rejoin: it learns here where its sessions went, so it may have
-                    // leases again.
-                    self.leases_synced(from);
-                }
                 let hashes: Vec<[u8; 16]> = hashes.iter().collect();
                 let conn = conn.clone();
                 monoio::spawn(async move {
+                    // What it is told is durable here first (no placement a crash could take
+                    // back), before its leases are cleared: no await from the clearing to the
+                    // answer's reading of the placements but the cores' versions, as before.
+                    self.settled_all().await;
+                    if let Some(from) = sender {
+                        // Its rejoin: it learns here where its sessions went, so it may have
+                        // leases again.
+                        self.leases_synced(from);
+                    }
                     let out = self.on_sync_hashes(hashes).await;
                     let _ = conn.relay.send((rid, out));
                 });
@@ -2758,8 +2956,20 @@ impl State {
                 change,
                 epoch,
             } => {
-                let out = self.on_witness_request(suspect, change, epoch, sender);
-                let _ = conn.relay.send((rid, out));
+                let (out, commit) = self.on_witness_request(suspect, change, epoch, sender);
+                match commit {
+                    None => {
+                        let _ = conn.relay.send((rid, out));
+                    }
+                    Some(c) => {
+                        // The agreement goes out once the denial it made is durable.
+                        let conn = conn.clone();
+                        monoio::spawn(async move {
+                            self.committed(c).await;
+                            let _ = conn.relay.send((rid, out));
+                        });
+                    }
+                }
             }
             RelayMessage::RejoinNeeded => {
                 let out = match sender {
@@ -2782,14 +2992,15 @@ impl State {
     }
 
     /// A peer asks this node to witness that `suspect` is silent (`witness.rs`). The request
-    /// itself counts as hearing the sender (done by the caller), never the suspect.
+    /// itself counts as hearing the sender (done by the caller), never the suspect. With the
+    /// answer, the journal commit to await before it is sent, if there is one.
     fn on_witness_request(
         self: &Rc<Self>,
         suspect: SocketAddr,
         change: WitnessChange,
         epoch: u32,
         sender: Option<SocketAddr>,
-    ) -> Out {
+    ) -> (Out, Option<Commit>) {
         let view = {
             let m = self.members.borrow();
             WitnessView {
@@ -2808,34 +3019,37 @@ impl State {
                     "cluster: witnessed for {from} that {suspect} is silent ({change:?} at epoch \
                      {epoch})"
                 );
+                let mut commit = None;
                 if change == WitnessChange::Promote {
                     // Its session is taken over: it must rejoin (and learn so) before it has a
                     // lease from this node again.
-                    self.deny_leases(
+                    commit = Some(self.deny_leases(
                         suspect,
                         format!(
                             "{} witnessed a takeover of a session from you (epoch {epoch})",
                             self.me
                         ),
-                    );
+                    ));
                 }
-                Out::Ack
+                (Out::Ack, commit)
             }
             Err(why) => {
                 info!(
                     "cluster: refused to witness for {from} that {suspect} is silent ({change:?}): \
                      {why}"
                 );
-                Out::Error {
+                let out = Out::Error {
                     code: ErrorCode::NotAgreed,
                     message: why.to_string(),
-                }
+                };
+                (out, None)
             }
         }
     }
 
     async fn on_replicate(self: &Rc<Self>, copy: OwnedReplica, sender: Option<SocketAddr>) -> Out {
         let hash = copy.hash;
+        self.settled(&hash).await;
         if let Some(message) = self.stale_copy(hash, copy.epoch, sender) {
             return Out::Error {
                 code: ErrorCode::StaleEpoch,
@@ -2844,13 +3058,19 @@ impl State {
         }
         let lifetime_s = copy.lifetime_s;
         let arriving = self.copy_arriving(hash, copy.epoch, sender);
+        // Its fdatasync runs while the shard applies the copy.
+        let first = self.submit_for(&[hash]);
         let r = self
             .local(hash, self.next_owner(), Self::apply_op(copy))
             .await;
-        match self.copy_applied(hash, lifetime_s, arriving, r) {
+        let out = match self.copy_applied(hash, lifetime_s, arriving, r) {
             Ok(version) => Out::ReplicateAck { hash, version },
             Err((code, message)) => Out::Error { code, message },
-        }
+        };
+        let then = self.submit_for(&[hash]);
+        self.committed(first).await;
+        self.committed(then).await;
+        out
     }
 
     /// Why a copy from `sender` at `epoch` must be refused (StaleEpoch), if it must: the rule of
@@ -2905,7 +3125,9 @@ impl State {
                 held: false,
             })
             .in_flight += 1;
-        self.set_placement(hash, tentative);
+        // Staged: the caller submits it (with the others of a batch) and awaits the commit
+        // before it acknowledges the copy.
+        let _ = self.stage_placement(hash, tentative);
         Arriving { tentative }
     }
 
@@ -2945,10 +3167,11 @@ impl State {
         }
         if let Some(before) = restore {
             if self.placement(&hash) == Some(arriving.tentative) {
-                match before {
-                    Some(b) => self.set_placement(hash, b),
-                    None => self.forget_placement(&hash),
-                }
+                // Staged: the caller submits and awaits it before it answers.
+                let _ = match before {
+                    Some(b) => self.stage_placement(hash, b),
+                    None => self.stage_forget(&hash),
+                };
             }
         }
         match r {
@@ -2974,6 +3197,10 @@ impl State {
             .iter()
             .map(|c| (c.hash, c.epoch, c.lifetime_s))
             .collect();
+        let hashes: Vec<[u8; 16]> = meta.iter().map(|m| m.0).collect();
+        for h in &hashes {
+            self.settled(h).await;
+        }
         let (mut outcomes, by_core) = split_batch(
             copies,
             self.node.resolved.shards as usize,
@@ -2988,6 +3215,9 @@ impl State {
                 arriving[*i] = Some(self.copy_arriving(hash, epoch, sender));
             }
         }
+        // One journal batch for the batch's placements; its fdatasync runs while the shards
+        // apply the copies.
+        let first = self.submit_for(&hashes);
         let mut waits = Vec::new();
         for (core, entries) in by_core.into_iter().enumerate() {
             if entries.is_empty() {
@@ -3034,6 +3264,9 @@ impl State {
                 };
             }
         }
+        let then = self.submit_for(&hashes);
+        self.committed(first).await;
+        self.committed(then).await;
         let mut bytes = Vec::with_capacity(outcomes.len() * OutcomeList::ENTRY_LEN);
         for ((hash, _, _), outcome) in meta.iter().zip(outcomes) {
             OutcomeList::push(&mut bytes, hash, outcome);
@@ -3047,6 +3280,7 @@ impl State {
         epoch: u32,
         sender: Option<SocketAddr>,
     ) -> Out {
+        self.settled(&hash).await;
         if let Some(p) = self.placement(&hash) {
             if p.epoch > epoch {
                 return Out::Error {
@@ -3090,6 +3324,10 @@ impl State {
             ));
             return;
         };
+        // What it is told is durable here first (no placement a crash could take back); done
+        // before its leases are cleared, so that no wait comes between the clearing and the
+        // streams (the clearing itself is not awaited: lost in a crash, it only denies again).
+        self.settled_all().await;
         // Its rejoin: the streams below tell it every session taken over from it until now, so
         // it may have leases again (a takeover after this denies them anew).
         if self.leases_synced(peer) {
@@ -3381,10 +3619,10 @@ impl State {
             }
         }
         let (mut adopted, mut kept, mut moved, mut split) = (0u64, 0u64, 0u64, 0u64);
-        // Every placement learnt here is journaled as one group, durable (one fdatasync)
-        // before any local copy is dropped or anything is served (no await until the commit).
+        // Every placement learnt here is journaled as one batch, durable (one fdatasync)
+        // before any local copy is dropped or anything is served (staged with no await until
+        // it is submitted).
         let mut elsewhere = Vec::new();
-        self.journal_grouped.set(true);
         for (hash, (l, conflict)) in best {
             if conflict {
                 // Two masters at the newest epoch (both sides of a partition changed the
@@ -3403,7 +3641,8 @@ impl State {
                 None => {}
             }
         }
-        self.journal_commit();
+        let c = self.journal_submit();
+        self.committed(c).await;
         // Taken over by another node that does not name this one: the local copy is dropped
         // (never served again, also once the placement is swept).
         for (hash, l) in elsewhere {
@@ -3430,7 +3669,7 @@ impl State {
 
     /// Applies the newest placement the peers know of a session this node holds a copy of
     /// (`sync_hashes`); None: what this node knows is as new or newer. (`Elsewhere`: the caller
-    /// drops the local copy.)
+    /// drops the local copy.) The journal record is staged only: the caller submits the group.
     fn apply_known_place(self: &Rc<Self>, hash: [u8; 16], l: Location) -> Option<Known> {
         let known = self.placement(&hash);
         // Only a newer epoch than this node knows decides: at the same epoch, what the sync
@@ -3438,7 +3677,7 @@ impl State {
         if let Some(q) = known.filter(|q| q.epoch >= l.epoch) {
             // The streams do not carry the backup: take it from the list.
             if q.epoch == l.epoch && q.master == Some(l.master) && q.backup.is_none() {
-                self.set_placement(
+                let _ = self.stage_placement(
                     hash,
                     Placement {
                         backup: l.backup,
@@ -3449,7 +3688,7 @@ impl State {
             return None;
         }
         if l.master == self.me {
-            self.set_placement(
+            let _ = self.stage_placement(
                 hash,
                 Placement {
                     epoch: l.epoch,
@@ -3461,7 +3700,7 @@ impl State {
             return Some(Known::Master);
         }
         if l.backup == Some(self.me) {
-            self.set_placement(
+            let _ = self.stage_placement(
                 hash,
                 Placement {
                     epoch: l.epoch,
@@ -3474,7 +3713,7 @@ impl State {
         }
         // Taken over by another node that does not name this one: route there (the caller
         // drops the local copy).
-        self.set_placement(
+        let _ = self.stage_placement(
             hash,
             Placement {
                 epoch: l.epoch,
@@ -3497,6 +3736,9 @@ impl State {
         let mut role = SyncRole::Replicas;
         let mut ends = 0;
         let mut n = 0;
+        // Each item's placement is submitted as it comes (the writer groups them); the last
+        // batch is awaited before the stream's result counts.
+        let mut last = Commit(0);
         let result = loop {
             let m = match monoio::time::timeout(limit, rx.recv_async()).await {
                 Ok(Ok(m)) => m,
@@ -3509,6 +3751,10 @@ impl State {
                     n += 1;
                     Counters::bump(&self.shared().counters.sync_items);
                     self.apply_sync_item(peer, role, item).await;
+                    let c = self.submit_for(&[]);
+                    if c.0 != 0 {
+                        last = c;
+                    }
                 }
                 Incoming::SyncEnd => {
                     ends += 1;
@@ -3521,6 +3767,7 @@ impl State {
             }
         };
         c.forget(id);
+        self.committed(last).await;
         result
     }
 
@@ -3575,7 +3822,8 @@ impl State {
             });
         let newer = known.is_none_or(|q| q.epoch <= epoch);
         if newer && !same && !tie_lost {
-            self.set_placement(hash, p);
+            // Staged: `sync_from` submits it.
+            let _ = self.stage_placement(hash, p);
         }
     }
 
@@ -3591,6 +3839,7 @@ impl State {
             .collect();
         let mut moved = 0u64;
         let mut failed = 0u64;
+        let mut last = Commit(0);
         for item in items {
             let hash = item.hash;
             let p = self.placement(&hash);
@@ -3633,7 +3882,10 @@ impl State {
                 Ok(Incoming::Ack) => {
                     moved += 1;
                     Counters::bump(&self.shared().counters.sessions_handed_off);
-                    self.set_placement(
+                    // Not awaited here: the hand-offs' records are grouped by the writer, each
+                    // session's requests wait for its own (`settled`), and the drain reports
+                    // done only once the last one is durable.
+                    let c = self.set_placement(
                         hash,
                         Placement {
                             epoch,
@@ -3642,6 +3894,7 @@ impl State {
                             prev: Some(self.me),
                         },
                     );
+                    last = Commit(last.0.max(c.0));
                 }
                 other => {
                     warn!("cluster: drain: {target} did not take over: {other:?}");
@@ -3649,6 +3902,7 @@ impl State {
                 }
             }
         }
+        self.committed(last).await;
         // Give the masters this node backs up time to see the draining flag and move their
         // copies elsewhere (they act on the next heartbeat).
         let interval = self.node.settings.cluster.heartbeat_interval_ms;
@@ -3728,7 +3982,6 @@ pub async fn main(start: ClusterStart) {
         round_started_ms: Cell::new(0),
         arrivals: RefCell::new(HashMap::new()),
         journal: RefCell::new(journal),
-        journal_grouped: Cell::new(false),
         node,
     });
     state.restore(recovered);
@@ -3752,7 +4005,7 @@ pub async fn main(start: ClusterStart) {
         monoio::spawn(async move {
             loop {
                 monoio::time::sleep(Duration::from_millis(PLACEMENT_SWEEP_MS)).await;
-                let n = s.sweep(clock_ms());
+                let n = s.sweep(clock_ms()).await;
                 if n > 0 {
                     debug!("cluster: forgot {n} placements of sessions unused for a day");
                 }
@@ -3789,6 +4042,7 @@ pub async fn main(start: ClusterStart) {
             }
         });
     }
+    monoio::spawn(state.clone().journal_answers());
     monoio::spawn(state.clone().rejoin(true));
     while let Ok(msg) = inbox.recv_async().await {
         match msg {
@@ -3826,6 +4080,9 @@ pub async fn main(start: ClusterStart) {
             ClusterMsg::Stop => break,
         }
     }
+    // Every journal batch submitted is committed (or its failure logged) before the thread
+    // ends; the tasks still waiting for one are dropped with the event loop.
+    state.journal_finish();
     info!("cluster: stopped");
 }
 

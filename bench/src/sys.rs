@@ -25,6 +25,15 @@ fn process_ticks(pid: u32) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// The CPUs a process may run on (`Cpus_allowed_list` in /proc/PID/status, e.g. `0-1`).
+pub fn cpus_allowed(pid: u32) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|v| v.trim().to_string())
+}
+
 /// The 1-minute load average.
 pub fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")
@@ -91,6 +100,8 @@ mod tests {
         }
         assert!(x != 1);
         assert!(process_ticks(std::process::id()).is_some());
+        assert!(cpus_allowed(std::process::id()).is_some_and(|c| !c.is_empty()));
+        assert_eq!(cpus_allowed(u32::MAX), None);
         assert_eq!(cpu_seconds(&[u32::MAX]), 0.0);
     }
 

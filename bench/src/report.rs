@@ -90,6 +90,10 @@ pub struct ClusterFacts {
     pub node_shards: Vec<usize>,
     /// The CPU sets the client threads were allowed on.
     pub client_cpus_allowed: Vec<String>,
+    /// How busy each CPU of the machine was over the run (0..=1, CPU 0 first; any process, this
+    /// run's or not, from /proc/stat): a pinned node's CPU near 1 with the node itself well below
+    /// means other work took the rest.
+    pub machine_cpu_busy: Vec<f64>,
 }
 
 /// The ratios of a row against scd on the same transport (1.25 = scd does 25% more).
@@ -373,7 +377,7 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "{:<30} {:>10} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>12}  CPU µs/req by node  CPU busy by node",
+            "{:<30} {:>10} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>12}  CPU µs/req by node  CPU busy by node    machine CPUs busy",
             "target",
             "req/s",
             "p99 µs",
@@ -390,7 +394,7 @@ impl Report {
             let c = t.cluster.as_ref().expect("filtered above");
             let _ = writeln!(
                 s,
-                "{:<30} {:>10.0} {:>9.0} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>12}  {:<18}  {}",
+                "{:<30} {:>10.0} {:>9.0} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>12}  {:<18}  {:<18}  {}",
                 t.name,
                 t.requests_per_s,
                 t.p99_us,
@@ -418,6 +422,11 @@ impl Report {
                     .map(|x| format!("{x:.2}"))
                     .collect::<Vec<_>>()
                     .join(" / "),
+                c.machine_cpu_busy
+                    .iter()
+                    .map(|x| format!("{x:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
             );
         }
         let _ = writeln!(
@@ -426,7 +435,8 @@ impl Report {
              CPU µs/req without HA ÷ with (the capacity HA costs a master whose own CPU is the limit); relay÷dir: \
              relayed ÷ direct; ÷1 node: ÷ one scd node (scd-wt / scd-dw); relayed / replic.: requests node 2 relayed \
              and copies node 1's backups acknowledged during the run; failures: relays + copies that failed; CPU µs/req \
-             by node: node 1 / node 2 / ...; CPU busy by node: CPU seconds per second over the run (1.00 = one CPU)."
+             by node: node 1 / node 2 / ...; CPU busy by node: CPU seconds per second over the run (1.00 = one CPU); \
+             machine CPUs busy: each CPU's busy share over the run, whoever used it."
         );
         if let Some(p) = &self.machine.pinning {
             let _ = writeln!(s, "pinned (--pin-nodes): {p}");

@@ -896,9 +896,11 @@ fn measure_cluster(
         .map(|&p| sys::cpus_allowed(p).unwrap_or_default())
         .collect();
     let wall = Instant::now();
+    let machine_before = sys::cpu_ticks_by_cpu();
     let cluster = &mut run.cluster;
     let result = run_load(spec, &mut || cluster.stop())?;
     let wall_s = wall.elapsed().as_secs_f64().max(1e-9);
+    let machine_cpu_busy = sys::busy_between(&machine_before, &sys::cpu_ticks_by_cpu());
     // Each node's share of the cluster's CPU over the whole run (warm-up included), applied to
     // the measured window's CPU per request: where the cluster's work is done.
     let cpu_used: Vec<f64> = pids
@@ -952,6 +954,7 @@ fn measure_cluster(
         node_cpus_allowed,
         node_shards,
         client_cpus_allowed: result.client_cpus.clone(),
+        machine_cpu_busy,
     });
     Ok(r)
 }

@@ -294,6 +294,8 @@ fn a_pinned_two_node_run_puts_each_node_and_the_clients_on_their_own_cpus() {
             "{name}"
         );
         assert_eq!(c["node_cpu_busy"].as_array().unwrap().len(), 2, "{name}");
+        let machine = c["machine_cpu_busy"].as_array().unwrap();
+        assert!(machine.len() > *allowed.cpus().last().unwrap(), "{name}");
         let server = row["server"].as_str().unwrap();
         assert!(
             server.starts_with(&format!("taskset -c {node1} ")),

@@ -113,6 +113,13 @@ pub struct RunArgs {
     /// on, under each flush policy. Alone, `--targets` then defaults to `scd,cluster`.
     #[arg(long, default_value_t = 1)]
     pub nodes: usize,
+    /// Emulate separate hosts: each cluster node on CPUs of its own (node 1, the sessions' master,
+    /// alone; with too few CPUs for all, the other nodes share theirs with the client threads),
+    /// started with as many cores and shards as CPUs it got; the client threads on their own
+    /// CPUs where there are enough. The one-node scd targets run on node 1's CPUs. HA off and on
+    /// use the same layout. Needs --nodes 2 or 3 and at least 2 CPUs; scd and cluster targets only.
+    #[arg(long)]
+    pub pin_nodes: bool,
     /// Measure a failover: steady session-cycle load through node 2 on sessions mastered by node 1
     /// (HA on), `kill -9` of node 1; time to the first successful request, failed requests, and
     /// every acknowledged write read back. Uses --nodes (3 when not given).

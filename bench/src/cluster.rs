@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 
 use crate::constants::{CLUSTER_READY_MS, NODES_MAX};
 use crate::load::Endpoint;
+use crate::pin::{self, CpuSet};
 use crate::scd_client::{self, stat};
 use crate::servers::{Probe, ScdPolicy, Server};
 
@@ -24,6 +25,9 @@ pub struct ClusterSpec {
     pub ha: bool,
     /// Extra flags for every node (`--scd-args`).
     pub extra: Vec<String>,
+    /// `--pin-nodes`: node `i`'s CPUs (node 1 first), each node started with as many cores and
+    /// shards as CPUs it got. None: every node may run anywhere, with scd's default cores.
+    pub pinned: Option<Vec<CpuSet>>,
 }
 
 /// A running cluster. Dropping it kills every node.
@@ -89,6 +93,13 @@ impl Cluster {
             (2..=NODES_MAX).contains(&spec.nodes),
             "a cluster has 2..={NODES_MAX} nodes here"
         );
+        anyhow::ensure!(
+            spec.pinned
+                .as_ref()
+                .is_none_or(|sets| sets.len() == spec.nodes),
+            "a CPU set for each of the {} nodes",
+            spec.nodes
+        );
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let key_file = write_key(dir)?;
         let (tcp_port, relay_port, heartbeat_port) = free_ports(spec.nodes)?;
@@ -104,13 +115,15 @@ impl Cluster {
             let args = cluster.node_args(i, &node_dir, spec);
             let unix = node_dir.join("scd.sock");
             let tcp = SocketAddr::new(node_ip(i), tcp_port);
-            let server = Server::spawn(
+            let cpus = spec.pinned.as_ref().and_then(|sets| sets.get(i - 1));
+            let server = Server::spawn_on(
                 &format!("scd-n{i}"),
                 &node_dir,
                 program,
                 &args,
                 Some(unix),
                 Some(tcp),
+                cpus,
             )?;
             cluster.nodes.push(server);
         }
@@ -157,6 +170,9 @@ impl Cluster {
             "--ha".into(),
             spec.ha.to_string(),
         ];
+        if let Some(set) = spec.pinned.as_ref().and_then(|sets| sets.get(i - 1)) {
+            args.extend(pin::scd_core_flags(set, &spec.extra));
+        }
         args.extend(spec.extra.iter().cloned());
         args
     }

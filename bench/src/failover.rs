@@ -539,6 +539,7 @@ fn run_one(
         policy,
         ha: true,
         extra: extra.to_vec(),
+        pinned: None,
     };
     let mut cluster = Cluster::start(scd_bin, &dir, &spec)?;
     let mut filler = vec![0u8; plan.size_bytes];

@@ -17,6 +17,8 @@
 //! - [`null_server`]: the null server (scd's protocol, no store): the ceiling.
 //! - [`disk`]: the durability limit (4 KiB writes with one fdatasync each and with group commit).
 //! - [`report`], [`chart`]: the table, JSON, CSV and SVG. [`perf`]: `--perf` profiles.
+//! - [`pin`]: `--pin-nodes`: each node and the clients on CPUs of their own (separate hosts
+//!   emulated on one machine).
 //! - [`sys`]: /proc facts (CPU time, load), free ports. [`constants`]: every default and limit.
 
 pub mod chart;
@@ -29,6 +31,7 @@ pub mod lane;
 pub mod load;
 pub mod null_server;
 pub mod perf;
+pub mod pin;
 pub mod proto;
 pub mod report;
 pub mod run;

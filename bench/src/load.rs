@@ -38,6 +38,7 @@ use crate::constants::{
 use crate::lane::{
     CycleEnd, Env, Handler, Keyspace, Lane, Mode, Next, REDIS_UNLOCK_SCRIPT, Scratch,
 };
+use crate::pin::{self, CpuSet};
 use crate::proto::{self, Answer, Parse, Wire, resp};
 use crate::sys;
 use crate::workload::KeyPicker;
@@ -69,6 +70,8 @@ pub struct LoadSpec {
     pub server_pids: Vec<u32>,
     /// Print a progress line.
     pub progress: bool,
+    /// `--pin-nodes`: the CPUs the client threads run on (None: anywhere).
+    pub client_cpus: Option<CpuSet>,
 }
 
 /// What one run measured.
@@ -104,6 +107,9 @@ pub struct LoadResult {
     pub created: Vec<(usize, SessionId)>,
     /// The event loop the client threads got.
     pub driver: &'static str,
+    /// The CPU sets the client threads were allowed on (each distinct set once), as the kernel
+    /// reported them at the end of the run.
+    pub client_cpus: Vec<String>,
 }
 
 const PHASE_WARMUP: u8 = 0;
@@ -132,6 +138,8 @@ struct ThreadStats {
     failed_connections: u64,
     first_errors: Vec<String>,
     created: Vec<(usize, SessionId)>,
+    /// The CPUs the thread was allowed on, as the kernel reports them.
+    cpus: Option<String>,
 }
 
 impl ThreadStats {
@@ -148,6 +156,7 @@ impl ThreadStats {
             failed_connections: 0,
             first_errors: Vec::new(),
             created: Vec::new(),
+            cpus: None,
         }
     }
 
@@ -244,6 +253,7 @@ pub fn run_load(spec: LoadSpec, stop_server: &mut dyn FnMut()) -> anyhow::Result
 
     let mut total = ThreadStats::new();
     let mut driver = "epoll";
+    let mut client_cpus: Vec<String> = Vec::new();
     for join in joins {
         let (stats, d) = match join.join() {
             Ok(Ok(pair)) => pair,
@@ -264,6 +274,11 @@ pub fn run_load(spec: LoadSpec, stop_server: &mut dyn FnMut()) -> anyhow::Result
             total.note_error(e);
         }
         total.created.extend(stats.created);
+        if let Some(cpus) = stats.cpus {
+            if !client_cpus.contains(&cpus) {
+                client_cpus.push(cpus);
+            }
+        }
     }
     Ok(LoadResult {
         hist: total.hist,
@@ -281,6 +296,7 @@ pub fn run_load(spec: LoadSpec, stop_server: &mut dyn FnMut()) -> anyhow::Result
         client_cpu_s,
         created: total.created,
         driver,
+        client_cpus,
     })
 }
 
@@ -336,6 +352,11 @@ impl<'a> Progress<'a> {
 type ThreadOutcome = anyhow::Result<(ThreadStats, &'static str)>;
 
 fn client_thread(conns: Vec<usize>, spec: Arc<LoadSpec>, ctl: Arc<Control>) -> ThreadOutcome {
+    if let Some(set) = &spec.client_cpus {
+        // Before the event loop exists: its kernel helpers (io_uring workers) inherit the set.
+        pin::set_current_thread(set)
+            .with_context(|| format!("moving a client thread onto CPU {set}"))?;
+    }
     let driver = if monoio::utils::detect_uring() {
         "io_uring"
     } else {
@@ -361,9 +382,10 @@ fn client_thread(conns: Vec<usize>, spec: Arc<LoadSpec>, ctl: Arc<Control>) -> T
         }
         stats
     });
-    let stats = Rc::try_unwrap(stats)
+    let mut stats = Rc::try_unwrap(stats)
         .map_err(|_| anyhow::anyhow!("client statistics still shared after every task ended"))?
         .into_inner();
+    stats.cpus = pin::allowed().ok().map(|set| set.to_string());
     Ok((stats, driver))
 }
 

@@ -80,6 +80,20 @@ pub struct ClusterFacts {
     /// Server CPU per request (µs) split by node (node 1 first): the row's
     /// `server_cpu_us_per_req` shared out by each node's CPU time over the run.
     pub node_cpu_us_per_req: Vec<f64>,
+    /// Each node's CPU seconds per second over the run, warm-up included (1.0 = one CPU busy
+    /// all the time): with `--pin-nodes`, node 1 near its CPU count means it was the bottleneck.
+    pub node_cpu_busy: Vec<f64>,
+    /// The CPUs each node's process was allowed on during the run (`Cpus_allowed_list` from
+    /// /proc), node 1 first.
+    pub node_cpus_allowed: Vec<String>,
+    /// Store shards each node ran (its `shard.N.` statistics), node 1 first.
+    pub node_shards: Vec<usize>,
+    /// The CPU sets the client threads were allowed on.
+    pub client_cpus_allowed: Vec<String>,
+    /// How busy each CPU of the machine was over the run (0..=1, CPU 0 first; any process, this
+    /// run's or not, from /proc/stat): a pinned node's CPU near 1 with the node itself well below
+    /// means other work took the rest.
+    pub machine_cpu_busy: Vec<f64>,
 }
 
 /// The ratios of a row against scd on the same transport (1.25 = scd does 25% more).
@@ -99,6 +113,10 @@ pub struct Ratios {
     pub share_of_disk_group_commit: Option<f64>,
     /// Cluster rows with HA on: requests/s ÷ the same row with HA off (1 − this = HA's cost).
     pub ha_on_over_off: Option<f64>,
+    /// Cluster rows with HA on: node 1's (the master's) CPU µs per request ÷ the same row's with
+    /// HA off. What HA costs a master whose own CPU is the limit (its own host): its capacity
+    /// with HA is 1 ÷ this of the capacity without.
+    pub master_cpu_on_over_off: Option<f64>,
     /// Relayed cluster rows: requests/s ÷ the same cluster's direct row.
     pub relayed_over_direct: Option<f64>,
     /// Cluster rows: requests/s ÷ one scd node's under the same policy and transport.
@@ -115,6 +133,8 @@ pub struct Machine {
     pub load_after: Option<f64>,
     /// The event loop the client threads and the null server got (io_uring or epoll).
     pub client_driver: String,
+    /// `--pin-nodes`: where each node and the clients ran (None: anywhere).
+    pub pinning: Option<String>,
 }
 
 /// The whole run.
@@ -184,7 +204,17 @@ impl Report {
                     let ratio =
                         |o: Option<&TargetResult>| o.map(|o| t.requests_per_s / o.requests_per_s);
                     if c.ha {
-                        r.ha_on_over_off = ratio(same(false, &c.via));
+                        let off = same(false, &c.via);
+                        r.ha_on_over_off = ratio(off);
+                        let master_cpu = |t: &TargetResult| {
+                            t.cluster
+                                .as_ref()
+                                .and_then(|c| c.node_cpu_us_per_req.first().copied())
+                                .filter(|&us| us > 0.0)
+                        };
+                        r.master_cpu_on_over_off = off
+                            .and_then(master_cpu)
+                            .and_then(|off_us| master_cpu(t).map(|on_us| on_us / off_us));
                     }
                     if c.via == "relayed" {
                         r.relayed_over_direct = ratio(same(c.ha, "direct"));
@@ -347,11 +377,12 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "{:<30} {:>10} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>12}  CPU µs/req by node",
+            "{:<30} {:>10} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>12}  CPU µs/req by node  CPU busy by node    machine CPUs busy",
             "target",
             "req/s",
             "p99 µs",
             "HA cost",
+            "cap. cost",
             "relay÷dir",
             "÷1 node",
             "relayed",
@@ -363,12 +394,15 @@ impl Report {
             let c = t.cluster.as_ref().expect("filtered above");
             let _ = writeln!(
                 s,
-                "{:<30} {:>10.0} {:>9.0} {:>9} {:>10} {:>9} {:>9} {:>9} {:>12}  {}",
+                "{:<30} {:>10.0} {:>9.0} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>12}  {:<18}  {:<18}  {}",
                 t.name,
                 t.requests_per_s,
                 t.p99_us,
                 r.ha_on_over_off
                     .map(|x| format!("{:.1}%", (1.0 - x) * 100.0))
+                    .unwrap_or_else(|| "-".into()),
+                r.master_cpu_on_over_off
+                    .map(|x| format!("{:.1}%", (1.0 - 1.0 / x) * 100.0))
                     .unwrap_or_else(|| "-".into()),
                 fmt_opt(r.relayed_over_direct, 2),
                 fmt_opt(r.cluster_over_one_node, 2),
@@ -383,14 +417,30 @@ impl Report {
                     .map(|x| format!("{x:.0}"))
                     .collect::<Vec<_>>()
                     .join(" / "),
+                c.node_cpu_busy
+                    .iter()
+                    .map(|x| format!("{x:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
+                c.machine_cpu_busy
+                    .iter()
+                    .map(|x| format!("{x:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
             );
         }
         let _ = writeln!(
             s,
-            "HA cost: 1 − requests/s with HA ÷ without (same policy, entry node, transport); relay÷dir: relayed ÷ direct; \
-             ÷1 node: ÷ one scd node (scd-wt / scd-dw); relayed / replic.: requests node 2 relayed and copies node 1's \
-             backups acknowledged during the run; failures: relays + copies that failed; CPU µs/req by node: node 1 / node 2 / ...."
+            "HA cost: 1 − requests/s with HA ÷ without (same policy, entry node, transport); cap. cost: 1 − node 1's \
+             CPU µs/req without HA ÷ with (the capacity HA costs a master whose own CPU is the limit); relay÷dir: \
+             relayed ÷ direct; ÷1 node: ÷ one scd node (scd-wt / scd-dw); relayed / replic.: requests node 2 relayed \
+             and copies node 1's backups acknowledged during the run; failures: relays + copies that failed; CPU µs/req \
+             by node: node 1 / node 2 / ...; CPU busy by node: CPU seconds per second over the run (1.00 = one CPU); \
+             machine CPUs busy: each CPU's busy share over the run, whoever used it."
         );
+        if let Some(p) = &self.machine.pinning {
+            let _ = writeln!(s, "pinned (--pin-nodes): {p}");
+        }
     }
 
     fn failover_table(&self, s: &mut String) {
@@ -469,13 +519,13 @@ impl Report {
              writes_per_s,errors,lock_failures,misses,lock_retries,failed_connections,server_cpu_us_per_req,\
              client_cpu_us_per_req,scd_wt_over_this,scd_dw_over_this,p99_over_scd_wt,p99_over_scd_dw,share_of_null,\
              share_of_disk_group_commit,nodes,ha,via,ha_on_over_off,relayed_over_direct,cluster_over_one_node,\
-             entry_relayed_out,master_replications\n",
+             entry_relayed_out,master_replications,master_cpu_on_over_off,node1_cpu_us_per_req,node1_cpu_busy\n",
         );
         for t in &self.targets {
             let r = &t.ratios;
             let _ = writeln!(
                 s,
-                "{},{},{},{},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{},{},{},{},{},{:.2},{:.2},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                "{},{},{},{},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1},{},{},{},{},{},{:.2},{:.2},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
                 t.name,
                 t.family,
                 t.transport,
@@ -515,6 +565,19 @@ impl Report {
                     .as_ref()
                     .map(|c| c.master_replications)
                     .unwrap_or(0),
+                fmt_opt(r.master_cpu_on_over_off, 4),
+                fmt_opt(
+                    t.cluster
+                        .as_ref()
+                        .and_then(|c| c.node_cpu_us_per_req.first().copied()),
+                    2
+                ),
+                fmt_opt(
+                    t.cluster
+                        .as_ref()
+                        .and_then(|c| c.node_cpu_busy.first().copied()),
+                    3
+                ),
             );
         }
         s

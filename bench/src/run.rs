@@ -14,6 +14,7 @@ use crate::constants::*;
 use crate::failover::{self, FailoverPlan};
 use crate::lane::{Handler, Keyspace, Mode};
 use crate::load::{LoadResult, LoadSpec, run_load};
+use crate::pin::{self, Layout};
 use crate::report::{ClusterFacts, Machine, Report, TargetResult};
 use crate::servers::{self, RedisPersistence, ScdPolicy, Server};
 use crate::workload::{KeyPicker, Workload, WorkloadKind, synthetic_id};
@@ -267,6 +268,8 @@ pub struct Plan {
     /// Nodes of the cluster targets (1: no cluster targets).
     pub nodes: usize,
     pub failover: Option<FailoverPlan>,
+    /// `--pin-nodes`: where each node and the client threads run.
+    pub pin: Option<Layout>,
 }
 
 impl Plan {
@@ -410,6 +413,33 @@ impl Plan {
         } else {
             select_targets(&args.targets, args.nodes)?
         };
+        let pin = if args.pin_nodes {
+            anyhow::ensure!(
+                failover.is_none(),
+                "--pin-nodes measures throughput; the failover runs do not pin (leave out --failover)"
+            );
+            anyhow::ensure!(
+                args.nodes >= 2,
+                "--pin-nodes places the nodes of a cluster: give --nodes 2 or --nodes 3"
+            );
+            if let Some(t) = targets
+                .iter()
+                .find(|t| !matches!(t.kind, Kind::Scd(_) | Kind::Cluster { .. }))
+            {
+                bail!(
+                    "--pin-nodes runs scd and the cluster only; {} is neither (--targets scd,cluster)",
+                    t.name
+                );
+            }
+            let layout = Layout::split(&pin::allowed()?, args.nodes)?;
+            notes.push(format!(
+                "--pin-nodes: {}; HA off and on alike",
+                layout.describe()
+            ));
+            Some(layout)
+        } else {
+            None
+        };
         let work = args
             .work_dir
             .clone()
@@ -448,6 +478,7 @@ impl Plan {
             notes,
             nodes: args.nodes,
             failover,
+            pin,
         })
     }
 }
@@ -471,6 +502,7 @@ pub fn run(plan: Plan, command: String, interrupted: Arc<AtomicBool>) -> anyhow:
             load_before: sys::load_average(),
             load_after: None,
             client_driver: String::new(),
+            pinning: plan.pin.as_ref().map(Layout::describe),
         },
         workload: plan.workload.clone(),
         warmup_s: plan.warmup.as_secs_f64(),
@@ -627,6 +659,7 @@ fn run_target(
         duration: plan.duration,
         server_pids: server.pid().into_iter().collect(),
         progress: plan.progress,
+        client_cpus: plan.pin.as_ref().map(|l| l.clients.clone()),
     };
     match target.kind {
         Kind::Null => {
@@ -761,6 +794,7 @@ fn run_cluster_target(
             policy,
             ha,
             extra: plan.scd_args.clone(),
+            pinned: plan.pin.as_ref().map(|l| l.nodes.clone()),
         };
         let mut cluster = Cluster::start(bin, &dir, &spec)?;
         // Every session created through node 1, so node 1 masters them all.
@@ -793,6 +827,7 @@ fn run_cluster_target(
                 duration: plan.duration,
                 server_pids: cluster.pids(),
                 progress: plan.progress,
+                client_cpus: plan.pin.as_ref().map(|l| l.clients.clone()),
             };
             let result = run_load(prefill, &mut || cluster.stop())?;
             check_clean("prefill", &result).map_err(|e| e.context(cluster.log_tails()))?;
@@ -852,11 +887,20 @@ fn measure_cluster(
         duration: plan.duration,
         server_pids: run.cluster.pids(),
         progress: plan.progress,
+        client_cpus: plan.pin.as_ref().map(|l| l.clients.clone()),
     };
     let pids = run.cluster.pids();
     let cpu_before: Vec<f64> = pids.iter().map(|&p| sys::cpu_seconds(&[p])).collect();
+    let node_cpus_allowed: Vec<String> = pids
+        .iter()
+        .map(|&p| sys::cpus_allowed(p).unwrap_or_default())
+        .collect();
+    let wall = Instant::now();
+    let machine_before = sys::cpu_ticks_by_cpu();
     let cluster = &mut run.cluster;
     let result = run_load(spec, &mut || cluster.stop())?;
+    let wall_s = wall.elapsed().as_secs_f64().max(1e-9);
+    let machine_cpu_busy = sys::busy_between(&machine_before, &sys::cpu_ticks_by_cpu());
     // Each node's share of the cluster's CPU over the whole run (warm-up included), applied to
     // the measured window's CPU per request: where the cluster's work is done.
     let cpu_used: Vec<f64> = pids
@@ -874,6 +918,9 @@ fn measure_cluster(
         );
     }
     let after = cluster_counters(&run.cluster)?;
+    let node_shards = (0..run.cluster.nodes.len())
+        .map(|i| Ok(shard_count(&run.cluster.stats(i)?)))
+        .collect::<anyhow::Result<Vec<usize>>>()?;
     let delta = |node: usize, k: usize| after[node][k].saturating_sub(before[node][k]);
     let mut r = row(
         target,
@@ -903,8 +950,25 @@ fn measure_cluster(
                 }
             })
             .collect(),
+        node_cpu_busy: cpu_used.iter().map(|u| u / wall_s).collect(),
+        node_cpus_allowed,
+        node_shards,
+        client_cpus_allowed: result.client_cpus.clone(),
+        machine_cpu_busy,
     });
     Ok(r)
+}
+
+/// How many store shards a node runs: the distinct `shard.N.` prefixes of its statistics.
+fn shard_count(stats: &[(String, u64)]) -> usize {
+    let mut shards: Vec<&str> = stats
+        .iter()
+        .filter_map(|(name, _)| name.strip_prefix("shard."))
+        .filter_map(|rest| rest.split_once('.').map(|(n, _)| n))
+        .collect();
+    shards.sort_unstable();
+    shards.dedup();
+    shards.len()
 }
 
 /// The session IDs a prefill created, in session order; every one of the `sessions` must be there.
@@ -953,7 +1017,13 @@ fn start(plan: &Plan, target: &Target, dir: &Path) -> anyhow::Result<(Server, St
             })?;
             let version = servers::version(bin, "version");
             Ok((
-                servers::start_scd(bin, dir, policy, &plan.scd_args)?,
+                servers::start_scd(
+                    bin,
+                    dir,
+                    policy,
+                    &plan.scd_args,
+                    plan.pin.as_ref().map(|l| &l.nodes[0]),
+                )?,
                 version,
             ))
         }

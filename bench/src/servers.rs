@@ -17,6 +17,7 @@ use scd_wire::local::{Reply, Request, decode_reply};
 
 use crate::constants::{SERVER_READY_MS, SIZE_MAX};
 use crate::load::Endpoint;
+use crate::pin::{self, CpuSet};
 use crate::sys;
 
 /// Redis persistence, matched to scd's flush policies.
@@ -109,17 +110,41 @@ impl Server {
         unix: Option<PathBuf>,
         tcp: Option<SocketAddr>,
     ) -> anyhow::Result<Server> {
+        Server::spawn_on(name, dir, program, args, unix, tcp, None)
+    }
+
+    /// `spawn`, the process confined to `cpus` when given (`--pin-nodes`).
+    pub(crate) fn spawn_on(
+        name: &str,
+        dir: &Path,
+        program: &Path,
+        args: &[String],
+        unix: Option<PathBuf>,
+        tcp: Option<SocketAddr>,
+        cpus: Option<&CpuSet>,
+    ) -> anyhow::Result<Server> {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let log = dir.join(format!("{name}.log"));
         let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let child = Command::new(program)
+        let mut command = Command::new(program);
+        command
             .args(args)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
-            .stderr(out)
+            .stderr(out);
+        if let Some(set) = cpus {
+            pin::pin_command(&mut command, set);
+        }
+        let child = command
             .spawn()
             .with_context(|| format!("starting {}", program.display()))?;
-        let settings = std::iter::once(program.display().to_string())
+        // The report shows the placement as the command that would reproduce it.
+        let placement: Vec<String> = cpus
+            .map(|set| vec!["taskset".into(), "-c".into(), set.to_string()])
+            .unwrap_or_default();
+        let settings = placement
+            .into_iter()
+            .chain(std::iter::once(program.display().to_string()))
             .chain(args.iter().map(|a| {
                 if a.is_empty() {
                     "\"\"".to_string()
@@ -375,12 +400,14 @@ pub fn start_memcached(
     Ok(server)
 }
 
-/// Starts scd on one node with its data in `dir`.
+/// Starts scd on one node with its data in `dir`, confined to `cpus` when given (with as many
+/// cores and shards as CPUs in it).
 pub fn start_scd(
     program: &Path,
     dir: &Path,
     policy: ScdPolicy,
     extra: &[String],
+    cpus: Option<&CpuSet>,
 ) -> anyhow::Result<Server> {
     let tcp = sys::free_port()?;
     let unix = dir.join("scd.sock");
@@ -402,8 +429,11 @@ pub fn start_scd(
         "--log-level".into(),
         "warn".into(),
     ];
+    if let Some(set) = cpus {
+        args.extend(pin::scd_core_flags(set, extra));
+    }
     args.extend(extra.iter().cloned());
-    let mut server = Server::spawn("scd", dir, program, &args, Some(unix), Some(tcp))?;
+    let mut server = Server::spawn_on("scd", dir, program, &args, Some(unix), Some(tcp), cpus)?;
     server.wait_ready(Probe::ScdHello)?;
     Ok(server)
 }

@@ -25,6 +25,62 @@ fn process_ticks(pid: u32) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// The CPUs a process may run on (`Cpus_allowed_list` in /proc/PID/status, e.g. `0-1`).
+pub fn cpus_allowed(pid: u32) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|v| v.trim().to_string())
+}
+
+/// Each CPU's (busy, total) time so far in USER_HZ ticks, from /proc/stat (`cpuN` lines; busy is
+/// everything but idle and iowait), indexed by CPU number; CPUs /proc/stat does not list are
+/// (0, 0).
+pub fn cpu_ticks_by_cpu() -> Vec<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(cpu) = fields
+            .next()
+            .and_then(|name| name.strip_prefix("cpu"))
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        // user nice system idle iowait irq softirq steal (guest time is inside user already).
+        let v: Vec<u64> = fields.take(8).filter_map(|f| f.parse().ok()).collect();
+        if v.len() < 8 || cpu >= 4096 {
+            continue;
+        }
+        let total: u64 = v.iter().sum();
+        let idle = v[3] + v[4];
+        if out.len() <= cpu {
+            out.resize(cpu + 1, (0, 0));
+        }
+        out[cpu] = (total - idle, total);
+    }
+    out
+}
+
+/// Each CPU's busy share between two `cpu_ticks_by_cpu` readings (0..=1; 0 where no time passed).
+pub fn busy_between(before: &[(u64, u64)], after: &[(u64, u64)]) -> Vec<f64> {
+    after
+        .iter()
+        .enumerate()
+        .map(|(i, &(busy, total))| {
+            let (b0, t0) = before.get(i).copied().unwrap_or((busy, total));
+            let dt = total.saturating_sub(t0);
+            if dt == 0 {
+                0.0
+            } else {
+                busy.saturating_sub(b0) as f64 / dt as f64
+            }
+        })
+        .collect()
+}
+
 /// The 1-minute load average.
 pub fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")
@@ -91,6 +147,8 @@ mod tests {
         }
         assert!(x != 1);
         assert!(process_ticks(std::process::id()).is_some());
+        assert!(cpus_allowed(std::process::id()).is_some_and(|c| !c.is_empty()));
+        assert_eq!(cpus_allowed(u32::MAX), None);
         assert_eq!(cpu_seconds(&[u32::MAX]), 0.0);
     }
 
@@ -98,6 +156,10 @@ mod tests {
     fn machine_facts_are_readable() {
         assert!(cpus() >= 1);
         assert!(load_average().is_some());
+        let before = cpu_ticks_by_cpu();
+        assert!(before.len() >= cpus());
+        let busy = busy_between(&before, &cpu_ticks_by_cpu());
+        assert!(busy.iter().all(|b| (0.0..=1.0).contains(b)), "{busy:?}");
         assert!(free_port().unwrap().port() > 0);
     }
 }

@@ -15,15 +15,15 @@ use scd_wire::local::ErrorCode;
 
 #[test]
 fn a_witness_only_node_holds_no_sessions_and_lets_two_nodes_fail_over_a_silent_master() {
-    let c = Cluster::start_with(
+    let c = Cluster::start_each(
         105,
         3,
         &["--ha", "true", "--storage-model", "write-through"],
         |i| {
             if i == 3 {
-                &["--witness-only", "true"]
+                vec!["--witness-only".into(), "true".into()]
             } else {
-                &[]
+                Vec::new()
             }
         },
     );

@@ -297,15 +297,17 @@ pub const TEST_HEARTBEAT_MS: u64 = 100;
 impl Cluster {
     /// `n` nodes; `extra` flags go to every node (e.g. `--ha true`).
     pub fn start(net: u8, n: u8, extra: &[&str]) -> Cluster {
-        Cluster::start_with(net, n, extra, |_| &[])
+        Cluster::start_each(net, n, extra, |_| Vec::new())
     }
 
-    /// `n` nodes; `extra` flags go to every node, and `own(i)` to node `i` (1-based) after them.
-    pub fn start_with(
+    /// `start`, calling `before_node(i)` (1-based) on this thread just before node `i` is
+    /// started; the flags it returns go to that node alone (after `extra`). A test uses it to
+    /// place each node (the daemon inherits this thread's CPU affinity) and size it to match.
+    pub fn start_each(
         net: u8,
         n: u8,
         extra: &[&str],
-        own: impl Fn(u8) -> &'static [&'static str],
+        mut before_node: impl FnMut(u8) -> Vec<String>,
     ) -> Cluster {
         let key_dir = tempfile::tempdir().expect("key dir");
         let mut secret = [0u8; 32];
@@ -317,14 +319,9 @@ impl Cluster {
             key_dir,
             net,
         };
-        let args: Vec<Vec<String>> = (1..=n)
-            .map(|i| {
-                let mut a = c.args(i, n, extra);
-                a.extend(own(i).iter().map(|s| s.to_string()));
-                a
-            })
-            .collect();
-        for a in args {
+        let args: Vec<Vec<String>> = (1..=n).map(|i| c.args(i, n, extra)).collect();
+        for (i, mut a) in (1..=n).zip(args) {
+            a.extend(before_node(i));
             let refs: Vec<&str> = a.iter().map(|s| s.as_str()).collect();
             c.nodes.push(Daemon::start(&refs));
         }

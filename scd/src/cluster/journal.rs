@@ -14,7 +14,7 @@
 //!   (temp file, fsync, rename, fsync of the directory). The same compaction runs while serving
 //!   when the file grew to several times its live size.
 //! - Only placements not derivable from a session ID are written (the caller decides: see
-//!   `route.rs`, `State::set_placement`); the journal keeps a mirror of its live entries so the
+//!   `route/mod.rs`, `State::set_placement`); the journal keeps a mirror of its live entries so the
 //!   caller can tell whether a session has one.
 //!
 //! Every byte read is checked before use; garbage never panics, it ends the readable part.

@@ -1,7 +1,7 @@
 //! Read leases: a master serves a session whose backup is B only while it holds a valid lease
 //! from B, and B takes none of the master's sessions over while such a lease may be valid.
 //!
-//! - The master (`route.rs`, `request_lease`) sends `LeaseRequest(t)` to every live peer every
+//! - The master (`route/failover.rs`, `request_lease`) sends `LeaseRequest(t)` to every live peer every
 //!   heartbeat interval, `t` on its own monotonic clock (`membership::now_ms`); a grant makes
 //!   the lease from that peer valid until `t + L`, `L = node_timeout_ms − lease_margin_ms`
 //!   ([`Leases`], read by the cores on every request of a session with a backup).
@@ -100,7 +100,7 @@ impl Leases {
 /// The grant/deny rule of the node answering lease requests: the peers it took a session over
 /// from (failover) or replaced as a backup after declaring them down, since they last synced
 /// with it, and why. The cluster thread's (single-threaded); every change is also written to the
-/// placement journal (`route.rs`, `deny_leases` / `leases_synced`), which puts the marks back
+/// placement journal (`route/mod.rs`, `deny_leases` / `leases_synced`), which puts the marks back
 /// at start, so a restart of this node does not grant what it owed a denial.
 #[derive(Debug, Default)]
 pub struct Grants {

@@ -498,7 +498,7 @@ async fn dispatch(
                         // A ReadLock may wait in the lock queue longer than the lease it was
                         // admitted under: checked again when granted.
                         let reply = match (&op, id.backup) {
-                            (Op::ReadLock { .. }, Some(b)) => {
+                            (Op::ReadLock { .. } | Op::Read | Op::Exists, Some(b)) => {
                                 reply.with_grant_check(c.lease_check(b))
                             }
                             _ => reply,
@@ -678,7 +678,8 @@ async fn write_replicated(
     let core = core.clone();
     let owner = conn.owner;
     // The pinned lock's release, once the client has its answer (write-through only).
-    let release = move || async move {
+    // `failed`: the copy did not reach the backup, or the write is not durable here.
+    let release = move |failed: bool| async move {
         if write_through {
             // Its answer tells nothing the client needs (the pin guarantees the lock is still
             // this write's).
@@ -687,7 +688,7 @@ async fn write_replicated(
                 &core,
                 owner,
                 id.hash,
-                Op::Release { token },
+                Op::Release { token, failed },
                 ReplyTo::new(tx, 0),
             )
             .await;
@@ -707,7 +708,7 @@ async fn write_replicated(
                 .send_async(copied(version, data, Some(done_tx)))
                 .await;
             let Ok(frame) = rx.recv_async().await else {
-                return release().await;
+                return release(true).await;
             };
             let done = done_rx.recv_async().await;
             let flushed = matches!(
@@ -720,6 +721,7 @@ async fn write_replicated(
                     _
                 ))
             );
+            let failed = !(flushed && matches!(done, Ok(None)));
             match done {
                 Ok(Some(why)) if flushed => reply.send(Answer::error(ErrCode::Unavailable, why)),
                 Err(_) if flushed => reply.send(Answer::error(
@@ -730,7 +732,7 @@ async fn write_replicated(
             }
             // Applied: the lock is released whatever the outcome (a failed flush, a refused or
             // unplaced copy), after the answer, as WriteUnlock would have released it.
-            return release().await;
+            return release(failed).await;
         }
         let Ok(frame) = rx.recv_async().await else {
             return;
@@ -773,7 +775,9 @@ async fn write_replicated(
                 let _ = cluster
                     .send_async(copied(version, data, Some(done_tx)))
                     .await;
-                match done_rx.recv_async().await {
+                let done = done_rx.recv_async().await;
+                let failed = !matches!(done, Ok(None));
+                match done {
                     Ok(None) => reply.send_frame(frame),
                     Ok(Some(why)) => reply.send(Answer::error(ErrCode::Unavailable, why)),
                     Err(_) => reply.send(Answer::error(
@@ -781,7 +785,7 @@ async fn write_replicated(
                         "the daemon is stopping",
                     )),
                 }
-                return release().await;
+                return release(failed).await;
             }
         }
         // Refused (wrong token, too large, ...): the lock is as the write found it.

@@ -58,8 +58,12 @@ pub enum Op<D> {
     /// Ends the pin a `WriteHold` or `DestroyHold` with this token put on the lock, which
     /// releases it (to the next waiter) unless another such pin remains. A lock not pinned is
     /// left as it is. Never sent by a client: the daemon's, once the copy resolved.
+    /// `failed`: the copy did not reach the backup (or the write was not made durable): the
+    /// reads held back by the pin are answered Unavailable rather than with a write the backup
+    /// may not hold (or, after a fenced copy, a session this node no longer has).
     Release {
         token: u64,
+        failed: bool,
     },
     Destroy {
         token: u64,
@@ -119,7 +123,7 @@ impl Op<&[u8]> {
             },
             Op::Touch { token, lifetime_s } => Op::Touch { token, lifetime_s },
             Op::Unlock { token } => Op::Unlock { token },
-            Op::Release { token } => Op::Release { token },
+            Op::Release { token, failed } => Op::Release { token, failed },
             Op::Destroy { token } => Op::Destroy { token },
             Op::DestroyHold { token } => Op::DestroyHold { token },
             Op::Exists => Op::Exists,
@@ -172,7 +176,10 @@ impl Op<Vec<u8>> {
                 lifetime_s: *lifetime_s,
             },
             Op::Unlock { token } => Op::Unlock { token: *token },
-            Op::Release { token } => Op::Release { token: *token },
+            Op::Release { token, failed } => Op::Release {
+                token: *token,
+                failed: *failed,
+            },
             Op::Destroy { token } => Op::Destroy { token: *token },
             Op::DestroyHold { token } => Op::DestroyHold { token: *token },
             Op::Exists => Op::Exists,
@@ -259,7 +266,8 @@ impl ReplyTo {
         }
     }
 
-    /// A ReadLock's answer that must pass `check` if the lock is granted from the queue.
+    /// An answer that must pass `check` when it is given later than admitted: a ReadLock granted
+    /// from the queue, a lockless Read or Exists held back by a pin.
     pub fn with_grant_check(mut self, check: GrantCheck) -> ReplyTo {
         self.grant_check = Some(check);
         self
@@ -582,10 +590,19 @@ impl ShardSlot {
                     Err(e) => self.fail(reply, &e),
                 }
             }
-            Op::Release { token } => {
+            Op::Release { token, failed } => {
                 let Some(token) = LockToken::from_u64(token) else {
                     return self.fail(reply, &EngineError::NotLocked);
                 };
+                if failed && self.shard.is_pinned(&key) {
+                    for held in self.held_reads.remove(&key).unwrap_or_default() {
+                        self.errors += 1;
+                        held.reply.send(Answer::error(
+                            ErrCode::Unavailable,
+                            "a write of this session did not reach its backup; retry",
+                        ));
+                    }
+                }
                 // Reads held back by the pin are answered in this pass's `collect`.
                 match self.shard.unpin(key, token, now_ms) {
                     Ok(()) => {
@@ -786,7 +803,16 @@ impl ShardSlot {
             .collect();
         for key in ended {
             for held in self.held_reads.remove(&key).unwrap_or_default() {
-                if held.exists {
+                if !held.reply.grant_allowed() {
+                    // Admitted under a read lease from the session's backup that has lapsed
+                    // while it waited: the backup may have taken the session over meanwhile.
+                    self.errors += 1;
+                    held.reply.send(Answer::error(
+                        ErrCode::Unavailable,
+                        "this node no longer holds a valid read lease from the session's \
+                         backup; retry",
+                    ));
+                } else if held.exists {
                     let exists = self.shard.exists(&key, now_ms);
                     held.reply.send(Answer::Existence(exists));
                 } else {
@@ -1257,7 +1283,10 @@ mod tests {
             now,
             key,
             OwnerId(1),
-            Op::Release { token: held },
+            Op::Release {
+                token: held,
+                failed: false,
+            },
             ReplyTo::new(tx, 5),
         );
         slot.pass(now, false);
@@ -1344,7 +1373,14 @@ mod tests {
         );
         assert!(waiter.try_recv().is_err(), "the pin outlives its owner");
         assert!(read.try_recv().is_err(), "a Read waits for the pin");
-        let released = send(&mut slot, 1, Op::Release { token: held });
+        let released = send(
+            &mut slot,
+            1,
+            Op::Release {
+                token: held,
+                failed: false,
+            },
+        );
         slot.pass(now, false);
         assert!(matches!(
             decoded(&released.try_recv().expect("answered")),
@@ -1366,11 +1402,100 @@ mod tests {
         }
         // The pin is gone: a Read is answered at once, and a second Release changes nothing.
         assert!(send(&mut slot, 3, Op::Read).try_recv().is_ok());
-        let again = send(&mut slot, 1, Op::Release { token: held });
+        let again = send(
+            &mut slot,
+            1,
+            Op::Release {
+                token: held,
+                failed: false,
+            },
+        );
         assert!(matches!(
             decoded(&again.try_recv().expect("answered")),
             scd_client::OwnedReply::Error { .. }
         ));
+    }
+
+    /// Reads held back by a pin are not answered with the write when its copy failed
+    /// (`Release { failed: true }`), nor when the read lease they were admitted under has
+    /// lapsed meanwhile: both get Unavailable, and the client retries.
+    #[test]
+    fn held_reads_get_unavailable_after_a_failed_copy_or_a_lapsed_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let (node, mut slot) = slot(dir.path(), StorageModel::WriteThrough);
+        let limits = proto::limits(node.settings.storage.session_size_max);
+        let now = 1_000;
+        let backup: std::net::SocketAddr = "127.0.0.2:7000".parse().unwrap();
+        let granted = Arc::new(crate::cluster::Leases::default());
+        granted.grant(backup, u64::MAX);
+        let none = Arc::new(crate::cluster::Leases::default());
+        let code = |frame: &[u8]| match decode_reply(frame, &limits) {
+            Ok((f, _)) => match f.message {
+                Reply::Error { code, .. } => Some(code),
+                _ => None,
+            },
+            Err(e) => panic!("undecodable answer: {e:?}"),
+        };
+        for (failed, lease) in [(true, &granted), (false, &none)] {
+            let key = SessionKey([if failed { 6 } else { 7 }; 16]);
+            let send = |slot: &mut ShardSlot, owner: u64, op: Op<&[u8]>, check: bool| {
+                let (tx, rx) = flume::bounded(1);
+                let reply = ReplyTo::new(tx, owner);
+                let reply = if check {
+                    reply.with_grant_check(GrantCheck::new(lease.clone(), backup))
+                } else {
+                    reply
+                };
+                slot.execute(now, key, OwnerId(owner), op, reply);
+                rx
+            };
+            let lock = Op::ReadLock {
+                wait_ms: 60_000,
+                lease_ms: 60_000,
+            };
+            let held = match decode_reply(
+                &send(&mut slot, 1, lock, false).try_recv().expect("granted"),
+                &limits,
+            ) {
+                Ok((f, _)) => match f.message {
+                    Reply::NotFound { token, .. } => token,
+                    other => panic!("unexpected answer {other:?}"),
+                },
+                Err(e) => panic!("undecodable answer: {e:?}"),
+            };
+            let write = Op::WriteHold {
+                token: held,
+                lifetime_s: 600,
+                data: &b"maybe lost"[..],
+            };
+            let written = send(&mut slot, 1, write, false);
+            let read = send(&mut slot, 2, Op::Read, true);
+            let exists = send(&mut slot, 3, Op::Exists, true);
+            let mut flushed = false;
+            for _ in 0..10_000 {
+                slot.pass(now, false);
+                if written.try_recv().is_ok() {
+                    flushed = true;
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            assert!(flushed, "the flush never completed");
+            assert!(read.try_recv().is_err(), "held back by the pin");
+            let release = Op::Release {
+                token: held,
+                failed,
+            };
+            let _ = send(&mut slot, 1, release, false);
+            slot.pass(now, false);
+            for (what, rx) in [("Read", read), ("Exists", exists)] {
+                assert_eq!(
+                    code(&rx.try_recv().expect("answered at the Release")),
+                    Some(scd_wire::local::ErrorCode::Unavailable),
+                    "{what}, copy failed: {failed}"
+                );
+            }
+        }
     }
 
     /// Under delayed-write a copy is acknowledged at once (it is on disk within the interval).

@@ -164,9 +164,17 @@ impl PeerConn {
         self.pending.borrow_mut().remove(&id);
     }
 
+    /// Fails every call waiting on this connection (their receivers see the connection lost),
+    /// and leaves the socket open: closing it would make the peer, if alive, release every lock
+    /// this node's clients hold there through it. The caller drops it from the pool; the
+    /// socket closes when either side's reader ends.
+    pub fn fail_pending(&self) {
+        self.pending.borrow_mut().clear();
+    }
+
     /// Marks the connection broken and fails every call waiting on it (their receivers see the
     /// connection lost); the writer task stops.
-    pub fn fail_all(&self) {
+    fn fail_all(&self) {
         self.broken.set(true);
         self.pending.borrow_mut().clear();
         self.wake.notify();

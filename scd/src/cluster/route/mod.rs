@@ -690,9 +690,10 @@ impl State {
                     warn!("cluster: node {a} is down (no heartbeat within the node timeout)");
                     // The calls waiting on its connection (a relayed request, a copy) would wait
                     // out their relay timeout (plus a lock's wait) for a node that may be hung:
-                    // they fail now, and their callers fail over or retry at once.
+                    // they fail now, and their callers fail over or retry at once. The socket stays
+                    // open (if the node lives, closing it would release its locks held for us).
                     if let Some(conn) = self.pool.borrow_mut().remove(&a) {
-                        conn.fail_all();
+                        conn.fail_pending();
                     }
                     // (Its lease has lapsed by now anyway: it was not heard for longer.)
                     self.shared().leases.revoke(a);
@@ -712,7 +713,7 @@ impl State {
                     info!("cluster: node {a} restarted");
                     // Calls to the old incarnation are never answered.
                     if let Some(conn) = self.pool.borrow_mut().remove(&a) {
-                        conn.fail_all();
+                        conn.fail_pending();
                     }
                     // A new incarnation grants its own leases (it rejoins before serving).
                     self.shared().leases.revoke(a);
@@ -1644,8 +1645,10 @@ impl State {
                 answer(reply, &r, new_id);
                 if hold && applied {
                     // Ends the WriteHold's pin (its answer tells nothing the client needs).
+                    let failed = !matches!(r, OwnedReply::Done { .. });
                     let (tx, _) = flume::bounded(1);
-                    self.local_to(hash, owner, Op::Release { token }, ReplyTo::new(tx, 0))
+                    let release = Op::Release { token, failed };
+                    self.local_to(hash, owner, release, ReplyTo::new(tx, 0))
                         .await;
                 }
             }
@@ -1667,6 +1670,8 @@ impl State {
                     Op::Destroy { token }
                 };
                 let r = self.local(hash, owner, op).await;
+                // Whether the backup confirmed the drop (under write-through).
+                let mut dropped = true;
                 if let (OwnedReply::Done { .. }, Some(b)) = (&r, p.backup) {
                     if !self.write_through() {
                         // Through the queue, after the session's queued copy (which it replaces):
@@ -1684,9 +1689,12 @@ impl State {
                     }
                     match self.call(b, RelayMessage::DropReplica { hash }, 0).await {
                         Ok(Incoming::Ack) => {}
-                        other => debug!(
-                            "cluster: backup {b} did not drop a destroyed session: {other:?}"
-                        ),
+                        other => {
+                            dropped = false;
+                            debug!(
+                                "cluster: backup {b} did not drop a destroyed session: {other:?}"
+                            )
+                        }
                     }
                 }
                 answer(reply, &r, new_id);
@@ -1694,7 +1702,11 @@ impl State {
                     // Whatever the outcome: a Release of a lock the DestroyHold did not pin
                     // (refused) changes nothing.
                     let (tx, _) = flume::bounded(1);
-                    self.local_to(hash, owner, Op::Release { token }, ReplyTo::new(tx, 0))
+                    let release = Op::Release {
+                        token,
+                        failed: !dropped,
+                    };
+                    self.local_to(hash, owner, release, ReplyTo::new(tx, 0))
                         .await;
                 }
             }
@@ -1702,7 +1714,9 @@ impl State {
                 // A ReadLock may wait in the lock queue longer than the lease it was served
                 // under: checked again when granted.
                 let check = match (&op, p.backup) {
-                    (Op::ReadLock { .. }, Some(b)) => Some(self.shared().lease_check(b)),
+                    (Op::ReadLock { .. } | Op::Read | Op::Exists, Some(b)) => {
+                        Some(self.shared().lease_check(b))
+                    }
                     _ => None,
                 };
                 if new_id.is_none() {

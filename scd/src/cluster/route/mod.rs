@@ -1105,9 +1105,14 @@ impl State {
     /// placement (serves, relays, copies, answers for it) never acts on one that a crash now
     /// could still take back.
     async fn settled(&self, hash: &[u8; 16]) {
-        let pending = self.journal.borrow().unsynced(hash);
-        if let Some(seq) = pending {
-            journal::committed(&self.journal, seq).await;
+        // Again after each wait: another task may have submitted a newer change of the session
+        // meanwhile (the cluster thread runs other tasks while this one waits).
+        loop {
+            let pending = self.journal.borrow().unsynced(hash);
+            match pending {
+                Some(seq) => journal::committed(&self.journal, seq).await,
+                None => return,
+            }
         }
     }
 

@@ -1509,6 +1509,10 @@ impl State {
     /// in a shard is a session this node masters and that never moved (epoch 1; its backup, if
     /// any, is not recorded).
     async fn where_is(&self, hash: [u8; 16]) -> Option<Location> {
+        if self.node.settings.cluster.witness_only {
+            // A witness serves nothing, even sessions left in its data folder from before.
+            return None;
+        }
         self.settled(&hash).await;
         let copy = self.versions(&[hash]).await.get(&hash).copied();
         match self.placement(&hash) {

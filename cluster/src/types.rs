@@ -90,7 +90,11 @@ pub struct Copy {
     /// The session data.
     pub data: Vec<u8>,
     /// A placement change this node proposed and that may have been accepted (kept durable so
-    /// that a restart does not forget it). `None` in every copy sent to another node.
+    /// that a restart does not forget it). In a copy sent to another node: `None` in a
+    /// proposal; in an update, flush, resend or sync item, the change its master has
+    /// outstanding above the copy's epoch (in flight, left unanswered, or restored after a
+    /// restart), if any — such a copy does not confirm the receiver's replica (it stays
+    /// doubtful: never promoted). A receiver never stores the sender's intent.
     pub intent: Option<Intent>,
 }
 

@@ -1379,3 +1379,101 @@ fn a_restarted_backup_that_just_heard_its_master_by_message_does_not_promote() {
         "{a:?}"
     );
 }
+
+/// The placement every live node holds for `hash`: `(node, master, epoch)`.
+fn placements(c: &Cluster, hash: &[u8; 16]) -> Vec<(usize, SocketAddr, u32)> {
+    (0..c.nodes.len())
+        .filter_map(|i| {
+            let k = c.nodes[i].as_ref()?.store().get(hash)?;
+            Some((i, k.placement.master, k.placement.epoch))
+        })
+        .collect()
+}
+
+/// The open case left by seed 299448: a master (node 0) whose backup (node 1) crashed proposed
+/// a Rehome to node 2 at epoch 2, which node 2 accepted but whose answer was lost; node 2 then
+/// went down, so the proposal became the session's shadow, and the master went on resending
+/// its unacknowledged write-through write to the old backup at epoch 1. The old backup,
+/// restarted meanwhile (its copy doubtful), took that resend as its master's confirmation; the
+/// master then died, and the old backup promoted at epoch 2 — the epoch of the master's
+/// proposal, which node 2 holds: two masters at one epoch (and, once the master resumed from
+/// node 2's copy, two nodes serving). A copy sent while its master has a proposal outstanding
+/// above the copy's epoch now carries that proposal (`Copy::intent`), and such a copy confirms
+/// nothing: the old backup stays doubtful and never promotes.
+#[test]
+fn a_resend_from_a_master_replacing_its_backup_does_not_confirm_it() {
+    let mut c = Cluster::new(4, FlushPolicy::WriteThrough);
+    let id = c.written(0, b"v1");
+    assert_eq!(id.backup, Some(addr(1)));
+    c.advance(T + HB);
+    // Node 3 is down for now (so node 2 is the only candidate for a new backup).
+    let store3 = c.crash(3);
+    c.advance(T + HB);
+    // A write whose Replicate is lost: the backup crashes.
+    let (id, token, _) = c.lock(0, id);
+    let store1 = c.crash(1);
+    assert_eq!(c.write(0, id, token, b"v2"), None, "waits for the backup");
+    // Node 2's messages to the master are lost from now: it accepts the Rehome, unanswered.
+    c.advance(HB);
+    c.cut.insert((2, 0));
+    c.advance(T);
+    let rehomed = c.node(2).store().get(&id.hash).map(|k| k.placement);
+    assert!(
+        rehomed.is_some_and(|p| p.master == addr(0) && p.backup == Some(addr(2)) && p.epoch == 2),
+        "node 2 witnessed the Rehome: {rehomed:?}"
+    );
+    // The master sees node 2 down: the proposal is its shadow. The master is then cut off from
+    // everyone; meanwhile the old backup and node 3 restart and serve.
+    c.advance(T);
+    assert!(!c.node(0).membership().is_up(addr(2)));
+    c.isolate(0);
+    c.advance(T + HB);
+    c.restart(1, store1);
+    c.restart(3, store3);
+    c.advance(T + HB * 6);
+    assert_eq!(c.node(1).phase(), Phase::Serving);
+    assert_eq!(c.node(3).phase(), Phase::Serving);
+    // Heal, except that the old backup's messages to the master stay lost; the master ticks
+    // before it hears anyone, so its resend of the unacked write reaches the old backup.
+    c.cut.clear();
+    c.cut.insert((1, 0));
+    let first = c.sent.len();
+    for _ in 0..8 {
+        c.now += 25;
+        let now = c.now;
+        let a = c.node(0).tick(now);
+        c.run(0, a);
+    }
+    assert!(
+        c.sent[first..].iter().any(|(from, to, m)| *from == 0
+            && *to == 1
+            && matches!(m, Msg::Replicate { change: Change::Update, copy, .. } if copy.version == 2)),
+        "the master resent its unacked write to the old backup"
+    );
+    assert_eq!(c.node(1).store().get(&id.hash).map(|k| k.version), Some(2));
+    // The master dies. After a node timeout, a read through node 3 asks the old backup to
+    // fail over.
+    c.crash(0);
+    c.advance(T + HB);
+    let r = read_at(&mut c, 3, id);
+    let mut masters = BTreeSet::new();
+    for (_, master, epoch) in placements(&c, &id.hash) {
+        masters.insert((epoch, master));
+    }
+    for (epoch, master) in &masters {
+        assert!(
+            !masters.iter().any(|(e, m)| e == epoch && m != master),
+            "two masters at epoch {epoch}: {masters:?}"
+        );
+    }
+    assert!(
+        matches!(
+            r,
+            Reply::Error {
+                code: ErrorCode::Unavailable,
+                ..
+            }
+        ),
+        "the old backup promoted a copy its master never confirmed: {r:?}"
+    );
+}

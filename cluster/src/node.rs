@@ -1092,7 +1092,9 @@ impl<S: Store> Node<S> {
                     return self.send(from, Msg::StaleEpoch { hash, epoch });
                 }
                 let version = cur.version.max(copy.version);
-                if from == cur.placement.master && matches!(change, Change::Update) {
+                if from == cur.placement.master
+                    && matches!(change, Change::Update | Change::Refresh)
+                {
                     // Confirmed by the master (a resent proposal confirms nothing: it may
                     // still abandon it) — unless the master has a placement change of its own
                     // outstanding above this epoch (a Rehome replacing us, say), which its
@@ -1152,6 +1154,8 @@ impl<S: Store> Node<S> {
         let agreed = serving
             && match change {
                 Change::Update => copy.placement.backup == Some(me) && cur.is_none(),
+                // Never a new replica: only a copy held at this placement is refreshed.
+                Change::Refresh => false,
                 Change::AddBackup => true,
                 Change::Promote { old_master } => self.members.silent_long(old_master, now_ms),
                 Change::Rehome { old_backup } => {
@@ -1291,7 +1295,7 @@ impl<S: Store> Node<S> {
                 );
             }
             Change::AddBackup => self.stats.backups_added += 1,
-            Change::Resume | Change::Update => {}
+            Change::Resume | Change::Update | Change::Refresh => {}
         }
         debug_assert_eq!(new.placement.master, me);
         let acked = new.version;
@@ -1515,7 +1519,8 @@ impl<S: Store> Node<S> {
             // Nor does a delayed-write flush go to a backup seen down: the first flush after a
             // heal would reach the backup before we hear it return (which makes the session
             // wait for its Resume). (A write-through resend still goes: the unacked write's
-            // client waits for it; seed 51700 lost an acked write when resends stopped too.)
+            // client waits for it; seed 51700 lost an acked write when resends stopped too. But
+            // as a `Change::Refresh`, which never makes a new replica.)
             let backup_up = copy.placement.backup.is_none_or(|b| self.members.is_up(b));
             // Write-through: resend the unacked write.
             if let Some(b) = copy.placement.backup.filter(|_| confirmed) {
@@ -1533,14 +1538,14 @@ impl<S: Store> Node<S> {
                         inf.sent_ms = now_ms;
                     }
                     let copy = self.outgoing(&hash, copy.clone());
-                    self.send(
-                        b,
-                        Msg::Replicate {
-                            hash,
-                            copy,
-                            change: Change::Update,
-                        },
-                    );
+                    // To a backup seen down it may only refresh a copy held there: see
+                    // `Change::Refresh`.
+                    let change = if backup_up {
+                        Change::Update
+                    } else {
+                        Change::Refresh
+                    };
+                    self.send(b, Msg::Replicate { hash, copy, change });
                 }
             }
             // Delayed-write: replicate dirty sessions each flush interval.

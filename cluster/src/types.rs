@@ -312,6 +312,11 @@ pub enum Reply {
 pub enum Change {
     /// A new data version at the same placement.
     Update,
+    /// A write-through resend of an unacknowledged write to a backup the sender sees down: like
+    /// `Update` for a receiver that holds the copy at this placement, refused by any other (a
+    /// node that does not hold it may be a restarted, emptied backup of a master that was cut
+    /// off and taken over meanwhile: its ack would acknowledge a write the session has lost).
+    Refresh,
     /// The master had no backup and takes the receiver.
     AddBackup,
     /// The sender (the old backup) takes over from `old_master`; accepted only if the receiver

@@ -1422,8 +1422,11 @@ fn a_resend_from_a_master_replacing_its_backup_does_not_confirm_it() {
         rehomed.is_some_and(|p| p.master == addr(0) && p.backup == Some(addr(2)) && p.epoch == 2),
         "node 2 witnessed the Rehome: {rehomed:?}"
     );
-    // The master sees node 2 down: the proposal is its shadow. The master is then cut off from
-    // everyone; meanwhile the old backup and node 3 restart and serve.
+    // Node 2 crashes (its disk keeps the Rehome's placement); the master sees it down: the
+    // proposal is its shadow. The master is then cut off from everyone; meanwhile the old
+    // backup (which still holds its copy: nobody it syncs with knows a later one) and node 3
+    // restart and serve.
+    let store2 = c.crash(2);
     c.advance(T);
     assert!(!c.node(0).membership().is_up(addr(2)));
     c.isolate(0);
@@ -1447,7 +1450,7 @@ fn a_resend_from_a_master_replacing_its_backup_does_not_confirm_it() {
     assert!(
         c.sent[first..].iter().any(|(from, to, m)| *from == 0
             && *to == 1
-            && matches!(m, Msg::Replicate { change: Change::Update, copy, .. } if copy.version == 2)),
+            && matches!(m, Msg::Replicate { change: Change::Update | Change::Refresh, copy, .. } if copy.version == 2)),
         "the master resent its unacked write to the old backup"
     );
     assert_eq!(c.node(1).store().get(&id.hash).map(|k| k.version), Some(2));
@@ -1460,6 +1463,8 @@ fn a_resend_from_a_master_replacing_its_backup_does_not_confirm_it() {
     for (_, master, epoch) in placements(&c, &id.hash) {
         masters.insert((epoch, master));
     }
+    let held2 = store2.get(&id.hash).expect("node 2's disk").placement;
+    masters.insert((held2.epoch, held2.master));
     for (epoch, master) in &masters {
         assert!(
             !masters.iter().any(|(e, m)| e == epoch && m != master),
@@ -1475,5 +1480,98 @@ fn a_resend_from_a_master_replacing_its_backup_does_not_confirm_it() {
             }
         ),
         "the old backup promoted a copy its master never confirmed: {r:?}"
+    );
+}
+
+/// The open case named by the rule that a master sends no flush to a backup it sees down: a
+/// write-through resend still goes (seed 51700), and one reaching a backup restarted without
+/// the session acknowledged a lost write. The master (node 0), cut off with a write in flight,
+/// was taken over by its backup (node 1, witness node 2), which wrote on; node 1 was then
+/// replaced by an empty machine. On heal the old master resent its write before hearing
+/// anyone; the new node 1 took it as a new replica and acked it, so the old master's client
+/// got `Written` for a write the session never had. A resend to a backup seen down is now a
+/// `Change::Refresh`: it refreshes a copy held at its placement, and a node that holds none
+/// refuses it.
+#[test]
+fn a_resend_to_a_backup_seen_down_never_makes_a_new_replica() {
+    let mut c = Cluster::new(3, FlushPolicy::WriteThrough);
+    let id = c.written(0, b"v1");
+    assert_eq!(id.backup, Some(addr(1)));
+    c.advance(T + HB);
+    let (id, token, _) = c.lock(0, id);
+    c.isolate(0);
+    let stale = c.submit(
+        0,
+        Request::Write {
+            id,
+            token,
+            lifetime_s: 60,
+            data: b"v2".to_vec(),
+        },
+    );
+    assert_eq!(c.take_reply(stale), None, "waits for the backup");
+    c.advance(T + HB);
+    // The backup takes over (node 2 witnesses) and a client writes there.
+    let r = read_at(&mut c, 2, id);
+    let Reply::Data {
+        id: taken, data, ..
+    } = r
+    else {
+        panic!("{r:?}")
+    };
+    assert_eq!((taken.master, data.as_slice()), (addr(1), &b"v1"[..]));
+    let (taken, t, _) = c.lock(2, taken);
+    assert!(matches!(
+        c.write(2, taken, t, b"v3"),
+        Some(Reply::Written { .. })
+    ));
+    // Node 1 is replaced by an empty machine, which serves.
+    c.crash(1);
+    c.advance(T + HB);
+    c.restart(1, MemStore::default());
+    c.advance(T + HB * 6);
+    assert_eq!(c.node(1).phase(), Phase::Serving);
+    // Heal; the old master ticks before it hears anyone: its resend reaches the new node 1.
+    c.cut.clear();
+    let first = c.sent.len();
+    for _ in 0..8 {
+        c.now += 25;
+        let now = c.now;
+        let a = c.node(0).tick(now);
+        c.run(0, a);
+    }
+    assert!(
+        c.sent[first..].iter().any(|(from, to, m)| *from == 0
+            && *to == 1
+            && matches!(m, Msg::Replicate { copy, .. } if copy.version == 2)),
+        "the old master resent its write"
+    );
+    assert!(
+        c.node(1)
+            .store()
+            .get(&id.hash)
+            .is_none_or(|k| k.placement.master != addr(0)),
+        "the empty node took the stale copy as a replica"
+    );
+    c.advance(T * 4);
+    let r = c.take_reply(stale);
+    assert!(
+        !matches!(r, Some(Reply::Written { .. })),
+        "a write the session lost was acknowledged: {r:?}"
+    );
+    // The session is never read back without its acknowledged write (it waits for its
+    // master, node 1's first incarnation, whose disk is gone: node 2's copy predates its own
+    // rejoin and stays doubtful).
+    let r = read_at(&mut c, 2, taken);
+    assert!(
+        matches!(&r, Reply::Data { data, .. } if data == b"v3")
+            || matches!(
+                r,
+                Reply::Error {
+                    code: ErrorCode::Unavailable,
+                    ..
+                }
+            ),
+        "{r:?}"
     );
 }

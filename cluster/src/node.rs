@@ -550,6 +550,35 @@ impl<S: Store> Node<S> {
         self.sessions.entry(hash).or_default()
     }
 
+    /// `copy` as it goes to another node outside a proposal (an update, a flush, a resend, a
+    /// sync item): its `intent` names the placement change we proposed above its epoch and
+    /// whose target may hold it — in flight, left unanswered (the shadow) or restored from
+    /// before a restart — or is `None`. Such a copy confirms nothing to its backup (see
+    /// [`confirms`]): the backup at epoch `e` must not become promotable (to `e + 1`) while
+    /// `e + 1` or above may be held elsewhere.
+    fn outgoing(&self, hash: &Hash, mut copy: Copy) -> Copy {
+        let epoch = copy.placement.epoch;
+        let live = self.sessions.get(hash);
+        let pending = live.and_then(|l| l.pending.as_ref()).map(|p| Intent {
+            target: p.target,
+            epoch: p.copy.placement.epoch,
+            handover: matches!(p.change, Change::Handover { .. }),
+        });
+        let shadow = live.and_then(|l| {
+            l.shadow.map(|target| Intent {
+                target,
+                epoch: l.floor,
+                handover: false,
+            })
+        });
+        copy.intent = pending
+            .into_iter()
+            .chain(copy.intent)
+            .chain(shadow)
+            .find(|i| i.epoch > epoch);
+        copy
+    }
+
     fn on_peer_event(&mut self, event: PeerEvent, now_ms: u64) {
         if matches!(event, PeerEvent::Draining { .. }) {
             // Nothing to do at once: backup choice and placement upkeep read the table's
@@ -871,6 +900,7 @@ impl<S: Store> Node<S> {
                     replies: vec![(to, reply)],
                     sent_ms: now_ms,
                 });
+                let copy = self.outgoing(&hash, copy);
                 self.send(
                     backup,
                     Msg::Replicate {
@@ -1042,6 +1072,7 @@ impl<S: Store> Node<S> {
         change: Change,
         now_ms: u64,
     ) {
+        let confirming = confirms(&copy);
         copy.intent = None;
         let me = self.cfg.me;
         let cur = self.store.get(&hash);
@@ -1061,10 +1092,19 @@ impl<S: Store> Node<S> {
                     return self.send(from, Msg::StaleEpoch { hash, epoch });
                 }
                 let version = cur.version.max(copy.version);
-                if from == cur.placement.master && matches!(change, Change::Update) {
+                if from == cur.placement.master
+                    && matches!(change, Change::Update | Change::Refresh)
+                {
                     // Confirmed by the master (a resent proposal confirms nothing: it may
-                    // still abandon it).
-                    self.doubtful.remove(&hash);
+                    // still abandon it) — unless the master has a placement change of its own
+                    // outstanding above this epoch (a Rehome replacing us, say), which its
+                    // target may hold: then we must not promote to that epoch, and hold the
+                    // copy as doubtful until a later confirmation.
+                    if confirming {
+                        self.doubtful.remove(&hash);
+                    } else {
+                        self.doubtful.insert(hash);
+                    }
                 }
                 if copy.version > cur.version {
                     copy.intent = cur.intent;
@@ -1114,6 +1154,8 @@ impl<S: Store> Node<S> {
         let agreed = serving
             && match change {
                 Change::Update => copy.placement.backup == Some(me) && cur.is_none(),
+                // Never a new replica: only a copy held at this placement is refreshed.
+                Change::Refresh => false,
                 Change::AddBackup => true,
                 Change::Promote { old_master } => self.members.silent_long(old_master, now_ms),
                 Change::Rehome { old_backup } => {
@@ -1139,7 +1181,7 @@ impl<S: Store> Node<S> {
         }
         let version = copy.version;
         let handed = copy.placement.master == me;
-        if handed || matches!(change, Change::Update) {
+        if handed || matches!(change, Change::Update) && confirming {
             self.doubtful.remove(&hash);
         } else {
             // We are the backup of a proposed placement: our answer may be lost and the
@@ -1253,7 +1295,7 @@ impl<S: Store> Node<S> {
                 );
             }
             Change::AddBackup => self.stats.backups_added += 1,
-            Change::Resume | Change::Update => {}
+            Change::Resume | Change::Update | Change::Refresh => {}
         }
         debug_assert_eq!(new.placement.master, me);
         let acked = new.version;
@@ -1477,7 +1519,8 @@ impl<S: Store> Node<S> {
             // Nor does a delayed-write flush go to a backup seen down: the first flush after a
             // heal would reach the backup before we hear it return (which makes the session
             // wait for its Resume). (A write-through resend still goes: the unacked write's
-            // client waits for it; seed 51700 lost an acked write when resends stopped too.)
+            // client waits for it; seed 51700 lost an acked write when resends stopped too. But
+            // as a `Change::Refresh`, which never makes a new replica.)
             let backup_up = copy.placement.backup.is_none_or(|b| self.members.is_up(b));
             // Write-through: resend the unacked write.
             if let Some(b) = copy.placement.backup.filter(|_| confirmed) {
@@ -1494,14 +1537,15 @@ impl<S: Store> Node<S> {
                     {
                         inf.sent_ms = now_ms;
                     }
-                    self.send(
-                        b,
-                        Msg::Replicate {
-                            hash,
-                            copy: copy.clone(),
-                            change: Change::Update,
-                        },
-                    );
+                    let copy = self.outgoing(&hash, copy.clone());
+                    // To a backup seen down it may only refresh a copy held there: see
+                    // `Change::Refresh`.
+                    let change = if backup_up {
+                        Change::Update
+                    } else {
+                        Change::Refresh
+                    };
+                    self.send(b, Msg::Replicate { hash, copy, change });
                 }
             }
             // Delayed-write: replicate dirty sessions each flush interval.
@@ -1514,11 +1558,12 @@ impl<S: Store> Node<S> {
                 let live = self.live(hash);
                 if live.acked < copy.version {
                     live.dirty_sent_ms = Some(now_ms);
+                    let copy = self.outgoing(&hash, copy.clone());
                     self.send(
                         b,
                         Msg::Replicate {
                             hash,
-                            copy: copy.clone(),
+                            copy,
                             change: Change::Update,
                         },
                     );
@@ -1767,6 +1812,7 @@ impl<S: Store> Node<S> {
             };
             if copy.placement.names(from) || asked.contains(&hash) {
                 count += 1;
+                let copy = self.outgoing(&hash, copy);
                 self.send(from, Msg::SyncItem { sync, hash, copy });
             }
         }
@@ -1813,6 +1859,7 @@ impl<S: Store> Node<S> {
     }
 
     fn on_sync_item(&mut self, from: Addr, sync: u64, hash: Hash, mut copy: Copy, now_ms: u64) {
+        let confirming = confirms(&copy);
         copy.intent = None;
         let me = self.cfg.me;
         if let Mode::Rejoining { sync: current, .. } = self.mode
@@ -1832,7 +1879,13 @@ impl<S: Store> Node<S> {
                     .get(&hash)
                     .is_none_or(|c| c.order() <= copy.order())
             {
-                self.doubtful.remove(&hash);
+                // Our master's own copy confirms ours, unless it has a placement change of
+                // its own outstanding above that epoch (`confirms`).
+                if confirming {
+                    self.doubtful.remove(&hash);
+                } else {
+                    self.doubtful.insert(hash);
+                }
             }
             // Never adopt a copy we do not hold: placements are durable, so not holding it
             // means we dropped it (fenced, handed over), whatever a stale replica elsewhere
@@ -2165,6 +2218,15 @@ impl<S: Store> Node<S> {
             self.error(f.to, ErrorCode::Unavailable, "timed out");
         }
     }
+}
+
+/// Whether `copy`, received from its master outside a proposal, confirms the receiver's copy
+/// at its placement: not when it names a placement change its master proposed above that
+/// epoch and whose target may hold it ([`Node::outgoing`]). A backup confirmed at epoch `e`
+/// may promote to `e + 1`; while its master may have `e + 1` (or above) accepted elsewhere,
+/// that would make two placements at one epoch.
+fn confirms(copy: &Copy) -> bool {
+    copy.intent.is_none_or(|i| i.epoch <= copy.placement.epoch)
 }
 
 fn set_id(request: &mut Request, new: SessionId) {

@@ -90,7 +90,11 @@ pub struct Copy {
     /// The session data.
     pub data: Vec<u8>,
     /// A placement change this node proposed and that may have been accepted (kept durable so
-    /// that a restart does not forget it). `None` in every copy sent to another node.
+    /// that a restart does not forget it). In a copy sent to another node: `None` in a
+    /// proposal; in an update, flush, resend or sync item, the change its master has
+    /// outstanding above the copy's epoch (in flight, left unanswered, or restored after a
+    /// restart), if any — such a copy does not confirm the receiver's replica (it stays
+    /// doubtful: never promoted). A receiver never stores the sender's intent.
     pub intent: Option<Intent>,
 }
 
@@ -308,6 +312,11 @@ pub enum Reply {
 pub enum Change {
     /// A new data version at the same placement.
     Update,
+    /// A write-through resend of an unacknowledged write to a backup the sender sees down: like
+    /// `Update` for a receiver that holds the copy at this placement, refused by any other (a
+    /// node that does not hold it may be a restarted, emptied backup of a master that was cut
+    /// off and taken over meanwhile: its ack would acknowledge a write the session has lost).
+    Refresh,
     /// The master had no backup and takes the receiver.
     AddBackup,
     /// The sender (the old backup) takes over from `old_master`; accepted only if the receiver

@@ -1380,3 +1380,199 @@ fn a_restarted_backup_that_just_heard_its_master_by_message_does_not_promote() {
         "{a:?}"
     );
 }
+
+/// The placement every live node holds for `hash`: `(node, master, epoch)`.
+fn placements(c: &Cluster, hash: &[u8; 16]) -> Vec<(usize, SocketAddr, u32)> {
+    (0..c.nodes.len())
+        .filter_map(|i| {
+            let k = c.nodes[i].as_ref()?.store().get(hash)?;
+            Some((i, k.placement.master, k.placement.epoch))
+        })
+        .collect()
+}
+
+/// The open case left by seed 299448: a master (node 0) whose backup (node 1) crashed proposed
+/// a Rehome to node 2 at epoch 2, which node 2 accepted but whose answer was lost; node 2 then
+/// went down, so the proposal became the session's shadow, and the master went on resending
+/// its unacknowledged write-through write to the old backup at epoch 1. The old backup,
+/// restarted meanwhile (its copy doubtful), took that resend as its master's confirmation; the
+/// master then died, and the old backup promoted at epoch 2 — the epoch of the master's
+/// proposal, which node 2 holds: two masters at one epoch (and, once the master resumed from
+/// node 2's copy, two nodes serving). A copy sent while its master has a proposal outstanding
+/// above the copy's epoch now carries that proposal (`Copy::intent`), and such a copy confirms
+/// nothing: the old backup stays doubtful and never promotes.
+#[test]
+fn a_resend_from_a_master_replacing_its_backup_does_not_confirm_it() {
+    let mut c = Cluster::new(4, FlushPolicy::WriteThrough);
+    let id = c.written(0, b"v1");
+    assert_eq!(id.backup, Some(addr(1)));
+    c.advance(T + HB);
+    // Node 3 is down for now (so node 2 is the only candidate for a new backup).
+    let store3 = c.crash(3);
+    c.advance(T + HB);
+    // A write whose Replicate is lost: the backup crashes.
+    let (id, token, _) = c.lock(0, id);
+    let store1 = c.crash(1);
+    assert_eq!(c.write(0, id, token, b"v2"), None, "waits for the backup");
+    // Node 2's messages to the master are lost from now: it accepts the Rehome, unanswered.
+    c.advance(HB);
+    c.cut.insert((2, 0));
+    c.advance(T);
+    let rehomed = c.node(2).store().get(&id.hash).map(|k| k.placement);
+    assert!(
+        rehomed.is_some_and(|p| p.master == addr(0) && p.backup == Some(addr(2)) && p.epoch == 2),
+        "node 2 witnessed the Rehome: {rehomed:?}"
+    );
+    // Node 2 crashes (its disk keeps the Rehome's placement); the master sees it down: the
+    // proposal is its shadow. The master is then cut off from everyone; meanwhile the old
+    // backup (which still holds its copy: nobody it syncs with knows a later one) and node 3
+    // restart and serve.
+    let store2 = c.crash(2);
+    c.advance(T);
+    assert!(!c.node(0).membership().is_up(addr(2)));
+    c.isolate(0);
+    c.advance(T + HB);
+    c.restart(1, store1);
+    c.restart(3, store3);
+    c.advance(T + HB * 6);
+    assert_eq!(c.node(1).phase(), Phase::Serving);
+    assert_eq!(c.node(3).phase(), Phase::Serving);
+    // Heal, except that the old backup's messages to the master stay lost; the master ticks
+    // before it hears anyone, so its resend of the unacked write reaches the old backup.
+    c.cut.clear();
+    c.cut.insert((1, 0));
+    let first = c.sent.len();
+    for _ in 0..8 {
+        c.now += 25;
+        let now = c.now;
+        let a = c.node(0).tick(now);
+        c.run(0, a);
+    }
+    assert!(
+        c.sent[first..].iter().any(|(from, to, m)| *from == 0
+            && *to == 1
+            && matches!(m, Msg::Replicate { change: Change::Update | Change::Refresh, copy, .. } if copy.version == 2)),
+        "the master resent its unacked write to the old backup"
+    );
+    assert_eq!(c.node(1).store().get(&id.hash).map(|k| k.version), Some(2));
+    // The master dies. After a node timeout, a read through node 3 asks the old backup to
+    // fail over.
+    c.crash(0);
+    c.advance(T + HB);
+    let r = read_at(&mut c, 3, id);
+    let mut masters = BTreeSet::new();
+    for (_, master, epoch) in placements(&c, &id.hash) {
+        masters.insert((epoch, master));
+    }
+    let held2 = store2.get(&id.hash).expect("node 2's disk").placement;
+    masters.insert((held2.epoch, held2.master));
+    for (epoch, master) in &masters {
+        assert!(
+            !masters.iter().any(|(e, m)| e == epoch && m != master),
+            "two masters at epoch {epoch}: {masters:?}"
+        );
+    }
+    assert!(
+        matches!(
+            r,
+            Reply::Error {
+                code: ErrorCode::Unavailable,
+                ..
+            }
+        ),
+        "the old backup promoted a copy its master never confirmed: {r:?}"
+    );
+}
+
+/// The open case named by the rule that a master sends no flush to a backup it sees down: a
+/// write-through resend still goes (seed 51700), and one reaching a backup restarted without
+/// the session acknowledged a lost write. The master (node 0), cut off with a write in flight,
+/// was taken over by its backup (node 1, witness node 2), which wrote on; node 1 was then
+/// replaced by an empty machine. On heal the old master resent its write before hearing
+/// anyone; the new node 1 took it as a new replica and acked it, so the old master's client
+/// got `Written` for a write the session never had. A resend to a backup seen down is now a
+/// `Change::Refresh`: it refreshes a copy held at its placement, and a node that holds none
+/// refuses it.
+#[test]
+fn a_resend_to_a_backup_seen_down_never_makes_a_new_replica() {
+    let mut c = Cluster::new(3, FlushPolicy::WriteThrough);
+    let id = c.written(0, b"v1");
+    assert_eq!(id.backup, Some(addr(1)));
+    c.advance(T + HB);
+    let (id, token, _) = c.lock(0, id);
+    c.isolate(0);
+    let stale = c.submit(
+        0,
+        Request::Write {
+            id,
+            token,
+            lifetime_s: 60,
+            data: b"v2".to_vec(),
+        },
+    );
+    assert_eq!(c.take_reply(stale), None, "waits for the backup");
+    c.advance(T + HB);
+    // The backup takes over (node 2 witnesses) and a client writes there.
+    let r = read_at(&mut c, 2, id);
+    let Reply::Data {
+        id: taken, data, ..
+    } = r
+    else {
+        panic!("{r:?}")
+    };
+    assert_eq!((taken.master, data.as_slice()), (addr(1), &b"v1"[..]));
+    let (taken, t, _) = c.lock(2, taken);
+    assert!(matches!(
+        c.write(2, taken, t, b"v3"),
+        Some(Reply::Written { .. })
+    ));
+    // Node 1 is replaced by an empty machine, which serves.
+    c.crash(1);
+    c.advance(T + HB);
+    c.restart(1, MemStore::default());
+    c.advance(T + HB * 6);
+    assert_eq!(c.node(1).phase(), Phase::Serving);
+    // Heal; the old master ticks before it hears anyone: its resend reaches the new node 1.
+    c.cut.clear();
+    let first = c.sent.len();
+    for _ in 0..8 {
+        c.now += 25;
+        let now = c.now;
+        let a = c.node(0).tick(now);
+        c.run(0, a);
+    }
+    assert!(
+        c.sent[first..].iter().any(|(from, to, m)| *from == 0
+            && *to == 1
+            && matches!(m, Msg::Replicate { copy, .. } if copy.version == 2)),
+        "the old master resent its write"
+    );
+    assert!(
+        c.node(1)
+            .store()
+            .get(&id.hash)
+            .is_none_or(|k| k.placement.master != addr(0)),
+        "the empty node took the stale copy as a replica"
+    );
+    c.advance(T * 4);
+    let r = c.take_reply(stale);
+    assert!(
+        !matches!(r, Some(Reply::Written { .. })),
+        "a write the session lost was acknowledged: {r:?}"
+    );
+    // The session is never read back without its acknowledged write (it waits for its
+    // master, node 1's first incarnation, whose disk is gone: node 2's copy predates its own
+    // rejoin and stays doubtful).
+    let r = read_at(&mut c, 2, taken);
+    assert!(
+        matches!(&r, Reply::Data { data, .. } if data == b"v3")
+            || matches!(
+                r,
+                Reply::Error {
+                    code: ErrorCode::Unavailable,
+                    ..
+                }
+            ),
+        "{r:?}"
+    );
+}

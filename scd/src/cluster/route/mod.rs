@@ -1706,7 +1706,19 @@ impl State {
                         }
                     }
                 }
-                answer(reply, &r, new_id);
+                if self.write_through() && !dropped {
+                    // As a write whose copy failed: the client is told. The session is gone
+                    // here, but the backup may still hold it and serve it after a failover; a
+                    // retried Destroy (without the lock, now released) drops it there.
+                    let failed = unavailable(
+                        "the session was destroyed on its master, but its backup did not confirm \
+                         that it dropped its copy (it could come back if the master fails); \
+                         retry the destroy",
+                    );
+                    answer(reply, &failed, new_id);
+                } else {
+                    answer(reply, &r, new_id);
+                }
                 if hold {
                     // Whatever the outcome: a Release of a lock the DestroyHold did not pin
                     // (refused) changes nothing.

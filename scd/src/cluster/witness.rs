@@ -125,6 +125,26 @@ pub fn witnesses(live: &[SocketAddr], suspect: SocketAddr) -> Vec<SocketAddr> {
     live.iter().copied().filter(|&a| a != suspect).collect()
 }
 
+/// The warning logged when a node is heard that this node's configured `peers` (heartbeat
+/// targets) do not name, with no broadcast configured: the peer lists differ between nodes, so
+/// nodes count different clusters for the failover majority (and this node sends that one no
+/// heartbeats: it will see this node down). None when the lists agree, or without peers.
+pub fn unlisted_peer_warning(
+    peers: &[SocketAddr],
+    broadcast: bool,
+    heard: SocketAddr,
+) -> Option<String> {
+    if broadcast || peers.is_empty() || peers.iter().any(|p| p.ip() == heard.ip()) {
+        return None;
+    }
+    Some(format!(
+        "cluster: node {heard} is heard but this node's cluster.peers do not list it: it sees \
+         this node as silent (no heartbeats go to it), and the nodes count different clusters \
+         for the failover majority; list every node in every node's peers (the same list \
+         everywhere), or use broadcast"
+    ))
+}
+
 /// The warning logged at start when the configured peers (heartbeat targets) name exactly one
 /// other node, HA is on and `cluster.allow_alone` is off: nobody can ever witness that node's
 /// silence. None otherwise (no peers configured: broadcast discovery, the cluster's size is not
@@ -319,6 +339,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_heard_node_missing_from_the_configured_peers_is_warned_about() {
+        let hb = |n: u8| SocketAddr::from(([10, 0, 0, n], 45678));
+        let peers = [hb(2), hb(3)];
+        let w = unlisted_peer_warning(&peers, false, node(4)).expect("node 4 is not listed");
+        assert!(w.contains("10.0.0.4:34567") && w.contains("peers"), "{w}");
+        // Listed (by IP: the heard address is the relay port, the list the heartbeat port).
+        assert_eq!(unlisted_peer_warning(&peers, false, node(2)), None);
+        // Broadcast discovery, or no list at all: nothing to compare.
+        assert_eq!(unlisted_peer_warning(&peers, true, node(4)), None);
+        assert_eq!(unlisted_peer_warning(&[], false, node(4)), None);
     }
 
     #[test]

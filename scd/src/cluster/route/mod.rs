@@ -684,6 +684,13 @@ impl State {
             match c {
                 Change::Up(a) => {
                     info!("cluster: node {a} is up");
+                    if let Some(c) = &self.node.resolved.cluster {
+                        if let Some(w) =
+                            witness::unlisted_peer_warning(&c.peers, c.broadcast.is_some(), a)
+                        {
+                            warn!("{w}");
+                        }
+                    }
                     self.add_missing_backups();
                 }
                 Change::Down(a) => {

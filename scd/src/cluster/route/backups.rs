@@ -61,16 +61,7 @@ impl State {
         let nb = self.members.borrow().choose_backup(&exclude);
         let copy = match copy {
             Some(c) => Some(c),
-            None => self
-                .peek(hash)
-                .await
-                .map(|(version, left, data)| OwnedReplica {
-                    hash,
-                    version,
-                    epoch,
-                    lifetime_s: left,
-                    data,
-                }),
+            None => self.copy_of(hash, epoch).await,
         };
         let version = copy.as_ref().map(|c| c.version);
         let mut placed = None;
@@ -260,7 +251,7 @@ impl State {
                 if me.placement(&hash) != Some(p) {
                     continue;
                 }
-                let Some((version, left, data)) = me.peek(hash).await else {
+                let Some(copy) = me.copy_of(hash, p.epoch + 1).await else {
                     // Nothing written yet: the first write picks the backup.
                     continue;
                 };
@@ -271,14 +262,7 @@ impl State {
                 let Some(nb) = me.members.borrow().choose_backup(&[me.me]) else {
                     return;
                 };
-                let epoch = p.epoch + 1;
-                let copy = OwnedReplica {
-                    hash,
-                    version,
-                    epoch,
-                    lifetime_s: left,
-                    data,
-                };
+                let epoch = copy.epoch;
                 if me.replicate(nb, copy.as_wire()).await.is_ok() && me.placement(&hash) == Some(p)
                 {
                     Counters::bump(&me.shared().counters.backups_replaced);

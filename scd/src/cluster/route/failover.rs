@@ -67,15 +67,8 @@ impl State {
             if !self.node.settings.cluster.ha {
                 return p;
             }
-            match self.peek(hash).await {
-                Some((version, left, data)) => {
-                    let copy = OwnedReplica {
-                        hash,
-                        version,
-                        epoch,
-                        lifetime_s: left,
-                        data,
-                    };
+            match self.copy_of(hash, epoch).await {
+                Some(copy) => {
                     if self.replicate(nb, copy.as_wire()).await.is_ok() {
                         p.backup = Some(nb);
                     }

@@ -155,6 +155,16 @@ pub struct Placement {
 }
 
 impl Placement {
+    /// The placement a session ID says: its master at the ID's version, its backup.
+    fn named_by(id: &SessionId) -> Placement {
+        Placement {
+            epoch: id.version,
+            master: Some(id.master),
+            backup: id.backup,
+            prev: None,
+        }
+    }
+
     fn id(&self, hash: [u8; 16]) -> Option<SessionId> {
         self.master
             .map(|m| SessionId::new(m, self.backup, self.epoch, hash))
@@ -813,15 +823,22 @@ impl State {
         }
     }
 
-    /// The local copy of a session: (version, seconds left, data), if there is one.
-    async fn peek(&self, hash: [u8; 16]) -> Option<(u64, u32, Vec<u8>)> {
+    /// The local copy of a session (its version, seconds left and data), labelled with `epoch`,
+    /// as a replica ready to send; None if this node does not hold it.
+    async fn copy_of(&self, hash: [u8; 16], epoch: u32) -> Option<OwnedReplica> {
         match self.local(hash, self.next_owner(), Op::Peek).await {
             OwnedReply::Data {
                 token,
                 version,
                 data,
                 ..
-            } => Some((version, u32::try_from(token).unwrap_or(u32::MAX), data)),
+            } => Some(OwnedReplica {
+                hash,
+                version,
+                epoch,
+                lifetime_s: u32::try_from(token).unwrap_or(u32::MAX),
+                data,
+            }),
             _ => None,
         }
     }
@@ -1272,12 +1289,7 @@ impl State {
             }
         }
         if id.master == self.me {
-            let p = Placement {
-                epoch: id.version,
-                master: Some(self.me),
-                backup: id.backup,
-                prev: None,
-            };
+            let p = Placement::named_by(&id);
             let c = self.set_placement(hash, p);
             self.committed(c).await;
             return self.serve_master(p, id, op, owner, reply, forwarded).await;

@@ -60,18 +60,9 @@ impl State {
             ));
             let mut sent = 0;
             for (hash, p) in list {
-                if let Some((version, left, data)) = self.peek(hash).await {
+                if let Some(copy) = self.copy_of(hash, p.epoch).await {
                     sent += 1;
-                    let _ = conn.relay.send((
-                        rid,
-                        Out::SyncItem(OwnedReplica {
-                            hash,
-                            version,
-                            epoch: p.epoch,
-                            lifetime_s: left,
-                            data,
-                        }),
-                    ));
+                    let _ = conn.relay.send((rid, Out::SyncItem(copy)));
                 }
             }
             let _ = conn.relay.send((rid, Out::SyncEnd { count: sent }));

@@ -66,12 +66,8 @@ impl State {
                 p
             }
             None => {
-                let p = Placement {
-                    epoch: id.version,
-                    master: Some(self.me),
-                    backup: id.backup,
-                    prev: None,
-                };
+                // (The cores served the write only because the ID names this node master.)
+                let p = Placement::named_by(&id);
                 let c = self.set_placement(hash, p);
                 self.committed(c).await;
                 p
@@ -131,14 +127,8 @@ impl State {
                 lifetime_s,
                 data,
             },
-            CopySource::Peek => match self.peek(hash).await {
-                Some((version, left, data)) => OwnedReplica {
-                    hash,
-                    version,
-                    epoch: p.epoch,
-                    lifetime_s: left,
-                    data,
-                },
+            CopySource::Peek => match self.copy_of(hash, p.epoch).await {
+                Some(copy) => copy,
                 None => return Ok(()),
             },
         };

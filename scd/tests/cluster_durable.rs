@@ -194,18 +194,12 @@ fn a_restarted_old_master_follows_the_epoch_taken_over_and_the_third_node_restar
 /// Needs root and iproute2's `ip` (namespaces): without them the test prints a `SKIPPED` line.
 #[test]
 fn a_backup_that_took_over_and_restarted_during_a_cut_still_denies_the_old_master_leases() {
-    use common::netns::{
-        Net, eventually as ns_eventually, key_file, logs, skipped, start_ha_cluster,
-    };
+    use common::netns::{eventually as ns_eventually, ha_net, logs};
 
     let subnet = "10.87.0";
-    let net = match Net::create(subnet, 3) {
-        Ok(net) => net,
-        Err(e) => return skipped("cluster_durable", &e),
+    let Some((net, _key_dir, mut nodes)) = ha_net(subnet, 3, "cluster_durable") else {
+        return;
     };
-    let key_dir = tempfile::tempdir().expect("key dir");
-    let key = key_file(key_dir.path());
-    let mut nodes = start_ha_cluster(&net, &key);
     let mut on_a = nodes[0].client();
     on_a.set_timeout(Some(Duration::from_secs(60))).unwrap();
     let original = on_a.create_id().expect("create id on A");

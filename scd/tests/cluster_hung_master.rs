@@ -55,7 +55,7 @@ fn a_request_relayed_to_a_master_that_hangs_fails_over_when_the_master_is_declar
     });
 
     // A hangs. Its connections are not refused: only the down declaration ends the wait.
-    common::signal(a.pid(), "STOP");
+    common::stop_all_threads(a.pid());
     let (mut waiter, r) = queued.join().expect("waiter thread");
     match r {
         // Served by the new master (the lock taken on A is gone with it), or Unavailable while

@@ -10,21 +10,15 @@ mod common;
 
 use std::time::Duration;
 
-use common::netns::{
-    Net, SessionOnA, eventually, key_file, logs, session_on_a, skipped, start_ha_cluster,
-};
+use common::netns::{SessionOnA, eventually, ha_net, logs, session_on_a};
 use common::read_following;
 
 #[test]
 fn a_lock_wait_queued_under_a_lease_is_not_granted_after_the_backup_took_the_session_over() {
     let subnet = "10.84.0";
-    let net = match Net::create(subnet, 3) {
-        Ok(net) => net,
-        Err(e) => return skipped("cluster_lease_lock_wait", &e),
+    let Some((net, _key_dir, nodes)) = ha_net(subnet, 3, "cluster_lease_lock_wait") else {
+        return;
     };
-    let key_dir = tempfile::tempdir().expect("key dir");
-    let key = key_file(key_dir.path());
-    let nodes = start_ha_cluster(&net, &key);
 
     // A session mastered by A (node 1), backed up on B, value 1; C is the third node.
     let SessionOnA {

@@ -13,9 +13,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::netns::{
-    Net, NsNode, SessionOnA, eventually, key_file, logs, session_on_a, skipped, start_ha_cluster,
-};
+use common::netns::{NsNode, SessionOnA, eventually, ha_net, logs, session_on_a};
 use common::read_following;
 use scd_client::{Client, ErrorCode, SessionId};
 
@@ -58,15 +56,11 @@ fn read_through_a(c: &mut Client, id: &SessionId, nodes: &[NsNode]) -> Seen {
 }
 
 fn cut_master_off(subnet: &str, cut: Cut) {
-    let net = match Net::create(subnet, 3) {
-        Ok(net) => net,
-        Err(e) => return skipped("cluster_leases", &e),
-    };
-    let key_dir = tempfile::tempdir().expect("key dir");
-    let key = key_file(key_dir.path());
     // Unicast peers, HA, write-through; 100 ms heartbeats (node timeout 800 ms), the default
     // lease margin (500 ms: a lease lasts 300 ms after its request left).
-    let nodes = start_ha_cluster(&net, &key);
+    let Some((net, _key_dir, nodes)) = ha_net(subnet, 3, "cluster_leases") else {
+        return;
+    };
 
     // A session mastered by A (node 1), backed up on B, value 1; C is the third node.
     let SessionOnA {

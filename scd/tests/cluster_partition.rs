@@ -14,9 +14,7 @@
 
 mod common;
 
-use common::netns::{
-    Net, SessionOnA, eventually, key_file, logs, session_on_a, skipped, start_ha_cluster,
-};
+use common::netns::{SessionOnA, eventually, ha_net, logs, session_on_a};
 use common::read_following;
 
 const SUBNET: &str = "10.78.0";
@@ -40,14 +38,10 @@ fn a_master_that_never_saw_a_peer_down_is_told_to_rejoin() {
 }
 
 fn partition_and_heal(subnet: &str, cut: Cut) {
-    let net = match Net::create(subnet, 3) {
-        Ok(net) => net,
-        Err(e) => return skipped("cluster_partition", &e),
-    };
-    let key_dir = tempfile::tempdir().expect("key dir");
-    let key = key_file(key_dir.path());
     // Unicast peers, HA, write-through; 100 ms heartbeats (node timeout 800 ms).
-    let nodes = start_ha_cluster(&net, &key);
+    let Some((net, _key_dir, nodes)) = ha_net(subnet, 3, "cluster_partition") else {
+        return;
+    };
 
     // A session mastered by A (node 1), backed up on B, value 1; C is the third node.
     let SessionOnA {

@@ -14,42 +14,20 @@ mod common;
 
 use std::time::Duration;
 
-use common::netns::{Net, NsNode, eventually, key_file, logs, skipped, start_ha_cluster};
+use common::netns::{assert_unavailable, eventually, ha_net, logs};
 use common::read_following;
-use scd_client::Client;
-use scd_wire::local::ErrorCode;
-use scd_wire::session_id::SessionId;
 
 const SUBNET: &str = "10.89.0";
 
-/// One read of `id` through `c` that must be Unavailable (no side may serve the session).
-fn assert_unavailable(c: &mut Client, id: &SessionId, what: &str, nodes: &[NsNode]) {
-    match c.read(id) {
-        Ok(r) => panic!(
-            "{what}: served {:?} (new ID {:?}) while the cluster is split in two pairs\n{}",
-            r.data.as_deref().map(String::from_utf8_lossy),
-            r.new_id,
-            logs(nodes)
-        ),
-        Err(e) => assert_eq!(
-            e.code(),
-            Some(ErrorCode::Unavailable),
-            "{what}: {e}\n{}",
-            logs(nodes)
-        ),
-    }
-}
+/// Why no node may serve the session while the reads below are made.
+const WHY: &str = "the cluster is split in two pairs";
 
 #[test]
 fn a_split_into_two_pairs_gives_no_side_a_majority_and_no_second_master() {
-    let net = match Net::create(SUBNET, 4) {
-        Ok(net) => net,
-        Err(e) => return skipped("cluster_quorum", &e),
-    };
-    let key_dir = tempfile::tempdir().expect("key dir");
-    let key = key_file(key_dir.path());
     // Unicast peers, HA, write-through; 100 ms heartbeats (node timeout 800 ms).
-    let nodes = start_ha_cluster(&net, &key);
+    let Some((net, _key_dir, nodes)) = ha_net(SUBNET, 4, "cluster_quorum") else {
+        return;
+    };
     let node = |i: u8| &nodes[i as usize - 1];
     let client = |i: u8| {
         let mut c = node(i).client();
@@ -89,8 +67,8 @@ fn a_split_into_two_pairs_gives_no_side_a_majority_and_no_second_master() {
     // hears): only C could witness that B is silent, not enough to replace it either. Both wait.
     let (mut on_b, mut on_c, mut on_d) = (client(b), client(c), client(d));
     eventually("both sides found too few witnesses", &nodes, || {
-        assert_unavailable(&mut on_b, &original, "through B", &nodes);
-        assert_unavailable(&mut on_a, &original, "through A", &nodes);
+        assert_unavailable(&mut on_b, &original, "through B", WHY, &nodes);
+        assert_unavailable(&mut on_a, &original, "through A", WHY, &nodes);
         [1, b].iter().all(|&i| {
             node(i)
                 .log_text()
@@ -104,7 +82,7 @@ fn a_split_into_two_pairs_gives_no_side_a_majority_and_no_second_master() {
             ("C", &mut on_c),
             ("D", &mut on_d),
         ] {
-            assert_unavailable(cl, &original, &format!("through {name}"), &nodes);
+            assert_unavailable(cl, &original, &format!("through {name}"), WHY, &nodes);
         }
     }
     assert_eq!(

@@ -18,44 +18,21 @@ mod common;
 
 use std::time::Duration;
 
-use common::netns::{
-    Net, NsNode, SessionOnA, eventually, key_file, logs, session_on_a, skipped, start_ha_cluster,
-};
+use common::netns::{SessionOnA, assert_unavailable, eventually, ha_net, logs, session_on_a};
 use common::read_following;
-use scd_client::Client;
 use scd_wire::local::ErrorCode;
-use scd_wire::session_id::SessionId;
 
 const SUBNET: &str = "10.82.0";
 
-/// One read of `id` through `c` that must be Unavailable (no node may serve the session).
-fn assert_unavailable(c: &mut Client, id: &SessionId, what: &str, nodes: &[NsNode]) {
-    match c.read(id) {
-        Ok(r) => panic!(
-            "{what}: served {:?} (new ID {:?}) while A and B cannot hear each other\n{}",
-            r.data.as_deref().map(String::from_utf8_lossy),
-            r.new_id,
-            logs(nodes)
-        ),
-        Err(e) => assert_eq!(
-            e.code(),
-            Some(ErrorCode::Unavailable),
-            "{what}: {e}\n{}",
-            logs(nodes)
-        ),
-    }
-}
+/// Why no node may serve the session while the reads below are made.
+const WHY: &str = "A and B cannot hear each other";
 
 #[test]
 fn a_cut_between_master_and_backup_changes_nothing_until_a_third_node_witnesses_a_silence() {
-    let net = match Net::create(SUBNET, 3) {
-        Ok(net) => net,
-        Err(e) => return skipped("cluster_witness", &e),
-    };
-    let key_dir = tempfile::tempdir().expect("key dir");
-    let key = key_file(key_dir.path());
     // Unicast peers, HA, write-through; 100 ms heartbeats (node timeout 800 ms).
-    let nodes = start_ha_cluster(&net, &key);
+    let Some((net, _key_dir, nodes)) = ha_net(SUBNET, 3, "cluster_witness") else {
+        return;
+    };
 
     // A session mastered by A (node 1), backed up on B, value 1; C is the third node.
     let SessionOnA {
@@ -88,15 +65,15 @@ fn a_cut_between_master_and_backup_changes_nothing_until_a_third_node_witnesses_
     let mut on_c = nc.client();
     on_c.set_timeout(Some(Duration::from_secs(60))).unwrap();
     eventually("B and A were refused a witness by C", &nodes, || {
-        assert_unavailable(&mut on_b, &original, "through B", &nodes);
-        assert_unavailable(&mut on_a, &original, "through A", &nodes);
+        assert_unavailable(&mut on_b, &original, "through B", WHY, &nodes);
+        assert_unavailable(&mut on_a, &original, "through A", WHY, &nodes);
         nb.stat("node.cluster_witness_refused") >= 1 && na.stat("node.cluster_witness_refused") >= 1
     });
     // Asked again, and through C: the same.
     for _ in 0..3 {
-        assert_unavailable(&mut on_b, &original, "through B", &nodes);
-        assert_unavailable(&mut on_a, &original, "through A", &nodes);
-        assert_unavailable(&mut on_c, &original, "through C", &nodes);
+        assert_unavailable(&mut on_b, &original, "through B", WHY, &nodes);
+        assert_unavailable(&mut on_a, &original, "through A", WHY, &nodes);
+        assert_unavailable(&mut on_c, &original, "through C", WHY, &nodes);
     }
     assert_eq!(
         nb.stat("node.cluster_failovers"),

@@ -67,7 +67,7 @@ fn a_witness_only_node_holds_no_sessions_and_lets_two_nodes_fail_over_a_silent_m
 
     // A goes silent (stopped, not killed: its connections are not refused). B no longer hears
     // it, W witnesses that, and B takes the session over with its value.
-    common::signal(a.pid(), "STOP");
+    common::stop_all_threads(a.pid());
     common::eventually("B and W see A down", || {
         b.stat("node.cluster_peers_down") == 1 && w.stat("node.cluster_peers_down") == 1
     });

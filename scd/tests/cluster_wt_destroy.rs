@@ -45,7 +45,7 @@ fn a_destroy_the_backup_did_not_confirm_is_answered_unavailable_and_can_be_retri
     );
 
     let r = on_master.read_lock(&id, 1000, 60_000).unwrap();
-    common::signal(backup.pid(), "STOP");
+    common::stop_all_threads(backup.pid());
     let e = on_master
         .destroy(&id, r.token)
         .expect_err("the backup cannot confirm the destroy");

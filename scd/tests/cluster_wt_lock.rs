@@ -19,7 +19,7 @@ use std::io;
 use std::time::Duration;
 
 use common::Cluster;
-use scd_client::{Client, ClientError, OwnedReply};
+use scd_client::{Client, ClientError, OwnedReply, SessionId};
 use scd_wire::local::{ErrorCode, Request};
 
 /// No failover, no lapsed lease, no given-up copy while the backup is stopped.
@@ -42,26 +42,32 @@ const HANG: Duration = Duration::from_secs(120);
 /// flush, so any wait that long shows the bug.)
 const WATCH: Duration = Duration::from_millis(1500);
 
-/// Stops a daemon and waits until every one of its threads is stopped. `kill -STOP` returns
-/// before that: a stop signal wakes one thread, which then stops the others, and until then
-/// they run (on a loaded machine long enough to acknowledge a copy, which is correct behaviour
-/// but not what a test of a silent backup wants). io_uring's kernel workers (`iou-*`) run no
-/// daemon code and are left out.
-fn stop(pid: u32) {
-    common::signal(pid, "STOP");
-    common::eventually("every thread of the stopped daemon stopped", || {
-        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("task list");
-        tasks.flatten().all(|t| {
-            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-            // "tid (comm) S ...": the state follows the last ')'.
-            let Some(close) = stat.rfind(')') else {
-                return true;
-            };
-            let comm = stat.get(stat.find('(').map_or(0, |o| o + 1)..close);
-            let state = stat[close + 1..].trim_start().chars().next();
-            comm.is_some_and(|c| c.starts_with("iou-")) || matches!(state, Some('T' | 't'))
-        })
-    });
+/// A client of node `i` whose reads give up only after `HANG`.
+fn client(c: &Cluster, i: usize) -> Client {
+    let mut cl = c.nodes[i].client();
+    cl.set_timeout(Some(HANG)).unwrap();
+    cl
+}
+
+/// Sends a WriteUnlock of `data` with `token` without waiting for its answer; its request ID.
+fn send_write(cl: &mut Client, id: SessionId, token: u64, data: &[u8]) -> u64 {
+    cl.send(Request::WriteUnlock {
+        id,
+        token,
+        lifetime_s: 600,
+        data,
+    })
+    .unwrap()
+}
+
+/// Sends a ReadLock (waiting up to 60 s, 60 s lease) without waiting for its answer.
+fn send_lock(cl: &mut Client, id: SessionId) -> u64 {
+    cl.send(Request::ReadLock {
+        id,
+        wait_ms: 60_000,
+        lease_ms: 60_000,
+    })
+    .unwrap()
 }
 
 /// Every node's log, for a failure's message.
@@ -98,8 +104,7 @@ fn assert_no_answer(c: &mut Client, what: &str, logs: &dyn Fn() -> String) {
 /// connected to the master, or (`relayed`) to the node that is neither master nor backup.
 fn scenario(c: &Cluster, relayed: bool) {
     let logs = || all_logs(c);
-    let mut on_master = c.nodes[0].client();
-    on_master.set_timeout(Some(HANG)).unwrap();
+    let mut on_master = client(c, 0);
     let id = on_master.create_id().unwrap();
     let backup = (1..c.nodes.len())
         .find(|&i| id.backup == Some(c.relay(i)))
@@ -115,31 +120,15 @@ fn scenario(c: &Cluster, relayed: bool) {
     let r = on_master.read_lock(&id, 1000, 60_000).unwrap();
     on_master.write_unlock(&id, r.token, 600, b"old").unwrap();
 
-    let mut c1 = c.nodes[writer].client();
-    c1.set_timeout(Some(HANG)).unwrap();
+    let mut c1 = client(c, writer);
     let r = c1.read_lock(&id, 1000, 60_000).unwrap();
     assert_eq!(r.data.as_deref(), Some(&b"old"[..]));
-    let mut c2 = c.nodes[0].client();
-    c2.set_timeout(Some(HANG)).unwrap();
-    let mut c3 = c.nodes[writer].client();
-    c3.set_timeout(Some(HANG)).unwrap();
+    let mut c2 = client(c, 0);
+    let mut c3 = client(c, writer);
 
-    stop(c.nodes[backup].pid());
-    let w = c1
-        .send(Request::WriteUnlock {
-            id,
-            token: r.token,
-            lifetime_s: 600,
-            data: b"new",
-        })
-        .unwrap();
-    let rl = c2
-        .send(Request::ReadLock {
-            id,
-            wait_ms: 60_000,
-            lease_ms: 60_000,
-        })
-        .unwrap();
+    common::stop_all_threads(c.nodes[backup].pid());
+    let w = send_write(&mut c1, id, r.token, b"new");
+    let rl = send_lock(&mut c2, id);
     // Client 1 waits for the backup's acknowledgement, client 2 for the lock client 1 holds
     // until then: neither may be answered (client 2 least of all with "new").
     assert_no_answer(&mut c2, "client 2's ReadLock", &logs);
@@ -192,31 +181,16 @@ fn write_through_ha_a_write_is_read_by_nobody_before_the_backup_holds_it() {
 /// the next holder keeps its lock.
 fn writer_gone(c: &Cluster) {
     let logs = || all_logs(c);
-    let mut on_master = c.nodes[0].client();
-    on_master.set_timeout(Some(HANG)).unwrap();
+    let mut on_master = client(c, 0);
     let id = on_master.create_id().unwrap();
     assert_eq!(id.backup, Some(c.relay(1)));
-    let mut c1 = c.nodes[0].client();
-    c1.set_timeout(Some(HANG)).unwrap();
+    let mut c1 = client(c, 0);
     let r = c1.read_lock(&id, 1000, 60_000).unwrap();
-    stop(c.nodes[1].pid());
-    c1.send(Request::WriteUnlock {
-        id,
-        token: r.token,
-        lifetime_s: 600,
-        data: b"gone",
-    })
-    .unwrap();
+    common::stop_all_threads(c.nodes[1].pid());
+    send_write(&mut c1, id, r.token, b"gone");
     drop(c1);
-    let mut c2 = c.nodes[0].client();
-    c2.set_timeout(Some(HANG)).unwrap();
-    let rl = c2
-        .send(Request::ReadLock {
-            id,
-            wait_ms: 60_000,
-            lease_ms: 60_000,
-        })
-        .unwrap();
+    let mut c2 = client(c, 0);
+    let rl = send_lock(&mut c2, id);
     assert_no_answer(&mut c2, "the next holder's ReadLock", &logs);
     common::signal(c.nodes[1].pid(), "CONT");
     let (got, reply) = c2.recv().unwrap();
@@ -271,8 +245,7 @@ fn write_through_ha_a_destroy_is_seen_by_nobody_before_the_backup_dropped_its_co
 /// on), and then reads the write.
 fn lease_ends(c: &Cluster) {
     let logs = || all_logs(c);
-    let mut on_master = c.nodes[0].client();
-    on_master.set_timeout(Some(HANG)).unwrap();
+    let mut on_master = client(c, 0);
     let id = on_master.create_id().unwrap();
     assert_eq!(id.backup, Some(c.relay(1)));
     // Written once with the backup up: this node then holds a read lease from it, valid for
@@ -280,28 +253,13 @@ fn lease_ends(c: &Cluster) {
     // stopped.
     let r = on_master.read_lock(&id, 1000, 60_000).unwrap();
     on_master.write_unlock(&id, r.token, 600, b"old").unwrap();
-    let mut c1 = c.nodes[0].client();
-    c1.set_timeout(Some(HANG)).unwrap();
-    let mut c2 = c.nodes[0].client();
-    c2.set_timeout(Some(HANG)).unwrap();
-    stop(c.nodes[1].pid());
+    let mut c1 = client(c, 0);
+    let mut c2 = client(c, 0);
+    common::stop_all_threads(c.nodes[1].pid());
     // Taken with the backup already stopped, so that the write follows well within the lease.
     let r = c1.read_lock(&id, 1000, 2000).unwrap();
-    let w = c1
-        .send(Request::WriteUnlock {
-            id,
-            token: r.token,
-            lifetime_s: 600,
-            data: b"leased",
-        })
-        .unwrap();
-    let rl = c2
-        .send(Request::ReadLock {
-            id,
-            wait_ms: 60_000,
-            lease_ms: 60_000,
-        })
-        .unwrap();
+    let w = send_write(&mut c1, id, r.token, b"leased");
+    let rl = send_lock(&mut c2, id);
     // Three watches: the 2 s lease ends during them.
     assert_no_answer(&mut c2, "client 2's ReadLock", &logs);
     assert_no_answer(&mut c1, "client 1's WriteUnlock", &logs);
@@ -332,31 +290,21 @@ fn lease_ends(c: &Cluster) {
 /// Exists find none.
 fn destroy_held(c: &Cluster) {
     let logs = || all_logs(c);
-    let mut on_master = c.nodes[0].client();
-    on_master.set_timeout(Some(HANG)).unwrap();
+    let mut on_master = client(c, 0);
     let id = on_master.create_id().unwrap();
     assert_eq!(id.backup, Some(c.relay(1)));
     let r = on_master.read_lock(&id, 1000, 60_000).unwrap();
     on_master
         .write_unlock(&id, r.token, 600, b"doomed")
         .unwrap();
-    let mut c1 = c.nodes[0].client();
-    c1.set_timeout(Some(HANG)).unwrap();
+    let mut c1 = client(c, 0);
     let r = c1.read_lock(&id, 1000, 60_000).unwrap();
     assert_eq!(r.data.as_deref(), Some(&b"doomed"[..]));
-    let mut c2 = c.nodes[0].client();
-    c2.set_timeout(Some(HANG)).unwrap();
-    let mut c3 = c.nodes[0].client();
-    c3.set_timeout(Some(HANG)).unwrap();
-    stop(c.nodes[1].pid());
+    let mut c2 = client(c, 0);
+    let mut c3 = client(c, 0);
+    common::stop_all_threads(c.nodes[1].pid());
     let d = c1.send(Request::Destroy { id, token: r.token }).unwrap();
-    let rl = c2
-        .send(Request::ReadLock {
-            id,
-            wait_ms: 60_000,
-            lease_ms: 60_000,
-        })
-        .unwrap();
+    let rl = send_lock(&mut c2, id);
     assert_no_answer(&mut c2, "client 2's ReadLock", &logs);
     assert_no_answer(&mut c1, "client 1's Destroy", &logs);
     let rd = c3.send(Request::Read { id }).unwrap();

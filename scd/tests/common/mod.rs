@@ -232,6 +232,28 @@ pub fn signal(pid: u32, name: &str) {
     assert!(ok.success(), "kill -{name} {pid} failed");
 }
 
+/// Stops a daemon and waits until every one of its threads is stopped. `kill -STOP` returns
+/// before that: a stop signal wakes one thread, which then stops the others, and until then
+/// they run (on a loaded machine long enough to acknowledge a copy, which is correct behaviour
+/// but not what a test of a silent backup wants). io_uring's kernel workers (`iou-*`) run no
+/// daemon code and are left out.
+pub fn stop_all_threads(pid: u32) {
+    signal(pid, "STOP");
+    eventually("every thread of the stopped daemon stopped", || {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("task list");
+        tasks.flatten().all(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            // "tid (comm) S ...": the state follows the last ')'.
+            let Some(close) = stat.rfind(')') else {
+                return true;
+            };
+            let comm = stat.get(stat.find('(').map_or(0, |o| o + 1)..close);
+            let state = stat[close + 1..].trim_start().chars().next();
+            comm.is_some_and(|c| c.starts_with("iou-")) || matches!(state, Some('T' | 't'))
+        })
+    });
+}
+
 pub fn wait_bounded(c: &mut Child) -> ExitStatus {
     let deadline = Instant::now() + READY_WAIT;
     loop {

@@ -347,6 +347,49 @@ pub fn start_ha_cluster(net: &Net, key: &Path) -> Vec<NsNode> {
     nodes
 }
 
+/// A fresh network of `n` node namespaces on `subnet`, a cluster key, and `start_ha_cluster` on
+/// it: the start of every namespace HA test. None (after printing `SKIPPED test`) where
+/// namespaces cannot be made. Bind the three parts in this order: they drop in reverse, the
+/// nodes first, the network last.
+pub fn ha_net(subnet: &str, n: u8, test: &str) -> Option<(Net, tempfile::TempDir, Vec<NsNode>)> {
+    let net = match Net::create(subnet, n) {
+        Ok(net) => net,
+        Err(e) => {
+            skipped(test, &e);
+            return None;
+        }
+    };
+    let key_dir = tempfile::tempdir().expect("key dir");
+    let key = key_file(key_dir.path());
+    let nodes = start_ha_cluster(&net, &key);
+    Some((net, key_dir, nodes))
+}
+
+/// One read of `id` through `c` that must be answered Unavailable: no node may serve the
+/// session now (`why` says why, for the failure's message).
+pub fn assert_unavailable(
+    c: &mut Client,
+    id: &scd_client::SessionId,
+    what: &str,
+    why: &str,
+    nodes: &[NsNode],
+) {
+    match c.read(id) {
+        Ok(r) => panic!(
+            "{what}: served {:?} (new ID {:?}) while {why}\n{}",
+            r.data.as_deref().map(String::from_utf8_lossy),
+            r.new_id,
+            logs(nodes)
+        ),
+        Err(e) => assert_eq!(
+            e.code(),
+            Some(scd_wire::local::ErrorCode::Unavailable),
+            "{what}: {e}\n{}",
+            logs(nodes)
+        ),
+    }
+}
+
 /// A session mastered by A (node 1) of a three-node `start_ha_cluster`, holding "value 1",
 /// written through A; its backup is node `b`, the third node is `c`.
 pub struct SessionOnA {

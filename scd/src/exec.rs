@@ -1040,15 +1040,16 @@ mod tests {
     use super::*;
     use crate::settings::Settings;
 
-    fn slot(dir: &std::path::Path, model: StorageModel) -> (Node, ShardSlot) {
+    /// A node of `cores` cores, one shard each, storing in `dir` under `model`.
+    fn node(dir: &std::path::Path, model: StorageModel, cores: usize) -> Node {
         let mut settings = Settings::default();
         settings.node.data_dir = dir.to_path_buf();
         settings.node.advertise_address = "127.0.0.1".into();
-        settings.node.cores = 1;
-        settings.node.shards = 1;
+        settings.node.cores = cores;
+        settings.node.shards = cores as u32;
         settings.storage.model = model;
         let resolved = settings.validate().expect("valid settings");
-        let node = Node {
+        Node {
             relay_addr: "127.0.0.1:7000".parse().unwrap(),
             settings,
             resolved,
@@ -1056,9 +1057,36 @@ mod tests {
             connections_open: AtomicU32::new(0),
             next_core: AtomicUsize::new(0),
             cluster: None,
-        };
+        }
+    }
+
+    fn slot(dir: &std::path::Path, model: StorageModel) -> (Node, ShardSlot) {
+        let node = node(dir, model, 1);
         let (slot, _) = ShardSlot::open(&node, 0).expect("shard opens");
         (node, slot)
+    }
+
+    /// Runs `slot`'s passes until every one of `answers` has its answer (the flush completed;
+    /// a generous bound, no timing asserted), and returns them in order.
+    fn pass_until_answered<T>(
+        slot: &mut ShardSlot,
+        now: u64,
+        answers: &[&flume::Receiver<T>],
+    ) -> Vec<T> {
+        let mut got: Vec<Option<T>> = answers.iter().map(|_| None).collect();
+        for _ in 0..10_000 {
+            slot.pass(now, false);
+            for (g, rx) in got.iter_mut().zip(answers) {
+                if g.is_none() {
+                    *g = rx.try_recv().ok();
+                }
+            }
+            if got.iter().all(Option::is_some) {
+                return got.into_iter().flatten().collect();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        panic!("the flush never completed");
     }
 
     fn done_version(frame: &[u8], node: &Node) -> u64 {
@@ -1114,17 +1142,7 @@ mod tests {
         assert!(first.try_recv().is_err(), "acknowledged before its flush");
         assert!(second.try_recv().is_err(), "acknowledged before its flush");
         assert_eq!(slot.pending_durable(), 2);
-        // Passes until the flush completes (generous bound; no timing asserted).
-        let mut answers = Vec::new();
-        for _ in 0..10_000 {
-            slot.pass(now, false);
-            if let (Ok(a), Ok(b)) = (first.try_recv(), second.try_recv()) {
-                answers = vec![a, b];
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        assert_eq!(answers.len(), 2, "the flush never completed");
+        let answers = pass_until_answered(&mut slot, now, &[&first, &second]);
         assert_eq!(done_version(&answers[0], &node), 1);
         assert_eq!(done_version(&answers[1], &node), 2);
         assert_eq!(slot.pending_durable(), 0);
@@ -1245,16 +1263,7 @@ mod tests {
             "another token is refused"
         );
         let written = write(&mut slot, held);
-        let mut answer = None;
-        for _ in 0..10_000 {
-            slot.pass(now, false);
-            if let Ok(a) = written.try_recv() {
-                answer = Some(a);
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        let answer = answer.expect("the flush never completed");
+        let answer = pass_until_answered(&mut slot, now, &[&written]).remove(0);
         assert!(done_version(&answer, &node) > 0);
         for _ in 0..3 {
             slot.pass(now, false);
@@ -1351,16 +1360,7 @@ mod tests {
         let waiter = send(&mut slot, 2, lock);
         let read = send(&mut slot, 3, Op::Read);
         let gone_reader = send(&mut slot, 4, Op::Read);
-        let mut flushed = false;
-        for _ in 0..10_000 {
-            slot.pass(now, false);
-            if written.try_recv().is_ok() {
-                flushed = true;
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        assert!(flushed, "the flush never completed");
+        pass_until_answered(&mut slot, now, &[&written]);
         slot.release_owner(OwnerId(1), now);
         slot.release_owner(OwnerId(4), now);
         slot.pass(now, false);
@@ -1471,16 +1471,7 @@ mod tests {
             let written = send(&mut slot, 1, write, false);
             let read = send(&mut slot, 2, Op::Read, true);
             let exists = send(&mut slot, 3, Op::Exists, true);
-            let mut flushed = false;
-            for _ in 0..10_000 {
-                slot.pass(now, false);
-                if written.try_recv().is_ok() {
-                    flushed = true;
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-            assert!(flushed, "the flush never completed");
+            pass_until_answered(&mut slot, now, &[&written]);
             assert!(read.try_recv().is_err(), "held back by the pin");
             let release = Op::Release {
                 token: held,
@@ -1532,16 +1523,7 @@ mod tests {
             older.try_recv().is_err(),
             "stale copy acknowledged before the flush"
         );
-        let mut answers = Vec::new();
-        for _ in 0..10_000 {
-            slot.pass(now, false);
-            if let (Ok(a), Ok(b)) = (newer.try_recv(), older.try_recv()) {
-                answers = vec![a, b];
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        assert_eq!(answers.len(), 2, "the flush never completed");
+        let answers = pass_until_answered(&mut slot, now, &[&newer, &older]);
         assert_eq!(done_version(&answers[0], &node), 5);
         assert_eq!(done_version(&answers[1], &node), 5);
         // Nothing pending: a stale copy is answered at once.
@@ -1552,22 +1534,7 @@ mod tests {
     /// Two shards, as two cores would own them (`cores = 2`: shard 0 on core 0, shard 1 on
     /// core 1), opened on this thread.
     fn two_slots(dir: &std::path::Path, model: StorageModel) -> (Node, ShardSlot, ShardSlot) {
-        let mut settings = Settings::default();
-        settings.node.data_dir = dir.to_path_buf();
-        settings.node.advertise_address = "127.0.0.1".into();
-        settings.node.cores = 2;
-        settings.node.shards = 2;
-        settings.storage.model = model;
-        let resolved = settings.validate().expect("valid settings");
-        let node = Node {
-            relay_addr: "127.0.0.1:7000".parse().unwrap(),
-            settings,
-            resolved,
-            node_id: 1,
-            connections_open: AtomicU32::new(0),
-            next_core: AtomicUsize::new(0),
-            cluster: None,
-        };
+        let node = node(dir, model, 2);
         let (s0, _) = ShardSlot::open(&node, 0).expect("shard 0 opens");
         let (s1, _) = ShardSlot::open(&node, 1).expect("shard 1 opens");
         (node, s0, s1)
@@ -1648,16 +1615,7 @@ mod tests {
         let now = 1_000;
         let part = apply_batch(&mut s0, now, &[(key_of(0, 1), 4), (key_of(0, 2), 6)]);
         assert!(part.try_recv().is_err(), "answered before the flush");
-        let mut answers = None;
-        for _ in 0..10_000 {
-            s0.pass(now, false);
-            if let Ok(a) = part.try_recv() {
-                answers = Some(a);
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        let answers = answers.expect("the flush never completed");
+        let answers = pass_until_answered(&mut s0, now, &[&part]).remove(0);
         assert_eq!(done_version(&answers[0], &node), 4);
         assert_eq!(done_version(&answers[1], &node), 6);
 

@@ -111,13 +111,18 @@ pub fn allowed() -> anyhow::Result<CpuSet> {
 
 /// Moves the calling thread onto `set`. Threads and processes it starts afterwards inherit it.
 pub fn set_current_thread(set: &CpuSet) -> std::io::Result<()> {
-    let mask = set.mask();
-    // SAFETY: the kernel reads `size_of_val(&mask)` bytes from `mask`, alive for the call; pid 0
+    set_affinity(&set.mask())
+}
+
+/// One `sched_setaffinity` of the calling thread to `mask`: a single system call, no
+/// allocation and no lock, so it may also run between fork and exec.
+fn set_affinity(mask: &[libc::c_ulong; MASK_WORDS]) -> std::io::Result<()> {
+    // SAFETY: the kernel reads `size_of_val(mask)` bytes from `mask`, alive for the call; pid 0
     // is the calling thread.
     let rc = unsafe {
         libc::sched_setaffinity(
             0,
-            std::mem::size_of_val(&mask),
+            std::mem::size_of_val(mask),
             mask.as_ptr().cast::<libc::cpu_set_t>(),
         )
     };
@@ -133,22 +138,8 @@ pub fn set_current_thread(set: &CpuSet) -> std::io::Result<()> {
 pub fn pin_command(command: &mut std::process::Command, set: &CpuSet) {
     use std::os::unix::process::CommandExt;
     let mask = set.mask();
-    let pin = move || {
-        // SAFETY: as in `set_current_thread`; `mask` is owned by the closure. The call is a
-        // single system call, safe between fork and exec (no allocation, no lock).
-        let rc = unsafe {
-            libc::sched_setaffinity(
-                0,
-                std::mem::size_of_val(&mask),
-                mask.as_ptr().cast::<libc::cpu_set_t>(),
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
-    };
+    // `mask` is owned by the closure.
+    let pin = move || set_affinity(&mask);
     // SAFETY: the closure only makes one system call and builds an io::Error from errno, both
     // async-signal-safe, as `pre_exec` requires.
     unsafe {

@@ -137,6 +137,17 @@ impl Cluster {
         }
     }
 
+    /// `times` steps of 25 ms in which only node `i` ticks (before it hears anyone): what it
+    /// sends on its own, delivered as usual.
+    fn tick_only(&mut self, i: usize, times: usize) {
+        for _ in 0..times {
+            self.now += 25;
+            let now = self.now;
+            let a = self.node(i).tick(now);
+            self.run(i, a);
+        }
+    }
+
     /// Heartbeats from every live node (over uncut links) and a tick of every node, every
     /// 25 ms for `ms`.
     fn advance(&mut self, ms: u64) {
@@ -1202,12 +1213,7 @@ fn a_master_sends_no_update_to_a_backup_it_sees_down() {
     // Heal; the master ticks (a flush interval and more) before it hears anyone again.
     c.cut.clear();
     let first = c.sent.len();
-    for _ in 0..12 {
-        c.now += 25;
-        let now = c.now;
-        let a = c.node(0).tick(now);
-        c.run(0, a);
-    }
+    c.tick_only(0, 12);
     assert_eq!(
         updates_from_0(&c, first, id),
         0,
@@ -1442,12 +1448,7 @@ fn a_resend_from_a_master_replacing_its_backup_does_not_confirm_it() {
     c.cut.clear();
     c.cut.insert((1, 0));
     let first = c.sent.len();
-    for _ in 0..8 {
-        c.now += 25;
-        let now = c.now;
-        let a = c.node(0).tick(now);
-        c.run(0, a);
-    }
+    c.tick_only(0, 8);
     assert!(
         c.sent[first..].iter().any(|(from, to, m)| *from == 0
             && *to == 1
@@ -1535,12 +1536,7 @@ fn a_resend_to_a_backup_seen_down_never_makes_a_new_replica() {
     // Heal; the old master ticks before it hears anyone: its resend reaches the new node 1.
     c.cut.clear();
     let first = c.sent.len();
-    for _ in 0..8 {
-        c.now += 25;
-        let now = c.now;
-        let a = c.node(0).tick(now);
-        c.run(0, a);
-    }
+    c.tick_only(0, 8);
     assert!(
         c.sent[first..].iter().any(|(from, to, m)| *from == 0
             && *to == 1
